@@ -1,0 +1,151 @@
+"""What every prompt method shares: a frozen backbone, a soft prompt prepended to the input, the
+family-specific forward and generation, and the adapter tensors that are saved.
+
+A method subclasses `PromptModel` and overrides `update_embeddings` (DePT adds its low-rank update
+there) and, when it has more tensors, `adapter_tensors` and `parameter_groups`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt, model_validator
+from torch import Tensor, nn
+
+from deptune.models import Backbone
+from deptune.spec_base import StrictModel
+
+IGNORE_INDEX = -100
+PromptInit = Literal["text", "sample_vocab", "random"]
+
+
+class PromptConfig(StrictModel):
+    """Fields every prompt method has; `prompt_length` is l for PT and m for DePT."""
+
+    prompt_length: PositiveInt = Field(100, description="soft-prompt tokens (l for PT, m for DePT)")
+    max_length: PositiveInt = Field(256, description="s: the longest input (tokens) the adapter accepts")
+    init: PromptInit = "sample_vocab"
+    init_text: str | None = Field(None, description="text whose embeddings initialise the prompt (init: text)")
+    init_from: Path | None = Field(None, description="a saved adapter to start from (transfer)")
+
+    @model_validator(mode="after")
+    def _text_init_needs_text(self) -> "PromptConfig":
+        if self.init == "text" and not self.init_text:
+            raise ValueError("init_text is required when init is 'text'")
+        return self
+
+
+class PromptModel(nn.Module):
+    """Frozen backbone + trainable prompt (+ an encoder's classification head)."""
+
+    def __init__(self, backbone: Backbone, config: PromptConfig) -> None:
+        super().__init__()
+        self.backbone = backbone.model
+        self.family = backbone.family
+        self.config = config
+        self.hidden_size = backbone.hidden_size
+        self.prompt_embeddings = nn.Parameter(self._initial_prompt(backbone, config))
+        self.head_names = self._unfreeze_head() if self.family == "encoder" else []
+        self._check_position_limit()
+
+    # ----- construction -------------------------------------------------------------------------------
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.backbone.get_input_embeddings()
+
+    def _initial_prompt(self, backbone: Backbone, config: PromptConfig) -> Tensor:
+        emb = self.word_embeddings.weight.detach().float()
+        n = config.prompt_length
+        if config.init == "random":
+            return torch.randn(n, emb.shape[1])
+        if config.init == "sample_vocab":
+            return emb[torch.randint(0, emb.shape[0], (n,))].clone()
+        ids = backbone.tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError("init_text tokenises to nothing")
+        return emb[torch.tensor(ids).repeat(n // len(ids) + 1)[:n]].clone()
+
+    def _unfreeze_head(self) -> list[str]:
+        """The classification head is every parameter outside the base encoder (BERT: `classifier.*`)."""
+        prefix = self.backbone.base_model_prefix + "."
+        names = [n for n, _ in self.backbone.named_parameters() if not n.startswith(prefix)]
+        for name, param in self.backbone.named_parameters():
+            if name in names:
+                param.requires_grad_(True)
+        return names
+
+    def _check_position_limit(self) -> None:
+        limit = getattr(self.backbone.config, "max_position_embeddings", None)
+        if self.family != "seq2seq" and limit is not None \
+                and self.config.prompt_length + self.config.max_length > limit:
+            raise ValueError(f"prompt_length + max_length = {self.config.prompt_length + self.config.max_length} "
+                             f"exceeds the backbone's {limit} positions")
+
+    # ----- what is trained and saved --------------------------------------------------------------------
+    def method_tensors(self) -> dict[str, Tensor]:
+        """The method's own tensors by file key: what transfer carries to another task."""
+        return {"prompt_embeddings": self.prompt_embeddings}
+
+    def adapter_tensors(self) -> dict[str, Tensor]:
+        """Everything in `adapter_model.safetensors`: the method's tensors plus an encoder's head."""
+        params = dict(self.backbone.named_parameters())
+        return {**self.method_tensors(), **{name: params[name] for name in self.head_names}}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters per learning-rate group: `prompt`, `lowrank` (DePT), `head` (encoders)."""
+        params = dict(self.backbone.named_parameters())
+        return {"prompt": [self.prompt_embeddings], "lowrank": [],
+                "head": [params[name] for name in self.head_names]}
+
+    def trainable_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # ----- forward ------------------------------------------------------------------------------------
+    def update_embeddings(self, embeds: Tensor, attention_mask: Tensor, update_mask: Tensor) -> Tensor:
+        """Hook for methods that change the input token embeddings (PT: none)."""
+        self.check_input_length(update_mask)
+        return embeds
+
+    def check_input_length(self, update_mask: Tensor) -> None:
+        longest = int(update_mask.sum(-1).max()) if update_mask.numel() else 0
+        if longest > self.config.max_length:
+            raise ValueError(f"input of {longest} tokens exceeds the adapter's max_length s={self.config.max_length}")
+
+    def _prompted_inputs(self, input_ids: Tensor, attention_mask: Tensor,
+                         update_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        embeds = self.word_embeddings(input_ids)
+        embeds = self.update_embeddings(embeds, attention_mask,
+                                        attention_mask if update_mask is None else update_mask)
+        batch = input_ids.shape[0]
+        prompt = self.prompt_embeddings.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+        prompt_mask = attention_mask.new_ones(batch, self.config.prompt_length)
+        return torch.cat([prompt, embeds], dim=1), torch.cat([prompt_mask, attention_mask], dim=1)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None):
+        """Seq2seq: labels are target ids; causal: labels align with input_ids (-100 on the source);
+        encoder: labels are class ids (floats for regression)."""
+        update_mask = attention_mask
+        if self.family == "causal" and labels is not None:  # answer tokens get no update: generation never sees one
+            update_mask = attention_mask * (labels == IGNORE_INDEX)
+        embeds, mask = self._prompted_inputs(input_ids, attention_mask, update_mask)
+        if self.family == "causal":
+            if labels is not None:
+                labels = torch.cat([labels.new_full((labels.shape[0], self.config.prompt_length), IGNORE_INDEX),
+                                    labels], dim=1)
+            return self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask),
+                                 labels=labels)
+        return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int = 20, **kwargs) -> Tensor:
+        """Greedy decoding of new tokens only (causal inputs must be left-padded)."""
+        embeds, mask = self._prompted_inputs(input_ids, attention_mask)
+        return self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                      do_sample=False, num_beams=1, **kwargs)
+
+
+def positions(attention_mask: Tensor) -> Tensor:
+    """Position of each token among the real ones: left padding does not shift the text."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from deptune.methods.base import PromptModel, positions
+from deptune.methods.dept.config import DePTConfig
+from deptune.models import Backbone
+
+
+class DePTModel(PromptModel):
+    """E = W_emb[ids] + (alpha / sqrt(r)) * (A @ B)[position], before the prompt is prepended.
+
+    Rows are taken by each token's position among the real tokens, which is the official `(A @ B)[:L]`
+    for right padding and stays correct for left padding; inputs longer than s are rejected.
+    """
+
+    config: DePTConfig
+
+    def __init__(self, backbone: Backbone, config: DePTConfig) -> None:
+        config = config.resolve(backbone.hidden_size)
+        super().__init__(backbone, config)
+        self.lora_embedding_A = nn.Parameter(torch.empty(config.max_length, config.rank))
+        nn.init.kaiming_uniform_(self.lora_embedding_A, a=math.sqrt(5))  # U(-1/sqrt(r), 1/sqrt(r))
+        self.lora_embedding_B = nn.Parameter(torch.zeros(config.rank, self.hidden_size))  # step 0 == PT
+        self.scaling = config.alpha / math.sqrt(config.rank)
+
+    def update_embeddings(self, embeds: Tensor, attention_mask: Tensor, update_mask: Tensor) -> Tensor:
+        self.check_input_length(update_mask)
+        update = (self.lora_embedding_A @ self.lora_embedding_B) * self.scaling
+        rows = positions(update_mask).clamp(max=self.config.max_length - 1)
+        return embeds + update.to(embeds.dtype)[rows] * update_mask.unsqueeze(-1).to(embeds.dtype)
+
+    def method_tensors(self) -> dict[str, Tensor]:
+        return {**super().method_tensors(), "lora_embedding_A": self.lora_embedding_A,
+                "lora_embedding_B": self.lora_embedding_B}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {**super().parameter_groups(), "lowrank": [self.lora_embedding_A, self.lora_embedding_B]}

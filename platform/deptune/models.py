@@ -1,0 +1,150 @@
+"""Frozen Hugging Face backbones by family, plus tiny offline ones for tests and the demo.
+
+`name` is a hub id or a local folder (loaded with `from_pretrained`), or one of `TINY_BACKBONES`: a
+2-layer model of that architecture built from a config (random weights, seeded, so every process builds
+the same one) with a word-level tokenizer over the built-in synthetic task's words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+                          AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+                          BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase,
+                          PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
+
+from deptune.spec_base import StrictModel
+from deptune.tasks.synthetic import WORDS
+
+Family = Literal["seq2seq", "causal", "encoder"]
+TINY_BACKBONES = ("tiny-t5", "tiny-gpt2", "tiny-llama", "tiny-bert")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TinySize(StrictModel):
+    hidden_size: PositiveInt = 64
+    layers: PositiveInt = 2
+    heads: PositiveInt = 4
+    ff_size: PositiveInt = 128
+    max_positions: PositiveInt = 512
+    init_std: float | None = Field(None, gt=0, description="weight init std; default 1/sqrt(hidden_size), so a "
+                                                             "frozen random network still mixes its tokens")
+    seed: int = 0
+
+
+class BackboneConfig(StrictModel):
+    name: str = Field(description="hub id, local folder, or one of " + ", ".join(TINY_BACKBONES))
+    family: Family | None = Field(None, description="inferred from the model config when omitted")
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    tiny: TinySize = TinySize()
+
+
+@dataclass
+class Backbone:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    family: Family
+    name: str
+    revision: str | None
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+
+def infer_family(config: PretrainedConfig) -> Family:
+    """seq2seq for encoder-decoders, causal for *ForCausalLM / *LMHeadModel, encoder otherwise."""
+    if config.is_encoder_decoder:
+        return "seq2seq"
+    architectures = config.architectures or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or config.model_type in {
+            "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt_neox", "opt"}:
+        return "causal"
+    return "encoder"
+
+
+def load_backbone(cfg: BackboneConfig, num_labels: int = 2) -> Backbone:
+    """Load (or build) the backbone, frozen; `num_labels` sizes an encoder's head (1 = regression)."""
+    if cfg.name in TINY_BACKBONES:
+        model, tokenizer, family = _build_tiny(cfg.name, cfg.tiny, num_labels)
+    else:
+        model, tokenizer, family = _load_pretrained(cfg, num_labels)
+    if cfg.family is not None and cfg.family != family:
+        raise ValueError(f"backbone.family: {cfg.name} is a {family} model, not {cfg.family}")
+    model.to(_DTYPES[cfg.dtype])
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return Backbone(model=model, tokenizer=tokenizer, family=family, name=cfg.name, revision=cfg.revision)
+
+
+def _load_pretrained(cfg: BackboneConfig, num_labels: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Family]:
+    config = AutoConfig.from_pretrained(cfg.name, revision=cfg.revision)
+    family = cfg.family or infer_family(config)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.name, revision=cfg.revision)
+    if family == "seq2seq":
+        model = AutoModelForSeq2SeqLM.from_pretrained(cfg.name, revision=cfg.revision)
+    elif family == "causal":
+        model = AutoModelForCausalLM.from_pretrained(cfg.name, revision=cfg.revision)
+        if tokenizer.pad_token is None:  # GPT-2 / LLaMA ship without one; padding is masked anyway
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            cfg.name, revision=cfg.revision, num_labels=num_labels)
+    return model, tokenizer, family
+
+
+_SPECIALS = ["<pad>", "</s>", "<unk>", "<s>", "[CLS]", "[SEP]", "[MASK]"]
+_EXTRA_WORDS = ["sentence", "sentence1", "sentence2", "question", "question1", "question2", "premise",
+                "hypothesis", "passage", "answer", "paragraph", "word", "text", "true", "false", "yes", "no",
+                ":", ".", ",", "?", "!", "'", "-"] + [str(i) for i in range(10)]
+
+
+def tiny_tokenizer(family: Family) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the synthetic task's words (others map to <unk>): fast and offline."""
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(_SPECIALS + _EXTRA_WORDS + list(WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(True)])
+    if family == "seq2seq":
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    elif family == "encoder":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   bos_token="<s>", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                   model_max_length=1_000_000)
+
+
+def _build_tiny(name: str, size: TinySize, num_labels: int) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, Family]:
+    family: Family = {"tiny-t5": "seq2seq", "tiny-bert": "encoder"}.get(name, "causal")
+    tokenizer = tiny_tokenizer(family)
+    vocab, d = len(tokenizer), size.hidden_size
+    std = size.init_std or d ** -0.5
+    common = dict(vocab_size=vocab, pad_token_id=0, eos_token_id=1, bos_token_id=3)
+    torch.manual_seed(size.seed)
+    if name == "tiny-t5":
+        model = T5ForConditionalGeneration(T5Config(
+            d_model=d, d_kv=d // size.heads, d_ff=size.ff_size, num_layers=size.layers, num_heads=size.heads,
+            decoder_start_token_id=0, initializer_factor=std * d ** 0.5, **common))
+    elif name == "tiny-gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_embd=d, n_layer=size.layers, n_head=size.heads,
+                                           n_inner=size.ff_size, n_positions=size.max_positions, initializer_range=std, **common))
+    elif name == "tiny-llama":
+        model = LlamaForCausalLM(LlamaConfig(
+            hidden_size=d, intermediate_size=size.ff_size, num_hidden_layers=size.layers,
+            num_attention_heads=size.heads, num_key_value_heads=max(1, size.heads // 2),
+            max_position_embeddings=size.max_positions, initializer_range=std, **common))
+    else:
+        model = BertForSequenceClassification(BertConfig(
+            hidden_size=d, num_hidden_layers=size.layers, num_attention_heads=size.heads,
+            intermediate_size=size.ff_size, max_position_embeddings=size.max_positions, num_labels=num_labels,
+            initializer_range=std, **common))
+    model.config.name_or_path = name
+    return model, tokenizer, family

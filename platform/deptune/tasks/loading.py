@@ -1,0 +1,231 @@
+"""Load a task's data (hub, GLUE TSV folder, local files or the built-in task) into train/validation/test.
+
+Every source first yields the task's *official* splits as rows with the hub's column names, so one
+formatter serves all sources; `make_splits` then applies DePT's split rule (see `deptune.tasks.glue`)
+with its exact shuffle (`torch.randperm` seeded with `split_seed`), so the halves and hold-outs are the
+very examples the paper used. `max_train_samples`/`max_eval_samples` truncate each split afterwards as
+DePT's `n_obs` does: the first n of an already shuffled split, else n drawn by the same seeded shuffle.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deptune.tasks.base import Example, TaskSplits
+from deptune.tasks.config import TaskConfig
+from deptune.tasks.glue import TASKS, TextTask
+from deptune.tasks.synthetic import SyntheticSentiment
+
+Row = Mapping[str, Any]
+Official = Mapping[str, tuple[str, Sequence[Row]]]  # role -> (where the rows came from, rows)
+LARGE_VALIDATION_SIZE = 1000  # DePT: "1K examples from the training set as validation"
+BENCHMARK: dict[str, TextTask] = {t.name: t for t in TASKS}
+
+
+@dataclass(frozen=True)
+class GlueLayout:
+    """A task's files in GLUE's own download: header (None: the file has one) and hub field -> column."""
+
+    columns: Mapping[str, str]
+    header: tuple[str, ...] | None = None
+
+
+GLUE_LAYOUTS: dict[str, GlueLayout] = {
+    "cola": GlueLayout({"sentence": "sentence", "label": "label"},
+                       header=("source", "label", "original_mark", "sentence")),
+    "sst2": GlueLayout({"sentence": "sentence", "label": "label"}),
+    "mrpc": GlueLayout({"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"}),
+    "qqp": GlueLayout({"question1": "question1", "question2": "question2", "label": "is_duplicate"}),
+    "stsb": GlueLayout({"sentence1": "sentence1", "sentence2": "sentence2", "label": "score"}),
+    "mnli": GlueLayout({"premise": "sentence1", "hypothesis": "sentence2", "label": "gold_label"}),
+    "qnli": GlueLayout({"question": "question", "sentence": "sentence", "label": "label"}),
+    "rte": GlueLayout({"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"}),
+}
+GLUE_FILES = {"train": "train.tsv", "validation": "dev.tsv", "validation_matched": "dev_matched.tsv",
+              "validation_mismatched": "dev_mismatched.tsv"}
+
+
+def load_splits(cfg: TaskConfig) -> TaskSplits:
+    """The task's train/validation/test examples from the configured source; fails before any training."""
+    source = cfg.resolved_source
+    if (cfg.name == "synthetic") != (source == "builtin"):
+        raise ValueError(f"task {cfg.name!r} cannot use source {source!r}: the built-in source serves "
+                         "only the 'synthetic' task, which has no other source")
+    if source == "builtin":
+        return _builtin_splits(cfg)
+    task = benchmark_task(cfg.name)
+    readers = {"hub": _hub_rows, "glue_dir": _glue_dir_rows, "files": _files_rows}
+    return make_splits(task, readers[source](cfg, task), cfg)
+
+
+def benchmark_task(name: str) -> TextTask:
+    if name not in BENCHMARK:
+        raise ValueError(f"unknown task {name!r}; valid tasks: synthetic, {', '.join(BENCHMARK)}")
+    return BENCHMARK[name]
+
+
+def _builtin_splits(cfg: TaskConfig) -> TaskSplits:
+    splits = SyntheticSentiment().splits(cfg.synthetic_size, cfg.split_seed)
+    return TaskSplits(train=splits.train[:cfg.max_train_samples],
+                      validation=splits.validation[:cfg.max_eval_samples],
+                      test=splits.test[:cfg.max_eval_samples])
+
+
+# --- splitting ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Part:
+    """A split: `examples` in `order` (None: the official split as given, in file order)."""
+
+    examples: list[Example]
+    order: list[int] | None = None
+
+    def take(self, n: int | None, seed: int) -> list[Example]:
+        order = self.order
+        if order is None and n is not None:
+            order = permutation(len(self.examples), seed)
+        if order is None:
+            return list(self.examples)
+        return [self.examples[i] for i in order[:n]]
+
+
+def permutation(n: int, seed: int) -> list[int]:
+    """DePT's shuffle (`AbstractTask.shuffled_indices`), so splits match the paper's example for example."""
+    import torch  # deferred: only splitting needs it, and `deptune validate` should stay light
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def make_splits(task: TextTask, official: Official, cfg: TaskConfig) -> TaskSplits:
+    """Format the official splits, apply the task's split rule, then the sample limits."""
+    if "validation" not in official:
+        raise ValueError(f"{task.name}: no validation data (give task.files.validation)")
+    formatted = {role: format_rows(task, rows, where) for role, (where, rows) in official.items()}
+    parts = _partition(task, formatted, cfg.split_seed)
+    return TaskSplits(train=parts["train"].take(cfg.max_train_samples, cfg.split_seed),
+                      validation=parts["validation"].take(cfg.max_eval_samples, cfg.split_seed),
+                      test=parts["test"].take(cfg.max_eval_samples, cfg.split_seed))
+
+
+def _partition(task: TextTask, splits: Mapping[str, list[Example]], seed: int) -> dict[str, _Part]:
+    train, validation = splits["train"], splits["validation"]
+    if "test" in splits:  # a labelled test set (MNLI's matched dev set, or files with test:) as given
+        return {"train": _Part(train), "validation": _Part(validation), "test": _Part(splits["test"])}
+    if task.split_rule == "small":
+        order, half = permutation(len(validation), seed), len(validation) // 2
+        return {"train": _Part(train), "validation": _Part(validation, order[:half]),
+                "test": _Part(validation, order[half:])}
+    if task.split_rule == "large":
+        if len(train) <= LARGE_VALIDATION_SIZE:
+            raise ValueError(f"{task.name} holds {LARGE_VALIDATION_SIZE} training examples out as validation "
+                             f"(DePT's rule for large tasks), but train has only {len(train)}")
+        order = permutation(len(train), seed)
+        return {"train": _Part(train, order[LARGE_VALIDATION_SIZE:]),
+                "validation": _Part(train, order[:LARGE_VALIDATION_SIZE]), "test": _Part(validation)}
+    raise ValueError(f"{task.name} needs a labelled test split besides validation "
+                     f"(official: {', '.join(task.official_splits.values())})")
+
+
+def format_rows(task: TextTask, rows: Sequence[Row], where: str) -> list[Example]:
+    """Every row as an Example; a bad row is an error naming its origin and index (0-based data row)."""
+    examples = []
+    for i, row in enumerate(rows):
+        try:
+            examples.append(task.format(row))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{where}, row {i}: {err}") from err
+    return examples
+
+
+# --- sources -----------------------------------------------------------------------------------------
+
+def _hub_rows(cfg: TaskConfig, task: TextTask) -> Official:
+    import datasets  # deferred: heavy, and only this source needs it
+
+    dataset_id = cfg.hub_id or task.hub[0]
+    loaded = datasets.load_dataset(dataset_id, task.hub[1])
+    return hub_official(task, loaded, f"{dataset_id}/{task.hub[1]}")
+
+
+def hub_official(task: TextTask, loaded: Mapping[str, Sequence[Row]], name: str) -> Official:
+    """The official splits of a loaded `DatasetDict` (or any mapping of split name -> rows)."""
+    missing = [s for s in task.official_splits.values() if s not in loaded]
+    if missing:
+        raise ValueError(f"{name} has no split(s) {', '.join(missing)}; it has {', '.join(loaded)}")
+    return {role: (f"{name}:{split}", loaded[split]) for role, split in task.official_splits.items()}
+
+
+def _glue_dir_rows(cfg: TaskConfig, task: TextTask) -> Official:
+    if task.name not in GLUE_LAYOUTS:
+        raise ValueError(f"task.data_dir reads GLUE's TSV layout, which has no {task.name!r}; "
+                         "use source 'hub' or 'files'")
+    if cfg.data_dir is None:
+        raise ValueError("source 'glue_dir' needs task.data_dir")
+    layout = GLUE_LAYOUTS[task.name]
+    official = {}
+    for role, split in task.official_splits.items():
+        path = cfg.data_dir / GLUE_FILES[split]
+        columns, rows = read_table(path, header=layout.header)
+        _check_columns(path, task, columns, layout.columns)
+        renamed = (_rename(row, layout.columns) for row in rows)
+        # Lines with missing fields are dropped, as the hub's GLUE builder did (a few exist in QQP).
+        official[role] = (str(path), [r for r in renamed if all(v is not None for v in r.values())])
+    return official
+
+
+def _files_rows(cfg: TaskConfig, task: TextTask) -> Official:
+    if cfg.files is None:
+        raise ValueError("source 'files' needs task.files")
+    unknown = sorted(set(cfg.columns) - set(task.fields))
+    if unknown:
+        raise ValueError(f"task.columns maps unknown field(s) {', '.join(unknown)}; "
+                         f"{task.name} reads {', '.join(task.fields)}")
+    mapping = {f: cfg.columns.get(f, f) for f in task.fields}
+    official = {}
+    for role in ("train", "validation", "test"):
+        path = getattr(cfg.files, role)
+        if path is not None:
+            columns, rows = read_table(path)
+            _check_columns(path, task, columns, mapping)
+            official[role] = (str(path), [_rename(row, mapping) for row in rows])
+    return official
+
+
+def _rename(row: Row, mapping: Mapping[str, str]) -> dict[str, Any]:
+    return {name: row.get(column) for name, column in mapping.items()}
+
+
+def _check_columns(path: Path, task: TextTask, present: Sequence[str], mapping: Mapping[str, str]) -> None:
+    missing = [f"{column!r}" + (f" (task field {name!r})" if column != name else "")
+               for name, column in mapping.items() if column not in present]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} for task {task.name}; "
+                         f"the file has columns {', '.join(map(repr, present))}. "
+                         "Map task fields to file columns with task.columns.")
+
+
+def read_table(path: Path, header: Sequence[str] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, rows) of a CSV, TSV or JSONL file, picked by suffix.
+
+    TSVs are read with quoting off (GLUE's contain stray quotes) and a UTF-8 BOM is skipped (MRPC);
+    `header` names the columns of a file without a header line (CoLA).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        if suffix == ".jsonl":
+            rows = [json.loads(line) for line in f if line.strip()]
+            return list(dict.fromkeys(k for row in rows for k in row)), rows
+        if suffix not in (".csv", ".tsv"):
+            raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
+        dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+        reader = csv.DictReader(f, fieldnames=header, **dialect)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows

@@ -1,0 +1,37 @@
+"""The `train:` section of a spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from deptune.spec_base import StrictModel
+
+
+class TrainConfig(StrictModel):
+    steps: PositiveInt = Field(1000, description="optimizer steps")
+    batch_size: PositiveInt = Field(32, description="global batch size (examples per optimizer step)")
+    eval_batch_size: PositiveInt = 64
+    lr_prompt: PositiveFloat = Field(0.3, description="learning rate of the soft prompt")
+    lr_lowrank: PositiveFloat = Field(1e-4, description="learning rate of DePT's A and B")
+    lr_head: PositiveFloat = Field(1e-3, description="learning rate of an encoder's classification head")
+    warmup_steps: NonNegativeInt = Field(100, description="linear warm-up, then linear decay to 0")
+    adam_eps: PositiveFloat = 1e-6
+    weight_decay: NonNegativeFloat = 0.0
+    max_grad_norm: PositiveFloat = 1.0
+    eval_every: PositiveInt = Field(100, description="evaluate (and keep the best adapter) every K steps and at the last")
+    max_target_length: PositiveInt = Field(8, description="tokens of the verbalised label")
+    max_new_tokens: PositiveInt = Field(20, description="greedy generation length at evaluation")
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU")
+    output_dir: Path = Path("runs/train")
+    evaluate_test: bool = Field(True, description="score the best adapter on the test split at the end")
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> "TrainConfig":
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
+        return self

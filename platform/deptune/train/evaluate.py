@@ -1,0 +1,41 @@
+"""Scoring a split: greedy generation + string match (seq2seq, causal), head argmax (encoders)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from deptune.methods.base import PromptModel
+from deptune.models import Backbone
+from deptune.tasks.base import Task
+from deptune.train.data import Encoded, eval_batch
+
+
+@torch.no_grad()
+def predict(model: PromptModel, backbone: Backbone, task: Task, items: Sequence[Encoded], batch_size: int,
+            max_new_tokens: int, device: torch.device) -> list[str]:
+    """Verbalised predictions, stripped, in the order of `items`."""
+    was_training = model.training
+    model.eval()
+    predictions: list[str] = []
+    for start in range(0, len(items), batch_size):
+        batch = {k: v.to(device) for k, v in eval_batch(items[start:start + batch_size], backbone).items()}
+        if model.family == "encoder":
+            logits = model(**batch).logits.float()
+            if task.is_regression:
+                predictions += [f"{v:.4f}" for v in logits.squeeze(-1).tolist()]
+            else:
+                predictions += [task.label_names[i] for i in logits.argmax(-1).tolist()]
+        else:
+            tokens = model.generate(**batch, max_new_tokens=max_new_tokens,
+                                    pad_token_id=backbone.tokenizer.pad_token_id)
+            predictions += [t.strip() for t in backbone.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+    model.train(was_training)
+    return predictions
+
+
+def evaluate(model: PromptModel, backbone: Backbone, task: Task, items: Sequence[Encoded], batch_size: int,
+             max_new_tokens: int, device: torch.device) -> dict[str, float]:
+    predictions = predict(model, backbone, task, items, batch_size, max_new_tokens, device)
+    return task.compute_metrics(predictions, [e.target for e in items])

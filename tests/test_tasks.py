@@ -1,0 +1,375 @@
+"""Tasks: DePT's text-to-text formats, metrics, the GLUE/hub/files loaders and DePT's split rules."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from deptune.tasks import TASK_NAMES, Example, get_task, load_splits
+from deptune.tasks.config import TaskConfig
+from deptune.tasks.loading import read_table
+
+GLUE = Path(__file__).parent / "fixtures" / "glue"
+
+
+def randperm(n: int, seed: int = 42) -> list[int]:
+    """DePT's shuffle, written out here so the tests pin the exact examples of each split."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+# --- registry ----------------------------------------------------------------------------------------
+
+def test_registry_names_all_tasks_and_rejects_unknown():
+    assert TASK_NAMES == ("synthetic", "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte",
+                          "boolq", "cb", "multirc", "wic", "wsc")
+    with pytest.raises(ValueError, match="unknown task 'rtee'.*valid tasks: synthetic, cola"):
+        get_task("rtee")
+
+
+# --- formats -----------------------------------------------------------------------------------------
+
+WSC_ROW = {"text": "Mark told Pete many lies about himself, which Pete included in his book. He should have "
+                   "been more truthful.", "span1_index": 0, "span1_text": "Mark", "span2_index": 13,
+           "span2_text": "He", "label": 0}
+
+FORMATS = [
+    ("cola", {"sentence": "They drank the pub.", "label": 0}, "sentence: They drank the pub.", "0"),
+    ("sst2", {"sentence": "a gorgeous , witty movie . ", "label": 1}, "sentence: a gorgeous , witty movie . ", "1"),
+    ("mrpc", {"sentence1": "He left .", "sentence2": "He went .", "label": 1},
+     "sentence1: He left . sentence2: He went .", "1"),
+    ("qqp", {"question1": "Why?", "question2": "How?", "label": 0}, "question1: Why? question2: How?", "0"),
+    ("stsb", {"sentence1": "A man.", "sentence2": "A dog.", "label": 4.75}, "sentence1: A man. sentence2: A dog.",
+     "4.8"),
+    ("mnli", {"premise": "It rains.", "hypothesis": "It is dry.", "label": 2},
+     "premise: It rains. hypothesis: It is dry.", "2"),
+    ("qnli", {"question": "Who?", "sentence": "Bob did.", "label": 0}, "question: Who? sentence: Bob did.", "0"),
+    ("rte", {"sentence1": "A b.", "sentence2": "C d.", "label": "not_entailment"}, "sentence1: A b. sentence2: C d.",
+     "1"),
+    ("boolq", {"question": "is it wet", "passage": "Water is wet.", "label": True},
+     "question: is it wet passage: Water is wet.", "1"),
+    ("cb", {"premise": "P.", "hypothesis": "H.", "label": "neutral"}, "premise: P. hypothesis: H.", "2"),
+    ("multirc", {"paragraph": "<b>Sent 1: </b>Hi.<br><b>Sent 2: </b>Yo.", "question": "Who <b>said</b> hi?",
+                 "answer": "Bob", "label": 1},
+     "question: Who said hi? answer: Bob paragraph: Sent 1: Hi. Sent 2: Yo.", "1"),
+    ("wic", {"word": "bank", "sentence1": "The river bank.", "sentence2": "The bank loan.", "label": 0},
+     "sentence1: The river bank. sentence2: The bank loan. word: bank", "0"),
+    ("wsc", WSC_ROW, "text: * Mark * told Pete many lies about himself, which Pete included in his book. # He # "
+                     "should have been more truthful.", "0"),
+]
+
+
+@pytest.mark.parametrize(("name", "row", "source", "target"), FORMATS, ids=[f[0] for f in FORMATS])
+def test_format_matches_dept(name, row, source, target):
+    assert get_task(name).format(row) == Example(source=source, target=target)
+
+
+@pytest.mark.parametrize(("score", "target"), [(2.5, "2.4"), (3.85, "3.8"), (0.1, "0.0"), (5.0, "5.0"), (0, "0.0")])
+def test_stsb_target_is_nearest_fifth(score, target):
+    row = {"sentence1": "a", "sentence2": "b", "label": score}
+    assert get_task("stsb").format(row).target == target  # np.round semantics: halves go to even
+
+
+def test_wsc_span_after_pronoun_and_regex_characters():
+    row = {"text": "The man (tall) saw him .", "span1_index": 5, "span1_text": ".", "span2_index": 1,
+           "span2_text": "man (tall)", "label": 1}
+    assert get_task("wsc").format(row).source == "text: The # man (tall) # saw him * . *"
+
+
+@pytest.mark.parametrize(("name", "label"), [("rte", "maybe"), ("cola", -1), ("cb", 3), ("mnli", None)])
+def test_bad_label_is_a_clear_error(name, label):
+    row = dict(FORMATS[[f[0] for f in FORMATS].index(name)][1], label=label)
+    with pytest.raises(ValueError, match=name):
+        get_task(name).format(row)
+
+
+# --- metrics -----------------------------------------------------------------------------------------
+
+def test_accuracy_strips_and_counts_invalid_wrong():
+    assert get_task("rte").compute_metrics([" 1 ", "0", "yes", "1"], ["1", "0", "1", "0"]) == {"accuracy": 0.5}
+
+
+def test_binary_f1_with_invalid_prediction_flipped():
+    # "x" (target 1) becomes 0 -> preds 1,1,0,0,0,1: TP=2, FP=1, FN=2 -> P=2/3, R=1/2, F1=4/7.
+    preds, targets = ["1", "1", "0", "x", "0", "1"], ["1", "0", "1", "1", "0", "1"]
+    for name in ("mrpc", "qqp"):
+        result = get_task(name).compute_metrics(preds, targets)
+        assert list(result) == ["accuracy", "f1"]
+        assert result["accuracy"] == pytest.approx(3 / 6)
+        assert result["f1"] == pytest.approx(4 / 7)
+    assert get_task("multirc").compute_metrics(preds, targets) == {"f1": pytest.approx(4 / 7)}
+    # an invalid prediction for a "0" target is a false positive, so F1 drops
+    assert get_task("mrpc").compute_metrics(["1", "?"], ["1", "0"])["f1"] == pytest.approx(2 / 3)
+
+
+def test_matthews_correlation_worked_example():
+    cola = get_task("cola")
+    targets = ["1", "1", "1", "0", "0", "0"]
+    # TP=2, TN=2, FP=1, FN=1: (2*2 - 1*1) / sqrt(3*3*3*3) = 1/3
+    assert cola.compute_metrics(["1", "1", "0", "0", "0", "1"], targets) == {
+        "matthews_correlation": pytest.approx(1 / 3)}
+    assert cola.compute_metrics(["1"] * 6, targets)["matthews_correlation"] == 0.0  # undefined -> 0
+    with_invalid = cola.compute_metrics(["1", "1", "1", "0", "0", "oops"], targets)["matthews_correlation"]
+    assert 0.0 < with_invalid < 1.0  # the one invalid output is wrong; the rest are right
+
+
+def test_cb_macro_f1_over_three_classes():
+    # class 0: F1 1; class 1: P=1/2, R=1/2 -> 1/2; class 2: P=1, R=1/2 -> 2/3; "x" is a miss.
+    result = get_task("cb").compute_metrics(["0", "1", "1", "0", "x", "2"], ["0", "1", "2", "0", "1", "2"])
+    assert list(result) == ["f1_multiclass", "accuracy"]
+    assert result["f1_multiclass"] == pytest.approx((1 + 1 / 2 + 2 / 3) / 3)
+    assert result["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_stsb_correlations_parse_floats_unparsable_as_minus_one():
+    result = get_task("stsb").compute_metrics(["1.0", "2.0", "oops"], ["1.0", "2.0", "3.0"])
+    expected_pearson = float(np.corrcoef([1, 2, 3], [1, 2, -1])[0, 1])  # = -6 / sqrt(84)
+    assert result["pearson"] == pytest.approx(expected_pearson)
+    assert result["pearson"] == pytest.approx(-6 / math.sqrt(84))
+    assert result["spearmanr"] == pytest.approx(-0.5)  # ranks (1,2,3) vs (2,3,1): 1 - 6*6/(3*8)
+
+
+def test_stsb_constant_or_nan_prediction_scores_zero_not_nan():
+    stsb = get_task("stsb")
+    assert stsb.compute_metrics(["2.0"] * 3, ["1.0", "2.0", "3.0"]) == {"pearson": 0.0, "spearmanr": 0.0}
+    assert stsb.compute_metrics(["nan", "nan", "inf"], ["1.0", "2.0", "3.0"]) == {"pearson": 0.0, "spearmanr": 0.0}
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_perfect_predictions_score_one_as_plain_floats(name):
+    task = get_task(name)
+    targets = ["1.0", "2.6", "4.2"] if task.is_regression else list(task.label_names) * 2
+    result = task.compute_metrics(targets, targets)
+    assert list(result) == list(task.metric_names)
+    assert all(type(v) is float for v in result.values())
+    assert result[task.metric_names[0]] == pytest.approx(1.0)
+
+
+def test_metrics_reject_mismatched_lengths():
+    with pytest.raises(ValueError, match="2 predictions for 1 targets"):
+        get_task("rte").compute_metrics(["0", "1"], ["0"])
+
+
+# --- GLUE TSV folders --------------------------------------------------------------------------------
+
+def glue_cfg(name: str, folder: str, **kw) -> TaskConfig:
+    return TaskConfig(name=name, data_dir=GLUE / folder, **kw)
+
+
+def test_read_sst2_tsv_with_header():
+    columns, rows = read_table(GLUE / "SST-2" / "train.tsv")
+    assert columns == ["sentence", "label"]
+    assert len(rows) == 6
+    assert [r["label"] for r in rows] == ["0", "0", "1", "0", "1", "0"]
+    assert rows[3]["sentence"] == 'the movie \'s " charm is all surface '  # stray quote kept literally
+
+
+def test_sst2_is_large_and_needs_more_than_1000_training_rows():
+    with pytest.raises(ValueError, match="sst2 holds 1000 training examples out.*train has only 6"):
+        load_splits(glue_cfg("sst2", "SST-2"))
+
+
+def test_cola_without_header_is_small_task():
+    splits = load_splits(glue_cfg("cola", "CoLA"))
+    assert glue_cfg("cola", "CoLA").resolved_source == "glue_dir"
+    assert len(splits.train) == 5 and len(splits.validation) == 2 and len(splits.test) == 2
+    assert splits.train[2] == Example("sentence: They drank the pub.", "0")  # train keeps file order
+    assert [e.target for e in splits.train] == ["1", "1", "0", "1", "0"]
+    dev = [Example("sentence: The sailors rode the breeze clear of the rocks.", "1"),
+           Example("sentence: The sailors rode the breeze clear of the the rocks.", "0"),
+           Example("sentence: The weights made the rope stretch over the pulley.", "1"),
+           Example('sentence: The "weights made the rope stretch.', "0")]
+    order = randperm(4)
+    assert splits.validation == [dev[i] for i in order[:2]]
+    assert splits.test == [dev[i] for i in order[2:]]
+
+
+def test_rte_string_labels_map_to_hub_ids_and_dev_is_halved():
+    splits = load_splits(glue_cfg("rte", "RTE"))
+    assert [e.target for e in splits.train] == ["1", "0", "0", "1"]  # entailment=0, not_entailment=1
+    assert splits.train[3].source == ('sentence1: Judie Vivian, chief executive at ProMedica, said "it is a '
+                                      'landmark. sentence2: The day is important.')
+    assert (len(splits.validation), len(splits.test)) == (3, 4)  # 7 // 2 and the rest, as DePT
+    dev = [Example(f"sentence1: Premise number {i}. sentence2: Hypothesis number {i}.", "0" if i % 3 else "1")
+           for i in range(7)]
+    order = randperm(7)
+    assert splits.validation == [dev[i] for i in order[:3]]
+    assert splits.test == [dev[i] for i in order[3:]]
+    other_seed = load_splits(glue_cfg("rte", "RTE", split_seed=7))
+    assert other_seed.validation == [dev[i] for i in randperm(7, 7)[:3]]
+
+
+def test_mrpc_with_bom_and_stray_quotes():
+    columns, rows = read_table(GLUE / "MRPC" / "dev.tsv")
+    assert columns[0] == "Quality"  # the BOM is not part of the first column name
+    splits = load_splits(glue_cfg("mrpc", "MRPC"))
+    assert len(splits.train) == 4
+    assert [e.target for e in splits.train] == ["1", "0", "1", "0"]
+    assert splits.train[2].source == ("sentence1: He said \"the foodservice pie business doesn 't fit . "
+                                      "sentence2: The foodservice pie business does not fit .")
+    assert (len(splits.validation), len(splits.test)) == (2, 3)  # 5 dev rows: no quote swallowed a line
+    assert all('sentence2: " Second sentence' in e.source for e in splits.validation + splits.test)
+
+
+def test_sample_limits_follow_dept_subsampling():
+    splits = load_splits(glue_cfg("cola", "CoLA", max_train_samples=3, max_eval_samples=1))
+    full = load_splits(glue_cfg("cola", "CoLA"))
+    assert splits.train == [full.train[i] for i in randperm(5)[:3]]  # official split: seeded draw
+    assert splits.validation == full.validation[:1] and splits.test == full.test[:1]  # already shuffled
+
+
+def test_mnli_and_stsb_glue_headers(tmp_path):
+    mnli_header = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+                   "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label")
+    for file, tag, label in [("train.tsv", "t", "neutral"), ("dev_matched.tsv", "m", "contradiction"),
+                             ("dev_mismatched.tsv", "x", "entailment")]:
+        write_csv(tmp_path / file, mnli_header, [f"0\t1\t1n\tfiction\t(\t(\t(\t(\t{tag} p .\th .\t{label}\t{label}"])
+    splits = load_splits(TaskConfig(name="mnli", data_dir=tmp_path))
+    assert splits.train == [Example("premise: t p . hypothesis: h .", "1")]
+    assert splits.validation == [Example("premise: x p . hypothesis: h .", "0")]  # mismatched selects
+    assert splits.test == [Example("premise: m p . hypothesis: h .", "2")]  # matched reports
+    stsb = tmp_path / "stsb"
+    stsb.mkdir()
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    for file in ("train.tsv", "dev.tsv"):
+        write_csv(stsb / file, header, [f"{i}\tmain-captions\tMSRvid\t2012test\t1\tnone\tnone\tA {i}.\tB.\t3.{i}00"
+                                        for i in range(4)])
+    splits = load_splits(TaskConfig(name="stsb", data_dir=stsb))
+    assert [e.target for e in splits.train] == ["3.0", "3.2", "3.2", "3.2"]  # 3.1 and 3.3: halves to even
+
+
+def test_glue_dir_rejects_superglue_and_missing_files(tmp_path):
+    with pytest.raises(ValueError, match="no 'boolq'"):
+        load_splits(TaskConfig(name="boolq", data_dir=tmp_path))
+    with pytest.raises(FileNotFoundError, match="train.tsv"):
+        load_splits(TaskConfig(name="rte", data_dir=tmp_path))
+
+
+# --- hub (in memory: no network) ---------------------------------------------------------------------
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    calls = []
+
+    def install(splits: dict[str, dict[str, list]]):
+        loaded = datasets.DatasetDict({k: datasets.Dataset.from_dict(v) for k, v in splits.items()})
+
+        def load_dataset(path, name=None, **kwargs):
+            calls.append((path, name))
+            return loaded
+        monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+        return calls
+    return install
+
+
+def sst2_rows(n: int, offset: int = 0) -> dict[str, list]:
+    return {"sentence": [f"s{offset + i}" for i in range(n)], "label": [i % 2 for i in range(n)],
+            "idx": list(range(n))}
+
+
+def test_hub_large_task_holds_1000_training_rows_out(fake_hub):
+    calls = fake_hub({"train": sst2_rows(1200), "validation": sst2_rows(50, 10_000), "test": sst2_rows(9)})
+    splits = load_splits(TaskConfig(name="sst2"))
+    assert calls == [("nyu-mll/glue", "sst2")]
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (200, 1000, 50)
+    order = randperm(1200)
+    assert splits.validation[0].source == f"sentence: s{order[0]}"
+    assert splits.train[0].source == f"sentence: s{order[1000]}"
+    assert {e.source for e in splits.train + splits.validation} == {f"sentence: s{i}" for i in range(1200)}
+    assert [e.source for e in splits.test] == [f"sentence: s{10_000 + i}" for i in range(50)]  # official order
+
+
+def test_hub_small_task_and_hub_id_override(fake_hub):
+    rte = {"sentence1": ["a"] * 9, "sentence2": [f"b{i}" for i in range(9)], "label": [0] * 9}
+    calls = fake_hub({"train": rte, "validation": rte})
+    splits = load_splits(TaskConfig(name="rte", source="hub", hub_id="me/glue-mirror"))
+    assert calls == [("me/glue-mirror", "rte")]
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (9, 4, 5)
+
+
+def test_hub_mnli_selects_on_mismatched_and_tests_on_matched(fake_hub):
+    def rows(tag, n):
+        return {"premise": [f"{tag}{i}" for i in range(n)], "hypothesis": ["h"] * n, "label": [1] * n}
+    fake_hub({"train": rows("t", 3), "validation_matched": rows("m", 2), "validation_mismatched": rows("x", 4)})
+    splits = load_splits(TaskConfig(name="mnli"))
+    assert [e.source[:11] for e in splits.validation] == [f"premise: x{i}" for i in range(4)]
+    assert [e.source[:11] for e in splits.test] == [f"premise: m{i}" for i in range(2)]
+    assert len(splits.train) == 3 and splits.train[0].target == "1"
+
+
+def test_hub_superglue_config_names(fake_hub):
+    row = dict(WSC_ROW, idx=0)
+    calls = fake_hub({"train": {k: [v] for k, v in row.items()}, "validation": {k: [v] * 2 for k, v in row.items()}})
+    splits = load_splits(TaskConfig(name="wsc"))
+    assert calls == [("aps/super_glue", "wsc.fixed")]
+    assert splits.train[0].source.startswith("text: * Mark * told")
+
+
+# --- local files -------------------------------------------------------------------------------------
+
+def write_csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_files_with_column_mapping_csv_tsv_jsonl(tmp_path):
+    train = write_csv(tmp_path / "train.csv", "id,text,label", ['1,"Hello, world.",1', "2,Bad grammar me.,0"])
+    validation = write_csv(tmp_path / "dev.tsv", "text\tlabel", ['"quoted\t1', "plain\t0", "x\t1"])
+    test = tmp_path / "test.jsonl"
+    test.write_text("\n".join(json.dumps({"text": f"t{i}", "label": i % 2}) for i in range(3)) + "\n")
+    cfg = TaskConfig(name="cola", files={"train": train, "validation": validation}, columns={"sentence": "text"})
+    assert cfg.resolved_source == "files"
+    splits = load_splits(cfg)
+    assert splits.train == [Example("sentence: Hello, world.", "1"), Example("sentence: Bad grammar me.", "0")]
+    assert sorted(e.source for e in splits.validation + splits.test) == [
+        'sentence: "quoted', "sentence: plain", "sentence: x"]
+    given = load_splits(cfg.model_copy(update={"files": cfg.files.model_copy(update={"test": test})}))
+    assert [e.source for e in given.validation] == ['sentence: "quoted', "sentence: plain", "sentence: x"]
+    assert given.test == [Example(f"sentence: t{i}", str(i % 2)) for i in range(3)]  # used as given
+
+
+def test_files_missing_column_names_file_and_columns(tmp_path):
+    train = write_csv(tmp_path / "train.csv", "review,label", ["nice,1"])
+    cfg = TaskConfig(name="cola", files={"train": train, "validation": train}, columns={"sentence": "text"})
+    with pytest.raises(ValueError) as err:
+        load_splits(cfg)
+    message = str(err.value)
+    assert str(train) in message and "'text' (task field 'sentence')" in message
+    assert "'review', 'label'" in message
+
+
+def test_files_errors_missing_file_unknown_field_bad_label(tmp_path):
+    train = write_csv(tmp_path / "train.csv", "sentence,label", ["fine,1", "odd,7"])
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        load_splits(TaskConfig(name="cola", files={"train": train, "validation": tmp_path / "nope.csv"}))
+    with pytest.raises(ValueError, match="unknown field.*sentense"):
+        load_splits(TaskConfig(name="cola", files={"train": train, "validation": train},
+                               columns={"sentense": "sentence"}))
+    with pytest.raises(ValueError, match=r"train.csv, row 1: cola: label '7'"):
+        load_splits(TaskConfig(name="cola", files={"train": train, "validation": train}))
+    with pytest.raises(ValueError, match="no validation data"):  # checked before formatting any row
+        load_splits(TaskConfig(name="cola", files={"train": train}))
+
+
+# --- built-in task -----------------------------------------------------------------------------------
+
+def test_synthetic_splits_are_deterministic_for_a_seed():
+    cfg = TaskConfig(name="synthetic", synthetic_size=200)
+    first, again = load_splits(cfg), load_splits(cfg)
+    assert first == again
+    assert (len(first.train), len(first.validation), len(first.test)) == (160, 20, 20)
+    assert load_splits(cfg.model_copy(update={"split_seed": 1})).train != first.train
+    limited = load_splits(cfg.model_copy(update={"max_train_samples": 10, "max_eval_samples": 5}))
+    assert limited.train == first.train[:10] and limited.test == first.test[:5]
+
+
+def test_synthetic_only_from_builtin_and_builtin_only_synthetic(tmp_path):
+    with pytest.raises(ValueError, match="built-in source serves only"):
+        load_splits(TaskConfig(name="rte", source="builtin"))
+    with pytest.raises(ValueError, match="built-in source serves only"):
+        load_splits(TaskConfig(name="synthetic", source="hub"))

@@ -1,0 +1,128 @@
+"""The training loop, its data and the `deptune` CLI, end to end on tiny offline backbones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from deptune.cli import app
+from deptune.config import SpecError, load_spec, parse_spec
+from deptune.methods import DePTConfig, build_model
+from deptune.methods.io import load_adapter
+from deptune.models import BackboneConfig, load_backbone
+from deptune.tasks import get_task
+from deptune.tasks.base import Example
+from deptune.train.data import GlobalBatches, encode, eval_batch, train_batch
+from deptune.train.loop import train
+
+METRIC_KEYS = {"step", "objective", "eval_accuracy", "eval_f1", "train_loss", "step_time_s", "tokens_per_s",
+               "peak_memory_mb", "trainable_params", "best_objective", "best_step"}
+
+
+def spec(tmp_path, backbone="tiny-bert", steps=300, **train):
+    return parse_spec({
+        "backbone": {"name": backbone},
+        "task": {"name": "synthetic", "synthetic_size": 1000},
+        "method": {"name": "dept", "prompt_length": 8, "budget": 16, "max_length": 32},
+        "train": {"steps": steps, "batch_size": 32, "lr_prompt": 0.3, "lr_lowrank": 0.005, "lr_head": 0.01,
+                  "warmup_steps": 30, "eval_every": 50, "output_dir": str(tmp_path), **train},
+    })
+
+
+def test_the_loop_learns_the_synthetic_task_and_keeps_the_best_adapter(tmp_path):
+    reports = []
+    result = train(spec(tmp_path), reporter=lambda m, d: reports.append((m, d)))
+    assert [m["step"] for m, _ in reports] == [50, 100, 150, 200, 250, 300]
+    assert all(METRIC_KEYS <= m.keys() for m, _ in reports)
+    assert result.best_metrics["accuracy"] >= 0.9 and result.test_metrics["accuracy"] >= 0.9  # chance is 0.5
+    best = max(reports, key=lambda r: r[0]["objective"])  # first maximum wins: ties keep the earlier step
+    assert result.best_step == best[0]["step"] and best[1] == tmp_path / "best"
+    assert reports[-1][0]["trainable_params"] == result.trainable_params == 8 * 64 + 5 * (32 + 64) + 130  # r = (16-8)*64 // 96 = 5
+    assert all(m["tokens_per_s"] > 0 and m["step_time_s"] > 0 and m["peak_memory_mb"] > 0 for m, _ in reports)
+    reloaded = load_adapter(load_backbone(BackboneConfig(name="tiny-bert")), result.adapter_dir)
+    assert reloaded.config.rank == 5 and json.loads((result.adapter_dir / "adapter_config.json").read_text())["task"] == "synthetic"
+
+
+@pytest.mark.parametrize("backbone", ["tiny-t5", "tiny-gpt2", "tiny-llama"])
+def test_generative_families_train_and_evaluate_by_generation(tmp_path, backbone):
+    result = train(spec(tmp_path, backbone=backbone, steps=40, eval_every=20, warmup_steps=5))
+    first, last = result.history[0], result.history[-1]
+    assert [h["step"] for h in result.history] == [20, 40]
+    assert last["train_loss"] < first["train_loss"]  # the loss falls
+    assert 0.0 <= result.test_metrics["accuracy"] <= 1.0 and (result.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_causal_batches_mask_the_source_and_left_pad_for_generation():
+    bb = load_backbone(BackboneConfig(name="tiny-gpt2"))
+    task = get_task("synthetic")
+    items = encode([Example("sentence: good", "1"), Example("sentence: the movie was bad", "0")], bb, task, 32, 8)
+    batch = train_batch(items, bb)
+    first = items[0]
+    n_src, n_tgt = len(first.source_ids), len(first.target_ids)
+    assert batch["labels"][0, :n_src].eq(-100).all()
+    assert batch["labels"][0, n_src:n_src + n_tgt].tolist() == first.target_ids
+    assert first.target_ids[-1] == bb.tokenizer.eos_token_id
+    assert batch["labels"][0, n_src + n_tgt:].eq(-100).all() and batch["attention_mask"][0, n_src + n_tgt:].eq(0).all()
+    ev = eval_batch(items, bb)
+    assert ev["attention_mask"][0, 0] == 0 and ev["attention_mask"][0, -1] == 1  # left padded
+    model = build_model(bb, DePTConfig(prompt_length=4, rank=2, max_length=32))
+    from deptune.train.loss import loss_sum
+    total, count = loss_sum(model, batch)
+    assert count == sum(len(i.target_ids) for i in items) - len(items) + len(items)  # every answer token scored
+
+
+def test_global_batches_are_deterministic_and_split_exactly_across_workers():
+    batches = GlobalBatches(size=100, batch_size=8, seed=3)
+    assert batches.per_epoch == 12
+    one = [batches.indices(step) for step in range(30)]
+    assert one == [batches.indices(step) for step in range(30)]
+    for step in (0, 13, 29):
+        shards = [batches.indices(step, rank, 2) for rank in range(2)]
+        assert sorted(shards[0] + shards[1]) == sorted(one[step]) and len(shards[0]) == 4
+    assert len(set(sum(one[:12], []))) == 96  # one epoch: no repeats
+    assert one[12] != one[0]  # a new epoch reshuffles
+    with pytest.raises(ValueError, match="fewer than train.batch_size=8"):
+        GlobalBatches(size=5, batch_size=8, seed=0)
+
+
+def test_spec_errors_name_every_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"backbone": {"name": "tiny-t5", "hidden": 3}, "task": {"name": "synthetic"},
+                                    "method": {"name": "dept", "prompt_length": 0, "budget": 10},
+                                    "train": {"lr_prompt": -1}, "extra": 1}))
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert set(err.value.errors) == {
+        "backbone.hidden: Extra inputs are not permitted", "extra: Extra inputs are not permitted",
+        "method.prompt_length: Input should be greater than 0", "train.lr_prompt: Input should be greater than 0"}
+    with pytest.raises(SpecError, match="method: Input tag 'lora'.*'prompt_tuning', 'dept'"):
+        parse_spec({"backbone": {"name": "x"}, "task": {"name": "synthetic"}, "method": {"name": "lora"}})
+
+
+def test_cli_validate_and_train(tmp_path):
+    runner = CliRunner()
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(spec(tmp_path).model_dump(mode="json")))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backbone: {name: tiny-t5}\ntask: {name: synthetic}\nmethod: {name: dept, rank: 4, typo: 1}\n")
+    result = runner.invoke(app, ["validate", str(good), str(bad)])
+    assert result.exit_code == 2
+    assert f"{good}: ok" in result.output and "method.typo: Extra inputs are not permitted" in result.output
+    result = runner.invoke(app, ["train", str(good), "--set", "train.steps=20", "--set", "train.eval_every=10",
+                                 "--set", "train.warmup_steps=2"])
+    assert result.exit_code == 0, result.output
+    assert "best step" in result.output and "test: accuracy=" in result.output and "1,122 trainable" in result.output
+
+
+def test_data_problems_fail_before_the_backbone_loads(tmp_path):
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\nhello,1\n")
+    bad = spec(tmp_path).model_dump(mode="json")
+    bad["backbone"]["name"] = "no/such-model-anywhere"  # would fail later, and differently
+    bad["task"] = {"name": "sst2", "files": {"train": str(data)}}
+    with pytest.raises(ValueError, match="sentence"):
+        train(parse_spec(bad))
