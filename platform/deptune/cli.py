@@ -33,21 +33,33 @@ def validate(files: Annotated[list[Path], typer.Argument(help="spec files")]) ->
 
 
 @app.command()
-def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task, method, train)")],
-          overrides: SetOption = None) -> None:
-    """Run one DePT / PT training configuration in this process and print its metrics."""
+def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task, method, train, resources)")],
+          overrides: SetOption = None,
+          local: Annotated[bool, typer.Option("--local", help="run in this process, without Ray")] = False,
+          address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, "
+                                                           "else a local Ray on 127.0.0.1)")] = None,
+          workers: Annotated[int | None, typer.Option(min=1, help="override resources.workers")] = None) -> None:
+    """Run one DePT / PT training configuration on Ray Train (or --local) and print its metrics."""
+    overrides = list(overrides or []) + ([f"resources.workers={workers}"] if workers else [])
     try:
-        run_spec = load_spec(spec, overrides or [])
+        run_spec = load_spec(spec, overrides)
     except SpecError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from deptune.train.loop import train as run_training  # torch/transformers load only when needed
-
     started = time.perf_counter()
-    result = run_training(run_spec)
+    if local:
+        from deptune.train.loop import train as run_training  # torch/transformers load only when needed
+        result = run_training(run_spec)
+    else:
+        if not (address or os.environ.get("RAY_ADDRESS")):
+            from deptune import local_ray
+            local_ray.apply()  # before ray is imported
+        from deptune.train.distributed import run_on_ray
+        result = run_on_ray(run_spec, address)
     elapsed = time.perf_counter() - started
-    typer.echo(f"\n{run_spec.method.name} on {run_spec.task.name} with {run_spec.backbone.name}: "
+    where = "in-process" if local else f"Ray Train, {run_spec.resources.workers} worker(s)"
+    typer.echo(f"\n{run_spec.method.name} on {run_spec.task.name} with {run_spec.backbone.name} ({where}): "
                f"{result.trainable_params:,} trainable parameters, {elapsed:.1f} s")
     typer.echo(f"best step {result.best_step}: validation "
                + ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items()))

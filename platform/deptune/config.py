@@ -12,7 +12,7 @@ from deptune.methods import MethodConfig
 from deptune.models import BackboneConfig
 from deptune.spec_base import StrictModel
 from deptune.tasks.config import TaskConfig
-from deptune.train.config import TrainConfig
+from deptune.train.config import ResourcesConfig, TrainConfig
 
 
 class RunSpec(StrictModel):
@@ -22,6 +22,7 @@ class RunSpec(StrictModel):
     task: TaskConfig
     method: MethodConfig
     train: TrainConfig = TrainConfig()
+    resources: ResourcesConfig = ResourcesConfig()
 
 
 class SpecError(ValueError):

@@ -35,6 +35,7 @@ class TinySize(StrictModel):
     max_positions: PositiveInt = 512
     init_std: float | None = Field(None, gt=0, description="weight init std; default 1/sqrt(hidden_size), so a "
                                                              "frozen random network still mixes its tokens")
+    dropout: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
 
 
@@ -128,23 +129,25 @@ def _build_tiny(name: str, size: TinySize, num_labels: int) -> tuple[PreTrainedM
     vocab, d = len(tokenizer), size.hidden_size
     std = size.init_std or d ** -0.5
     common = dict(vocab_size=vocab, pad_token_id=0, eos_token_id=1, bos_token_id=3)
+    p = size.dropout
     torch.manual_seed(size.seed)
     if name == "tiny-t5":
         model = T5ForConditionalGeneration(T5Config(
             d_model=d, d_kv=d // size.heads, d_ff=size.ff_size, num_layers=size.layers, num_heads=size.heads,
-            decoder_start_token_id=0, initializer_factor=std * d ** 0.5, **common))
+            decoder_start_token_id=0, initializer_factor=std * d ** 0.5, dropout_rate=p, **common))
     elif name == "tiny-gpt2":
         model = GPT2LMHeadModel(GPT2Config(n_embd=d, n_layer=size.layers, n_head=size.heads,
-                                           n_inner=size.ff_size, n_positions=size.max_positions, initializer_range=std, **common))
+                                           n_inner=size.ff_size, n_positions=size.max_positions, initializer_range=std,
+                                           resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, **common))
     elif name == "tiny-llama":
         model = LlamaForCausalLM(LlamaConfig(
             hidden_size=d, intermediate_size=size.ff_size, num_hidden_layers=size.layers,
             num_attention_heads=size.heads, num_key_value_heads=max(1, size.heads // 2),
-            max_position_embeddings=size.max_positions, initializer_range=std, **common))
+            max_position_embeddings=size.max_positions, initializer_range=std, attention_dropout=p, **common))
     else:
         model = BertForSequenceClassification(BertConfig(
             hidden_size=d, num_hidden_layers=size.layers, num_attention_heads=size.heads,
             intermediate_size=size.ff_size, max_position_embeddings=size.max_positions, num_labels=num_labels,
-            initializer_range=std, **common))
+            initializer_range=std, hidden_dropout_prob=p, attention_probs_dropout_prob=p, **common))
     model.config.name_or_path = name
     return model, tokenizer, family

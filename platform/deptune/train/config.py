@@ -10,6 +10,28 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 from deptune.spec_base import StrictModel
 
 
+class ResourcesConfig(StrictModel):
+    """What one training run (one sweep trial) asks of the Ray cluster."""
+
+    workers: PositiveInt = Field(1, description="Ray Train workers (DDP ranks)")
+    cpus_per_worker: PositiveFloat = 1.0
+    gpus_per_worker: NonNegativeFloat = Field(0.0, description="0: CPU (gloo); fractions share a GPU (one worker)")
+    wait_for_autoscaler: bool = Field(False, description="when the cluster is too small, wait for new nodes "
+                                                         "(bounded by Ray's worker-group start timeout) instead "
+                                                         "of failing at once")
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+    @model_validator(mode="after")
+    def _fractional_gpus_need_one_worker(self) -> "ResourcesConfig":
+        if 0 < self.gpus_per_worker < 1 and self.workers > 1:
+            raise ValueError(f"gpus_per_worker={self.gpus_per_worker} with workers={self.workers}: NCCL cannot run "
+                             f"two ranks on one GPU; use whole GPUs for DDP or one worker per fractional GPU")
+        return self
+
+
 class TrainConfig(StrictModel):
     steps: PositiveInt = Field(1000, description="optimizer steps")
     batch_size: PositiveInt = Field(32, description="global batch size (examples per optimizer step)")
@@ -29,6 +51,12 @@ class TrainConfig(StrictModel):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU")
     output_dir: Path = Path("runs/train")
     evaluate_test: bool = Field(True, description="score the best adapter on the test split at the end")
+    micro_batch_size: PositiveInt | None = Field(
+        None, description="most examples per forward on one worker; more are accumulated (default: no limit)")
+    max_failures: int = Field(2, ge=-1, description="Ray Train restarts after a worker dies (-1: unlimited)")
+    keep_checkpoints: PositiveInt = Field(2, description="best checkpoints kept by objective (the latest is also kept)")
+    storage_path: str | None = Field(None, description="Ray Train storage (shared or s3:// on a multi-node cluster); "
+                                                        "default: <output_dir>/ray")
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> "TrainConfig":

@@ -1,15 +1,18 @@
-"""Scoring a split: greedy generation + string match (seq2seq, causal), head argmax (encoders)."""
+"""Scoring a split: greedy generation + string match (seq2seq, causal), head argmax (encoders),
+split across the ranks of a multi-worker run."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 
 from deptune.methods.base import PromptModel
 from deptune.models import Backbone
 from deptune.tasks.base import Task
 from deptune.train.data import Encoded, eval_batch
+from deptune.train.session import all_gather, distributed
 
 
 @torch.no_grad()
@@ -37,5 +40,9 @@ def predict(model: PromptModel, backbone: Backbone, task: Task, items: Sequence[
 
 def evaluate(model: PromptModel, backbone: Backbone, task: Task, items: Sequence[Encoded], batch_size: int,
              max_new_tokens: int, device: torch.device) -> dict[str, float]:
-    predictions = predict(model, backbone, task, items, batch_size, max_new_tokens, device)
+    """Each rank predicts its slice; the metrics cover the whole split, on every rank."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
+    mine = predict(model, backbone, task, items[rank::world], batch_size, max_new_tokens, device)
+    slices = all_gather(mine)
+    predictions = [slices[i % world][i // world] for i in range(len(items))]
     return task.compute_metrics(predictions, [e.target for e in items])

@@ -1,8 +1,10 @@
-"""The one training loop: in a plain process (`deptune train --local`) and, later, on every Ray Train worker.
+"""The one training loop: in a plain process (`deptune train --local`) and on every Ray Train worker.
 
-Steps: seed, load task + frozen backbone, wrap in the method, then optimise the adapter with two (three
-for encoders) AdamW groups under linear warm-up/decay; every `eval_every` steps score the validation
-split, keep the best adapter by the task's first metric (never by loss), and report metrics.
+Seed, load task + frozen backbone, wrap in the method, then optimise the adapter with one AdamW group per
+learning rate under linear warm-up/decay. Step k trains on global batch k whatever the worker count
+(each rank takes its slice, losses are normalised by the global item count). Every `eval_every` steps the
+validation split is scored across all ranks, the best adapter is kept by the task's first metric (never
+by loss), and the session gets the metrics plus a resumable checkpoint.
 """
 
 from __future__ import annotations
@@ -10,30 +12,28 @@ from __future__ import annotations
 import random
 import resource
 import sys
+import tempfile
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from transformers import get_linear_schedule_with_warmup
 
 from deptune.config import RunSpec
 from deptune.methods import PromptModel, build_model
-from deptune.methods.base import IGNORE_INDEX
-from deptune.methods.io import load_adapter_tensors, save_adapter
 from deptune.models import Backbone, load_backbone
-from deptune.tasks import get_task
-from deptune.tasks.loading import load_splits
+from deptune.tasks import Task, get_task, load_splits
+from deptune.train.checkpoint import Progress, load_checkpoint, rng_state, save_checkpoint
 from deptune.train.config import TrainConfig
-from deptune.train.data import GlobalBatches, encode, train_batch
+from deptune.train.data import Encoded, GlobalBatches, encode, train_batch
 from deptune.train.evaluate import evaluate
-from deptune.train.loss import loss_sum
-
-Reporter = Callable[[dict[str, float], Path | None], None]
-"""Called at every evaluation with the metrics and, when the adapter improved, its directory."""
+from deptune.train.loss import item_count, loss_sum
+from deptune.train.session import (LocalSession, Reporter, Session, all_gather, all_reduce_sum,
+                                   broadcast_parameters, distributed, print_reporter)
 
 
 @dataclass
@@ -41,7 +41,7 @@ class TrainResult:
     best_step: int
     best_metrics: dict[str, float]  # validation metrics at best_step
     test_metrics: dict[str, float]
-    adapter_dir: Path
+    adapter_dir: Path | None
     trainable_params: int
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -74,77 +74,115 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-def print_reporter(metrics: dict[str, float], adapter_dir: Path | None) -> None:
-    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("trainable_params",))
-    print(f"[eval] {shown}{'  *best' if adapter_dir else ''}", flush=True)
-
-
-def train(spec: RunSpec, reporter: Reporter = print_reporter) -> TrainResult:
+def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session | None = None) -> TrainResult:
     cfg = spec.train
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg)
+    session = session or LocalSession(cfg.output_dir, resolve_device(cfg), reporter)
+    rank, world, device = session.rank, session.world_size, session.device
+    if cfg.batch_size % world:
+        raise ValueError(f"train.batch_size ({cfg.batch_size}) must be divisible by resources.workers ({world})")
+    seed_everything(cfg.seed)  # the same head and adapter init on every rank
     task = get_task(spec.task.name)
     splits = load_splits(spec.task)  # bad data fails here, before the backbone is loaded
     backbone = load_backbone(spec.backbone, num_labels=max(1, len(task.label_names)))
     model = build_model(backbone, spec.method).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    broadcast_parameters(trainable)
     s = model.config.max_length
     train_items = encode(splits.train, backbone, task, s, cfg.max_target_length)
     val_items = encode(splits.validation, backbone, task, s, cfg.max_target_length)
     batches = GlobalBatches(len(train_items), cfg.batch_size, cfg.seed)
     optimizer = make_optimizer(model, cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    torch.manual_seed(cfg.seed + 1000 * rank)  # dropout differs across ranks
+    restore = session.restore_dir()
+    progress = load_checkpoint(restore, model, optimizer, scheduler, rank, world) if restore else Progress()
+    forward = (DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                       broadcast_buffers=False, init_sync=False) if distributed() else model)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if device.type == "cuda" and cfg.precision in ("auto", "bf16") else nullcontext())
-    best_dir = cfg.output_dir / "best"
-    best: dict[str, float] = {}
-    best_step, history = -1, []
-    window = _Window()
+    window, history = _Window(), []
     model.train()
-    for step, indices in zip(range(1, cfg.steps + 1), batches.iterate(0)):
+    for step in range(progress.step + 1, cfg.steps + 1):
+        items = [train_items[i] for i in batches.indices(step - 1, rank, world)]
         window.start()
-        batch = {k: v.to(device) for k, v in
-                 train_batch([train_items[i] for i in indices], backbone, task.is_regression).items()}
+        loss, tokens = _train_step(model, forward, backbone, task, items, optimizer, scheduler, cfg, device, autocast)
+        window.stop(loss, tokens)
+        progress.step = step
+        if step % cfg.eval_every and step != cfg.steps:
+            continue
         with autocast:
-            total, count = loss_sum(model, batch)
-        loss = total / max(count, 1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        window.stop(loss.item(), dataset_tokens(batch, model.family))
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            with autocast:
-                metrics = evaluate(model, backbone, task, val_items, cfg.eval_batch_size, cfg.max_new_tokens, device)
-            objective = metrics[task.metric_names[0]]
-            improved = best_step < 0 or objective > best[task.metric_names[0]]
-            if improved:
-                best, best_step = metrics, step
-                save_adapter(model, best_dir, backbone.name, backbone.revision, task.name)
-            report = {"step": float(step), "objective": objective, **{f"eval_{k}": v for k, v in metrics.items()},
-                      **window.flush(), "peak_memory_mb": peak_memory_mb(device),
-                      "trainable_params": float(model.trainable_parameter_count()),
-                      "best_objective": best[task.metric_names[0]], "best_step": float(best_step)}
-            history.append(report)
-            reporter(report, best_dir if improved else None)
-    test_metrics = _score_best(model, backbone, task, splits.test, best_dir, spec) if cfg.evaluate_test else {}
-    return TrainResult(best_step, best, test_metrics, best_dir, model.trainable_parameter_count(), history)
+            metrics = evaluate(model, backbone, task, val_items, cfg.eval_batch_size, cfg.max_new_tokens, device)
+        objective = metrics[task.metric_names[0]]
+        improved = progress.improve(step, objective, metrics, model)
+        report = {"step": float(step), "objective": objective, **{f"eval_{k}": v for k, v in metrics.items()},
+                  **window.flush(), "peak_memory_mb": peak_memory_mb(device),
+                  "trainable_params": float(model.trainable_parameter_count()),
+                  "best_objective": progress.best_objective, "best_step": float(progress.best_step)}
+        if step == cfg.steps and cfg.evaluate_test:
+            report.update({f"test_{k}": v for k, v in _score_best(model, backbone, task, splits.test, progress,
+                                                                  cfg, device, autocast).items()})
+        history.append(report)
+        _checkpoint_and_report(session, report, improved, model, optimizer, scheduler, progress, backbone, task)
+    test = {k[5:]: v for k, v in history[-1].items() if k.startswith("test_")} if history else {}
+    best_dir = getattr(session, "best_dir", None)
+    return TrainResult(progress.best_step, progress.best_metrics, test, best_dir, model.trainable_parameter_count(),
+                       history)
+
+
+def _train_step(model: PromptModel, forward, backbone: Backbone, task: Task, items: list[Encoded], optimizer,
+                scheduler, cfg: TrainConfig, device: torch.device, autocast) -> tuple[float, int]:
+    """One optimizer step over this rank's slice of the global batch, in micro-batches."""
+    n_micro = -(-len(items) // cfg.micro_batch_size) if cfg.micro_batch_size else 1
+    chunks = [items[i::n_micro] for i in range(n_micro)]
+    micro = [{k: v.to(device) for k, v in train_batch(c, backbone, task.is_regression).items()} for c in chunks]
+    local_count = sum(item_count(b, model.family) for b in micro)
+    local_tokens = sum(dataset_tokens(b, model.family) for b in micro)
+    global_count, global_tokens = all_reduce_sum([local_count, local_tokens], device)
+    scale = (torch.distributed.get_world_size() if distributed() else 1) / max(global_count, 1)  # DDP averages
+    local_loss = 0.0
+    for i, batch in enumerate(micro):
+        sync = nullcontext() if i == n_micro - 1 or forward is model else forward.no_sync()
+        with sync, autocast:
+            total = loss_sum(model, batch, forward)
+        (total * scale).backward()
+        local_loss += total.item()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    (global_loss,) = all_reduce_sum([local_loss], device)
+    return global_loss / max(global_count, 1), int(global_tokens)
 
 
 def dataset_tokens(batch: dict[str, torch.Tensor], family: str) -> int:
     """Real tokens of the batch (source, plus seq2seq targets); causal inputs already hold the answer."""
     tokens = int(batch["attention_mask"].sum())
     if family == "seq2seq":
-        tokens += int((batch["labels"] != IGNORE_INDEX).sum())
+        tokens += item_count(batch, family)
     return tokens
 
 
-def _score_best(model: PromptModel, backbone: Backbone, task, examples, best_dir: Path, spec: RunSpec) -> dict[str, float]:
-    cfg = spec.train
-    load_adapter_tensors(model, best_dir)
+def _score_best(model: PromptModel, backbone: Backbone, task: Task, examples, progress: Progress, cfg: TrainConfig,
+                device: torch.device, autocast) -> dict[str, float]:
+    with torch.no_grad():
+        for key, param in model.adapter_tensors().items():
+            param.copy_(progress.best_adapter[key])
     items = encode(examples, backbone, task, model.config.max_length, cfg.max_target_length)
-    device = next(model.parameters()).device
-    return evaluate(model, backbone, task, items, cfg.eval_batch_size, cfg.max_new_tokens, device)
+    with autocast:
+        return evaluate(model, backbone, task, items, cfg.eval_batch_size, cfg.max_new_tokens, device)
+
+
+def _checkpoint_and_report(session: Session, report: dict[str, float], improved: bool, model: PromptModel,
+                           optimizer, scheduler, progress: Progress, backbone: Backbone, task: Task) -> None:
+    """Rank 0 writes the checkpoint (every rank's RNG stream included); every rank reports."""
+    rng_states = all_gather(rng_state())
+    if session.rank != 0:
+        session.report(report, None, improved)
+        return
+    with tempfile.TemporaryDirectory(prefix="deptune-ckpt-") as tmp:
+        save_checkpoint(Path(tmp), model, optimizer, scheduler, progress, rng_states, backbone.name,
+                        backbone.revision, task.name)
+        session.report(report, Path(tmp), improved)
 
 
 class _Window:

@@ -1,0 +1,26 @@
+"""The environment of a Ray that deptune starts on this machine: loopback only, no usage stats.
+
+Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported, so `apply()` must run before the first
+`import ray` of the process. Never apply it on a driver that joins a multi-node cluster: the driver would
+then think its address is 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+LOCAL_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray listener on 127.0.0.1
+    "GLOO_SOCKET_IFNAME": "lo",  # torch.distributed (gloo) over loopback too
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",  # the 2 s default adds seconds to every run's teardown
+}
+
+
+def apply() -> None:
+    if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+        warnings.warn("ray was imported before deptune.local_ray.apply(): a local Ray may listen on all interfaces")
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)

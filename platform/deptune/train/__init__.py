@@ -1,0 +1,1 @@
+"""The per-worker training loop: optimizer groups, schedule, evaluation, best-adapter checkpoint."""

@@ -1,0 +1,193 @@
+"""The loop as a Ray Train job: N DDP workers (gloo on CPU, NCCL on GPU), checkpoints in Ray storage,
+restarts from the latest checkpoint after a worker dies.
+
+`build_trainer` is the embeddable piece: a Tune function trainable builds one per trial, adds a
+`TuneReportCallback`, and fits it. `run_on_ray` is `deptune train`'s driver around it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from deptune import local_ray
+from deptune.config import RunSpec
+from deptune.methods.io import CONFIG_FILE, WEIGHTS_FILE
+from deptune.train.loop import TrainResult, train
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "DEPTUNE_FAULT_FILE"
+"""Test hook: while the file this names exists and holds "RANK STEP", worker RANK deletes it and SIGKILLs
+itself after reporting STEP: a real process death mid-run, once."""
+
+
+class RaySession:
+    """One rank of a Ray Train worker group."""
+
+    def __init__(self) -> None:
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def restore_dir(self) -> Path | None:
+        checkpoint = ray.train.get_checkpoint()
+        return Path(checkpoint.to_directory()) if checkpoint else None
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None, improved: bool) -> None:
+        checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+        _maybe_inject_fault(self.rank, int(metrics["step"]))
+
+
+class ReportLog(ray.train.UserCallback):
+    """Appends rank 0's metrics of every report, restarts included, to a JSON-lines file (on the node of
+    the run's controller, which is the driver's)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        with self.path.open("a") as log_file:
+            log_file.write(json.dumps(metrics[0]) + "\n")
+
+
+def read_report_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+
+
+def _maybe_inject_fault(rank: int, step: int) -> None:
+    control = os.environ.get(FAULT_ENV)
+    if not control or not os.path.exists(control):
+        return
+    kill_rank, kill_step = (int(v) for v in Path(control).read_text().split())
+    if rank == kill_rank and step >= kill_step:
+        os.remove(control)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _worker(config: dict) -> None:
+    train(RunSpec.model_validate(config["spec"]), session=RaySession())
+
+
+def absolute_paths(spec: RunSpec, base: Path | None = None) -> RunSpec:
+    """Workers run elsewhere (another cwd, maybe another node): make every relative path absolute."""
+    base = base or Path.cwd()
+    data = spec.model_dump(mode="python")
+
+    def fix(node):
+        if isinstance(node, dict):
+            return {k: fix(v) for k, v in node.items()}
+        if isinstance(node, Path) and not node.is_absolute():
+            return base / node
+        return node
+
+    return RunSpec.model_validate(fix(data))
+
+
+def storage_path(spec: RunSpec) -> str:
+    return spec.train.storage_path or str((spec.train.output_dir / "ray").resolve())
+
+
+def build_trainer(spec: RunSpec, name: str, storage: str | None = None,
+                  callbacks: Sequence[ray.train.UserCallback] = ()) -> TorchTrainer:
+    """A TorchTrainer running the loop with the spec's resources, checkpoint retention and restarts."""
+    spec = absolute_paths(spec)
+    res, cfg = spec.resources, spec.train
+    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
+    return TorchTrainer(
+        _worker,
+        train_loop_config={"spec": spec.model_dump(mode="json")},
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
+        torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name, storage_path=storage or storage_path(spec), callbacks=list(callbacks),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
+                                               checkpoint_score_attribute="objective", checkpoint_score_order="max"),
+            # a worker group that cannot start fails the run instead of being retried forever
+            failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0)),
+    )
+
+
+def connect(address: str | None = None) -> bool:
+    """Join `address` / $RAY_ADDRESS, or start a local Ray on 127.0.0.1. True if we started it.
+
+    For a loopback-only local Ray, `deptune.local_ray.apply()` must have run before `import ray`.
+    """
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return False
+    local_ray.apply()  # the CLI applied it before importing ray; this covers library callers' env vars
+    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+    return True
+
+
+def check_fits(spec: RunSpec) -> None:
+    """Fail before any worker starts when the cluster is too small (unless an autoscaler is awaited)."""
+    res = spec.resources
+    need = {"CPU": res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker}
+    have = ray.cluster_resources()
+    short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
+    if not short:
+        return
+    text = ", ".join(f"{need:g} {kind} (cluster has {got:g})" for kind, (need, got) in short.items())
+    message = (f"resources: {res.workers} worker(s) x {res.cpus_per_worker:g} CPU / {res.gpus_per_worker:g} GPU "
+               f"need {text}")
+    if not res.wait_for_autoscaler:
+        raise ValueError(message + "; lower resources.workers or the per-worker resources, or set "
+                                   "resources.wait_for_autoscaler: true on an autoscaling cluster")
+    log.warning("%s; waiting for the autoscaler (the run fails if workers do not start in time)", message)
+
+
+def run_on_ray(spec: RunSpec, address: str | None = None, name: str = "deptune-train") -> TrainResult:
+    """Fit the run on Ray; the best adapter is copied to `<output_dir>/best` as in a local run, and every
+    report is logged to `<output_dir>/reports.jsonl`."""
+    started = connect(address)
+    log_path = (spec.train.output_dir / "reports.jsonl").resolve()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.unlink(missing_ok=True)
+    try:
+        check_fits(spec)
+        try:
+            result = build_trainer(spec, name, callbacks=[ReportLog(log_path)]).fit()
+        except ray.train.ControllerError as exc:  # the worker group never started (or the controller broke)
+            raise RuntimeError(f"Ray Train could not start {spec.resources.workers} worker(s) with "
+                               f"{spec.resources.cpus_per_worker:g} CPU / {spec.resources.gpus_per_worker:g} GPU "
+                               f"each: {exc.controller_failure}") from exc
+        except ray.train.WorkerGroupError as exc:
+            failures = "; ".join(f"rank {r}: {e}" for r, e in sorted(exc.worker_failures.items()))
+            raise RuntimeError(f"training failed after {spec.train.max_failures} restart(s): {failures}") from exc
+    finally:
+        if started:
+            ray.shutdown()
+    best = result.get_best_checkpoint("objective", "max")
+    best_dir = spec.train.output_dir / "best"
+    if best is not None:
+        best_dir.mkdir(parents=True, exist_ok=True)
+        with best.as_directory() as src:
+            for file in (CONFIG_FILE, WEIGHTS_FILE):
+                shutil.copy2(Path(src) / file, best_dir / file)
+    metrics = dict(result.metrics or {})
+    history = read_report_log(log_path)
+    best_row = max(history, key=lambda r: (r["objective"], -r["step"]))
+    return TrainResult(
+        best_step=int(metrics.get("best_step", best_row["step"])),
+        best_metrics={k[5:]: v for k, v in best_row.items() if k.startswith("eval_")},
+        test_metrics={k[5:]: v for k, v in metrics.items() if k.startswith("test_")},
+        adapter_dir=best_dir if best is not None else None,
+        trainable_params=int(metrics.get("trainable_params", 0)), history=history)

@@ -1,0 +1,119 @@
+"""Ray Train on a real local Ray (2 CPUs, 127.0.0.1 only): DDP correctness, reports, checkpoints,
+recovery from a killed worker, back-to-back runs, and a clear failure when workers cannot start."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from safetensors.torch import load_file
+
+from deptune.config import parse_spec
+from deptune.train.distributed import FAULT_ENV, ReportLog, build_trainer, read_report_log, run_on_ray
+
+pytestmark = pytest.mark.slow
+
+REPORT_KEYS = {"step", "objective", "eval_accuracy", "eval_f1", "train_loss", "step_time_s", "tokens_per_s",
+               "peak_memory_mb", "trainable_params", "best_objective", "best_step"}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    control = tmp_path_factory.mktemp("fault") / "kill"
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": {FAULT_ENV: str(control), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "5"}})
+    yield control
+    ray.shutdown()
+
+
+def make_spec(tmp_path: Path, workers: int = 1, steps: int = 6, eval_every: int = 3, **train):
+    return parse_spec({
+        "backbone": {"name": "tiny-bert", "tiny": {"dropout": 0.0}},
+        "task": {"name": "synthetic", "synthetic_size": 400},
+        "method": {"name": "dept", "prompt_length": 4, "rank": 3, "max_length": 32},
+        "train": {"steps": steps, "batch_size": 16, "eval_every": eval_every, "warmup_steps": 1, "lr_prompt": 0.3,
+                  "lr_lowrank": 5e-3, "lr_head": 1e-2, "output_dir": str(tmp_path), **train},
+        "resources": {"workers": workers},
+    })
+
+
+def fit(spec, name):
+    """Fit, and return the result with every report (rank 0's metrics, restarts included) as `.reports`."""
+    log = spec.train.output_dir / f"{name}.jsonl"
+    result = build_trainer(spec, name, callbacks=[ReportLog(log)]).fit()
+    result.reports = read_report_log(log)
+    return result
+
+
+def adapter_of(result) -> dict[str, torch.Tensor]:
+    with result.checkpoint.as_directory() as path:
+        return load_file(str(Path(path) / "adapter_model.safetensors"))
+
+
+def test_two_gloo_workers_match_one_worker_and_report_everything(ray_cluster, tmp_path):
+    one = fit(make_spec(tmp_path, workers=1, micro_batch_size=4), "one")  # 4 micro-batches accumulated
+    two = fit(make_spec(tmp_path, workers=2), "two")  # 8 examples per rank, one micro-batch each
+    a, b = adapter_of(one), adapter_of(two)
+    assert a.keys() == b.keys() == {"prompt_embeddings", "lora_embedding_A", "lora_embedding_B",
+                                    "classifier.weight", "classifier.bias"}
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert (a["lora_embedding_B"] != 0).any()  # it trained
+    for result in (one, two):
+        rows = result.reports
+        assert [r["step"] for r in rows] == [3, 6]
+        assert all(REPORT_KEYS <= r.keys() for r in rows)
+        assert "test_accuracy" in rows[-1]
+    assert one.metrics["objective"] == pytest.approx(two.metrics["objective"])  # whole validation set on both
+
+
+def test_checkpoint_is_adapter_only_and_small(ray_cluster, tmp_path):
+    result = fit(make_spec(tmp_path, steps=3), "small-ckpt")
+    with result.checkpoint.as_directory() as path:
+        files = {f.name: f.stat().st_size for f in Path(path).iterdir()}
+        tensors = load_file(str(Path(path) / "adapter_model.safetensors"))
+    assert set(files) == {"adapter_config.json", "adapter_model.safetensors", "train_state.pt"}
+    assert sum(files.values()) < 100_000  # kilobytes; the tiny backbone alone is ~440 kB
+    assert sum(t.numel() for t in tensors.values()) == result.metrics["trainable_params"]
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
+    uninterrupted = fit(make_spec(tmp_path, steps=9), "clean")
+    ray_cluster.write_text("1 3")  # rank 1 dies right after reporting step 3
+    recovered = fit(make_spec(tmp_path, workers=2, steps=9), "killed")
+    assert not ray_cluster.exists()  # the fault fired
+    steps = [r["step"] for r in recovered.reports]
+    assert steps == [3, 6, 9]  # the restarted group continued after step 3's checkpoint, not from 0
+    a, b = adapter_of(uninterrupted), adapter_of(recovered)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_back_to_back_runs_release_their_resources(ray_cluster, tmp_path):
+    durations = []
+    for i in range(3):
+        started = time.perf_counter()
+        result = fit(make_spec(tmp_path, workers=2, steps=2, eval_every=2, evaluate_test=False), f"b2b-{i}")
+        durations.append(time.perf_counter() - started)
+        assert result.metrics["step"] == 2
+        deadline = time.time() + 10
+        while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert ray.available_resources().get("CPU", 0) == 2  # worker group and placement group gone
+    print("back-to-back fit() seconds:", [round(d, 1) for d in durations])
+
+
+def test_a_run_that_cannot_get_its_workers_fails_clearly(ray_cluster, tmp_path):
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"3 worker\(s\).*need 3 CPU \(cluster has 2\)"):
+        run_on_ray(make_spec(tmp_path, workers=3, batch_size=15))
+    assert time.perf_counter() - started < 5  # before any worker starts
+    spec = parse_spec({**make_spec(tmp_path, workers=3, batch_size=15).model_dump(mode="json"),
+                       "resources": {"workers": 3, "wait_for_autoscaler": True}})
+    with pytest.raises(RuntimeError, match="could not start 3 worker"):
+        run_on_ray(spec)  # no autoscaler here: Ray's start timeout (5 s in this cluster) ends it
+    assert time.perf_counter() - started < 60
