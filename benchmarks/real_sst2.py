@@ -105,9 +105,10 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--train-samples", type=int, default=8000)
-    parser.add_argument("--lr-prompt", type=float, default=0.3)
-    parser.add_argument("--lr-lowrank", type=float, default=1e-3)
-    parser.add_argument("--lr-head", type=float, default=1e-3)
+    # the paper's lr_prompt 0.3 suits T5's embedding scale; BERT-style embeddings are ~10x smaller
+    parser.add_argument("--lr-prompt", type=float, default=1e-2)
+    parser.add_argument("--lr-lowrank", type=float, default=1e-4)
+    parser.add_argument("--lr-head", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_sst2"))
     args = parser.parse_args()

@@ -126,3 +126,30 @@ def test_data_problems_fail_before_the_backbone_loads(tmp_path):
     bad["task"] = {"name": "sst2", "files": {"train": str(data)}}
     with pytest.raises(ValueError, match="sentence"):
         train(parse_spec(bad))
+
+
+def test_scoring_the_best_adapter_leaves_the_current_one_in_place():
+    from deptune.tasks import get_task
+    from deptune.train.checkpoint import Progress
+    from deptune.train.loop import _score_best
+
+    bb = load_backbone(BackboneConfig(name="tiny-bert"))
+    model = build_model(bb, DePTConfig(prompt_length=4, rank=2, max_length=32))
+    progress = Progress()
+    progress.improve(1, 0.5, {"accuracy": 0.5}, model)  # the best is the initial adapter
+    with torch.no_grad():
+        model.lora_embedding_B.add_(1.0)  # training moved on
+    current = {k: v.detach().clone() for k, v in model.adapter_tensors().items()}
+    task = get_task("synthetic")
+    examples = task.splits(50, 0).test
+    assert not torch.equal(progress.best_adapter["lora_embedding_B"], current["lora_embedding_B"])
+    best_metrics = _score_best(model, bb, task, examples, progress, spec_for_scoring(), torch.device("cpu"),
+                               torch.autocast("cpu", enabled=False))
+    assert set(best_metrics) == {"accuracy", "f1"}
+    for key, value in model.adapter_tensors().items():
+        torch.testing.assert_close(value, current[key], rtol=0, atol=0)
+
+
+def spec_for_scoring():
+    from deptune.train.config import TrainConfig
+    return TrainConfig(steps=2, warmup_steps=0)

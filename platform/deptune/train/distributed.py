@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ray
@@ -25,6 +25,7 @@ from deptune import local_ray
 from deptune.config import RunSpec
 from deptune.methods.io import CONFIG_FILE, WEIGHTS_FILE
 from deptune.train.loop import TrainResult, train
+from deptune.train.session import print_reporter
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class RaySession:
 
 class ReportLog(ray.train.UserCallback):
     """Appends rank 0's metrics of every report, restarts included, to a JSON-lines file (on the node of
-    the run's controller, which is the driver's)."""
+    the run's controller, which is the driver's), and prints them (Ray forwards it to the driver)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -62,6 +63,7 @@ class ReportLog(ray.train.UserCallback):
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         with self.path.open("a") as log_file:
             log_file.write(json.dumps(metrics[0]) + "\n")
+        print_reporter(metrics[0], None)
 
 
 def read_report_log(path: Path) -> list[dict]:
@@ -102,13 +104,15 @@ def storage_path(spec: RunSpec) -> str:
 
 
 def build_trainer(spec: RunSpec, name: str, storage: str | None = None,
-                  callbacks: Sequence[ray.train.UserCallback] = ()) -> TorchTrainer:
-    """A TorchTrainer running the loop with the spec's resources, checkpoint retention and restarts."""
+                  callbacks: Sequence[ray.train.UserCallback] = (),
+                  loop: Callable[[dict], None] | None = None) -> TorchTrainer:
+    """A TorchTrainer running the loop (or `loop`, given {"spec": ...}) with the spec's resources,
+    checkpoint retention and restarts."""
     spec = absolute_paths(spec)
     res, cfg = spec.resources, spec.train
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
     return TorchTrainer(
-        _worker,
+        loop or _worker,
         train_loop_config={"spec": spec.model_dump(mode="json")},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),

@@ -97,7 +97,7 @@ def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session |
     restore = session.restore_dir()
     progress = load_checkpoint(restore, model, optimizer, scheduler, rank, world) if restore else Progress()
     forward = (DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                       broadcast_buffers=False, init_sync=False) if distributed() else model)
+                                       forward_sync_buffers=False, init_sync=False) if distributed() else model)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if device.type == "cuda" and cfg.precision in ("auto", "bf16") else nullcontext())
     window, history = _Window(), []
@@ -164,12 +164,18 @@ def dataset_tokens(batch: dict[str, torch.Tensor], family: str) -> int:
 
 def _score_best(model: PromptModel, backbone: Backbone, task: Task, examples, progress: Progress, cfg: TrainConfig,
                 device: torch.device, autocast) -> dict[str, float]:
-    with torch.no_grad():
-        for key, param in model.adapter_tensors().items():
-            param.copy_(progress.best_adapter[key])
+    """Test metrics of the best adapter; the current tensors are put back (the checkpoint must hold them)."""
+    tensors = model.adapter_tensors()
+    current = {k: v.detach().clone() for k, v in tensors.items()}
     items = encode(examples, backbone, task, model.config.max_length, cfg.max_target_length)
-    with autocast:
-        return evaluate(model, backbone, task, items, cfg.eval_batch_size, cfg.max_new_tokens, device)
+    with torch.no_grad():
+        for key, param in tensors.items():
+            param.copy_(progress.best_adapter[key])
+        with autocast:
+            metrics = evaluate(model, backbone, task, items, cfg.eval_batch_size, cfg.max_new_tokens, device)
+        for key, param in tensors.items():
+            param.copy_(current[key])
+    return metrics
 
 
 def _checkpoint_and_report(session: Session, report: dict[str, float], improved: bool, model: PromptModel,
