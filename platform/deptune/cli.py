@@ -38,7 +38,9 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
           local: Annotated[bool, typer.Option("--local", help="run in this process, without Ray")] = False,
           address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, "
                                                            "else a local Ray on 127.0.0.1)")] = None,
-          workers: Annotated[int | None, typer.Option(min=1, help="override resources.workers")] = None) -> None:
+          workers: Annotated[int | None, typer.Option(min=1, help="override resources.workers")] = None,
+          name: Annotated[str | None, typer.Option(help="Ray run name; an existing one in storage is resumed "
+                                                        "(default: a new timestamped name)")] = None) -> None:
     """Run one DePT / PT training configuration on Ray Train (or --local) and print its metrics."""
     overrides = list(overrides or []) + ([f"resources.workers={workers}"] if workers else [])
     try:
@@ -56,7 +58,7 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
             from deptune import local_ray
             local_ray.apply()  # before ray is imported
         from deptune.train.distributed import run_on_ray
-        result = run_on_ray(run_spec, address)
+        result = run_on_ray(run_spec, address, name)
     elapsed = time.perf_counter() - started
     where = "in-process" if local else f"Ray Train, {run_spec.resources.workers} worker(s)"
     typer.echo(f"\n{run_spec.method.name} on {run_spec.task.name} with {run_spec.backbone.name} ({where}): "

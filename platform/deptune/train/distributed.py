@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -158,9 +159,14 @@ def check_fits(spec: RunSpec) -> None:
     log.warning("%s; waiting for the autoscaler (the run fails if workers do not start in time)", message)
 
 
-def run_on_ray(spec: RunSpec, address: str | None = None, name: str = "deptune-train") -> TrainResult:
+def run_on_ray(spec: RunSpec, address: str | None = None, name: str | None = None) -> TrainResult:
     """Fit the run on Ray; the best adapter is copied to `<output_dir>/best` as in a local run, and every
-    report is logged to `<output_dir>/reports.jsonl`."""
+    report is logged to `<output_dir>/reports.jsonl`.
+
+    Ray Train resumes a run whose name already exists in storage: each call gets a fresh timestamped
+    name unless `name` asks to continue one (say, after the driver died).
+    """
+    name = name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     started = connect(address)
     log_path = (spec.train.output_dir / "reports.jsonl").resolve()
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -88,9 +88,8 @@ def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session |
     trainable = [p for p in model.parameters() if p.requires_grad]
     broadcast_parameters(trainable)
     s = model.config.max_length
-    train_items = encode(splits.train, backbone, task, s, cfg.max_target_length)
     val_items = encode(splits.validation, backbone, task, s, cfg.max_target_length)
-    batches = GlobalBatches(len(train_items), cfg.batch_size, cfg.seed)
+    batches = GlobalBatches(len(splits.train), cfg.batch_size, cfg.seed)
     optimizer = make_optimizer(model, cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     torch.manual_seed(cfg.seed + 1000 * rank)  # dropout differs across ranks
@@ -103,8 +102,9 @@ def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session |
     window, history = _Window(), []
     model.train()
     for step in range(progress.step + 1, cfg.steps + 1):
-        items = [train_items[i] for i in batches.indices(step - 1, rank, world)]
         window.start()
+        examples = [splits.train[i] for i in batches.indices(step - 1, rank, world)]  # this rank's shard only
+        items = encode(examples, backbone, task, s, cfg.max_target_length)
         loss, tokens = _train_step(model, forward, backbone, task, items, optimizer, scheduler, cfg, device, autocast)
         window.stop(loss, tokens)
         progress.step = step
