@@ -139,18 +139,18 @@ def _train_step(model: PromptModel, forward, backbone: Backbone, task: Task, ite
     local_tokens = sum(dataset_tokens(b, model.family) for b in micro)
     global_count, global_tokens = all_reduce_sum([local_count, local_tokens], device)
     scale = (torch.distributed.get_world_size() if distributed() else 1) / max(global_count, 1)  # DDP averages
-    local_loss = 0.0
+    local_loss = torch.zeros((), device=device)
     for i, batch in enumerate(micro):
         sync = nullcontext() if i == n_micro - 1 or forward is model else forward.no_sync()
         with sync, autocast:
             total = loss_sum(model, batch, forward)
         (total * scale).backward()
-        local_loss += total.item()
+        local_loss += total.detach()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    (global_loss,) = all_reduce_sum([local_loss], device)
+    (global_loss,) = all_reduce_sum([local_loss.item()], device)  # one device sync per step
     return global_loss / max(global_count, 1), int(global_tokens)
 
 
