@@ -3,7 +3,6 @@ recovery from a killed worker, back-to-back runs, and a clear failure when worke
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 

@@ -29,7 +29,7 @@ def validate(files: Annotated[list[Path], typer.Argument(help="spec files")]) ->
             failed = True
             typer.echo(str(exc), err=True)
     if failed:
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -47,7 +47,7 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
         run_spec = load_spec(spec, overrides)
     except SpecError as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     if local:

@@ -21,6 +21,7 @@ LOCAL_RAY_ENV = {
 
 def apply() -> None:
     if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
-        warnings.warn("ray was imported before deptune.local_ray.apply(): a local Ray may listen on all interfaces")
+        warnings.warn("ray was imported before deptune.local_ray.apply(): a local Ray may listen on all interfaces",
+                      stacklevel=2)
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)

@@ -5,7 +5,6 @@ Only adapter tensors are written (and an encoder's head): kilobytes, never the b
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -85,15 +84,19 @@ class GlobalBatches:
             raise ValueError(f"the train split has {size} examples, fewer than train.batch_size={batch_size}")
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.per_epoch = size // batch_size
+        self._cached_epoch, self._cached = -1, torch.empty(0, dtype=torch.long)
 
     def indices(self, step: int, rank: int = 0, world_size: int = 1) -> list[int]:
         epoch, position = divmod(step, self.per_epoch)
         batch = self._order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
         return batch[rank::world_size].tolist()
 
-    @lru_cache(maxsize=2)
     def _order(self, epoch: int) -> Tensor:
-        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+        """The epoch's permutation, kept while the epoch lasts (steps ask for it in order)."""
+        if self._cached_epoch != epoch:
+            self._cached = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+            self._cached_epoch = epoch
+        return self._cached
 
     def iterate(self, start_step: int, rank: int = 0, world_size: int = 1) -> Iterator[list[int]]:
         step = start_step
