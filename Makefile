@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/deptune train search_spaces/demo.yaml
+	$(BIN)/deptune sweep search_spaces/demo.yaml
 
 test: setup
 	$(BIN)/python -m pytest
@@ -22,6 +22,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/efficiency.py
 	$(BIN)/python benchmarks/real_sst2.py
+	$(BIN)/python benchmarks/sweep_overhead.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -181,7 +181,7 @@ def test_prompt_inits():
     torch.manual_seed(0)
     random = build_model(bb, PromptTuningConfig(prompt_length=500, init="random")).prompt_embeddings.detach()
     assert random.std().item() == pytest.approx(1.0, abs=0.05)
-    with pytest.raises(ValueError, match="init_text is required"):
+    with pytest.raises(ValueError, match="init_text: required"):
         PromptTuningConfig(init="text")
 
 

@@ -1,4 +1,4 @@
-"""`deptune validate | train`: the command line (Typer)."""
+"""`deptune validate | train | sweep`: the command line (Typer)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a s
 
 @app.command()
 def validate(files: Annotated[list[Path], typer.Argument(help="spec files")]) -> None:
-    """Check spec files without running anything; exit 2 listing every error with its key path."""
+    """Check spec files without starting Ray; exit 2 listing every error with its key path."""
+    from deptune import preflight
     failed = False
     for path in files:
         try:
-            load_spec(path)
+            preflight.check(load_spec(path), str(path))
             typer.echo(f"{path}: ok")
         except SpecError as exc:
             failed = True
@@ -42,17 +43,24 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
           name: Annotated[str | None, typer.Option(help="Ray run name; an existing one in storage is resumed "
                                                         "(default: a new timestamped name)")] = None) -> None:
     """Run one DePT / PT training configuration on Ray Train (or --local) and print its metrics."""
+    from deptune import preflight
     overrides = list(overrides or []) + ([f"resources.workers={workers}"] if workers else [])
     try:
         run_spec = load_spec(spec, overrides)
+        preflight.check(run_spec, str(spec), local_cluster=not (local or address or os.environ.get("RAY_ADDRESS")))
     except SpecError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    if hasattr(run_spec, "base_run"):  # a sweep spec trains its base configuration
+        run_spec = run_spec.base_run()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     if local:
         from deptune.train.loop import train as run_training  # torch/transformers load only when needed
         result = run_training(run_spec)
+        if result.diverged_at_step is not None:
+            typer.echo(f"training diverged: non-finite loss at step {result.diverged_at_step}", err=True)
+            raise typer.Exit(1)
     else:
         if not (address or os.environ.get("RAY_ADDRESS")):
             from deptune import local_ray
@@ -68,6 +76,60 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
     if result.test_metrics:
         typer.echo("test: " + ", ".join(f"{k}={v:.4f}" for k, v in result.test_metrics.items()))
     typer.echo(f"adapter: {result.adapter_dir}")
+
+
+@app.command()
+def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_spaces/*.yaml)")],
+          overrides: SetOption = None,
+          resume: Annotated[bool, typer.Option("--resume", help="continue the study's last execution (its "
+                                                                "driver was killed) instead of starting one")] = False,
+          address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, "
+                                                           "else a local Ray on 127.0.0.1)")] = None,
+          top: Annotated[int, typer.Option(help="leaderboard rows")] = 10) -> None:
+    """Search m, r and the learning rates with Ray Tune + Optuna (+ ASHA); the study persists across runs."""
+    from deptune.sweep.config import SweepSpec
+    try:
+        sweep_spec = load_spec(spec, overrides, kind=SweepSpec)
+    except SpecError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        from deptune import local_ray
+        local_ray.apply()  # before ray is imported
+    from deptune.sweep.driver import run_sweep
+    from deptune.sweep.leaderboard import render, render_pareto
+    started = time.perf_counter()
+    try:
+        outcome = run_sweep(sweep_spec, str(spec), resume=resume, address=address)
+    except SpecError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    metrics = [sweep_spec.sweep.objective.metric] + (
+        [sweep_spec.sweep.second_objective.metric] if sweep_spec.sweep.second_objective else [])
+    if outcome.resumed_nothing:
+        typer.echo(f"execution {outcome.execution.number} of study {outcome.study.study_name!r} already finished; "
+                   f"nothing to resume")
+    render(outcome.study, metrics, top)
+    if outcome.pareto:
+        render_pareto(outcome.pareto, metrics)
+    from deptune.sweep.study import storage_url
+    typer.echo(f"\nexecution {outcome.execution.number} ({outcome.execution.name}) in {time.perf_counter() - started:.0f} s"
+               f"\nstudy: {outcome.study.study_name} in {storage_url(sweep_spec).split('@')[-1]}"
+               f"\nRay Tune results: {outcome.experiment_path}")
+    best = _best_adapter(outcome.study)
+    if best:
+        typer.echo(f"best adapter: {best}")
+    if outcome.interrupted:
+        typer.echo("the execution was interrupted: continue it with --resume", err=True)
+        raise typer.Exit(1)
+
+
+def _best_adapter(study) -> str | None:
+    try:
+        return study.best_trials[0].user_attrs.get("adapter_path") if study.best_trials else None
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

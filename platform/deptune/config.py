@@ -1,12 +1,18 @@
-"""A run spec: one YAML file, strictly typed. Each section's model lives with its layer."""
+"""Specs: one YAML file, strictly typed. Each section's model lives with its layer.
+
+A run spec (backbone, task, method, train, resources) describes one training run; a sweep spec adds
+`search`, `sweep`, `study` and `tracking` (`deptune.sweep.config.SweepSpec`). `load_spec` returns
+whichever the file is.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import ValidationError, model_validator
 
 from deptune.methods import MethodConfig
 from deptune.models import BackboneConfig
@@ -24,6 +30,13 @@ class RunSpec(StrictModel):
     train: TrainConfig = TrainConfig()
     resources: ResourcesConfig = ResourcesConfig()
 
+    @model_validator(mode="after")
+    def _batch_splits_across_workers(self) -> "RunSpec":
+        if self.train.batch_size % self.resources.workers:
+            raise ValueError(f"train.batch_size: {self.train.batch_size} must be divisible by resources.workers "
+                             f"({self.resources.workers}): each rank takes an equal slice of the global batch")
+        return self
+
 
 class SpecError(ValueError):
     """A spec file that does not validate; `errors` holds one 'key.path: message' line per problem."""
@@ -33,20 +46,34 @@ class SpecError(ValueError):
         super().__init__(f"{source}: {len(errors)} error(s)\n" + "\n".join(f"  {e}" for e in errors))
 
 
-def _key_path(loc: tuple[Any, ...]) -> str:
+SWEEP_SECTIONS = ("search", "sweep", "study", "tracking")
+_KEYED_MESSAGE = re.compile(r"^(?:Value error, )?([a-z_]+(?:\.[a-z_0-9]+)+): (.*)$", re.S)
+
+
+def _error_line(error: dict[str, Any]) -> str:
+    """'key.path: message'; a cross-field check names its own key path at the start of its message."""
+    loc = error["loc"]
     # drop pydantic's discriminator tag segment (method.dept.rank -> method.rank)
     parts = [str(p) for i, p in enumerate(loc) if not (i == 1 and loc[0] == "method" and isinstance(p, str)
-                                                       and len(loc) > 2)]
-    return ".".join(parts) or "<root>"
+                                                       and len(loc) >= 2)]
+    message = error["msg"].removeprefix("Value error, ")
+    keyed = _KEYED_MESSAGE.match(message)
+    if keyed and (not parts or keyed.group(1).startswith(parts[0])):
+        return f"{keyed.group(1)}: {keyed.group(2)}"
+    return f"{'.'.join(parts) or '<root>'}: {message}"
 
 
-def parse_spec(data: Any, source: str = "<spec>") -> RunSpec:
+def parse_spec(data: Any, source: str = "<spec>", kind: type[RunSpec] | None = None) -> RunSpec:
+    """Validate a spec's data: a sweep spec when it has a sweep section (or `kind` says so), else a run spec."""
     if not isinstance(data, dict):
         raise SpecError(source, [f"<root>: expected a mapping of sections, got {type(data).__name__}"])
+    if kind is None:
+        from deptune.sweep.config import SweepSpec  # the sweep layer builds on this module
+        kind = SweepSpec if any(k in data for k in SWEEP_SECTIONS) else RunSpec
     try:
-        return RunSpec.model_validate(data)
+        return kind.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(source, [f"{_key_path(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
+        raise SpecError(source, [_error_line(e) for e in exc.errors()]) from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -63,7 +90,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
+def load_spec(path: str | Path, overrides: list[str] | None = None, kind: type[RunSpec] | None = None) -> RunSpec:
     path = Path(path)
     if not path.is_file():
         raise SpecError(str(path), ["<file>: no such file"])
@@ -73,4 +100,6 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
         raise SpecError(str(path), [f"<yaml>: {exc}"]) from None
     if overrides:
         data = apply_overrides(data, overrides)
-    return parse_spec(data, str(path))
+    if isinstance(data, dict) and any(k in data for k in SWEEP_SECTIONS) and isinstance(data.get("study", {}), dict):
+        data["study"] = {"name": path.stem, **data.get("study", {})}  # a sweep's study is named after its file
+    return parse_spec(data, str(path), kind)

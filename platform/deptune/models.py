@@ -8,19 +8,16 @@ the same one) with a word-level tokenizer over the built-in synthetic task's wor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, PositiveInt
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
-                          AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                          BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase,
-                          PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
 
 from deptune.spec_base import StrictModel
 from deptune.tasks.synthetic import WORDS
+
+if TYPE_CHECKING:  # transformers' model code takes seconds to import: only the processes that build a model pay
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 Family = Literal["seq2seq", "causal", "encoder"]
 TINY_BACKBONES = ("tiny-t5", "tiny-gpt2", "tiny-llama", "tiny-bert")
@@ -86,6 +83,8 @@ def load_backbone(cfg: BackboneConfig, num_labels: int = 2) -> Backbone:
 
 
 def _load_pretrained(cfg: BackboneConfig, num_labels: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Family]:
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+                              AutoModelForSequenceClassification, AutoTokenizer)
     config = AutoConfig.from_pretrained(cfg.name, revision=cfg.revision)
     family = cfg.family or infer_family(config)
     tokenizer = AutoTokenizer.from_pretrained(cfg.name, revision=cfg.revision)
@@ -109,6 +108,8 @@ _EXTRA_WORDS = ["sentence", "sentence1", "sentence2", "question", "question1", "
 
 def tiny_tokenizer(family: Family) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the synthetic task's words (others map to <unk>): fast and offline."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(_SPECIALS + _EXTRA_WORDS + list(WORDS)))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
@@ -124,6 +125,8 @@ def tiny_tokenizer(family: Family) -> PreTrainedTokenizerFast:
 
 
 def _build_tiny(name: str, size: TinySize, num_labels: int) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, Family]:
+    from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                              LlamaForCausalLM, T5Config, T5ForConditionalGeneration)
     family: Family = {"tiny-t5": "seq2seq", "tiny-bert": "encoder"}.get(name, "causal")
     tokenizer = tiny_tokenizer(family)
     vocab, d = len(tokenizer), size.hidden_size

@@ -33,7 +33,7 @@ class PromptConfig(StrictModel):
     @model_validator(mode="after")
     def _text_init_needs_text(self) -> "PromptConfig":
         if self.init == "text" and not self.init_text:
-            raise ValueError("init_text is required when init is 'text'")
+            raise ValueError("method.init_text: required when method.init is 'text'")
         return self
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from deptune.spec_base import StrictModel
 
@@ -30,6 +30,14 @@ class TaskConfig(StrictModel):
     max_eval_samples: PositiveInt | None = None
     split_seed: int = 42
     synthetic_size: PositiveInt = 2000
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from deptune.tasks import TASK_NAMES  # the registry imports this module
+        if name not in TASK_NAMES:
+            raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASK_NAMES)}")
+        return name
 
     @model_validator(mode="after")
     def _one_data_source(self) -> "TaskConfig":

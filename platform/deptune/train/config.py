@@ -27,7 +27,7 @@ class ResourcesConfig(StrictModel):
     @model_validator(mode="after")
     def _fractional_gpus_need_one_worker(self) -> "ResourcesConfig":
         if 0 < self.gpus_per_worker < 1 and self.workers > 1:
-            raise ValueError(f"gpus_per_worker={self.gpus_per_worker} with workers={self.workers}: NCCL cannot run "
+            raise ValueError(f"resources.gpus_per_worker: {self.gpus_per_worker} with workers={self.workers}: NCCL cannot run "
                              f"two ranks on one GPU; use whole GPUs for DDP or one worker per fractional GPU")
         return self
 
@@ -61,5 +61,5 @@ class TrainConfig(StrictModel):
     @model_validator(mode="after")
     def _schedule_fits(self) -> "TrainConfig":
         if self.warmup_steps >= self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
+            raise ValueError(f"train.warmup_steps: {self.warmup_steps} must be < train.steps ({self.steps})")
         return self

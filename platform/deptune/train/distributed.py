@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 import ray.train
@@ -25,8 +26,10 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from deptune import local_ray
 from deptune.config import RunSpec
 from deptune.methods.io import CONFIG_FILE, WEIGHTS_FILE
-from deptune.train.loop import TrainResult, train
 from deptune.train.session import print_reporter
+
+if TYPE_CHECKING:
+    from deptune.train.loop import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,15 @@ def _maybe_inject_fault(rank: int, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _worker(config: dict) -> None:
-    train(RunSpec.model_validate(config["spec"]), session=RaySession())
+def _worker(config: dict) -> dict:
+    """Rank 0's return value becomes `Result.return_value`: how the driver learns training diverged."""
+    from deptune.train.loop import train  # here, not at the top: the Train controller unpickles this function
+    result = train(RunSpec.model_validate(config["spec"]), session=RaySession())
+    return {"diverged_at_step": result.diverged_at_step}
+
+
+def diverged_at_step(result: ray.train.Result) -> int | None:
+    return (getattr(result, "return_value", None) or {}).get("diverged_at_step")
 
 
 def absolute_paths(spec: RunSpec, base: Path | None = None) -> RunSpec:
@@ -97,7 +107,7 @@ def absolute_paths(spec: RunSpec, base: Path | None = None) -> RunSpec:
             return base / node
         return node
 
-    return RunSpec.model_validate(fix(data))
+    return type(spec).model_validate(fix(data))
 
 
 def storage_path(spec: RunSpec) -> str:
@@ -138,14 +148,17 @@ def connect(address: str | None = None) -> bool:
         ray.init(address=address)
         return False
     local_ray.apply()  # the CLI applied it before importing ray; this covers library callers' env vars
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+    # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls: without it a
+    # run whose controller is killed (a trial ASHA stops) keeps its workers' CPUs until Ray shuts down.
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", log_to_driver=True)
     return True
 
 
-def check_fits(spec: RunSpec) -> None:
-    """Fail before any worker starts when the cluster is too small (unless an autoscaler is awaited)."""
+def check_fits(spec: RunSpec, driver_cpus: float = 0.0) -> None:
+    """Fail before any worker starts when the cluster is too small (unless an autoscaler is awaited);
+    `driver_cpus`: what a sweep trial's driver needs besides its workers."""
     res = spec.resources
-    need = {"CPU": res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker}
+    need = {"CPU": driver_cpus + res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker}
     have = ray.cluster_resources()
     short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
     if not short:
@@ -159,7 +172,17 @@ def check_fits(spec: RunSpec) -> None:
     log.warning("%s; waiting for the autoscaler (the run fails if workers do not start in time)", message)
 
 
-def run_on_ray(spec: RunSpec, address: str | None = None, name: str | None = None) -> TrainResult:
+def training_error(spec: RunSpec, exc: Exception) -> RuntimeError:
+    """Ray Train's failure, said in the spec's terms."""
+    res = spec.resources
+    if isinstance(exc, ray.train.ControllerError):  # the worker group never started (or the controller broke)
+        return RuntimeError(f"Ray Train could not start {res.workers} worker(s) with {res.cpus_per_worker:g} CPU / "
+                            f"{res.gpus_per_worker:g} GPU each: {exc.controller_failure}")
+    failures = "; ".join(f"rank {r}: {e}" for r, e in sorted(exc.worker_failures.items()))
+    return RuntimeError(f"training failed after {spec.train.max_failures} restart(s): {failures}")
+
+
+def run_on_ray(spec: RunSpec, address: str | None = None, name: str | None = None) -> "TrainResult":
     """Fit the run on Ray; the best adapter is copied to `<output_dir>/best` as in a local run, and every
     report is logged to `<output_dir>/reports.jsonl`.
 
@@ -175,16 +198,13 @@ def run_on_ray(spec: RunSpec, address: str | None = None, name: str | None = Non
         check_fits(spec)
         try:
             result = build_trainer(spec, name, callbacks=[ReportLog(log_path)]).fit()
-        except ray.train.ControllerError as exc:  # the worker group never started (or the controller broke)
-            raise RuntimeError(f"Ray Train could not start {spec.resources.workers} worker(s) with "
-                               f"{spec.resources.cpus_per_worker:g} CPU / {spec.resources.gpus_per_worker:g} GPU "
-                               f"each: {exc.controller_failure}") from exc
-        except ray.train.WorkerGroupError as exc:
-            failures = "; ".join(f"rank {r}: {e}" for r, e in sorted(exc.worker_failures.items()))
-            raise RuntimeError(f"training failed after {spec.train.max_failures} restart(s): {failures}") from exc
+        except (ray.train.ControllerError, ray.train.WorkerGroupError) as exc:
+            raise training_error(spec, exc) from exc
     finally:
         if started:
             ray.shutdown()
+    if (step := diverged_at_step(result)) is not None:
+        raise FloatingPointError(f"training diverged: non-finite loss at step {step}")
     best = result.get_best_checkpoint("objective", "max")
     best_dir = spec.train.output_dir / "best"
     if best is not None:
@@ -192,9 +212,10 @@ def run_on_ray(spec: RunSpec, address: str | None = None, name: str | None = Non
         with best.as_directory() as src:
             for file in (CONFIG_FILE, WEIGHTS_FILE):
                 shutil.copy2(Path(src) / file, best_dir / file)
+    from deptune.train.loop import TrainResult
     metrics = dict(result.metrics or {})
     history = read_report_log(log_path)
-    best_row = max(history, key=lambda r: (r["objective"], -r["step"]))
+    best_row = max((r for r in history if "objective" in r), key=lambda r: (r["objective"], -r["step"]))
     return TrainResult(
         best_step=int(metrics.get("best_step", best_row["step"])),
         best_metrics={k[5:]: v for k, v in best_row.items() if k.startswith("eval_")},

@@ -9,6 +9,7 @@ by loss), and the session gets the metrics plus a resumable checkpoint.
 
 from __future__ import annotations
 
+import math
 import random
 import resource
 import sys
@@ -44,6 +45,7 @@ class TrainResult:
     adapter_dir: Path | None
     trainable_params: int
     history: list[dict[str, float]] = field(default_factory=list)
+    diverged_at_step: int | None = None  # training stopped: the loss became NaN or infinite
 
 
 def seed_everything(seed: int) -> None:
@@ -106,16 +108,22 @@ def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session |
         examples = [splits.train[i] for i in batches.indices(step - 1, rank, world)]  # this rank's shard only
         items = encode(examples, backbone, task, s, cfg.max_target_length)
         loss, tokens = _train_step(model, forward, backbone, task, items, optimizer, scheduler, cfg, device, autocast)
+        if not math.isfinite(loss):  # the same on every rank (all-reduced); retrying would diverge again
+            session.report({"step": float(step), "diverged_at_step": float(step)}, None, False)
+            return TrainResult(progress.best_step, progress.best_metrics, {}, None,
+                               model.trainable_parameter_count(), history, diverged_at_step=step)
         window.stop(loss, tokens)
         progress.step = step
         if step % cfg.eval_every and step != cfg.steps:
             continue
+        started = time.perf_counter()
         with autocast:
             metrics = evaluate(model, backbone, task, val_items, cfg.eval_batch_size, cfg.max_new_tokens, device)
+        latency_ms = 1000 * (time.perf_counter() - started) / max(len(splits.validation), 1)
         objective = metrics[task.metric_names[0]]
         improved = progress.improve(step, objective, metrics, model)
         report = {"step": float(step), "objective": objective, **{f"eval_{k}": v for k, v in metrics.items()},
-                  **window.flush(), "peak_memory_mb": peak_memory_mb(device),
+                  **window.flush(), "eval_latency_ms": latency_ms, "peak_memory_mb": peak_memory_mb(device),
                   "trainable_params": float(model.trainable_parameter_count()),
                   "best_objective": progress.best_objective, "best_step": float(progress.best_step)}
         if step == cfg.steps and cfg.evaluate_test:

@@ -1,0 +1,113 @@
+"""What a trial costs on top of its training: the same trials run by `deptune sweep` (Ray Tune + Optuna,
+each trial a Ray Train run) and by a plain in-process Optuna loop, side by side in one run.
+
+    .venv/bin/python benchmarks/sweep_overhead.py [--trials 4] [--steps 40] [--concurrent 1]
+
+Both runs evaluate the same enqueued configurations in the same order (FIFO, no early stopping), so the
+difference is the platform: per-trial fixed cost = (sweep wall - in-process wall) / trials, and the useful
+fraction = in-process training seconds / sweep wall. Runs a local Ray on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+from deptune import local_ray  # noqa: E402
+
+local_ray.apply()  # before ray is imported
+
+import optuna  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from deptune.config import parse_spec  # noqa: E402
+from deptune.sweep.config import SweepSpec  # noqa: E402
+from deptune.sweep.space import hidden_size, plan_search  # noqa: E402
+from deptune.sweep.trainable import trial_run  # noqa: E402
+
+
+def spec_for(out: Path, trials: int, steps: int, concurrent: int) -> SweepSpec:
+    points = [{"prompt_length": m, "lr_prompt": 0.3, "lr_lowrank": 5e-3} for m in (4, 6, 8, 10, 12, 2)][:trials]
+    points += [points[-1]] * (trials - len(points))
+    return parse_spec({
+        "backbone": {"name": "tiny-bert"}, "task": {"name": "synthetic", "synthetic_size": 1000},
+        "method": {"name": "dept", "prompt_length": 8, "budget": 16, "max_length": 32},
+        "search": {"prompt_length": {"low": 2, "high": 14, "step": 2}},
+        "train": {"steps": steps, "batch_size": 32, "eval_every": max(steps // 4, 1), "warmup_steps": 2,
+                  "lr_head": 0.01, "output_dir": str(out), "evaluate_test": False},
+        "resources": {"workers": 1, "cpus_per_worker": 2.0 - 0.25 if concurrent == 1 else 0.75},
+        "sweep": {"trials": trials, "max_concurrent": concurrent, "driver_cpus": 0.25, "enqueue": points,
+                  "scheduler": {"name": "fifo"}},
+        "study": {"name": "overhead"},
+    }, kind=SweepSpec)
+
+
+def in_process(spec: SweepSpec) -> tuple[float, list[float]]:
+    """A plain Optuna loop calling the training loop in this process: no Ray at all."""
+    from deptune.train.loop import train
+    from deptune.train.session import LocalSession
+    import torch
+    plan, _ = plan_search(spec, hidden_size(spec.backbone))
+    study = optuna.create_study(direction="maximize")
+    for point in spec.sweep.enqueue:
+        study.enqueue_trial(point)
+    seconds = []
+    started = time.perf_counter()
+    for _ in range(spec.sweep.trials):
+        trial = study.ask()
+        run = trial_run(spec, plan.suggest(trial))
+        t0 = time.perf_counter()
+        result = train(run, session=LocalSession(run.train.output_dir / f"t{trial.number}", torch.device("cpu"),
+                                                 lambda *_: None))
+        seconds.append(time.perf_counter() - t0)
+        study.tell(trial, result.best_metrics["accuracy"])
+    return time.perf_counter() - started, seconds
+
+
+def on_ray(spec: SweepSpec) -> tuple[float, float]:
+    import ray
+    from deptune.sweep.driver import run_sweep
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
+    ray_start = time.perf_counter() - t0
+    try:
+        started = time.perf_counter()
+        run_sweep(spec)
+        return time.perf_counter() - started, ray_start
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--concurrent", type=int, default=1)
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory(prefix="deptune-overhead-") as tmp:
+        spec = spec_for(Path(tmp), args.trials, args.steps, args.concurrent)
+        plain_wall, train_seconds = in_process(spec)
+        sweep_wall, ray_start = on_ray(spec)
+    useful = sum(train_seconds)
+    table = Table(title=f"{args.trials} trials x {args.steps} steps (tiny-bert, synthetic), "
+                        f"{args.concurrent} at a time, 2-CPU box")
+    for column in ("runner", "wall s", "per trial s", "fixed cost per trial s", "useful fraction"):
+        table.add_column(column, justify="right")
+    table.add_row("in-process Optuna loop", f"{plain_wall:.1f}", f"{plain_wall / args.trials:.1f}",
+                  f"{(plain_wall - useful) / args.trials:.1f}", f"{useful / plain_wall:.0%}")
+    table.add_row("deptune sweep (Tune+Train)", f"{sweep_wall:.1f}", f"{sweep_wall / args.trials:.1f}",
+                  f"{(sweep_wall - useful) / args.trials:.1f}", f"{useful / sweep_wall:.0%}")
+    Console(width=140).print(table)
+    print(f"training inside the loop: {useful:.1f} s in all; local Ray start (once per sweep, not counted "
+          f"above): {ray_start:.1f} s; sweep / in-process wall: {sweep_wall / plain_wall:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""`deptune sweep`: check the spec, open the study, then run (or resume) one execution on Ray Tune.
+
+Order matters: every check that can fail without a cluster (spec, files, budget, study storage, this
+machine's size) runs before Ray starts, and the cluster's size is checked before any trial starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from deptune import local_ray, preflight
+from deptune.config import SpecError
+from deptune.sweep.config import SweepSpec
+from deptune.sweep.searcher import FailureReasons, StudySearcher
+from deptune.sweep.space import SearchPlan, hidden_size, plan_search
+from deptune.sweep.study import (Execution, close_orphans, last_execution, load_study, open_storage,
+                                 pareto_front, start_execution, storage_url)
+from deptune.sweep.trainable import run_trial
+from deptune.train.distributed import absolute_paths, check_fits, connect
+
+log = logging.getLogger(__name__)
+UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}
+
+
+@dataclass
+class SweepOutcome:
+    study: optuna.Study
+    execution: Execution
+    experiment_path: str
+    interrupted: bool
+    errors: int
+    resumed_nothing: bool = False  # --resume found the execution already finished
+
+    @property
+    def pareto(self) -> list[FrozenTrial]:
+        return pareto_front(self.study)
+
+
+def prepare(spec: SweepSpec, source: str, local_cluster: bool) -> tuple[SearchPlan, str]:
+    """Everything that can be checked without Ray: the plan and the study storage URL."""
+    preflight.check(spec, source, local_cluster=local_cluster)
+    d = hidden_size(spec.backbone) or _hidden_size_online(spec, source)
+    plan, errors = plan_search(spec, d)
+    if errors:
+        raise SpecError(source, errors)
+    return plan, storage_url(spec)
+
+
+def _hidden_size_online(spec: SweepSpec, source: str) -> int:
+    from transformers import AutoConfig
+    try:
+        config = AutoConfig.from_pretrained(spec.backbone.name, revision=spec.backbone.revision).to_dict()
+    except OSError as exc:
+        raise SpecError(source, [f"backbone.name: cannot read the config of {spec.backbone.name!r}: "
+                                          f"{str(exc).splitlines()[0]}"]) from None
+    return next(config[k] for k in ("d_model", "hidden_size", "n_embd") if isinstance(config.get(k), int))
+
+
+def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False,
+              address: str | None = None) -> SweepOutcome:
+    address = address or os.environ.get("RAY_ADDRESS")
+    for key, value in local_ray.TRAIN_ENV.items():  # before Ray starts: trial actors inherit the environment
+        os.environ.setdefault(key, value)
+    spec = absolute_paths(spec)
+    plan, url = prepare(spec, source, local_cluster=not address)
+    storage_db = open_storage(url, source)
+    study = load_study(spec, storage_db)
+    storage = spec.train.storage_path or str((spec.train.output_dir / "ray").resolve())
+    execution = last_execution(spec, study) if resume else None
+    if execution is not None and _execution_done(os.path.join(storage, execution.name), spec):
+        return SweepOutcome(study=study, execution=execution, experiment_path=os.path.join(storage, execution.name),
+                            interrupted=False, errors=0, resumed_nothing=True)
+    started = connect(address)
+    try:
+        try:
+            check_fits(spec.base_run(), spec.sweep.driver_cpus)
+        except ValueError as exc:
+            raise SpecError(source, [str(exc)]) from None
+        if execution is None:
+            execution = start_execution(spec, study)
+            for point in spec.sweep.enqueue:
+                study.enqueue_trial(point, skip_if_exists=True)
+            tuner = _new_tuner(spec, plan, study, storage_db, execution, storage)
+        else:
+            tuner = _restored_tuner(spec, execution, storage)
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state for --resume stays fresh
+        # a trial that fails before its first evaluation must be recorded as failed, not stop the sweep
+        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+        results = tuner.fit()
+        path = os.path.join(storage, execution.name)
+        interrupted = bool(_unfinished_trials(path))
+        if not interrupted:
+            close_orphans(study, execution, "the trial did not finish before its execution ended")
+        return SweepOutcome(study=study, execution=execution, experiment_path=path, interrupted=interrupted,
+                            errors=len(results.errors))
+    finally:
+        if started:
+            import ray
+            ray.shutdown()
+
+
+def _trainable(spec: SweepSpec, execution: Execution, storage: str):
+    train_storage = os.path.join(storage, f"{execution.name}-train")
+    fn = tune.with_parameters(run_trial, spec_data=spec.model_dump(mode="json"), train_storage=train_storage)
+    return tune.with_resources(fn, {"cpu": spec.sweep.driver_cpus})
+
+
+def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, storage_db, execution: Execution,
+               storage: str) -> tune.Tuner:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=execution.seed, n_startup_trials=spec.sweep.startup_trials,
+                                             multivariate=True, constant_liar=spec.sweep.max_concurrent > 1)
+    searcher = StudySearcher(spec, plan.suggest, study.study_name, storage_db, sampler, execution.number)
+    primary = spec.sweep.objective
+    if spec.sweep.scheduler.name == "asha":
+        scheduler = ASHAScheduler(time_attr="step", metric=primary.metric, mode=primary.mode,
+                                  max_t=spec.train.steps + 1,  # at max_t ASHA would stop a finishing trial
+                                  grace_period=spec.grace_period,
+                                  reduction_factor=spec.sweep.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        _trainable(spec, execution, storage),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.sweep.trials,
+                                    max_concurrent_trials=spec.sweep.max_concurrent,
+                                    time_budget_s=spec.sweep.time_budget_s),
+        run_config=tune.RunConfig(name=execution.name, storage_path=storage, callbacks=[FailureReasons(searcher)],
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1),
+    )
+
+
+def _restored_tuner(spec: SweepSpec, execution: Execution, storage: str) -> tune.Tuner:
+    path = os.path.join(storage, execution.name)
+    if not tune.Tuner.can_restore(path):
+        raise SpecError("--resume", [f"--resume: no Tune experiment state at {path}"])
+    return tune.Tuner.restore(path, trainable=_trainable(spec, execution, storage), resume_unfinished=True,
+                              resume_errored=False, restart_errored=False)
+
+
+def _execution_done(path: str, spec: SweepSpec) -> bool:
+    if not Path(path).exists():
+        return False
+    return len(tune.ExperimentAnalysis(path).trials) >= spec.sweep.trials and not _unfinished_trials(path)
+
+
+def _unfinished_trials(path: str) -> list[str]:
+    """Trials an interrupted execution left to `--resume` (none when it ran to its end)."""
+    if not Path(path).exists():
+        return []
+    analysis = tune.ExperimentAnalysis(path)
+    return [t.trial_id for t in analysis.trials if t.status in UNFINISHED]

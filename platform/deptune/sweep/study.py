@@ -1,0 +1,155 @@
+"""The persistent Optuna study behind a sweep: its RDB storage, its executions, and what it says at the end.
+
+The study outlives any one execution (`deptune sweep` run): a second execution of the same spec loads it,
+so the sampler sees every earlier trial (warm start) and adds its own. Each execution is recorded in the
+study's user attributes with the spec's hash and the sampler seed it derived (a fixed seed would replay
+the same configurations).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from deptune.config import SpecError
+from deptune.sweep.config import SweepSpec
+
+STORAGE_ENV = "DEPTUNE_STUDY_STORAGE"
+
+
+def storage_url(spec: SweepSpec) -> str:
+    """The spec's storage, else $DEPTUNE_STUDY_STORAGE, else sqlite next to the run."""
+    url = spec.study.storage or os.environ.get(STORAGE_ENV)
+    if not url:
+        path = (spec.train.output_dir / "study.db").resolve()
+        return f"sqlite:///{path}"
+    if url.startswith(("postgresql://", "postgres://")):  # SQLAlchemy's default driver would be psycopg2
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def open_storage(url: str, source: str = "<spec>") -> RDBStorage:
+    """Connect (and create the schema) now, so a bad URL fails before any Ray work."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif "://" not in url:
+        raise SpecError(source, [f"study.storage: {url!r} is not a database URL (sqlite:///path, postgresql://...)"])
+    try:
+        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+    except Exception as exc:  # sqlalchemy raises many kinds; the message is what the user needs
+        raise SpecError(source, [f"study.storage: cannot open {_redact(url)}: {str(exc).splitlines()[0]}"]) from None
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL before it reaches a log."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+
+
+def directions(spec: SweepSpec) -> list[str]:
+    objectives = [spec.sweep.objective] + ([spec.sweep.second_objective] if spec.sweep.second_objective else [])
+    return ["maximize" if o.mode == "max" else "minimize" for o in objectives]
+
+
+def spec_hash(spec: SweepSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Execution:
+    number: int
+    name: str  # the Tune experiment's name
+    seed: int
+    spec_hash: str
+
+
+def load_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
+    """Create the study or load it; its directions must be the spec's."""
+    name = spec.study.name or "deptune"
+    wanted = directions(spec)
+    study = optuna.create_study(storage=storage, study_name=name, directions=wanted, load_if_exists=True)
+    have = [d.name.lower() for d in study.directions]
+    if have != wanted:
+        raise SpecError("study.name", [f"study.name: study {name!r} in this storage optimises {have}, the spec "
+                                       f"asks {wanted}; use another study name"])
+    return study
+
+
+def executions(study: optuna.Study) -> list[Execution]:
+    return [Execution(**e) for e in study.user_attrs.get("executions", [])]
+
+
+def start_execution(spec: SweepSpec, study: optuna.Study) -> Execution:
+    """Record a new execution: number n, sampler seed derived from the spec's seed and n."""
+    done = executions(study)
+    number = len(done) + 1
+    execution = Execution(number=number, name=f"{study.study_name}-{number:03d}",
+                          seed=spec.sweep.seed * 1_000_003 + number, spec_hash=spec_hash(spec))
+    study.set_user_attr("executions", [e.__dict__ for e in done] + [execution.__dict__])
+    return execution
+
+
+def last_execution(spec: SweepSpec, study: optuna.Study) -> Execution:
+    """The execution `--resume` continues; the spec must not have changed since."""
+    done = executions(study)
+    if not done:
+        raise SpecError("--resume", [f"--resume: study {study.study_name!r} has no execution to resume"])
+    last = done[-1]
+    if last.spec_hash != spec_hash(spec):
+        raise SpecError("--resume", [f"--resume: the spec changed since execution {last.number} started; run "
+                                     f"without --resume to start a new execution of the study"])
+    return last
+
+
+def orphans(study: optuna.Study, execution: Execution) -> list[FrozenTrial]:
+    """Trials of this execution still RUNNING in the study (their driver died)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("execution") == execution.number]
+
+
+def close_orphans(study: optuna.Study, execution: Execution, reason: str) -> int:
+    stale = orphans(study, execution)
+    for trial in stale:
+        optuna.Trial(study, trial._trial_id).set_user_attr("fail_reason", reason)
+        study.tell(trial.number, state=TrialState.FAIL)
+    return len(stale)
+
+
+def wait_for_study(url: str, name: str, timeout_s: float = 30.0) -> optuna.Study:
+    """Load a study another process is creating (tests, benchmarks)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return optuna.load_study(study_name=name, storage=url)
+        except KeyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def trial_row(trial: FrozenTrial) -> dict[str, Any]:
+    """One leaderboard row: the trial's state, parameters, derived rank, values and costs."""
+    attrs = trial.user_attrs
+    return {"number": trial.number, "state": trial.state.name, "execution": attrs.get("execution"),
+            "prompt_length": attrs.get("prompt_length"), "rank": attrs.get("rank"),
+            "lr_prompt": trial.params.get("lr_prompt"), "lr_lowrank": trial.params.get("lr_lowrank"),
+            "values": list(trial.values) if trial.values else None, "best_step": attrs.get("best_step"),
+            "last_step": attrs.get("last_step"), "adapter_params": attrs.get("adapter_params"),
+            "trainable_params": attrs.get("trainable_params"), "cpu_seconds": attrs.get("cpu_seconds"),
+            "gpu_seconds": attrs.get("gpu_seconds"), "adapter": attrs.get("adapter_path"),
+            "reason": attrs.get("fail_reason") or attrs.get("stop_reason")}
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    return study.best_trials if len(study.directions) > 1 else []

@@ -1,0 +1,52 @@
+"""One sweep trial: a Tune function trainable that fits the trial's Ray Train run (the Ray 2.60 pattern).
+
+Train workers report every evaluation; `TrialReport` forwards rank 0's metrics to Tune (so ASHA can stop
+the trial mid-training) except a divergence notice, which ends the trial as an error. The Train run is
+named after the Tune trial, so a trial that `deptune sweep --resume` restarts continues from its latest
+checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray.train
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from deptune.config import RunSpec
+from deptune.sweep.config import SweepSpec
+from deptune.train.distributed import build_trainer, diverged_at_step, training_error
+
+TRIAL_KEYS = ("prompt_length", "rank", "lr_prompt", "lr_lowrank", "lr_head")
+
+
+def trial_run(spec: SweepSpec, params: dict[str, Any]) -> RunSpec:
+    """The sweep's base run with the trial's m, r and learning rates."""
+    base = spec.base_run()
+    method = {k: params[k] for k in ("prompt_length", "rank") if k in params}
+    train = {k: params[k] for k in ("lr_prompt", "lr_lowrank", "lr_head") if k in params}
+    return base.model_copy(update={"method": base.method.model_copy(update=method),
+                                   "train": base.train.model_copy(update=train)})
+
+
+class TrialReport(TuneReportCallback):
+    """Tune's report callback, minus the divergence notice (a NaN must not reach ASHA or the study)."""
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if "diverged_at_step" not in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
+def run_trial(config: dict[str, Any], spec_data: dict[str, Any], train_storage: str) -> None:
+    spec = SweepSpec.model_validate(spec_data)
+    run = trial_run(spec, {k: v for k, v in config.items() if k in TRIAL_KEYS})
+    trainer = build_trainer(run, name=tune.get_context().get_trial_id(), storage=train_storage,
+                            callbacks=[TrialReport()])
+    try:
+        result = trainer.fit()
+    except (ray.train.ControllerError, ray.train.WorkerGroupError) as exc:
+        raise training_error(run, exc) from None
+    if (step := diverged_at_step(result)) is not None:
+        raise FloatingPointError(f"training diverged: non-finite loss at step {step} "
+                                 f"(lr_prompt={run.train.lr_prompt:g}, lr_lowrank={run.train.lr_lowrank:g})")

@@ -1,0 +1,353 @@
+"""Sweep specs: every shipped file validates, and bad specs fail before Ray with their key path.
+
+The bad specs are one mutation each of a small valid sweep spec (tiny-bert, synthetic task, DePT with a
+budget, as search_spaces/demo.yaml). Each is run through `deptune sweep` in-process, with no Ray address,
+so the local-machine checks run too: it must exit 2 naming the key path, and Ray must never start.
+`ray.init` is replaced by a tripwire so that a check that lets a bad spec through fails fast instead
+of starting a cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from deptune import preflight
+from deptune.cli import app
+from deptune.config import load_spec
+from deptune.sweep.config import SweepSpec
+
+SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+SPEC_FILES = sorted(SEARCH_SPACES.glob("*.yaml"))
+DELETE = object()  # a mutation value that removes the key
+CPUS = os.cpu_count() or 1
+GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+BASE: dict[str, Any] = {
+    "backbone": {"name": "tiny-bert"},
+    "task": {"name": "synthetic", "synthetic_size": 200},
+    "method": {"name": "dept", "budget": 16, "max_length": 32, "prompt_length": 8},
+    "search": {
+        "prompt_length": {"low": 2, "high": 12, "step": 2},  # d=64, s=32: m <= 14 leaves rank >= 1
+        "lr_prompt": {"low": 0.01, "high": 0.5, "log": True},
+        "lr_lowrank": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
+    },
+    "train": {"steps": 200, "batch_size": 32, "lr_head": 0.01, "warmup_steps": 20, "eval_every": 25,
+              "output_dir": "{tmp}/out"},
+    "resources": {"workers": 1, "cpus_per_worker": 0.5},
+    "sweep": {"trials": 2, "max_concurrent": 1, "objective": {"metric": "objective", "mode": "max"},
+              "scheduler": {"name": "asha", "grace_period": 50, "reduction_factor": 2}, "driver_cpus": 0.25},
+    "study": {"storage": "sqlite:///{tmp}/study.db"},
+    "tracking": {"uri": "sqlite:///{tmp}/mlflow.db"},
+}
+
+
+class RayWouldStart(RuntimeError):
+    """Raised by the `ray.init` tripwire: the spec got past every check that runs before Ray."""
+
+
+@pytest.fixture
+def no_ray(monkeypatch, tmp_path):
+    """No cluster address, no storage from the environment, cwd in tmp, and `ray.init` as a tripwire."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("DEPTUNE_STUDY_STORAGE", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def tripwire(*args, **kwargs):
+        raise RayWouldStart("ray.init was called")
+
+    monkeypatch.setattr(ray, "init", tripwire)
+    assert not ray.is_initialized()
+
+
+def _fill(node: Any, tmp: Path) -> Any:
+    if isinstance(node, dict):
+        return {k: _fill(v, tmp) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v, tmp) for v in node]
+    return node.replace("{tmp}", str(tmp)) if isinstance(node, str) else node
+
+
+def mutate(mutation: dict[str, Any], tmp: Path) -> Any:
+    """BASE with `mutation` applied: {"a.b.c": value} sets (or, with DELETE, removes) one key; "" replaces all."""
+    data: Any = copy.deepcopy(BASE)
+    for dotted, value in mutation.items():
+        if dotted == "":
+            data = value
+            continue
+        *parents, leaf = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is DELETE:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = copy.deepcopy(value)
+    return _fill(data, tmp)
+
+
+def write_spec(tmp: Path, data: Any, name: str = "spec.yaml") -> Path:
+    path = tmp / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def make_files(tmp: Path, paths: tuple[str, ...]) -> None:
+    """Create what a case needs to exist: 'dir/' makes a folder, anything else an (empty-ish) file."""
+    for rel in paths:
+        target = tmp / rel
+        if rel.endswith("/"):
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("sentence,label\nfine,1\n")
+
+
+def has_error_line(output: str, key: str) -> bool:
+    """An error is listed as 'key.path: message' (one per line, after the 'FILE: N error(s)' header)."""
+    return any(line.strip().startswith(f"{key}: ") for line in output.splitlines())
+
+
+def run_cli(args: list[str]):
+    result = CliRunner().invoke(app, args)
+    assert not ray.is_initialized(), "Ray was initialised"
+    return result
+
+
+# ----- the shipped specs -------------------------------------------------------------------------------
+
+def test_search_spaces_ship_the_paper_specs():
+    names = {p.stem for p in SPEC_FILES}
+    glue = {f"glue_{t}_t5_base" for t in ("mnli", "qqp", "qnli", "sst2", "stsb", "mrpc", "rte", "cola")}
+    superglue = {f"superglue_{t}_t5_base" for t in ("multirc", "boolq", "wic", "wsc", "cb")}
+    assert glue | superglue | {"rte_llama", "sst2_minilm", "rte_dept_transfer", "demo"} <= names
+
+
+@pytest.mark.parametrize("path", SPEC_FILES, ids=[p.name for p in SPEC_FILES])
+def test_every_shipped_spec_validates(path):
+    spec = load_spec(path)
+    assert isinstance(spec, SweepSpec)
+    preflight.check(spec, str(path))  # raises SpecError listing every problem
+    assert spec.study.name == path.stem
+
+
+def test_paper_specs_follow_the_paper():
+    for path in SPEC_FILES:
+        if not path.stem.endswith("_t5_base"):
+            continue
+        spec = load_spec(path)
+        assert spec.backbone.name == "t5-base" and spec.method.name == "dept" and spec.method.budget == 100, path
+        assert spec.train.batch_size == 32 and spec.train.warmup_steps == 500 and spec.train.eval_every == 1000, path
+        assert spec.method.max_length == (348 if "multirc" in path.stem else 256), path
+        assert spec.task.resolved_source == "hub", path
+        assert spec.resources.gpus_per_worker == 1 and spec.resources.workers == 1, path
+        assert spec.sweep.scheduler.name == "asha" and 8000 <= spec.grace_period < spec.train.steps, path
+        assert spec.sweep.objective.metric == "objective" and spec.sweep.objective.mode == "max", path
+        m = spec.search.prompt_length
+        assert m.low <= 40 and m.high >= 80 and m.low <= spec.method.prompt_length <= m.high, path
+        assert spec.search.lr_prompt.low <= 0.3 and spec.search.lr_prompt.high >= 0.4, path
+        assert spec.search.lr_lowrank.low <= 1e-4 and spec.search.lr_lowrank.high >= 5e-3, path
+        assert spec.base_run().method.resolve(768).rank >= 1, path
+
+
+def test_the_transfer_spec_fixes_m_so_the_source_adapter_fits():
+    spec = load_spec(SEARCH_SPACES / "rte_dept_transfer.yaml")
+    source = load_spec(SEARCH_SPACES / "glue_mnli_t5_base.yaml").base_run().method.resolve(768)
+    m = spec.search.prompt_length
+    assert m.low == m.high == spec.method.prompt_length == source.prompt_length
+    assert spec.base_run().method.resolve(768).rank == source.rank == 30
+    assert spec.method.max_length == source.max_length and spec.backbone.name == "t5-base"
+
+
+# ----- bad specs: exit 2 with the key path, before Ray ------------------------------------------------
+
+def test_the_base_spec_gets_as_far_as_starting_ray(no_ray, tmp_path):
+    """The control: every bad spec below differs from one that passes all the checks before Ray."""
+    result = run_cli(["sweep", str(write_spec(tmp_path, mutate({}, tmp_path)))])
+    assert isinstance(result.exception, RayWouldStart), result.output
+
+
+def case(id_: str, mutation: dict[str, Any], *expected: str, make: tuple[str, ...] = (), xfail: str | None = None):
+    marks = [pytest.mark.xfail(reason=xfail, strict=True)] if xfail else []
+    return pytest.param(mutation, expected, make, id=id_, marks=marks)
+
+
+BAD_SPECS = [
+    # unknown keys, at every level
+    case("unknown-top-level", {"bogus": 1}, "bogus"),
+    case("unknown-backbone", {"backbone.colour": "red"}, "backbone.colour"),
+    case("unknown-backbone-tiny", {"backbone.tiny.colour": "red"}, "backbone.tiny.colour"),
+    case("unknown-task", {"task.colour": "red"}, "task.colour"),
+    case("unknown-task-files", {"task.name": "sst2", "task.files": {"train": "{tmp}/t.csv", "colour": "red"}},
+         "task.files.colour", make=("t.csv",)),
+    case("unknown-method", {"method.colour": "red"}, "method.colour"),
+    case("unknown-train", {"train.colour": "red"}, "train.colour"),
+    case("unknown-resources", {"resources.colour": "red"}, "resources.colour"),
+    case("unknown-search", {"search.colour": "red"}, "search.colour"),
+    case("unknown-search-prompt-length", {"search.prompt_length.colour": "red"}, "search.prompt_length.colour"),
+    case("unknown-search-lr-prompt", {"search.lr_prompt.colour": "red"}, "search.lr_prompt.colour"),
+    case("unknown-sweep", {"sweep.colour": "red"}, "sweep.colour"),
+    case("unknown-sweep-scheduler", {"sweep.scheduler.colour": "red"}, "sweep.scheduler.colour"),
+    case("unknown-sweep-objective", {"sweep.objective.colour": "red"}, "sweep.objective.colour"),
+    case("unknown-second-objective", {"sweep.second_objective": {"metric": "step_time_s", "mode": "min",
+                                                                 "colour": "red"}},
+         "sweep.second_objective.colour"),
+    case("unknown-study", {"study.colour": "red"}, "study.colour"),
+    case("unknown-tracking", {"tracking.colour": "red"}, "tracking.colour"),
+    # wrong types
+    case("root-is-a-list", {"": ["backbone", "task"]}, "<root>"),
+    case("string-for-int-steps", {"train.steps": "many"}, "train.steps"),
+    case("float-for-int-batch", {"train.batch_size": 3.5}, "train.batch_size"),
+    case("string-for-int-trials", {"sweep.trials": "eight"}, "sweep.trials"),
+    case("list-for-mapping-backbone", {"backbone": ["tiny-bert"]}, "backbone"),
+    case("string-for-mapping-task", {"task": "synthetic"}, "task"),
+    case("list-for-mapping-prompt-length", {"search.prompt_length": [2, 12]}, "search.prompt_length"),
+    case("string-for-bool-log", {"search.lr_prompt.log": "sometimes"}, "search.lr_prompt.log"),
+    case("int-for-string-storage", {"study.storage": 5}, "study.storage"),
+    case("list-for-string-tracking-uri", {"tracking.uri": ["a", "b"]}, "tracking.uri"),
+    case("string-for-float-grad-norm", {"train.max_grad_norm": "big"}, "train.max_grad_norm"),
+    case("bad-scheduler-name", {"sweep.scheduler.name": "hyperband"}, "sweep.scheduler.name"),
+    case("bad-objective-mode", {"sweep.objective.mode": "maximize"}, "sweep.objective.mode"),
+    case("bad-second-objective-mode", {"sweep.second_objective": {"metric": "step_time_s", "mode": "fastest"}},
+         "sweep.second_objective.mode"),
+    case("bad-device", {"train.device": "tpu"}, "train.device"),
+    case("bad-prompt-init", {"method.init": "zeros"}, "method.init"),
+    case("text-init-without-text", {"method.init": "text"}, "method.init_text"),
+    # budgets that cannot be met
+    case("budget-too-small-for-rank-1", {"method.budget": 2, "search.prompt_length": DELETE}, "method.budget"),
+    case("budget-zero", {"method.budget": 0}, "method.budget"),
+    case("search-m-high-equals-budget", {"search.prompt_length.high": 16}, "search.prompt_length.high"),
+    case("search-m-high-above-budget", {"search.prompt_length.high": 40}, "search.prompt_length.high"),
+    case("search-m-high-leaves-rank-0", {"search.prompt_length.high": 15}, "search.prompt_length.high"),
+    case("small-hidden-size-leaves-rank-0", {"backbone.tiny.hidden_size": 8}, "search.prompt_length.high"),
+    case("search-m-low-zero", {"search.prompt_length.low": 0}, "search.prompt_length.low"),
+    case("method-m-equals-budget", {"method.prompt_length": 16}, "method.prompt_length"),
+    case("method-rank-breaks-budget", {"method.rank": 99}, "method.rank"),
+    case("dept-without-rank-or-budget", {"method.budget": DELETE}, "method"),
+    case("search-rank-with-budget", {"search.rank": {"low": 2, "high": 8}}, "search.rank"),
+    case("prompt-tuning-search-rank", {"method": {"name": "prompt_tuning", "prompt_length": 8},
+                                       "search.lr_lowrank": DELETE, "search.rank": {"low": 2, "high": 8}},
+         "search.rank"),
+    case("prompt-tuning-search-lr-lowrank", {"method": {"name": "prompt_tuning", "prompt_length": 8}},
+         "search.lr_lowrank"),
+    case("prompt-tuning-budget", {"method": {"name": "prompt_tuning", "prompt_length": 8, "budget": 16},
+                                  "search.lr_lowrank": DELETE}, "method.budget"),
+    # learning rates: zero, negative, inverted
+    case("train-lr-prompt-zero", {"train.lr_prompt": 0}, "train.lr_prompt"),
+    case("train-lr-lowrank-negative", {"train.lr_lowrank": -1.0e-3}, "train.lr_lowrank"),
+    case("train-lr-head-zero", {"train.lr_head": 0}, "train.lr_head"),
+    case("search-lr-prompt-low-zero", {"search.lr_prompt.low": 0}, "search.lr_prompt.low"),
+    case("search-lr-lowrank-low-negative", {"search.lr_lowrank.low": -1.0e-4}, "search.lr_lowrank.low"),
+    case("search-lr-head-low-zero", {"search.lr_head": {"low": 0, "high": 0.1}}, "search.lr_head.low"),
+    case("inverted-lr-prompt", {"search.lr_prompt": {"low": 0.5, "high": 0.1}}, "search.lr_prompt"),
+    case("inverted-lr-lowrank", {"search.lr_lowrank": {"low": 1.0e-2, "high": 1.0e-4}}, "search.lr_lowrank"),
+    case("inverted-prompt-length", {"search.prompt_length": {"low": 12, "high": 2}}, "search.prompt_length"),
+    case("log-int-range-with-step", {"search.prompt_length": {"low": 2, "high": 12, "step": 2, "log": True}},
+         "search.prompt_length"),
+    # unknown names
+    case("unknown-task-name", {"task.name": "glue-rte"}, "task.name"),
+    case("unknown-task-source", {"task.source": "s3"}, "task.source"),
+    case("unknown-method-name", {"method.name": "lora"}, "method"),
+    case("unknown-backbone-family", {"backbone.family": "rnn"}, "backbone.family"),
+    case("unknown-backbone-dtype", {"backbone.dtype": "int4"}, "backbone.dtype"),
+    case("unknown-hub-backbone-offline", {"backbone.name": "no-such-org/no-such-model-xyz"}, "backbone.name"),
+    # files that do not exist
+    case("missing-data-dir", {"task.name": "sst2", "task.data_dir": "{tmp}/nope/SST-2"}, "task.data_dir"),
+    case("missing-train-file", {"task.name": "sst2", "task.files": {"train": "{tmp}/nope.csv"}},
+         "task.files.train"),
+    case("missing-validation-file", {"task.name": "sst2",
+                                     "task.files": {"train": "{tmp}/t.csv", "validation": "{tmp}/v.csv"}},
+         "task.files.validation", make=("t.csv",)),
+    case("data-dir-and-files", {"task.name": "sst2", "task.data_dir": "{tmp}/glue/",
+                                "task.files": {"train": "{tmp}/t.csv"}}, "task", make=("glue/", "t.csv")),
+    case("missing-init-from", {"method.init_from": "{tmp}/no_adapter"}, "method.init_from"),
+    case("init-from-without-adapter-config", {"method.init_from": "{tmp}/empty"}, "method.init_from",
+         make=("empty/",)),
+    case("missing-local-backbone", {"backbone.name": "./nope/model"}, "backbone.name"),
+    case("local-backbone-without-config", {"backbone.name": "./empty_model"}, "backbone.name",
+         make=("empty_model/",)),
+    # resources that can never be satisfied
+    case("fractional-gpu-with-two-workers", {"resources.gpus_per_worker": 0.5, "resources.workers": 2},
+         "resources.gpus_per_worker"),
+    case("more-cpus-than-this-machine", {"resources.cpus_per_worker": max(64, CPUS + 1)},
+         "resources.cpus_per_worker"),
+    case("more-gpus-than-this-machine", {"resources.gpus_per_worker": GPUS + 1}, "resources.gpus_per_worker"),
+    case("batch-not-divisible-by-workers", {"train.batch_size": 33, "resources.workers": 2,
+                                            "resources.cpus_per_worker": 0.25}, "train.batch_size"),
+    case("zero-workers", {"resources.workers": 0}, "resources.workers"),
+    case("negative-gpus", {"resources.gpus_per_worker": -1}, "resources.gpus_per_worker"),
+    case("zero-driver-cpus", {"sweep.driver_cpus": 0}, "sweep.driver_cpus"),
+    # schedule
+    case("grace-equals-steps", {"sweep.scheduler.grace_period": 200}, "sweep.scheduler.grace_period"),
+    case("grace-above-steps", {"sweep.scheduler.grace_period": 5000}, "sweep.scheduler.grace_period"),
+    case("grace-zero", {"sweep.scheduler.grace_period": 0}, "sweep.scheduler.grace_period"),
+    case("reduction-factor-one", {"sweep.scheduler.reduction_factor": 1}, "sweep.scheduler.reduction_factor"),
+    case("warmup-equals-steps", {"train.warmup_steps": 200}, "train.warmup_steps"),
+    case("zero-steps", {"train.steps": 0}, "train.steps"),
+    case("zero-eval-every", {"train.eval_every": 0}, "train.eval_every"),
+    case("zero-trials", {"sweep.trials": 0}, "sweep.trials"),
+    # objectives
+    case("unknown-objective-metric", {"sweep.objective.metric": "eval_bleu"}, "sweep.objective.metric"),
+    case("objective-metric-without-eval-prefix", {"sweep.objective.metric": "accuracy"}, "sweep.objective.metric"),
+    case("second-objective-equals-objective", {"sweep.second_objective": {"metric": "objective", "mode": "min"}},
+         "sweep.second_objective.metric"),
+    case("unknown-second-objective-metric", {"sweep.second_objective": {"metric": "latency", "mode": "min"}},
+         "sweep.second_objective.metric"),
+    # study storage
+    case("storage-not-a-url", {"study.storage": "not-a-url"}, "study.storage"),
+    case("storage-unknown-dialect", {"study.storage": "nosuchdb://user@localhost/x"}, "study.storage"),
+]
+
+
+@pytest.mark.parametrize(("mutation", "expected", "make"), BAD_SPECS)
+def test_a_bad_spec_fails_before_ray_with_its_key_path(no_ray, tmp_path, mutation, expected, make):
+    make_files(tmp_path, make)
+    path = write_spec(tmp_path, mutate(mutation, tmp_path))
+    result = run_cli(["sweep", str(path)])
+    assert result.exit_code == 2, f"exit {result.exit_code} ({result.exception!r}):\n{result.output}"
+    key, *mentions = expected
+    assert has_error_line(result.output, key), result.output
+    for text in mentions:
+        assert text in result.output, result.output
+
+
+def test_bad_spec_table_is_large_enough():
+    assert len(BAD_SPECS) >= 55
+
+
+def test_validate_lists_every_schema_error_of_one_file(no_ray, tmp_path):
+    data = mutate({"bogus": 1, "train.steps": "many", "search.lr_prompt.low": 0, "sweep.objective.mode": "up",
+                   "resources.colour": "red", "task.name": "glue-rte"}, tmp_path)
+    result = run_cli(["validate", str(write_spec(tmp_path, data))])
+    assert result.exit_code == 2, result.output
+    for key in ("bogus", "train.steps", "search.lr_prompt.low", "sweep.objective.mode", "resources.colour",
+                "task.name"):
+        assert has_error_line(result.output, key), result.output
+    assert "6 error(s)" in result.output
+
+
+def test_validate_lists_every_preflight_error_of_one_file(no_ray, tmp_path):
+    data = mutate({"task.name": "sst2", "task.data_dir": "{tmp}/nope", "method.init_from": "{tmp}/no_adapter",
+                   "search.prompt_length.high": 15, "sweep.objective.metric": "eval_bleu",
+                   "sweep.second_objective": {"metric": "latency", "mode": "min"}}, tmp_path)
+    result = run_cli(["validate", str(write_spec(tmp_path, data))])
+    assert result.exit_code == 2, result.output
+    for key in ("task.data_dir", "method.init_from", "search.prompt_length.high", "sweep.objective.metric",
+                "sweep.second_objective.metric"):
+        assert has_error_line(result.output, key), result.output
+
+
+def test_validate_reports_each_file_and_fails_if_any_fails(no_ray, tmp_path):
+    good = write_spec(tmp_path, mutate({}, tmp_path), "good.yaml")
+    bad = write_spec(tmp_path, mutate({"search.prompt_length.high": 16}, tmp_path), "bad.yaml")
+    result = run_cli(["validate", str(good), str(bad)])
+    assert result.exit_code == 2
+    assert f"{good}: ok" in result.output and has_error_line(result.output, "search.prompt_length.high")

@@ -1,0 +1,149 @@
+"""The persistent study without Ray: budget-aware sampling, what the searcher tells Optuna for finished,
+stopped and failed trials, executions and their seeds, orphans, on sqlite and on the real PostgreSQL
+(from $DEPTUNE_TEST_POSTGRES_URL, which .ci/run sets)."""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from deptune.config import SpecError, parse_spec
+from deptune.sweep.config import SweepSpec
+from deptune.sweep.searcher import StudySearcher, summarise_error
+from deptune.sweep.space import largest_prompt_length, plan_search
+from deptune.sweep.study import (close_orphans, last_execution, load_study, open_storage, orphans,
+                                 start_execution, storage_url)
+
+POSTGRES_ENV = "DEPTUNE_TEST_POSTGRES_URL"
+
+
+def sweep_spec(tmp_path, **sections) -> SweepSpec:
+    data = {
+        "backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 64}},
+        "task": {"name": "synthetic"},
+        "method": {"name": "dept", "budget": 16, "max_length": 64},
+        "search": {"prompt_length": {"low": 2, "high": 14, "step": 2}},
+        "train": {"steps": 30, "eval_every": 10, "warmup_steps": 2, "output_dir": str(tmp_path)},
+        "study": {"name": f"study-{uuid.uuid4().hex[:8]}"},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return parse_spec(data, kind=SweepSpec)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_of(request, tmp_path):
+    """A function spec -> (url, RDBStorage) on sqlite or on the real PostgreSQL server."""
+    if request.param == "postgresql":
+        url = os.environ.get(POSTGRES_ENV)
+        if not url:
+            pytest.skip(f"{POSTGRES_ENV} is not set (CI sets it to the PostgreSQL server on 127.0.0.1:5432)")
+
+        def make(spec):
+            spec = spec.model_copy(update={"study": spec.study.model_copy(update={"storage": url})})
+            return spec, open_storage(storage_url(spec))
+    else:
+        def make(spec):
+            return spec, open_storage(storage_url(spec))
+    return make
+
+
+def test_budget_plan_derives_rank_and_keeps_the_count_exact(tmp_path):
+    spec = sweep_spec(tmp_path)
+    plan, errors = plan_search(spec, 64)
+    assert errors == []
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        trial = study.ask()
+        params = plan.suggest(trial)
+        m, r = params["prompt_length"], params["rank"]
+        assert 2 <= m <= 14 and m % 2 == 0
+        assert r == (16 - m) * 64 // (64 + 64)  # r = floor((l - m) d / (s + d)), s = d = 64
+        assert trial.user_attrs["adapter_params"] == m * 64 + r * 128 == 16 * 64  # exactly the budget
+        study.tell(trial, 0.5)
+
+
+def test_budget_defaults_and_infeasible_ranges(tmp_path):
+    spec = sweep_spec(tmp_path, search={"prompt_length": None})
+    plan, _ = plan_search(spec, 64)
+    assert largest_prompt_length(16, 64, 64) == 14
+    assert (plan.prompt_length.low, plan.prompt_length.high) == (14, 14)  # min(20, m_max)
+    t5 = sweep_spec(tmp_path, method={"budget": 100, "max_length": 256}, search={"prompt_length": None})
+    plan, _ = plan_search(t5, 768)
+    assert (plan.prompt_length.low, plan.prompt_length.high) == (20, 98)
+    _, errors = plan_search(sweep_spec(tmp_path, search={"prompt_length": {"low": 2, "high": 15}}), 64)
+    assert errors and errors[0].startswith("search.prompt_length.high:")
+    _, errors = plan_search(sweep_spec(tmp_path, method={"budget": 2}, search={"prompt_length": None}), 64)
+    assert errors and errors[0].startswith("method.budget:")
+
+
+def test_searcher_records_complete_pruned_and_failed_trials(tmp_path, storage_of):
+    spec, storage = storage_of(sweep_spec(tmp_path))
+    study = load_study(spec, storage)
+    execution = start_execution(spec, study)
+    plan, _ = plan_search(spec, 64)
+    searcher = StudySearcher(spec, plan.suggest, study.study_name, storage,
+                             optuna.samplers.TPESampler(seed=execution.seed, n_startup_trials=2), execution.number)
+    for trial_id in ("done", "stopped", "broken", "nan"):
+        assert set(searcher.suggest(trial_id)) >= {"prompt_length", "rank", "lr_prompt", "lr_lowrank"}
+    for step, value in ((10, 0.6), (20, 0.8), (30, 0.7)):  # the best step is not the last
+        searcher.on_trial_result("done", {"step": step, "objective": value, "time_total_s": step / 10,
+                                          "trainable_params": 1100, "checkpoint_path": f"/ckpt/{step}"})
+    searcher.on_trial_complete("done", {"step": 30, "objective": 0.7})
+    searcher.on_trial_result("stopped", {"step": 10, "objective": 0.4, "time_total_s": 2.0})
+    searcher.on_trial_complete("stopped", {"step": 10, "objective": 0.4})
+    searcher.on_trial_complete("broken", error=True)
+    searcher.fail("broken", summarise_error("Traceback ...\n  File x\nIndexError: index out of range in self\n"))
+    searcher.on_trial_result("nan", {"step": 10, "objective": math.nan})
+    searcher.on_trial_complete("nan", {"step": 10, "objective": math.nan})
+
+    trials = {t.user_attrs["ray_trial_id"]: t for t in load_study(spec, storage).get_trials()}
+    done, stopped, broken, nan = (trials[k] for k in ("done", "stopped", "broken", "nan"))
+    assert done.state == TrialState.COMPLETE and done.values == [0.8]  # the best evaluation, not the last
+    assert done.intermediate_values == {10: 0.6, 20: 0.8, 30: 0.7}
+    assert done.user_attrs["best_step"] == 20 and done.user_attrs["adapter_path"] == "/ckpt/20"
+    assert done.user_attrs["cpu_seconds"] == pytest.approx(3.0 * (0.5 + 1.0))  # driver + one worker
+    assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {10: 0.4}
+    assert "stopped at step 10 of 30" in stopped.user_attrs["stop_reason"]
+    assert broken.state == TrialState.FAIL and broken.user_attrs["fail_reason"] == \
+        "IndexError: index out of range in self"
+    assert nan.state == TrialState.FAIL and nan.user_attrs["fail_reason"] == "no evaluation was reported"
+    for trial in trials.values():
+        assert trial.user_attrs["execution"] == 1
+        assert trial.user_attrs["adapter_params"] == 16 * 64
+
+
+def test_executions_derive_seeds_resume_checks_the_spec_and_orphans_close(tmp_path, storage_of):
+    spec, storage = storage_of(sweep_spec(tmp_path))
+    study = load_study(spec, storage)
+    first = start_execution(spec, study)
+    second = start_execution(spec, load_study(spec, storage))
+    assert (first.number, second.number) == (1, 2) and first.seed != second.seed
+    assert last_execution(spec, load_study(spec, storage)) == second
+    changed = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": 31})})
+    with pytest.raises(SpecError, match="the spec changed"):
+        last_execution(changed, load_study(spec, storage))
+    trial = study.ask()
+    trial.set_user_attr("execution", 2)
+    assert [t.number for t in orphans(study, second)] == [trial.number]
+    assert close_orphans(study, second, "driver died") == 1
+    frozen = load_study(spec, storage).trials[trial.number]
+    assert frozen.state == TrialState.FAIL and frozen.user_attrs["fail_reason"] == "driver died"
+    other = spec.model_copy(update={"sweep": spec.sweep.model_copy(
+        update={"second_objective": spec.sweep.objective.model_copy(update={"metric": "step_time_s",
+                                                                            "mode": "min"})})})
+    with pytest.raises(SpecError, match="optimises"):  # same study name, other directions
+        load_study(other, storage)
+
+
+def test_unreachable_study_storage_is_a_spec_error():
+    with pytest.raises(SpecError, match="study.storage: cannot open"):
+        open_storage("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
+    with pytest.raises(SpecError) as info:
+        open_storage("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
+    assert "secret" not in str(info.value)

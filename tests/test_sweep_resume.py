@@ -1,0 +1,82 @@
+"""`deptune sweep --resume` after the driver is killed (SIGKILL) mid-sweep: the execution finishes, trials
+finished before the kill are not re-run, the interrupted one continues, and none is left RUNNING."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+DEPTUNE = [sys.executable, "-m", "deptune.cli"]
+
+
+def spec_file(tmp_path: Path) -> Path:
+    spec = {
+        "backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 32, "dropout": 0.0}},
+        "task": {"name": "synthetic", "synthetic_size": 300},
+        "method": {"name": "dept", "prompt_length": 4, "budget": 12, "max_length": 32},
+        "search": {"prompt_length": {"low": 2, "high": 10, "step": 2}},
+        "train": {"steps": 40, "batch_size": 16, "eval_every": 10, "warmup_steps": 2, "lr_head": 0.01,
+                  "output_dir": str(tmp_path / "run"), "evaluate_test": False},
+        "resources": {"workers": 1, "cpus_per_worker": 1.5},
+        "sweep": {"trials": 3, "max_concurrent": 1, "driver_cpus": 0.25, "scheduler": {"name": "fifo"}},
+    }
+    path = tmp_path / "resumable.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def wait_for(study_url: str, condition, timeout_s: float = 300.0) -> list[optuna.trial.FrozenTrial]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if Path(study_url.removeprefix("sqlite:///")).exists():
+            try:
+                trials = optuna.load_study(study_name="resumable", storage=study_url).get_trials()
+                if condition(trials):
+                    return trials
+            except KeyError:  # the driver has not created the study yet
+                pass
+        time.sleep(1.0)
+    raise TimeoutError("the sweep did not reach the expected state")
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    path = spec_file(tmp_path)
+    url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    driver = subprocess.Popen([*DEPTUNE, "sweep", str(path)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        before = wait_for(url, lambda ts: any(t.state.is_finished() for t in ts)
+                          and any(t.state == TrialState.RUNNING for t in ts))
+        time.sleep(5)  # past Tune's experiment-state snapshot (every 2 s) and into the running trial
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+    finished = {t.number: t.datetime_complete for t in before if t.state.is_finished()}
+    interrupted = [t.number for t in before if t.state == TrialState.RUNNING]
+
+    resumed = subprocess.run([*DEPTUNE, "sweep", str(path), "--resume"], env=env, capture_output=True, text=True,
+                             timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "study resumable" in resumed.stdout  # the leaderboard
+    trials = optuna.load_study(study_name="resumable", storage=url).get_trials()
+    assert len(trials) == 3 and all(t.state.is_finished() for t in trials)
+    assert {t.number: t.datetime_complete for t in trials if t.number in finished} == finished  # not re-run
+    for number in interrupted:  # the trial running at the kill was continued, not replaced
+        assert trials[number].state == TrialState.COMPLETE
+        assert sorted(trials[number].intermediate_values) == [10, 20, 30, 40]
+    assert {t.user_attrs["execution"] for t in trials} == {1}
+
+    again = subprocess.run([*DEPTUNE, "sweep", str(path), "--resume"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and "nothing to resume" in again.stdout
