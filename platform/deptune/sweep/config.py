@@ -109,15 +109,20 @@ class SweepSpec(RunSpec):
 
     @model_validator(mode="before")
     @classmethod
-    def _rank_comes_from_search(cls, data: Any) -> Any:
-        """DePT without a budget and a searched rank: the method section need not fix a rank."""
-        if isinstance(data, dict):
-            method, search = data.get("method"), data.get("search")
-            if (isinstance(method, dict) and method.get("name") == "dept" and isinstance(search, dict)
-                    and isinstance(search.get("rank"), dict) and "rank" not in method and "budget" not in method):
-                low = search["rank"].get("low")
-                data = {**data, "method": {**method, "rank": low if isinstance(low, int) and low > 0 else 1}}
-        return data
+    def _base_run_from_search(cls, data: Any) -> Any:
+        """A searched m (or, DePT without a budget, r) need not be fixed in the method section: the base run
+        (`deptune train` on a sweep spec) takes the low end of its range."""
+        if not isinstance(data, dict) or not isinstance(method := data.get("method"), dict) \
+                or not isinstance(search := data.get("search"), dict):
+            return data
+        method = dict(method)
+        for key in ("prompt_length", "rank"):
+            if key == "rank" and (method.get("name") != "dept" or "budget" in method):
+                continue
+            low = search[key].get("low") if isinstance(search.get(key), dict) else None
+            if key not in method and isinstance(low, int) and low > 0:
+                method[key] = low
+        return {**data, "method": method}
 
     @model_validator(mode="after")
     def _search_fits_method(self) -> "SweepSpec":
