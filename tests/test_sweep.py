@@ -37,6 +37,7 @@ def make_spec(tmp_path, method: dict, search: dict, sweep: dict) -> SweepSpec:
         "resources": {"workers": 1, "cpus_per_worker": 0.75},
         "sweep": {"max_concurrent": 2, "driver_cpus": 0.25, "scheduler": {"name": "fifo"}, **sweep},
         "study": {"name": "test"},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
     }, kind=SweepSpec)
 
 

@@ -1,4 +1,4 @@
-"""`deptune validate | train | sweep`: the command line (Typer)."""
+"""`deptune validate | train | sweep | report | predict | promote | sync`: the command line (Typer)."""
 
 from __future__ import annotations
 
@@ -120,8 +120,91 @@ def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_s
     best = _best_adapter(outcome.study)
     if best:
         typer.echo(f"best adapter: {best}")
+    _echo_tracking(outcome.tracking, sweep_spec)
     if outcome.interrupted:
         typer.echo("the execution was interrupted: continue it with --resume", err=True)
+        raise typer.Exit(1)
+
+
+def _echo_tracking(tracking, spec) -> None:
+    if tracking is None:
+        return
+    from deptune.tracking.store import resolve_uri
+    typer.echo(f"MLflow: {resolve_uri(spec.tracking.uri)}, parent run {tracking.parent_run_id}")
+    if tracking.promotion is not None:
+        p = tracking.promotion
+        typer.echo(f"registered {p.uri}: " + (f"now models:/{p.model}@champion ({p.reason})" if p.champion
+                                              else f"challenger, champion unchanged ({p.reason})"))
+    if tracking.not_logged:
+        typer.echo("not yet in MLflow (kept on disk; the next sweep or `deptune sync` sends them):", err=True)
+        for line in tracking.not_logged:
+            typer.echo(f"  {line}", err=True)
+
+
+@app.command()
+def report(experiment: Annotated[str, typer.Argument(help="MLflow experiment (a sweep's study name)")],
+           uri: Annotated[str | None, typer.Option(help="tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                                        "sqlite:///mlflow.db)")] = None,
+           metric: Annotated[str, typer.Option(help="rank trials by this metric's best value")] = "objective",
+           mode: Annotated[str, typer.Option(help="max or min")] = "max",
+           top: Annotated[int, typer.Option(help="rows")] = 20) -> None:
+    """Print an experiment's trials from MLflow, best first."""
+    from deptune.tracking.report import render_experiment
+    from deptune.tracking.store import resolve_uri
+    try:
+        render_experiment(resolve_uri(uri), experiment, metric, mode, top)
+    except LookupError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def predict(model_uri: Annotated[str, typer.Argument(help="e.g. models:/deptune-sst2-dept@champion")],
+            text: Annotated[list[str], typer.Option("--text", help="an input text (repeat for several)")],
+            column: Annotated[list[str] | None, typer.Option(
+                "--column", help="for tasks with several inputs: column=value, repeated per column")] = None,
+            uri: Annotated[str | None, typer.Option(help="tracking URI")] = None) -> None:
+    """Predict labels with a registered adapter (backbone + adapter as an MLflow pyfunc)."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from deptune.tracking.store import resolve_uri
+    mlflow.set_tracking_uri(resolve_uri(uri))
+    model = mlflow.pyfunc.load_model(model_uri)
+    first = model.metadata.get_input_schema().input_names()[0]
+    extra = dict(item.split("=", 1) for item in (column or []))
+    frame = pd.DataFrame([{first: t, **extra} for t in text])
+    for value, label in zip(text, model.predict(frame)["label"]):
+        typer.echo(f"{label}\t{value}")
+
+
+@app.command()
+def promote(run_id: Annotated[str, typer.Argument(help="an MLflow run holding an `adapter` artifact")],
+            model: Annotated[str, typer.Option(help="registered model name")],
+            metric: Annotated[str, typer.Option(help="compare champions on this metric's best value")] = "objective",
+            mode: Annotated[str, typer.Option(help="max or min")] = "max",
+            uri: Annotated[str | None, typer.Option(help="tracking URI")] = None,
+            lock_url: Annotated[str | None, typer.Option(help="database holding the promotion lock (default: "
+                                                              "$DEPTUNE_LOCK_URL, else a lock on this machine)")] = None
+            ) -> None:
+    """Register a run's adapter as a new model version; `champion` moves only if it is better."""
+    from deptune.tracking.registry import promote as promote_run
+    from deptune.tracking.store import resolve_uri
+    result = promote_run(run_id, model, metric, mode, resolve_uri(uri), lock_url)
+    typer.echo(f"registered {result.uri}: " + ("champion" if result.champion else "challenger")
+               + f" ({result.reason})")
+
+
+@app.command()
+def sync(folder: Annotated[Path, typer.Argument(help="a journal folder a sweep named (<output_dir>/mlflow-journal/...)")],
+         uri: Annotated[str | None, typer.Option(help="tracking URI")] = None) -> None:
+    """Send MLflow writes a sweep kept on disk while the tracking server was away."""
+    from deptune.tracking.journal import flush_all
+    from deptune.tracking.store import resolve_uri
+    left = flush_all(folder, resolve_uri(uri))
+    for line in left:
+        typer.echo(line, err=True)
+    typer.echo("all journals sent" if not left else f"{len(left)} journal(s) still hold writes")
+    if left:
         raise typer.Exit(1)
 
 

@@ -12,6 +12,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_va
 
 from deptune.config import RunSpec
 from deptune.spec_base import StrictModel
+from deptune.tracking.config import TrackingConfig
 
 TRAINING_METRICS = ("objective", "train_loss", "step_time_s", "tokens_per_s", "peak_memory_mb", "eval_latency_ms")
 """Metrics every report holds besides `eval_<task metric>`; any of them can be an objective."""
@@ -89,14 +90,6 @@ class StudyConfig(StrictModel):
     name: str | None = Field(None, description="Optuna study name (default: the spec file's stem)")
     storage: str | None = Field(None, description="RDB URL (sqlite:///..., postgresql://...); default "
                                                   "$DEPTUNE_STUDY_STORAGE, else sqlite next to the run")
-
-
-class TrackingConfig(StrictModel):
-    """MLflow: where trials are logged and the best adapter registered."""
-
-    uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
-    experiment: str | None = Field(None, description="default: the study name")
-    registered_model: str | None = Field(None, description="registry name (default: deptune-<task>-<method>)")
 
 
 class SweepSpec(RunSpec):

@@ -25,6 +25,9 @@ from deptune.sweep.space import SearchPlan, hidden_size, plan_search
 from deptune.sweep.study import (Execution, close_orphans, last_execution, load_study, open_storage,
                                  pareto_front, start_execution, storage_url)
 from deptune.sweep.trainable import run_trial
+from deptune.tracking.store import check_reachable, resolve_uri
+from deptune.tracking.sweep import SweepOutcomeTracking, SweepTracker
+from deptune.tracking.trial import TrialTracking
 from deptune.train.distributed import absolute_paths, check_fits, connect
 
 log = logging.getLogger(__name__)
@@ -39,20 +42,24 @@ class SweepOutcome:
     interrupted: bool
     errors: int
     resumed_nothing: bool = False  # --resume found the execution already finished
+    tracking: SweepOutcomeTracking | None = None  # MLflow: parent run, registered version, what was not logged
 
     @property
     def pareto(self) -> list[FrozenTrial]:
         return pareto_front(self.study)
 
 
-def prepare(spec: SweepSpec, source: str, local_cluster: bool) -> tuple[SearchPlan, str]:
-    """Everything that can be checked without Ray: the plan and the study storage URL."""
+def prepare(spec: SweepSpec, source: str, local_cluster: bool) -> tuple[SearchPlan, str, str]:
+    """Everything that can be checked without Ray: the plan, the study storage URL and a tracking store
+    that answers."""
     preflight.check(spec, source, local_cluster=local_cluster)
     d = hidden_size(spec.backbone) or _hidden_size_online(spec, source)
     plan, errors = plan_search(spec, d)
     if errors:
         raise SpecError(source, errors)
-    return plan, storage_url(spec)
+    tracking_uri = resolve_uri(spec.tracking.uri)
+    check_reachable(tracking_uri, source)
+    return plan, storage_url(spec), tracking_uri
 
 
 def _hidden_size_online(spec: SweepSpec, source: str) -> int:
@@ -71,7 +78,7 @@ def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False,
     for key, value in local_ray.TRAIN_ENV.items():  # before Ray starts: trial actors inherit the environment
         os.environ.setdefault(key, value)
     spec = absolute_paths(spec)
-    plan, url = prepare(spec, source, local_cluster=not address)
+    plan, url, tracking_uri = prepare(spec, source, local_cluster=not address)
     storage_db = open_storage(url, source)
     study = load_study(spec, storage_db)
     storage = spec.train.storage_path or str((spec.train.output_dir / "ray").resolve())
@@ -89,9 +96,12 @@ def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False,
             execution = start_execution(spec, study)
             for point in spec.sweep.enqueue:
                 study.enqueue_trial(point, skip_if_exists=True)
-            tuner = _new_tuner(spec, plan, study, storage_db, execution, storage)
+        tracker = SweepTracker(spec, tracking_uri, execution, study)
+        tracker.open_parent(source)
+        if resume:
+            tuner = _restored_tuner(spec, execution, storage, tracker.trial_tracking())
         else:
-            tuner = _restored_tuner(spec, execution, storage)
+            tuner = _new_tuner(spec, plan, study, storage_db, execution, storage, tracker)
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state for --resume stays fresh
         # a trial that fails before its first evaluation must be recorded as failed, not stop the sweep
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -101,26 +111,28 @@ def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False,
         if not interrupted:
             close_orphans(study, execution, "the trial did not finish before its execution ended")
         return SweepOutcome(study=study, execution=execution, experiment_path=path, interrupted=interrupted,
-                            errors=len(results.errors))
+                            errors=len(results.errors), tracking=tracker.finish(interrupted))
     finally:
         if started:
             import ray
             ray.shutdown()
 
 
-def _trainable(spec: SweepSpec, execution: Execution, storage: str):
+def _trainable(spec: SweepSpec, execution: Execution, storage: str, tracking: TrialTracking):
     train_storage = os.path.join(storage, f"{execution.name}-train")
-    fn = tune.with_parameters(run_trial, spec_data=spec.model_dump(mode="json"), train_storage=train_storage)
+    fn = tune.with_parameters(run_trial, spec_data=spec.model_dump(mode="json"), train_storage=train_storage,
+                              tracking=tracking)
     return tune.with_resources(fn, {"cpu": spec.sweep.driver_cpus})
 
 
 def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, storage_db, execution: Execution,
-               storage: str) -> tune.Tuner:
+               storage: str, tracker: SweepTracker) -> tune.Tuner:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=execution.seed, n_startup_trials=spec.sweep.startup_trials,
                                              multivariate=True, constant_liar=spec.sweep.max_concurrent > 1)
     searcher = StudySearcher(spec, plan.suggest, study.study_name, storage_db, sampler, execution.number)
+    searcher.on_finished = tracker.finish_trial  # each child run is closed as soon as the study records it
     primary = spec.sweep.objective
     if spec.sweep.scheduler.name == "asha":
         scheduler = ASHAScheduler(time_attr="step", metric=primary.metric, mode=primary.mode,
@@ -130,7 +142,7 @@ def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, storage_d
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
-        _trainable(spec, execution, storage),
+        _trainable(spec, execution, storage, tracker.trial_tracking()),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.sweep.trials,
                                     max_concurrent_trials=spec.sweep.max_concurrent,
                                     time_budget_s=spec.sweep.time_budget_s),
@@ -139,11 +151,11 @@ def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, storage_d
     )
 
 
-def _restored_tuner(spec: SweepSpec, execution: Execution, storage: str) -> tune.Tuner:
+def _restored_tuner(spec: SweepSpec, execution: Execution, storage: str, tracking: TrialTracking) -> tune.Tuner:
     path = os.path.join(storage, execution.name)
     if not tune.Tuner.can_restore(path):
         raise SpecError("--resume", [f"--resume: no Tune experiment state at {path}"])
-    return tune.Tuner.restore(path, trainable=_trainable(spec, execution, storage), resume_unfinished=True,
+    return tune.Tuner.restore(path, trainable=_trainable(spec, execution, storage, tracking), resume_unfinished=True,
                               resume_errored=False, restart_errored=False)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -22,6 +23,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from deptune.sweep.config import SweepSpec
+from deptune.sweep.trainable import OPTUNA_TRIAL_KEY
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # added to a report by Tune's TuneReportCallback
@@ -43,16 +45,19 @@ class StudySearcher(OptunaSearch):
         self.gpus = res.workers * res.gpus_per_worker
         self.history: dict[str, list[dict[str, Any]]] = {}
         self.awaiting_reason: set[str] = set()
+        self.on_finished: Callable[[optuna.trial.FrozenTrial], None] | None = None  # e.g. close its MLflow run
 
     # ----- Tune's Searcher interface ---------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None:
         seen = sum(1 for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished())
         config = super().suggest(trial_id)
+        if not isinstance(config, dict):  # None (wait) or Searcher.FINISHED
+            return config
         trial = self._ot_trials[trial_id]
         trial.set_user_attr("ray_trial_id", trial_id)
         trial.set_user_attr("execution", self.execution)
         trial.set_user_attr("seen_trials", seen)  # finished trials the sampler could learn from
-        return config
+        return {**config, OPTUNA_TRIAL_KEY: trial.number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or "step" not in result:
@@ -86,6 +91,14 @@ class StudySearcher(OptunaSearch):
             self._finish(trial_id, TrialState.PRUNED)
         else:
             self._finish(trial_id, TrialState.COMPLETE, values=self._values(rows))
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune pickles the searcher every few seconds; the finish hook (live state) stays out of it."""
+        hook, self.on_finished = self.on_finished, None
+        try:
+            super().save(checkpoint_path)
+        finally:
+            self.on_finished = hook
 
     # ----- ours ------------------------------------------------------------------------------------------
     def fail(self, trial_id: str, reason: str) -> None:
@@ -138,6 +151,8 @@ class StudySearcher(OptunaSearch):
             trial.set_user_attr("fail_reason", reason[:2000])
         self._ot_study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
         self._completed_trials.add(trial_id)
+        if self.on_finished is not None:
+            self.on_finished(self._study_trial(trial))
 
     def _study_trial(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
         """The trial as the storage has it now (another execution may have finished it)."""

@@ -16,9 +16,11 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from deptune.config import RunSpec
 from deptune.sweep.config import SweepSpec
+from deptune.tracking.trial import TrackerHook, TrialTracking
 from deptune.train.distributed import build_trainer, diverged_at_step, training_error
 
 TRIAL_KEYS = ("prompt_length", "rank", "lr_prompt", "lr_lowrank", "lr_head")
+OPTUNA_TRIAL_KEY = "optuna_trial"  # added to each config by the searcher: the study's trial number
 
 
 def trial_run(spec: SweepSpec, params: dict[str, Any]) -> RunSpec:
@@ -38,11 +40,13 @@ class TrialReport(TuneReportCallback):
             super().after_report(run_context, metrics, checkpoint)
 
 
-def run_trial(config: dict[str, Any], spec_data: dict[str, Any], train_storage: str) -> None:
+def run_trial(config: dict[str, Any], spec_data: dict[str, Any], train_storage: str,
+              tracking: TrialTracking | None = None) -> None:
     spec = SweepSpec.model_validate(spec_data)
     run = trial_run(spec, {k: v for k, v in config.items() if k in TRIAL_KEYS})
-    trainer = build_trainer(run, name=tune.get_context().get_trial_id(), storage=train_storage,
-                            callbacks=[TrialReport()])
+    trial_id = tune.get_context().get_trial_id()
+    hook = TrackerHook(tracking, trial_id, config.get(OPTUNA_TRIAL_KEY)) if tracking else None
+    trainer = build_trainer(run, name=trial_id, storage=train_storage, callbacks=[TrialReport()], rank0_hook=hook)
     try:
         result = trainer.fit()
     except (ray.train.ControllerError, ray.train.WorkerGroupError) as exc:

@@ -229,3 +229,18 @@ def read_table(path: Path, header: Sequence[str] | None = None) -> tuple[list[st
         reader = csv.DictReader(f, fieldnames=header, **dialect)
         rows = list(reader)
         return list(reader.fieldnames or []), rows
+
+
+def dataset_fingerprint(cfg: TaskConfig) -> str:
+    """A short hash of what a run trains and scores on: the task settings plus the bytes of local data
+    files (hub data is named by its id; its revision is pinned by the hub's own cache)."""
+    import hashlib
+    digest = hashlib.sha256(cfg.model_dump_json(exclude={"data_dir", "files"}).encode())
+    paths = sorted(Path(cfg.data_dir).glob("*.tsv")) if cfg.data_dir else \
+        [p for p in (cfg.files.model_dump().values() if cfg.files else ()) if p is not None]
+    for path in paths:
+        digest.update(Path(path).name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

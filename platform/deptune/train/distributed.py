@@ -38,20 +38,27 @@ FAULT_ENV = "DEPTUNE_FAULT_FILE"
 itself after reporting STEP: a real process death mid-run, once."""
 
 
+ReportHook = Callable[[dict[str, float], Path | None], None]
+"""Rank 0's extra consumer of each evaluation: its metrics and, when the adapter improved, its folder."""
+
+
 class RaySession:
     """One rank of a Ray Train worker group."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_report: ReportHook | None = None) -> None:
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.on_report = on_report
 
     def restore_dir(self) -> Path | None:
         checkpoint = ray.train.get_checkpoint()
         return Path(checkpoint.to_directory()) if checkpoint else None
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None, improved: bool) -> None:
+        if self.on_report is not None:  # before Ray: a trial ASHA stops right after this report is killed
+            self.on_report(metrics, checkpoint_dir if improved else None)
         checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
         _maybe_inject_fault(self.rank, int(metrics["step"]))
@@ -85,9 +92,14 @@ def _maybe_inject_fault(rank: int, step: int) -> None:
 
 
 def _worker(config: dict) -> dict:
-    """Rank 0's return value becomes `Result.return_value`: how the driver learns training diverged."""
+    """Rank 0's return value becomes `Result.return_value`: how the driver learns training diverged.
+    `config["rank0_hook"]`, if given, makes rank 0's report hook from the spec (a sweep's MLflow logging)."""
     from deptune.train.loop import train  # here, not at the top: the Train controller unpickles this function
-    result = train(RunSpec.model_validate(config["spec"]), session=RaySession())
+    spec = RunSpec.model_validate(config["spec"])
+    session = RaySession()
+    if session.rank == 0 and config.get("rank0_hook") is not None:
+        session.on_report = config["rank0_hook"](spec)
+    result = train(spec, session=session)
     return {"diverged_at_step": result.diverged_at_step}
 
 
@@ -116,15 +128,16 @@ def storage_path(spec: RunSpec) -> str:
 
 def build_trainer(spec: RunSpec, name: str, storage: str | None = None,
                   callbacks: Sequence[ray.train.UserCallback] = (),
-                  loop: Callable[[dict], None] | None = None) -> TorchTrainer:
+                  loop: Callable[[dict], None] | None = None,
+                  rank0_hook: Callable[[RunSpec], ReportHook] | None = None) -> TorchTrainer:
     """A TorchTrainer running the loop (or `loop`, given {"spec": ...}) with the spec's resources,
-    checkpoint retention and restarts."""
+    checkpoint retention and restarts; `rank0_hook(spec)` makes rank 0's report hook in the worker."""
     spec = absolute_paths(spec)
     res, cfg = spec.resources, spec.train
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
     return TorchTrainer(
         loop or _worker,
-        train_loop_config={"spec": spec.model_dump(mode="json")},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "rank0_hook": rank0_hook},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         run_config=RunConfig(

@@ -1,0 +1,69 @@
+"""The registered model: an MLflow pyfunc that loads the frozen backbone (hub name and revision, a local
+folder, or a tiny offline one) plus the adapter, and maps the task's text columns to label predictions."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from deptune import __version__
+from deptune.config import RunSpec
+
+ADAPTER = "adapter"
+SPEC = "spec"
+OUTPUT = "label"
+
+
+def input_columns(task_name: str) -> list[str]:
+    """The text fields the task formats (`label` is what the model predicts)."""
+    from deptune.tasks import get_task
+    task = get_task(task_name)
+    fields = getattr(task, "inputs", ("sentence",)) + getattr(task, "extra_fields", ())
+    return list(fields)
+
+
+class AdapterModel(mlflow.pyfunc.PythonModel):
+    """Backbone + adapter, rebuilt from the run's spec; predictions are the task's verbalised labels."""
+
+    def load_context(self, context) -> None:
+        from deptune.methods.io import load_adapter
+        from deptune.models import load_backbone
+        from deptune.tasks import get_task
+        from deptune.train.loop import resolve_device
+        self.spec = RunSpec.model_validate_json(Path(context.artifacts[SPEC]).read_text())
+        self.task = get_task(self.spec.task.name)
+        self.backbone = load_backbone(self.spec.backbone, num_labels=max(1, len(self.task.label_names)))
+        self.device = resolve_device(self.spec.train)
+        self.model = load_adapter(self.backbone, context.artifacts[ADAPTER]).to(self.device).eval()
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from deptune.train.data import encode
+        from deptune.train.evaluate import predict
+        if isinstance(model_input, dict):
+            model_input = pd.DataFrame(model_input)
+        placeholder = 0.0 if self.task.is_regression else self.task.label_names[0]
+        rows = [{**row, "label": placeholder} for row in model_input.to_dict("records")]
+        examples = [self.task.format(row) for row in rows]
+        items = encode(examples, self.backbone, self.task, self.model.config.max_length,
+                       self.spec.train.max_target_length)
+        labels = predict(self.model, self.backbone, self.task, items, self.spec.train.eval_batch_size,
+                         self.spec.train.max_new_tokens, self.device)
+        return pd.DataFrame({OUTPUT: labels})
+
+
+def save_pyfunc(path: Path, adapter_dir: Path, spec_file: Path, example: dict[str, list[str]]) -> Path:
+    """Write the pyfunc model folder (signature and input example included) to `path`."""
+    shutil.rmtree(path, ignore_errors=True)
+    columns = list(example)
+    signature = ModelSignature(inputs=Schema([ColSpec("string", c) for c in columns]),
+                               outputs=Schema([ColSpec("string", OUTPUT)]))
+    mlflow.pyfunc.save_model(
+        str(path), python_model=AdapterModel(), artifacts={ADAPTER: str(adapter_dir), SPEC: str(spec_file)},
+        signature=signature, input_example=pd.DataFrame(example),
+        pip_requirements=[f"deptune=={__version__}", "torch", "transformers", "safetensors", "pandas"])
+    return path

@@ -1,0 +1,88 @@
+"""A trial's child run, written by rank 0 of the trial's Ray Train worker group, so metrics are logged
+where they are made, on whichever node that is. Every write goes through the run's journal."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from deptune.config import RunSpec
+from deptune.tracking.journal import RunJournal, journal_path
+
+TAG = "deptune."
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class TrialTracking:
+    """What the sweep driver hands every trial: plain data, pickled through Tune."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    journal_dir: str
+    tags: dict[str, str]  # the execution's: sweep, study, git commit, spec hash, dataset fingerprint
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def trial_key(tracking: TrialTracking, ray_trial_id: str) -> dict[str, str]:
+    """The tags that find a trial's run again (a restarted worker, the driver closing it)."""
+    return {f"{TAG}ray_trial_id": ray_trial_id, PARENT_TAG: tracking.parent_run_id}
+
+
+def run_params(spec: RunSpec) -> dict[str, Any]:
+    method, train = spec.method, spec.train
+    return {"prompt_length": method.prompt_length, "rank": getattr(method, "rank", None),
+            "budget": getattr(method, "budget", None), "max_length": method.max_length,
+            "lr_prompt": train.lr_prompt, "lr_lowrank": train.lr_lowrank if method.name == "dept" else None,
+            "lr_head": train.lr_head, "method": method.name, "task": spec.task.name,
+            "backbone": spec.backbone.name, "backbone_revision": spec.backbone.revision or "default",
+            "seed": train.seed, "batch_size": train.batch_size, "steps": train.steps, "workers": spec.resources.workers}
+
+
+class TrialTracker:
+    """Rank 0's logger: the run at start, then every evaluation and each improved adapter."""
+
+    def __init__(self, tracking: TrialTracking, spec: RunSpec, ray_trial_id: str, optuna_trial: int | None) -> None:
+        self.folder = Path(tracking.journal_dir) / ray_trial_id
+        self.journal = RunJournal(journal_path(tracking.journal_dir, ray_trial_id), tracking.uri)
+        self.logged_count = self.journal.path.exists()
+        if self.journal.path.exists():  # a restarted worker group: the run exists (or is journaled)
+            return
+        name = f"trial-{optuna_trial:03d}" if optuna_trial is not None else f"trial-{ray_trial_id}"
+        self.journal.start(tracking.experiment_id, name, find_by=trial_key(tracking, ray_trial_id),
+                           tags={**tracking.tags, f"{TAG}role": "trial", f"{TAG}optuna_trial": str(optuna_trial),
+                                 f"{TAG}backbone_revision": spec.backbone.revision or "default"})
+        self.journal.params(run_params(spec))
+        spec_dir = self.folder / "spec"
+        spec_dir.mkdir(parents=True, exist_ok=True)
+        (spec_dir / "run_spec.json").write_text(spec.model_dump_json(indent=2))
+        self.journal.artifacts(spec_dir, "spec")
+
+    def log_evaluation(self, metrics: dict[str, float], adapter_dir: Path | None) -> None:
+        step = int(metrics["step"])
+        if not self.logged_count and "trainable_params" in metrics:  # known once the model is built
+            self.journal.params({"trainable_params": int(metrics["trainable_params"])})
+            self.logged_count = True
+        self.journal.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
+        if adapter_dir is not None:  # a copy that outlives the checkpoint folder until it is sent
+            kept = self.folder / "adapter"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(adapter_dir, kept, ignore=shutil.ignore_patterns("train_state.pt"))
+            self.journal.artifacts(kept, "adapter")
+
+
+@dataclass(frozen=True)
+class TrackerHook:
+    """Ray Train's `rank0_hook` for a sweep trial: picklable, builds the tracker inside the worker."""
+
+    tracking: TrialTracking
+    ray_trial_id: str
+    optuna_trial: int | None
+
+    def __call__(self, spec: RunSpec):
+        return TrialTracker(self.tracking, spec, self.ray_trial_id, self.optuna_trial).log_evaluation
