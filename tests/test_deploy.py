@@ -625,11 +625,16 @@ def test_local_scripts_start_a_token_protected_loopback_cluster(tmp_path):
         home.mkdir()
         ray_cli = str(Path(sys.executable).parent / "ray")
         submit = [ray_cli, "job", "submit", "--", "python", "-c", "print('deptune-' + 'ok')"]
+        # The authorised job's driver also joins the cluster and runs a task: the head passes the token on
+        # to its processes, and `python` there is this venv's (start.sh puts DEPTUNE_PYTHON's bin first).
+        driver = "import ray; ray.init(address='auto'); print('deptune-' + ray.get(ray.remote(lambda: 'ok').remote()))"
+        submit_driver = [ray_cli, "job", "submit", "--", "python", "-c", driver]
         no_token = {k: v for k, v in client_env.items() if not k.startswith("RAY_AUTH_")} | {"HOME": str(home)}
         wrong_token = client_env | {"HOME": str(home), "RAY_AUTH_TOKEN": "0" * 64, "RAY_AUTH_TOKEN_PATH": "/nonexistent"}
         with_token = client_env | {"HOME": str(home)}
-        procs = {name: subprocess.Popen(submit, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for name, e in (("none", no_token), ("wrong", wrong_token), ("token", with_token))}
+        procs = {name: subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for name, cmd, e in (("none", submit, no_token), ("wrong", submit, wrong_token),
+                                      ("token", submit_driver, with_token))}
         outs = {name: (p.communicate(timeout=180)[0], p.returncode) for name, p in procs.items()}
         out, rc = outs["token"]
         assert rc == 0 and "deptune-ok" in out and "succeeded" in out, out

@@ -20,6 +20,11 @@ if [[ -z "${DEPTUNE_PYTHON:-}" ]]; then
     if [[ -x "$_repo/.venv/bin/python" ]]; then DEPTUNE_PYTHON="$_repo/.venv/bin/python"; else DEPTUNE_PYTHON="$(command -v python3)"; fi
 fi
 
+# Entry points of jobs submitted to the local head (`python`, `deptune`) resolve through the head's PATH:
+# put this Python's bin folder first.
+PATH="$(dirname "$DEPTUNE_PYTHON"):$PATH"
+export PATH
+
 _tool() {  # the console script next to DEPTUNE_PYTHON, else the one on PATH
     local bin
     bin="$(dirname "$DEPTUNE_PYTHON")/$1"

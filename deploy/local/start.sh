@@ -39,7 +39,9 @@ echo "$ray_tmp" >"$state/ray_tmp"
 # `ray stop` would kill every Ray on the machine.
 # No inherited RAY_ADDRESS/RAY_AUTH_TOKEN: a shell that sourced env.sh of another state must not leak in.
 # No drain on SIGTERM: Ray 2.60's `ray start --block` otherwise waits up to 30 s for Serve traffic to drain.
-env -u RAY_ADDRESS -u RAY_AUTH_TOKEN RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$state/auth_token" \
+# Started from the state folder: jobs submitted without --working-dir run in Ray's cwd, and a `ray/` folder
+# there (e.g. /tmp/ray, Ray's default temp dir) would shadow the ray package in `python -c` entrypoints.
+(cd "$state" && exec env -u RAY_ADDRESS -u RAY_AUTH_TOKEN RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$state/auth_token" \
     RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 \
     setsid "$ray_bin" start --head --block \
     --node-ip-address=127.0.0.1 --port="$DEPTUNE_RAY_PORT" \
@@ -48,7 +50,7 @@ env -u RAY_ADDRESS -u RAY_AUTH_TOKEN RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$s
     --dashboard-agent-listen-port="$DEPTUNE_RAY_AGENT_PORT" \
     --num-cpus="${DEPTUNE_RAY_NUM_CPUS:-$(nproc)}" \
     --temp-dir="$ray_tmp" --disable-usage-stats \
-    >"$state/ray.log" 2>&1 </dev/null &
+    >"$state/ray.log" 2>&1 </dev/null) &
 echo $! >"$state/ray.pid"
 
 # MLflow: sqlite store and proxied local artifacts (the cluster uses PostgreSQL and S3: deploy/mlflow/).
