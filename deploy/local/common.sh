@@ -1,4 +1,5 @@
-# Shared settings of start.sh / stop.sh / env.sh (sourced, not run).
+# shellcheck shell=bash
+# Shared settings of start.sh and stop.sh (sourced, not run).
 # Everything is configurable by environment variables so that several copies (tests, a second user) can
 # run side by side on free ports with their own state folder.
 

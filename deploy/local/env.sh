@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Source me (bash/zsh) after deploy/local/start.sh: points the Ray job CLI, deptune and MLflow clients at
 # the local servers.  `source deploy/local/env.sh`
 _deptune_here="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)"
@@ -6,6 +7,7 @@ if [[ ! -f "$_deptune_state/addresses" ]]; then
     echo "env.sh: no running servers in $_deptune_state (run deploy/local/start.sh)" >&2
 else
     set -a
+    # shellcheck source=/dev/null
     . "$_deptune_state/addresses"  # RAY_ADDRESS, MLFLOW_TRACKING_URI, ...
     set +a
     # Ray 2.60 token auth: the CLI and SDK send the token as "Authorization: Bearer ..."; they read
