@@ -97,7 +97,7 @@ def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_s
     if not (address or os.environ.get("RAY_ADDRESS")):
         from deptune import local_ray
         local_ray.apply()  # before ray is imported
-    from deptune.sweep.driver import run_sweep
+    from deptune.sweep.driver import SweepLocked, run_sweep
     from deptune.sweep.leaderboard import render, render_pareto
     started = time.perf_counter()
     try:
@@ -105,6 +105,9 @@ def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_s
     except SpecError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    except SweepLocked as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(3) from None
     metrics = [sweep_spec.sweep.objective.metric] + (
         [sweep_spec.sweep.second_objective.metric] if sweep_spec.sweep.second_objective else [])
     if outcome.resumed_nothing:

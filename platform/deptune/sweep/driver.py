@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from deptune import local_ray, preflight
+from deptune import local_ray, locks, preflight
 from deptune.config import SpecError
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.searcher import FailureReasons, StudySearcher
@@ -25,6 +25,7 @@ from deptune.sweep.space import SearchPlan, hidden_size, plan_search
 from deptune.sweep.study import (Execution, close_orphans, last_execution, load_study, open_storage,
                                  pareto_front, start_execution, storage_url)
 from deptune.sweep.trainable import run_trial
+from deptune.tracking.registry import LOCK_ENV
 from deptune.tracking.store import check_reachable, resolve_uri
 from deptune.tracking.sweep import SweepOutcomeTracking, SweepTracker
 from deptune.tracking.trial import TrialTracking
@@ -72,8 +73,13 @@ def _hidden_size_online(spec: SweepSpec, source: str) -> int:
     return next(config[k] for k in ("d_model", "hidden_size", "n_embd") if isinstance(config.get(k), int))
 
 
+class SweepLocked(RuntimeError):
+    """Another execution of the same study is running (a scheduled sweep fired while the last one runs)."""
+
+
 def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False,
               address: str | None = None) -> SweepOutcome:
+    """One execution of the spec's study, under the study's lock: two executions never run at once."""
     address = address or os.environ.get("RAY_ADDRESS")
     for key, value in local_ray.TRAIN_ENV.items():  # before Ray starts: trial actors inherit the environment
         os.environ.setdefault(key, value)
@@ -81,6 +87,17 @@ def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False,
     plan, url, tracking_uri = prepare(spec, source, local_cluster=not address)
     storage_db = open_storage(url, source)
     study = load_study(spec, storage_db)
+    lock_url = os.environ.get(LOCK_ENV) or url
+    try:
+        with locks.exclusive(f"sweep:{study.study_name}", lock_url):
+            return _run_execution(spec, source, resume, address, plan, url, tracking_uri, storage_db, study)
+    except locks.LockHeld:
+        raise SweepLocked(f"another execution of study {study.study_name!r} is running (its lock is held in "
+                          f"{lock_url.split('@')[-1]}); this one did not start") from None
+
+
+def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | None, plan: SearchPlan, url: str,
+                   tracking_uri: str, storage_db, study: optuna.Study) -> SweepOutcome:
     storage = spec.train.storage_path or str((spec.train.output_dir / "ray").resolve())
     execution = last_execution(spec, study) if resume else None
     if execution is not None and _execution_done(os.path.join(storage, execution.name), spec):
