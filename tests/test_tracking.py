@@ -1,0 +1,238 @@
+"""MLflow tracking against a real `mlflow server` on 127.0.0.1 (sqlite backend, served artifacts):
+a sweep's parent and child runs through the REST API, statuses for finished, ASHA-stopped and failed trials,
+the parent's plots and leaderboard, the registry with lineage tags and a `champion` that moves only on
+improvement (also under racing promotions), the pyfunc model predicting labels, and the journal that keeps
+writes while the server is away."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import ray
+import requests
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from deptune.cli import app
+from deptune.config import SpecError, parse_spec
+from deptune.sweep.config import SweepSpec
+from deptune.sweep.driver import run_sweep
+from deptune.tracking import registry
+from deptune.tracking.journal import RunJournal, flush_all
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(folder: Path, port: int) -> subprocess.Popen:
+    folder.mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts"),
+         "--serve-artifacts"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                return server
+        except requests.RequestException:
+            time.sleep(0.5)
+    stop_server(server)
+    raise RuntimeError("mlflow server did not start")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, 15)
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder, port = tmp_path_factory.mktemp("mlflow"), free_port()
+    process = start_server(folder, port)
+    yield f"http://127.0.0.1:{port}"
+    stop_server(process)
+
+
+GOOD = {"prompt_length": 4, "lr_prompt": 0.05, "lr_lowrank": 1e-3, "lr_head": 0.01}
+
+
+def sweep_spec(tmp_path: Path, uri: str, name: str, enqueue: list[dict]) -> SweepSpec:
+    """ASHA (grace 8 steps) on the train loss: the same seed gives every trial the same batches, so a trial
+    whose learning rates are ~0 keeps a higher loss at step 8 than one that learns, and is stopped."""
+    return parse_spec({
+        "backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}},
+        "task": {"name": "synthetic", "synthetic_size": 300},
+        "method": {"name": "dept", "max_length": 32, "budget": 12},
+        "search": {"prompt_length": {"low": 2, "high": 10, "step": 2}, "lr_prompt": {"low": 1e-9, "high": 1e30},
+                   "lr_lowrank": {"low": 1e-9, "high": 1.0}, "lr_head": {"low": 1e-9, "high": 1.0}},
+        "train": {"steps": 16, "batch_size": 16, "eval_every": 8, "warmup_steps": 2, "output_dir": str(tmp_path),
+                  "evaluate_test": False},
+        "resources": {"workers": 1, "cpus_per_worker": 1.5},
+        "sweep": {"trials": len(enqueue), "max_concurrent": 1, "driver_cpus": 0.25, "enqueue": enqueue,
+                  "objective": {"metric": "train_loss", "mode": "min"},
+                  "scheduler": {"name": "asha", "grace_period": 8, "reduction_factor": 2}},
+        "study": {"name": name, "storage": f"sqlite:///{tmp_path}/study.db"},
+        "tracking": {"uri": uri, "registered_model": f"{name}-model"},
+    }, kind=SweepSpec)
+
+
+@pytest.fixture(scope="module")
+def swept(server, tmp_path_factory):
+    """One sweep: a trial that learns (FINISHED), one that diverges (FAILED), one ASHA stops (KILLED)."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    spec = sweep_spec(tmp, server, "tracked", [GOOD, {**GOOD, "lr_prompt": 1e30},
+                                               {**GOOD, "lr_prompt": 1e-9, "lr_lowrank": 1e-9, "lr_head": 1e-9}])
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
+    try:
+        outcome = run_sweep(spec)
+    finally:
+        ray.shutdown()
+    return spec, outcome
+
+
+def test_runs_statuses_params_metrics_and_tags_through_the_rest_api(server, swept):
+    spec, outcome = swept
+    states = [t.state for t in outcome.study.get_trials()]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED], outcome.study.get_trials()
+    experiment = requests.get(f"{server}/api/2.0/mlflow/experiments/get-by-name", timeout=10,
+                              params={"experiment_name": "tracked"}).json()["experiment"]
+    runs = requests.post(f"{server}/api/2.0/mlflow/runs/search", timeout=10,
+                         json={"experiment_ids": [experiment["experiment_id"]]}).json()["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parents = [r for r, t in zip(runs, tags) if t.get("deptune.role") == "sweep"]
+    children = {t["deptune.optuna_trial"]: (r, t) for r, t in zip(runs, tags) if t.get("deptune.role") == "trial"}
+    assert len(parents) == 1 and sorted(children) == ["0", "1", "2"]
+    parent_id = parents[0]["info"]["run_id"]
+    assert parent_id == outcome.tracking.parent_run_id and parents[0]["info"]["status"] == "FINISHED"
+    assert {k: children[k][0]["info"]["status"] for k in children} == {"0": "FINISHED", "1": "FAILED", "2": "KILLED"}
+    assert "non-finite loss" in children["1"][1]["deptune.reason"]
+    assert "stopped at step 8 of 16" in children["2"][1]["deptune.reason"]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    for number, (run, tag) in children.items():
+        assert tag["mlflow.parentRunId"] == parent_id
+        assert tag["deptune.sweep"] == "tracked-001" and tag["deptune.study"] == "tracked"
+        assert tag["deptune.git_commit"] == commit and len(tag["deptune.spec_hash"]) == 16
+        assert len(tag["deptune.dataset_fingerprint"]) == 16 and tag["deptune.ray_trial_id"]
+        params = {p["key"]: p["value"] for p in run["data"]["params"]}
+        m, r = int(params["prompt_length"]), int(params["rank"])
+        assert params["budget"] == "12" and m * 32 + r * 64 <= 12 * 32 and r == (12 - m) * 32 // 64
+        assert {"lr_prompt", "lr_lowrank", "backbone", "task", "method", "seed", "batch_size", "steps"} <= params.keys()
+    good, _ = children["0"]
+    assert {p["key"]: p["value"] for p in good["data"]["params"]}["trainable_params"] == str(12 * 32 + 32 * 2 + 2)
+    history = requests.get(f"{server}/api/2.0/mlflow/metrics/get-history", timeout=10,
+                           params={"run_id": good["info"]["run_id"], "metric_key": "objective"}).json()["metrics"]
+    assert [h["step"] for h in history] == [8, 16]
+    metrics = {m["key"] for m in good["data"]["metrics"]}
+    assert {"objective", "eval_accuracy", "train_loss", "tokens_per_s", "step_time_s", "peak_memory_mb",
+            "accelerator_seconds"} <= metrics
+    killed = MlflowClient(server).get_metric_history(children["2"][0]["info"]["run_id"], "objective")
+    assert [m.step for m in killed][0] == 8  # its curve up to where ASHA stopped it (rank 0 may log one more
+    # evaluation before Ray Train's controller, polling every 0.5 s, ends the worker)
+
+
+def test_parent_holds_leaderboard_plots_and_summary(server, swept):
+    _, outcome = swept
+    client = MlflowClient(server)
+    parent = client.get_run(outcome.tracking.parent_run_id)
+    assert parent.data.metrics["trials_completed"] == 1 and parent.data.metrics["trials_failed"] == 1
+    assert parent.data.metrics["trials_stopped"] == 1 and parent.data.metrics["accelerator_seconds"] > 0
+    files = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/parallel_coordinate.png", "plots/slice.png",
+            "plots/optuna_plots.html"} <= files
+    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv",
+                                                            tracking_uri=server))
+    assert list(board["state"]) == ["COMPLETE", "PRUNED", "FAIL"] and list(board["number"]) == [0, 2, 1]
+    html = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
+                                                    artifact_path="plots/optuna_plots.html", tracking_uri=server))
+    assert "cdn.plot.ly" not in html.read_text()[:5000] and html.stat().st_size > 1_000_000  # plotly.js embedded
+
+    out = CliRunner().invoke(app, ["report", "tracked", "--uri", server, "--metric", "train_loss", "--mode", "min"])
+    assert out.exit_code == 0 and "trial-000" in out.output and "KILLED" in out.output and "FAILED" in out.output
+
+
+def test_registered_champion_predicts_and_moves_only_on_improvement(server, swept, tmp_path):
+    _, outcome = swept
+    promotion = outcome.tracking.promotion
+    assert promotion is not None and promotion.champion and promotion.model == "tracked-model"
+    client = MlflowClient(server)
+    version = client.get_model_version("tracked-model", promotion.version)
+    assert version.tags["deptune.sweep"] == "tracked-001" and version.tags["deptune.optuna_trial"] == "0"
+    assert version.tags["deptune.metric"] == "train_loss" and version.tags["deptune.role"] == "champion"
+    assert version.run_id == version.tags["deptune.run_id"]
+
+    mlflow.set_tracking_uri(server)
+    model = mlflow.pyfunc.load_model("models:/tracked-model@champion")
+    labels = model.predict(pd.DataFrame({"sentence": ["the movie was good great", "awful bad day", "a cold dull song"]}))
+    assert len(labels) == 3 and set(labels["label"]) <= {"0", "1"}
+
+    # a worse adapter (the ASHA-stopped trial) and then a better one (the finished trial) on a fresh model
+    experiment = client.get_run(version.run_id).info.experiment_id
+    by_trial = {r.data.tags["deptune.optuna_trial"]: r.info.run_id
+                for r in client.search_runs([experiment], "tags.`deptune.role` = 'trial'")}
+    lock = f"sqlite:///{tmp_path}/locks.db"
+    worse = registry.promote(by_trial["2"], "race", "train_loss", "min", server, lock)
+    better = registry.promote(by_trial["0"], "race", "train_loss", "min", server, lock)
+    again = registry.promote(by_trial["2"], "race", "train_loss", "min", server, lock)
+    assert worse.champion and better.champion and not again.champion
+    assert client.get_model_version_by_alias("race", "champion").version == better.version
+    assert client.get_model_version("race", again.version).tags["deptune.role"] == "challenger"
+
+    # two promotions racing on a new model: whatever the order, the better one ends up champion
+    results = {}
+    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, registry.promote(
+        by_trial[k], "raced", "train_loss", "min", server, lock))) for k in ("2", "0")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert client.get_model_version_by_alias("raced", "champion").version == results["0"].version
+
+
+def test_an_unreachable_tracking_server_fails_before_ray(tmp_path):
+    spec = sweep_spec(tmp_path, f"http://127.0.0.1:{free_port()}", "unreachable", [GOOD])
+    with pytest.raises(SpecError, match=r"tracking\.uri: MLflow at http://127\.0\.0\.1:\d+ cannot be reached"):
+        run_sweep(spec)
+    assert not ray.is_initialized()
+
+
+def test_the_journal_keeps_writes_while_the_server_is_away(tmp_path):
+    port = free_port()
+    process = start_server(tmp_path / "server", port)
+    uri = f"http://127.0.0.1:{port}"
+    experiment = MlflowClient(uri).create_experiment("journal")
+    journal = RunJournal(tmp_path / "j" / "t1.journal.jsonl", uri)
+    journal.start(experiment, "trial", find_by={"deptune.ray_trial_id": "t1"}, tags={"deptune.role": "trial"})
+    journal.metrics({"objective": 0.5}, step=1)
+    assert journal.pending() == 0 and journal.run_id
+    stop_server(process)
+    journal.metrics({"objective": 0.6}, step=2)  # the server is gone: kept, training goes on
+    journal.metrics({"objective": 0.7}, step=3)
+    journal.end("FINISHED")
+    assert journal.pending() == 3 and journal.last_error
+    assert flush_all(tmp_path / "j", uri)[0].startswith(f"3 write(s) of run {journal.run_id} kept in ")
+    process = start_server(tmp_path / "server", port)  # back, with the same store
+    try:
+        assert flush_all(tmp_path / "j", uri) == []
+        client = MlflowClient(uri)
+        assert [(m.step, m.value) for m in client.get_metric_history(journal.run_id, "objective")] == \
+            [(1, 0.5), (2, 0.6), (3, 0.7)]
+        assert client.get_run(journal.run_id).info.status == "FINISHED"
+    finally:
+        stop_server(process)
