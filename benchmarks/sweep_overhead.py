@@ -45,6 +45,7 @@ def spec_for(out: Path, trials: int, steps: int, concurrent: int) -> SweepSpec:
         "sweep": {"trials": trials, "max_concurrent": concurrent, "driver_cpus": 0.25, "enqueue": points,
                   "scheduler": {"name": "fifo"}},
         "study": {"name": "overhead"},
+        "tracking": {"uri": f"sqlite:///{out / 'mlflow.db'}"},
     }, kind=SweepSpec)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
@@ -29,6 +30,7 @@ def spec_file(tmp_path: Path) -> Path:
                   "output_dir": str(tmp_path / "run"), "evaluate_test": False},
         "resources": {"workers": 1, "cpus_per_worker": 1.5},
         "sweep": {"trials": 3, "max_concurrent": 1, "driver_cpus": 0.25, "scheduler": {"name": "fifo"}},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     }
     path = tmp_path / "resumable.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -76,6 +78,10 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         assert trials[number].state == TrialState.COMPLETE
         assert sorted(trials[number].intermediate_values) == [10, 20, 30, 40]
     assert {t.user_attrs["execution"] for t in trials} == {1}
+    runs = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
+        [MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("resumable").experiment_id])
+    roles = sorted((r.data.tags["deptune.role"], r.info.status) for r in runs)
+    assert roles == [("sweep", "FINISHED")] + [("trial", "FINISHED")] * 3  # one parent, resumed, and its trials
 
     again = subprocess.run([*DEPTUNE, "sweep", str(path), "--resume"], env=env, capture_output=True, text=True,
                            timeout=120)
