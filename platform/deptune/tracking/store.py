@@ -9,6 +9,7 @@ from deptune.config import SpecError
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+KIND_TAG = "mlflow.experimentKind"
 
 
 def resolve_uri(configured: str | None, base: Path | None = None) -> str:
@@ -62,6 +63,10 @@ def ensure_experiment(uri: str, name: str) -> str:
     from mlflow import MlflowClient
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location(uri))
+    if experiment is None:
+        experiment_id = client.create_experiment(name, artifact_location=artifact_location(uri))
+    else:
+        experiment_id = experiment.experiment_id
+    if experiment is None or KIND_TAG not in experiment.tags:  # the UI's runs table, not its GenAI overview
+        client.set_experiment_tag(experiment_id, KIND_TAG, "custom_model_development")
+    return experiment_id
