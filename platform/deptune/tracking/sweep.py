@@ -114,11 +114,19 @@ class SweepTracker:
         mine = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("execution") == self.execution.number]
         for trial in mine:
             self.finish_trial(trial)
-        promotion = self._register_best(mine) if not interrupted and self.spec.tracking.register_best else None
+        promotion, problems = None, []
+        if not interrupted and self.spec.tracking.register_best:
+            try:
+                promotion = self._register_best(mine)
+            except Exception as exc:  # noqa: BLE001 -- the sweep's results stand; registration can be redone
+                problems.append(f"registering the best adapter failed ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); redo it with "
+                                f"`deptune promote RUN_ID --model ...`")
         self._parent_files()
         self._summary(mine, promotion)
         self.parent.end("KILLED" if interrupted else "FINISHED")
-        return SweepOutcomeTracking(self.parent.run_id or "", promotion, flush_all(self.journal_dir, self.uri))
+        return SweepOutcomeTracking(self.parent.run_id or "", promotion,
+                                    problems + flush_all(self.journal_dir, self.uri))
 
     def _register_best(self, trials: list[FrozenTrial]) -> registry.Promotion | None:
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
