@@ -304,6 +304,10 @@ BAD_SPECS = [
     # study storage
     case("storage-not-a-url", {"study.storage": "not-a-url"}, "study.storage"),
     case("storage-unknown-dialect", {"study.storage": "nosuchdb://user@localhost/x"}, "study.storage"),
+    # tracking store: checked before Ray, nothing recorded
+    case("tracking-server-down", {"tracking.uri": "http://127.0.0.1:9"}, "tracking.uri", "cannot be reached"),
+    case("tracking-store-unwritable", {"tracking.uri": "sqlite:////proc/no/such/mlflow.db"},
+         "tracking.uri", "cannot open the MLflow store"),
 ]
 
 
