@@ -85,6 +85,35 @@ def on_ray(spec: SweepSpec) -> tuple[float, float]:
         ray.shutdown()
 
 
+PROCESS_KINDS = {
+    # what each fresh process of one trial imports before it can do its part (Ray Train V2 inside Tune)
+    "Tune trial driver (function trainable)": "import ray.tune, deptune.sweep.trainable",
+    "Train controller (+ TorchConfig)": "import ray.train.v2._internal.execution.controller.controller, "
+                                        "ray.train.torch.config",
+    "placement-group cleaner": "import ray.train.v2._internal.execution.controller.placement_group_cleaner, "
+                               "ray.util.state",
+    "Train worker (torch, BERT, the loop)": "import ray.train.torch, transformers.models.bert.modeling_bert, "
+                                            "deptune.train.loop",
+}
+
+
+def process_start_costs(repeats: int = 2) -> dict[str, float]:
+    """Seconds a fresh Python process spends starting and importing what each of a trial's processes needs
+    (median of `repeats`, warm page cache): the part of a trial's fixed cost that is not Ray scheduling."""
+    import statistics
+    import subprocess
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "platform")}
+    costs = {}
+    for kind, statement in PROCESS_KINDS.items():
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", statement], env=env, check=True)
+            runs.append(time.perf_counter() - started)
+        costs[kind] = statistics.median(runs)
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=4)
@@ -105,9 +134,19 @@ def main() -> None:
                   f"{(plain_wall - useful) / args.trials:.1f}", f"{useful / plain_wall:.0%}")
     table.add_row("deptune sweep (Tune+Train)", f"{sweep_wall:.1f}", f"{sweep_wall / args.trials:.1f}",
                   f"{(sweep_wall - useful) / args.trials:.1f}", f"{useful / sweep_wall:.0%}")
-    Console(width=140).print(table)
+    console = Console(width=140)
+    console.print(table)
     print(f"training inside the loop: {useful:.1f} s in all; local Ray start (once per sweep, not counted "
           f"above): {ray_start:.1f} s; sweep / in-process wall: {sweep_wall / plain_wall:.2f}x")
+    costs = process_start_costs()
+    where = Table(title="where a trial's fixed cost goes: the fresh processes one trial starts, each paying "
+                        "interpreter start + imports (measured here, one at a time)")
+    where.add_column("process (one per trial unless noted)")
+    where.add_column("start + imports s", justify="right")
+    for kind, seconds in costs.items():
+        where.add_row(kind + (" (one per worker)" if "worker" in kind else ""), f"{seconds:.1f}")
+    where.add_row("sum: seconds of a 2-core box spent starting processes, per trial", f"{sum(costs.values()):.1f}")
+    console.print(where)
 
 
 if __name__ == "__main__":
