@@ -24,9 +24,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from optuna.trial import TrialState
-
 from local_cluster import REPO, local_cluster
+from optuna.trial import TrialState
 
 TINY = {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}}
 MODEL = "deptune-synthetic-dept"
@@ -92,13 +91,12 @@ def pg_schemas():
 @pytest.mark.slow
 def test_scheduled_executions_share_a_postgresql_study_and_registry(pg_schemas, tmp_path, monkeypatch):
     import ray
-    from mlflow import MlflowClient
-
     from deptune import locks
     from deptune.config import parse_spec
     from deptune.sweep.config import SweepSpec
     from deptune.sweep.driver import SweepLocked, run_sweep
     from deptune.sweep.study import STORAGE_ENV, executions
+    from mlflow import MlflowClient
 
     optuna_url, mlflow_url = pg_schemas
     monkeypatch.setenv(STORAGE_ENV, optuna_url)  # as the cluster's pods get it
@@ -217,10 +215,11 @@ def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(tmp_path
             "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
         ray_cli = str(Path(sys.executable).parent / "ray")
 
-        def submit(job_id: str, *args: str, wait: bool = True) -> subprocess.CompletedProcess:
+        def submit(job_id: str, *args: str, wait: bool = True, env_vars: dict | None = None):
+            env = {"env_vars": {**runtime_env["env_vars"], **(env_vars or {})}}
             return subprocess.run(
                 [ray_cli, "job", "submit", "--submission-id", job_id, "--working-dir", str(job_dir),
-                 "--runtime-env-json", json.dumps(runtime_env), *([] if wait else ["--no-wait"]), "--",
+                 "--runtime-env-json", json.dumps(env), *([] if wait else ["--no-wait"]), "--",
                  sys.executable, "-m", "deptune.cli", "sweep", "nightly.yaml", *args],
                 env=cluster.client_env, capture_output=True, text=True, timeout=600)
 
@@ -278,16 +277,41 @@ def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(tmp_path
 
         assert [v["version"] for v in versions()] == ["1"] and champion() == "1"
 
-        # Execution 2 (the next scheduled run): continues the study, registers its best, champion on merit.
-        c = submit("sweep-c", "--set", "sweep.max_concurrent=2")
-        c_logs = logs("sweep-c")
-        assert c.returncode == 0 and cluster.jobs_api("sweep-c")["status"] == "SUCCEEDED", c_logs[-3000:]
-        assert "study nightly: 4 complete" in c_logs and "execution 2 (nightly-002)" in c_logs, c_logs[-3000:]
+        # Execution 2 (the next scheduled run) is stopped with `ray job stop` during its first trial: the
+        # driver gets SIGTERM and stops like Tune on Ctrl+C within the grace period the job asked for;
+        # `--resume` then finishes the execution.
+        c = submit("sweep-c", wait=False, env_vars={"RAY_JOB_STOP_WAIT_TIME_S": "120"})
+        assert c.returncode == 0, c.stdout + c.stderr
+        deadline = time.monotonic() + 300
+        while not any(t.state == TrialState.RUNNING and t.user_attrs.get("execution") == 2
+                      for t in _study_trials(study_url, "nightly")):
+            assert cluster.jobs_api("sweep-c")["status"] not in TERMINAL, logs("sweep-c")[-3000:]
+            assert time.monotonic() < deadline, "execution 2 started no trial"
+            time.sleep(1.0)
+        stop = subprocess.run([ray_cli, "job", "stop", "sweep-c"], env=cluster.client_env, capture_output=True,
+                              text=True, timeout=200)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        c_info, c_logs = _wait_job(cluster, "sweep-c"), logs("sweep-c")
+        assert c_info["status"] == "STOPPED", c_info
+        assert "SIGTERM: stopping the sweep" in c_logs and "continue it with --resume" in c_logs, c_logs[-3000:]
+        stopped_parent = next(r for r in runs("sweep") if tags(r["data"])["deptune.execution"] == "2")
+        assert stopped_parent["info"]["status"] == "KILLED"  # closed by the driver, not left RUNNING
         trials = _study_trials(study_url, "nightly")
-        assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+        assert len(versions()) == 1  # an interrupted execution registers nothing
+        assert [t.state for t in trials if t.user_attrs["execution"] == 1] == [TrialState.COMPLETE] * 2
+
+        d = submit("sweep-d", "--resume")
+        d_logs = logs("sweep-d")
+        assert d.returncode == 0 and cluster.jobs_api("sweep-d")["status"] == "SUCCEEDED", d_logs[-3000:]
+        assert "study nightly: 4 complete" in d_logs and "execution 2 (nightly-002)" in d_logs, d_logs[-3000:]
+        trials = _study_trials(study_url, "nightly")
+        assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
         assert sorted(t.user_attrs["execution"] for t in trials) == [1, 1, 2, 2]
         assert min(t.user_attrs["seen_trials"] for t in trials if t.user_attrs["execution"] == 2) >= 2
-        assert len(runs("sweep")) == 2 and len(runs("trial")) == 4
+        parents, children = runs("sweep"), runs("trial")
+        assert len(parents) == 2 and all(r["info"]["status"] == "FINISHED" for r in parents)
+        assert len(children) == 4 and all(r["info"]["status"] == "FINISHED" for r in children), \
+            [(tags(r["data"]).get("deptune.optuna_trial"), r["info"]["status"]) for r in children]
         found = versions()
         assert [v["version"] for v in found] == ["1", "2"]
         values = [float(tags(v)["deptune.metric_value"]) for v in found]
