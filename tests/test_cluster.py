@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -192,12 +194,19 @@ def _wait_job(cluster, job_id: str, timeout_s: float = 400) -> dict:
 
 
 def _study_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    if not Path(url.removeprefix("sqlite:///")).exists():
+    """The study's trials, [] until the job's driver has created it. Read-only until then: opening an
+    RDBStorage on a database being created would race the driver's schema creation (both insert the
+    alembic version)."""
+    path = Path(url.removeprefix("sqlite:///"))
+    if not path.exists():
         return []
     try:
-        return optuna.load_study(study_name=name, storage=url).get_trials()
-    except KeyError:  # the driver has not created the study yet
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as conn:
+            ready = conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] and conn.execute(
+                "SELECT count(*) FROM studies WHERE study_name = ?", (name,)).fetchone()[0]
+    except sqlite3.OperationalError:  # no such table yet, or locked
         return []
+    return optuna.load_study(study_name=name, storage=url).get_trials() if ready else []
 
 
 @pytest.mark.slow
