@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +107,7 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
         return SweepOutcome(study=study, execution=execution, experiment_path=os.path.join(storage, execution.name),
                             interrupted=False, errors=0, resumed_nothing=True)
     started = connect(address)
+    sigterm = _GracefulStop()  # after connect(): Ray's own SIGTERM handler, installed by ray.init, would win
     try:
         try:
             check_fits(spec.base_run(), spec.sweep.driver_cpus)
@@ -122,7 +126,11 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state for --resume stays fresh
         # a trial that fails before its first evaluation must be recorded as failed, not stop the sweep
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-        results = tuner.fit()
+        sigterm.fitting = True
+        try:
+            results = tuner.fit()
+        finally:
+            sigterm.fitting = False
         path = os.path.join(storage, execution.name)
         interrupted = bool(_unfinished_trials(path))
         if not interrupted:
@@ -130,9 +138,38 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
         return SweepOutcome(study=study, execution=execution, experiment_path=path, interrupted=interrupted,
                             errors=len(results.errors), tracking=tracker.finish(interrupted))
     finally:
+        sigterm.restore()
         if started:
             import ray
             ray.shutdown()
+
+
+class _GracefulStop:
+    """SIGTERM (`ray job stop`, Kubernetes) while the trials run stops the sweep the way Ctrl+C stops Tune:
+    trials stopped, experiment state saved, the execution returned as interrupted (parent run KILLED, the
+    CLI exits 1 with the `--resume` hint). Tune's SIGINT handler cannot do it in a Ray job (Ray blocks SIGINT
+    in job drivers); Tune installs the same handler for SIGUSR1 during `tuner.fit()`, which this calls.
+    Outside `fit()`, or on a second SIGTERM, exit at once through the `finally` blocks (Ray shut down, the
+    study lock released). Ray SIGKILLs the job after `RAY_JOB_STOP_WAIT_TIME_S` (3 s by default)."""
+
+    def __init__(self) -> None:
+        self.fitting = self.received = self.installed = False
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self.installed = True
+
+    def _on_sigterm(self, signum, frame) -> None:
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if self.received or not self.fitting or not callable(tune_stop):
+            raise SystemExit(128 + signum)
+        self.received = True
+        print("SIGTERM: stopping the sweep (running trials stopped, state saved for --resume)", file=sys.stderr,
+              flush=True)
+        tune_stop(signum, frame)
+
+    def restore(self) -> None:
+        if self.installed:  # None: a handler Python did not install (e.g. Ray's): back to the default
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
 
 
 def _trainable(spec: SweepSpec, execution: Execution, storage: str, tracking: TrialTracking):

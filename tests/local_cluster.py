@@ -1,0 +1,105 @@
+"""Test helper: deploy/local (a Ray head with token auth and an MLflow server) on free 127.0.0.1 ports, in
+the test's own state folder, always stopped by deploy/local/stop.sh (then SIGKILL for any leftover)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL = REPO / "deploy" / "local"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def group_pids(pgid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,pgid=,stat="], capture_output=True, text=True, check=True).stdout
+    return [int(pid) for pid, group, stat in (line.split()[:3] for line in out.splitlines())
+            if int(group) == pgid and not stat.startswith("Z")]
+
+
+def script_env(state: Path, ports: list[int], num_cpus: int = 1) -> dict[str, str]:
+    """The environment start.sh/stop.sh run with: this Python, this state folder, these ports."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_"))}
+    env.update(DEPTUNE_PYTHON=sys.executable, DEPTUNE_LOCAL_DIR=str(state), DEPTUNE_RAY_NUM_CPUS=str(num_cpus),
+               DEPTUNE_RAY_PORT=str(ports[0]), DEPTUNE_RAY_DASHBOARD_PORT=str(ports[1]),
+               DEPTUNE_RAY_CLIENT_PORT=str(ports[2]), DEPTUNE_RAY_AGENT_PORT=str(ports[3]),
+               DEPTUNE_MLFLOW_PORT=str(ports[4]))
+    return env
+
+
+def logs_tail(state: Path, chars: int = 3000) -> str:
+    return "".join(f"\n--- {p.name}\n" + p.read_text()[-chars:] for p in sorted(state.glob("*.log")))
+
+
+@dataclass
+class LocalCluster:
+    state: Path
+    script_env: dict[str, str]
+    client_env: dict[str, str]  # what `source deploy/local/env.sh` exports, on top of os.environ
+    dashboard: str  # http://127.0.0.1:<port>: the Jobs API
+    mlflow: str  # http://127.0.0.1:<port>
+
+    @property
+    def token(self) -> str:
+        return self.client_env["RAY_AUTH_TOKEN"]
+
+    def jobs_api(self, path: str, timeout: float = 30) -> dict:
+        """GET on the Jobs REST API with the token."""
+        request = urllib.request.Request(f"{self.dashboard}/api/jobs/{path}",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def mlflow_api(self, path: str, body: dict | None = None, timeout: float = 30) -> dict:
+        """GET (or POST `body`) on MLflow's REST API, e.g. `runs/search`."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.mlflow}/api/2.0/mlflow/{path}", data=data,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+
+@contextmanager
+def local_cluster(tmp_path: Path, num_cpus: int = 1) -> Iterator[LocalCluster]:
+    state = tmp_path / "state"
+    ports = free_ports(5)
+    env = script_env(state, ports, num_cpus)
+    run = subprocess.run(["bash", str(LOCAL / "start.sh")], env=env, capture_output=True, text=True, timeout=240)
+    groups = [int((state / f"{name}.pid").read_text()) for name in ("ray", "mlflow") if (state / f"{name}.pid").exists()]
+    try:
+        assert run.returncode == 0, run.stdout + run.stderr + logs_tail(state)
+        sourced = subprocess.run(["bash", "-c", f"source {LOCAL / 'env.sh'} && env -0"], env=env,
+                                 capture_output=True, text=True, check=True).stdout
+        client_env = dict(item.split("=", 1) for item in sourced.split("\0") if "=" in item)
+        yield LocalCluster(state=state, script_env=env, client_env=client_env,
+                           dashboard=f"http://127.0.0.1:{ports[1]}", mlflow=f"http://127.0.0.1:{ports[4]}")
+    finally:
+        stop = subprocess.run(["bash", str(LOCAL / "stop.sh")], env=env, capture_output=True, text=True, timeout=120)
+        for group in groups:  # whatever stop.sh missed must not outlive the test
+            if group_pids(group):
+                os.killpg(group, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(group_pids(g) for g in groups) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stop.returncode == 0, stop.stdout + stop.stderr
