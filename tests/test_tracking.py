@@ -62,12 +62,34 @@ def stop_server(server: subprocess.Popen) -> None:
     server.wait(timeout=30)
 
 
+class Server:
+    """A real `mlflow server` that a test can stop and start again on the same port and store."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = start_server(self.folder, self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_server(self.process)
+            self.process = None
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    folder, port = tmp_path_factory.mktemp("mlflow"), free_port()
-    process = start_server(folder, port)
-    yield f"http://127.0.0.1:{port}"
-    stop_server(process)
+def mlflow_server(tmp_path_factory):
+    running = Server(tmp_path_factory.mktemp("mlflow"))
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def server(mlflow_server) -> str:
+    return mlflow_server.uri
 
 
 GOOD = {"prompt_length": 4, "lr_prompt": 0.05, "lr_lowrank": 1e-3, "lr_head": 0.01}
@@ -212,27 +234,23 @@ def test_an_unreachable_tracking_server_fails_before_ray(tmp_path):
     assert not ray.is_initialized()
 
 
-def test_the_journal_keeps_writes_while_the_server_is_away(tmp_path):
-    port = free_port()
-    process = start_server(tmp_path / "server", port)
-    uri = f"http://127.0.0.1:{port}"
+def test_the_journal_keeps_writes_while_the_server_is_away(mlflow_server, tmp_path):
+    """Last in this module: it stops the module's server and starts it again."""
+    uri = mlflow_server.uri
     experiment = MlflowClient(uri).create_experiment("journal")
     journal = RunJournal(tmp_path / "j" / "t1.journal.jsonl", uri)
     journal.start(experiment, "trial", find_by={"deptune.ray_trial_id": "t1"}, tags={"deptune.role": "trial"})
     journal.metrics({"objective": 0.5}, step=1)
     assert journal.pending() == 0 and journal.run_id
-    stop_server(process)
+    mlflow_server.stop()
     journal.metrics({"objective": 0.6}, step=2)  # the server is gone: kept, training goes on
     journal.metrics({"objective": 0.7}, step=3)
     journal.end("FINISHED")
     assert journal.pending() == 3 and journal.last_error
     assert flush_all(tmp_path / "j", uri)[0].startswith(f"3 write(s) of run {journal.run_id} kept in ")
-    process = start_server(tmp_path / "server", port)  # back, with the same store
-    try:
-        assert flush_all(tmp_path / "j", uri) == []
-        client = MlflowClient(uri)
-        assert [(m.step, m.value) for m in client.get_metric_history(journal.run_id, "objective")] == \
-            [(1, 0.5), (2, 0.6), (3, 0.7)]
-        assert client.get_run(journal.run_id).info.status == "FINISHED"
-    finally:
-        stop_server(process)
+    mlflow_server.start()  # back, with the same store
+    assert flush_all(tmp_path / "j", uri) == []
+    client = MlflowClient(uri)
+    assert [(m.step, m.value) for m in client.get_metric_history(journal.run_id, "objective")] == \
+        [(1, 0.5), (2, 0.6), (3, 0.7)]
+    assert client.get_run(journal.run_id).info.status == "FINISHED"
