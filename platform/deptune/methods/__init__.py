@@ -40,4 +40,4 @@ def build_model(backbone: Backbone, config: PromptConfig) -> PromptModel:
 
 
 __all__ = ["METHODS", "MethodConfig", "build_model", "PromptModel", "PromptConfig",
-           "DePTConfig", "MPTConfig", "PromptTuningConfig"]
+           "DePTConfig", "MPTConfig", "MPTModel", "PromptTuningConfig", "PromptTuningModel"]

@@ -38,6 +38,10 @@ class MPTModel(PromptModel):
         self.prefix_task_cols = nn.Parameter(cols)
         self.prefix_task_rows = nn.Parameter(rows)
         self.task_index = 0
+        if config.n_tasks > 1:  # a source adapter has no head: each source task's stays with its teacher
+            for param in self.parameter_groups()["head"]:
+                param.requires_grad_(False)
+            self.head_names = []
 
     def prompt(self) -> Tensor:
         k = self.task_index
