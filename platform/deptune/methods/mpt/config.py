@@ -20,8 +20,8 @@ class MPTConfig(PromptConfig):
     name: Literal["mpt"] = "mpt"
     prompt_length: PositiveInt = Field(100, description="l: soft-prompt tokens (fixed by a source adapter's P*)")
     rank: PositiveInt = Field(1, description="r: rank of each task's u v^T (1 in the paper)")
-    init_vectors: str = Field(AVERAGE, description="with init_from: 'average' of the source tasks' (u, v), a source "
-                                                   "task's name, or 'none' (start from P* alone)")
+    init_vectors: str = Field(AVERAGE, description="with init_from (ignored without): 'average' of the source "
+                                                   "tasks' (u, v), a source task's name, or 'none' (P* alone)")
     source_tasks: list[str] = Field(default_factory=list, description="set by `deptune mpt-source`: the tasks "
                                                                       "of a source adapter, one (u, v) each")
 
@@ -29,8 +29,6 @@ class MPTConfig(PromptConfig):
     def _unique_tasks(self) -> "MPTConfig":
         if len(set(self.source_tasks)) != len(self.source_tasks):
             raise ValueError(f"method.source_tasks: each task once, got {self.source_tasks}")
-        if "init_vectors" in self.model_fields_set and self.init_from is None:
-            raise ValueError("method.init_vectors: chooses the source vectors of method.init_from; give init_from")
         return self
 
     @property
