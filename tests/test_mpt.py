@@ -9,20 +9,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from deptune import preflight
 from deptune.cli import app
 from deptune.config import SourceSpec, SpecError, load_spec, parse_spec
 from deptune.methods import DePTConfig, MPTConfig, PromptTuningConfig, build_model
 from deptune.methods.budget import mpt_count
-from deptune.methods.io import CONFIG_FILE, load_adapter, read_record, resolve_adapter_source, save_adapter
+from deptune.methods.io import (
+    CONFIG_FILE,
+    load_adapter,
+    read_record,
+    resolve_adapter_source,
+    save_adapter,
+)
 from deptune.models import BackboneConfig, load_backbone
 from deptune.sweep.space import plan_search
 from deptune.tasks import load_splits
 from deptune.tasks.config import TaskConfig
 from deptune.train.loop import train
 from deptune.train.multitask import train_source
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["synthetic_a", "synthetic_b"]
@@ -130,7 +135,8 @@ def test_source_adapter_round_trips_with_its_task_list(source):
 
 def test_target_init_is_p_star_times_the_mean_vectors(source):
     saved = load_adapter(load_backbone(BackboneConfig(name="tiny-bert")), source.adapter_dir)
-    p, u, v = (saved.method_tensors()[k].detach() for k in ("prompt_embeddings", "prefix_task_cols", "prefix_task_rows"))
+    p, u, v = (saved.method_tensors()[k].detach()
+               for k in ("prompt_embeddings", "prefix_task_cols", "prefix_task_rows"))
     bb = load_backbone(BackboneConfig(name="tiny-bert"))
     target = build_model(bb, MPTConfig(prompt_length=8, max_length=32, init_from=source.adapter_dir))
     assert target.config.n_tasks == 1
@@ -138,7 +144,8 @@ def test_target_init_is_p_star_times_the_mean_vectors(source):
     one = build_model(bb, MPTConfig(prompt_length=8, max_length=32, init_from=source.adapter_dir,
                                     init_vectors="synthetic_b"))
     torch.testing.assert_close(one.prompt().detach(), p * (u[1] @ v[1]), rtol=0, atol=0)
-    alone = build_model(bb, MPTConfig(prompt_length=8, max_length=32, init_from=source.adapter_dir, init_vectors="none"))
+    alone = build_model(bb, MPTConfig(prompt_length=8, max_length=32, init_from=source.adapter_dir,
+                                      init_vectors="none"))
     torch.testing.assert_close(alone.prompt().detach(), p, rtol=0, atol=0)
     with pytest.raises(ValueError, match="init_vectors: 'rte' is not a source task"):
         build_model(bb, MPTConfig(prompt_length=8, max_length=32, init_from=source.adapter_dir, init_vectors="rte"))
