@@ -36,13 +36,17 @@ FAST = {"batch_size": 32, "lr_prompt": 0.3, "lr_lowrank": 0.05, "lr_head": 0.05,
 
 
 def source_spec(tmp_path: Path, backbone: str = "tiny-bert", steps: int = 60) -> SourceSpec:
-    return parse_spec({
+    return parse_spec(source_data(tmp_path, backbone, steps))
+
+
+def source_data(tmp_path: Path, backbone: str = "tiny-bert", steps: int = 60) -> dict:
+    return {
         "backbone": {"name": backbone},
         "source_tasks": [{"name": t, "synthetic_size": 400} for t in SOURCES],
         "method": {"name": "mpt", "prompt_length": 8, "max_length": 32},
         "teacher": {**FAST, "steps": steps + steps // 3, "eval_every": steps + steps // 3},
         "train": {**FAST, "steps": steps, "eval_every": steps // 3, "output_dir": str(tmp_path / "source")},
-    })
+    }
 
 
 @pytest.fixture(scope="module")
@@ -233,9 +237,10 @@ def test_k_shot_takes_k_examples_per_class():
 
 def test_cli_runs_the_source_stage(tmp_path):
     import yaml
-    data = source_spec(tmp_path, steps=6).model_dump(mode="json", exclude_none=True)
-    data["teacher"].update(steps=6, eval_every=6)
-    data["train"].update(eval_every=6)
+    data = source_data(tmp_path, steps=2)
+    data["source_tasks"] = [{"name": t, "synthetic_size": 100} for t in SOURCES]
+    data["teacher"].update(steps=2, eval_every=2, warmup_steps=1)
+    data["train"].update(eval_every=2, warmup_steps=1)
     path = tmp_path / "source.yaml"
     path.write_text(yaml.safe_dump(data))
     result = CliRunner().invoke(app, ["mpt-source", str(path)])
@@ -243,3 +248,16 @@ def test_cli_runs_the_source_stage(tmp_path):
     assert "source adapter:" in result.output and (tmp_path / "source" / "best" / CONFIG_FILE).is_file()
     bad = CliRunner().invoke(app, ["mpt-source", str(path), "--set", "train.batch_size=15"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize("backbone", ["tiny-t5", "tiny-gpt2"])
+def test_source_stage_runs_on_the_generative_families(tmp_path, backbone):
+    data = source_data(tmp_path, backbone=backbone)
+    for section in ("teacher", "train"):
+        data[section].update(steps=3, eval_every=3, batch_size=4, max_new_tokens=2, warmup_steps=1)
+    data["source_tasks"] = [{"name": t, "synthetic_size": 60} for t in SOURCES]
+    result = train_source(parse_spec(data), reporter=lambda m, d: None)
+    report = result.history[-1]
+    assert all(report[f"{term}_{t}"] >= 0 for term in ("loss", "kl", "mse") for t in SOURCES)
+    model = load_adapter(load_backbone(BackboneConfig(name=backbone)), result.adapter_dir)
+    assert model.prefix_task_cols.shape == (2, 8, 1)

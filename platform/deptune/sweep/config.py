@@ -47,9 +47,9 @@ class FloatRange(StrictModel):
 class SearchConfig(StrictModel):
     """What the search varies. With `method.budget` (DePT) the rank is derived from m, never searched;
     without one, m and r are independent. MPT searches l (unless a source adapter fixes it), lr_prompt
-    for P* and lr_lowrank for its task vectors u, v; its rank is method.rank. Omitted dimensions take the defaults below (the paper's
-    winners: lr_prompt 0.3-0.4, lr_lowrank 1e-4-5e-3) or, for m with a budget, [min(20, m_max), m_max]
-    where m_max is the largest m that leaves rank >= 1."""
+    for P* and lr_lowrank for its task vectors u, v; its rank is method.rank. Omitted dimensions take the
+    defaults below (the paper's winners: lr_prompt 0.3-0.4, lr_lowrank 1e-4-5e-3) or, for m with a budget,
+    [min(20, m_max), m_max] where m_max is the largest m that leaves rank >= 1."""
 
     prompt_length: IntRange | None = Field(None, description="m for DePT, l for prompt tuning")
     rank: IntRange | None = Field(None, description="r, DePT without a budget only (default 4-64, log)")
