@@ -26,9 +26,9 @@ def randperm(n: int, seed: int = 42) -> list[int]:
 # --- registry ----------------------------------------------------------------------------------------
 
 def test_registry_names_all_tasks_and_rejects_unknown():
-    assert TASK_NAMES == ("synthetic", "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte",
-                          "boolq", "cb", "multirc", "wic", "wsc")
-    with pytest.raises(ValueError, match="unknown task 'rtee'.*valid tasks: synthetic, cola"):
+    assert TASK_NAMES == ("synthetic", "synthetic_a", "synthetic_b", "cola", "sst2", "mrpc", "qqp", "stsb", "mnli",
+                          "qnli", "rte", "boolq", "cb", "multirc", "wic", "wsc")
+    with pytest.raises(ValueError, match="unknown task 'rtee'.*valid tasks: synthetic, synthetic_a"):
         get_task("rtee")
 
 

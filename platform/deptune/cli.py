@@ -1,4 +1,4 @@
-"""`deptune validate | train | sweep | report | predict | promote | sync`: the command line (Typer)."""
+"""`deptune validate | train | sweep | report | predict | promote | sync | mpt-source`: the command line (Typer)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,32 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
     if result.test_metrics:
         typer.echo("test: " + ", ".join(f"{k}={v:.4f}" for k, v in result.test_metrics.items()))
     typer.echo(f"adapter: {result.adapter_dir}")
+
+
+@app.command("mpt-source")
+def mpt_source(spec: Annotated[Path, typer.Argument(help="a source spec YAML (backbone, source_tasks, method: mpt, "
+                                                        "teacher, train, distill)")],
+               overrides: SetOption = None) -> None:
+    """MPT's source stage, in this process: a PT teacher per source task, then P* and each task's (u, v)
+    distilled on the task-balanced mixture; prints where the source adapter is."""
+    from deptune import preflight
+    from deptune.config import SourceSpec
+    try:
+        source_spec = load_spec(spec, overrides, kind=SourceSpec)
+        preflight.check(source_spec, str(spec))
+    except SpecError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from deptune.train.multitask import train_source
+    started = time.perf_counter()
+    result = train_source(source_spec)
+    typer.echo(f"\nMPT source stage on {', '.join(source_spec.task_names)} with {source_spec.backbone.name}: "
+               f"{time.perf_counter() - started:.1f} s")
+    typer.echo(f"best step {result.best_step}: validation "
+               + ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items()))
+    typer.echo("teachers: " + ", ".join(f"{task} {path}" for task, path in result.teacher_dirs.items()))
+    typer.echo(f"source adapter: {result.adapter_dir}  (a target run: method.init_from={result.adapter_dir})")
 
 
 @app.command()

@@ -6,12 +6,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from deptune.config import RunSpec, SpecError
+from deptune.config import RunSpec, SourceSpec, SpecError
+from deptune.methods.io import CONFIG_FILE, WEIGHTS_FILE, is_registry_uri, read_record
 from deptune.tasks import get_task
+from deptune.tasks.config import TaskConfig
 
 
-def check(spec: RunSpec, source: str, local_cluster: bool = False) -> None:
+def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False) -> None:
     """Raise a `SpecError` listing every problem; `local_cluster`: the run will start a Ray on this machine."""
+    if isinstance(spec, SourceSpec):
+        errors = [e for i, task in enumerate(spec.source_tasks) for e in _missing_data(task, f"source_tasks.{i}")]
+        if errors:
+            raise SpecError(source, errors)
+        return
     errors = _missing_files(spec) + _budget_and_search(spec)
     if local_cluster:
         errors += _exceeds_this_machine(spec)
@@ -19,16 +26,44 @@ def check(spec: RunSpec, source: str, local_cluster: bool = False) -> None:
         raise SpecError(source, errors)
 
 
-def _missing_files(spec: RunSpec) -> list[str]:
-    task, errors = spec.task, []
+def _missing_data(task: TaskConfig, key: str) -> list[str]:
+    errors = []
     if task.data_dir is not None and not Path(task.data_dir).is_dir():
-        errors.append(f"task.data_dir: no such folder: {task.data_dir}")
+        errors.append(f"{key}.data_dir: no such folder: {task.data_dir}")
     for split, path in (task.files.model_dump().items() if task.files else ()):
         if path is not None and not Path(path).is_file():
-            errors.append(f"task.files.{split}: no such file: {path}")
-    init_from = spec.method.init_from
-    if init_from is not None and not (Path(init_from) / "adapter_config.json").is_file():
-        errors.append(f"method.init_from: no adapter (adapter_config.json) in {init_from}")
+            errors.append(f"{key}.files.{split}: no such file: {path}")
+    return errors
+
+
+def _source_adapter(spec: RunSpec) -> list[str]:
+    """A local source adapter must hold both files and fit the method; a models:/ URI is resolved at run time."""
+    init_from, method = spec.method.init_from, spec.method
+    if init_from is None or is_registry_uri(init_from):
+        return []
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (Path(init_from) / f).is_file()]
+    if missing:
+        return [f"method.init_from: no adapter in {init_from}: {' and '.join(missing)} missing"]
+    try:
+        record = read_record(init_from)
+    except ValueError as exc:
+        return [f"method.init_from: unreadable {Path(init_from) / CONFIG_FILE}: {exc}"]
+    if record.method != method.name:
+        return [f"method.init_from: {init_from} holds a {record.method} adapter; a {method.name} run starts from "
+                f"a {method.name} adapter"]
+    if record.prompt_length != method.prompt_length:
+        return [f"method.prompt_length: {method.prompt_length}, but the source adapter {init_from} has "
+                f"{record.prompt_length} prompt tokens"]
+    sources = record.method_config.get("source_tasks") or [record.task]
+    vectors = getattr(method, "init_vectors", "average")
+    if method.name == "mpt" and vectors not in ("average", "none", *sources):
+        return [f"method.init_vectors: {vectors!r} is not a source task of {init_from} ({', '.join(map(str, sources))}); "
+                f"or use 'average' or 'none'"]
+    return []
+
+
+def _missing_files(spec: RunSpec) -> list[str]:
+    errors = _missing_data(spec.task, "task") + _source_adapter(spec)
     name = spec.backbone.name
     if (name.startswith(("/", "./", "../")) or Path(name).exists()) and not (Path(name) / "config.json").is_file():
         errors.append(f"backbone.name: {name} is a path but holds no config.json")

@@ -8,10 +8,10 @@ there) and, when it has more tensors, `adapter_tensors` and `parameter_groups`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import BeforeValidator, Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
 from deptune.models import Backbone
@@ -19,6 +19,18 @@ from deptune.spec_base import StrictModel
 
 IGNORE_INDEX = -100
 PromptInit = Literal["text", "sample_vocab", "random"]
+REGISTRY_URI_PREFIX = "models:/"
+
+
+def _adapter_ref(value: Any) -> Any:
+    """A registry URI stays a string (a Path would mangle it, and workers would make it 'absolute')."""
+    if isinstance(value, str) and value.startswith(REGISTRY_URI_PREFIX):
+        return value
+    return Path(value) if isinstance(value, str) else value
+
+
+AdapterRef = Annotated[Path | str, BeforeValidator(_adapter_ref)]
+"""A saved adapter: a local folder, or a registered MLflow model version (`models:/NAME/VERSION`, `models:/NAME@alias`)."""
 
 
 class PromptConfig(StrictModel):
@@ -28,7 +40,8 @@ class PromptConfig(StrictModel):
     max_length: PositiveInt = Field(256, description="s: the longest input (tokens) the adapter accepts")
     init: PromptInit = "sample_vocab"
     init_text: str | None = Field(None, description="text whose embeddings initialise the prompt (init: text)")
-    init_from: Path | None = Field(None, description="a saved adapter to start from (transfer)")
+    init_from: AdapterRef | None = Field(None, description="a saved adapter to start from (transfer): a folder "
+                                                          "or models:/NAME/VERSION")
 
     @model_validator(mode="after")
     def _text_init_needs_text(self) -> "PromptConfig":
@@ -83,6 +96,15 @@ class PromptModel(nn.Module):
             raise ValueError(f"prompt_length + max_length = {self.config.prompt_length + self.config.max_length} "
                              f"exceeds the backbone's {limit} positions")
 
+    def transfer_from(self, directory: Path) -> None:
+        """Start from a source-task adapter: its method tensors, never its head (another task's labels)."""
+        from deptune.methods.io import load_adapter_tensors, read_record  # io imports the method registry
+        method = read_record(directory).method
+        if method != self.config.name:
+            raise ValueError(f"method.init_from: {directory} holds a {method} adapter; a {self.config.name} run "
+                             f"starts from a {self.config.name} adapter")
+        load_adapter_tensors(self, directory, skip_head=True)
+
     # ----- what is trained and saved --------------------------------------------------------------------
     def method_tensors(self) -> dict[str, Tensor]:
         """The method's own tensors by file key: what transfer carries to another task."""
@@ -103,6 +125,10 @@ class PromptModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     # ----- forward ------------------------------------------------------------------------------------
+    def prompt(self) -> Tensor:
+        """The (l x d) soft prompt prepended to every input (MPT composes it from its factors)."""
+        return self.prompt_embeddings
+
     def update_embeddings(self, embeds: Tensor, attention_mask: Tensor, update_mask: Tensor) -> Tensor:
         """Hook for methods that change the input token embeddings (PT: none)."""
         self.check_input_length(update_mask)
@@ -119,13 +145,14 @@ class PromptModel(nn.Module):
         embeds = self.update_embeddings(embeds, attention_mask,
                                         attention_mask if update_mask is None else update_mask)
         batch = input_ids.shape[0]
-        prompt = self.prompt_embeddings.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+        prompt = self.prompt().to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
         prompt_mask = attention_mask.new_ones(batch, self.config.prompt_length)
         return torch.cat([prompt, embeds], dim=1), torch.cat([prompt_mask, attention_mask], dim=1)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None):
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, labels: Tensor | None = None, **backbone_kwargs):
         """Seq2seq: labels are target ids; causal: labels align with input_ids (-100 on the source);
-        encoder: labels are class ids (floats for regression)."""
+        encoder: labels are class ids (floats for regression). `backbone_kwargs` go to the backbone
+        (e.g. output_hidden_states for distillation)."""
         update_mask = attention_mask
         if self.family == "causal" and labels is not None:  # answer tokens get no update: generation never sees one
             update_mask = attention_mask * (labels == IGNORE_INDEX)
@@ -135,8 +162,8 @@ class PromptModel(nn.Module):
                 labels = torch.cat([labels.new_full((labels.shape[0], self.config.prompt_length), IGNORE_INDEX),
                                     labels], dim=1)
             return self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask),
-                                 labels=labels)
-        return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+                                 labels=labels, **backbone_kwargs)
+        return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels, **backbone_kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int = 20, **kwargs) -> Tensor:

@@ -1,4 +1,5 @@
-"""DePT's parameter budget: l*d = m*d + r*(s+d), so DePT costs what an l-token prompt costs."""
+"""DePT's parameter budget: l*d = m*d + r*(s+d), so DePT costs what an l-token prompt costs; and the
+trainable counts of each method."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ def prompt_tuning_count(prompt_length: int, hidden_size: int) -> int:
 
 def dept_count(prompt_length: int, rank: int, hidden_size: int, max_length: int) -> int:
     return prompt_length * hidden_size + rank * (max_length + hidden_size)
+
+
+def mpt_count(prompt_length: int, rank: int, hidden_size: int, tasks: int = 1) -> int:
+    """P* (l x d) plus one u (l x r), v (r x d) per task: l*d + l + d per target task at rank 1
+    (77,668 for T5-Base, l=100)."""
+    return prompt_length * hidden_size + tasks * rank * (prompt_length + hidden_size)
 
 
 def rank_for_budget(budget_tokens: int, hidden_size: int, max_length: int, prompt_length: int) -> BudgetPlan:

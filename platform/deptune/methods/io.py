@@ -1,6 +1,7 @@
 """Adapters on disk: `adapter_config.json` + `adapter_model.safetensors` (never pickle).
 
-Only adapter tensors are written (and an encoder's head): kilobytes, never the backbone.
+Only adapter tensors are written (and an encoder's head): kilobytes, never the backbone. Every load of a
+source adapter for transfer (DePT's `init_from`, MPT's source adapter) goes through `resolve_adapter_source`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from deptune import __version__
 from deptune.methods import METHODS, MethodConfig, PromptModel
+from deptune.methods.base import REGISTRY_URI_PREFIX
 from deptune.models import Backbone, Family
 from deptune.spec_base import StrictModel
 
@@ -55,6 +57,27 @@ def save_adapter(model: PromptModel, directory: str | Path, backbone_name: str,
     return directory
 
 
+def is_registry_uri(ref: str | Path) -> bool:
+    return isinstance(ref, str) and ref.startswith(REGISTRY_URI_PREFIX)
+
+
+def resolve_adapter_source(ref: str | Path) -> Path:
+    """The local folder holding a source adapter: a path as given; a registered MLflow model version
+    (`models:/NAME/VERSION` or `models:/NAME@alias`) is downloaded and its `adapter/` artifact returned."""
+    if is_registry_uri(ref):
+        raise NotImplementedError(f"loading a source adapter from the MLflow registry ({ref}) is not implemented "
+                                  f"yet; give the adapter's folder instead")
+    return Path(ref)
+
+
+def read_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a saved adapter, by file key."""
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no adapter weights at {path}")
+    return load_file(str(path))
+
+
 def read_record(directory: str | Path) -> AdapterRecord:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
@@ -82,9 +105,7 @@ def load_adapter_tensors(model: PromptModel, directory: str | Path, skip_head: b
     `skip_head` (transfer): take only the method's tensors; a source task's head is left behind.
     """
     path = Path(directory) / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no adapter weights at {path}")
-    saved = load_file(str(path))
+    saved = read_tensors(directory)
     expected = model.method_tensors() if skip_head else model.adapter_tensors()
     if skip_head:
         saved = {k: v for k, v in saved.items() if k in expected}

@@ -47,9 +47,10 @@ class FloatRange(StrictModel):
 
 class SearchConfig(StrictModel):
     """What the search varies. With `method.budget` (DePT) the rank is derived from m, never searched;
-    without one, m and r are independent. Omitted dimensions take the defaults below (the paper's
-    winners: lr_prompt 0.3-0.4, lr_lowrank 1e-4-5e-3) or, for m with a budget, [min(20, m_max), m_max]
-    where m_max is the largest m that leaves rank >= 1."""
+    without one, m and r are independent. MPT searches l (unless a source adapter fixes it), lr_prompt
+    for P* and lr_lowrank for its task vectors u, v; its rank is method.rank. Omitted dimensions take the
+    defaults below (the paper's winners: lr_prompt 0.3-0.4, lr_lowrank 1e-4-5e-3) or, for m with a budget,
+    [min(20, m_max), m_max] where m_max is the largest m that leaves rank >= 1."""
 
     prompt_length: IntRange | None = Field(None, description="m for DePT, l for prompt tuning")
     rank: IntRange | None = Field(None, description="r, DePT without a budget only (default 4-64, log)")
@@ -124,6 +125,13 @@ class SweepSpec(RunSpec):
             for key in ("rank", "lr_lowrank"):
                 if key in fields:
                     raise ValueError(f"search.{key}: prompt_tuning has no low-rank pair; remove it")
+        elif self.method.name == "mpt":
+            if "rank" in fields:
+                raise ValueError("search.rank: mpt's rank is method.rank (a source adapter fixes it); remove it")
+            m = self.search.prompt_length
+            if self.method.init_from is not None and m is not None and m.low != m.high:
+                raise ValueError("search.prompt_length: the source adapter's P* (method.init_from) fixes l; "
+                                 "remove it")
         elif self.method.budget is not None and self.search.rank is not None:
             raise ValueError("search.rank: the rank is derived from method.budget; remove search.rank or the budget")
         budget = getattr(self.method, "budget", None)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deptune.methods.budget import dept_count, prompt_tuning_count, rank_for_budget
+from deptune.methods.budget import dept_count, mpt_count, prompt_tuning_count, rank_for_budget
 from deptune.models import TINY_BACKBONES, BackboneConfig
 from deptune.sweep.config import FloatRange, IntRange, SweepSpec
 
@@ -63,7 +63,7 @@ class SearchPlan:
     max_length: int  # s
     budget: int | None  # l
     prompt_length: IntRange | int  # a range is searched, an int is fixed
-    rank: IntRange | int | None  # None: derived from the budget (DePT) or no rank at all (PT)
+    rank: IntRange | int | None  # None: derived from the budget (DePT) or no rank at all (PT); MPT: fixed
     lr_prompt: FloatRange
     lr_lowrank: FloatRange | None
     lr_head: FloatRange | None
@@ -78,6 +78,7 @@ class SearchPlan:
             else:
                 r = _suggest_int(trial, "rank", self.rank)
             params["rank"] = r
+        if self.lr_lowrank is not None:  # DePT's A, B; MPT's u, v
             params["lr_lowrank"] = trial.suggest_float("lr_lowrank", self.lr_lowrank.low, self.lr_lowrank.high,
                                                        log=self.lr_lowrank.log)
         params["lr_prompt"] = trial.suggest_float("lr_prompt", self.lr_prompt.low, self.lr_prompt.high,
@@ -86,8 +87,9 @@ class SearchPlan:
             params["lr_head"] = trial.suggest_float("lr_head", self.lr_head.low, self.lr_head.high,
                                                     log=self.lr_head.log)
         trial.set_user_attr("prompt_length", m)
-        trial.set_user_attr("rank", params.get("rank", 0))
-        trial.set_user_attr("adapter_params", self.adapter_params(m, params.get("rank", 0)))
+        rank = params.get("rank", self.rank if isinstance(self.rank, int) else 0)  # MPT: fixed
+        trial.set_user_attr("rank", rank)
+        trial.set_user_attr("adapter_params", self.adapter_params(m, rank))
         if self.budget is not None:
             trial.set_user_attr("budget_params", self.budget * self.hidden_size)
         return params
@@ -96,6 +98,8 @@ class SearchPlan:
         """Prompt + low-rank pair (an encoder's head, trained too, is reported separately)."""
         if self.method == "dept":
             return dept_count(m, r, self.hidden_size, self.max_length)
+        if self.method == "mpt":
+            return mpt_count(m, r, self.hidden_size)
         return prompt_tuning_count(m, self.hidden_size)
 
 
@@ -125,9 +129,11 @@ def plan_search(spec: SweepSpec, d: int) -> tuple[SearchPlan | None, list[str]]:
     elif method.name == "dept":
         m_dim = search.prompt_length or DEFAULT_UNBUDGETED_M
         rank = search.rank or DEFAULT_RANK
+    elif method.name == "mpt":
+        rank = method.rank
     if errors:
         return None, errors
     return SearchPlan(method=method.name, hidden_size=d, max_length=s, budget=budget, prompt_length=m_dim,
                       rank=rank, lr_prompt=search.lr_prompt,
-                      lr_lowrank=search.lr_lowrank if method.name == "dept" else None,
+                      lr_lowrank=search.lr_lowrank if method.name in ("dept", "mpt") else None,
                       lr_head=search.lr_head), []

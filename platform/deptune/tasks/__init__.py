@@ -5,9 +5,9 @@ from __future__ import annotations
 from deptune.tasks.base import Example, Task, TaskSplits
 from deptune.tasks.glue import TASKS as _BENCHMARK_TASKS
 from deptune.tasks.loading import load_splits
-from deptune.tasks.synthetic import SyntheticSentiment
+from deptune.tasks.synthetic import SYNTHETIC_TASKS
 
-_REGISTRY: dict[str, Task] = {"synthetic": SyntheticSentiment(), **{t.name: t for t in _BENCHMARK_TASKS}}
+_REGISTRY: dict[str, Task] = {**{t.name: t for t in SYNTHETIC_TASKS}, **{t.name: t for t in _BENCHMARK_TASKS}}
 TASK_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 

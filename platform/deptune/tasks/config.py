@@ -19,7 +19,7 @@ class DataFiles(StrictModel):
 
 
 class TaskConfig(StrictModel):
-    name: str = Field(description="registered task: synthetic, cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, "
+    name: str = Field(description="registered task: synthetic (synthetic_a, synthetic_b), cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, "
                                   "boolq, cb, multirc, wic, wsc")
     source: Literal["auto", "hub", "glue_dir", "files", "builtin"] = "auto"
     hub_id: str | None = Field(None, description="override the hub dataset (default nyu-mll/glue, aps/super_glue)")
@@ -28,6 +28,8 @@ class TaskConfig(StrictModel):
     columns: dict[str, str] = Field(default_factory=dict, description="task field -> column name in the files")
     max_train_samples: PositiveInt | None = None
     max_eval_samples: PositiveInt | None = None
+    k_shot: PositiveInt | None = Field(None, description="few-shot: train on k examples per class of the train "
+                                                          "split (drawn with split_seed); validation and test as usual")
     split_seed: int = 42
     synthetic_size: PositiveInt = 2000
 
@@ -49,7 +51,7 @@ class TaskConfig(StrictModel):
     def resolved_source(self) -> str:
         if self.source != "auto":
             return self.source
-        if self.name == "synthetic":
+        if self.name.startswith("synthetic"):  # synthetic, synthetic_a, synthetic_b
             return "builtin"
         if self.data_dir is not None:
             return "glue_dir"

@@ -19,7 +19,7 @@ from typing import Any
 from deptune.tasks.base import Example, TaskSplits
 from deptune.tasks.config import TaskConfig
 from deptune.tasks.glue import TASKS, TextTask
-from deptune.tasks.synthetic import SyntheticSentiment
+from deptune.tasks.synthetic import SYNTHETIC_TASKS
 
 Row = Mapping[str, Any]
 Official = Mapping[str, tuple[str, Sequence[Row]]]  # role -> (where the rows came from, rows)
@@ -53,14 +53,29 @@ GLUE_FILES = {"train": "train.tsv", "validation": "dev.tsv", "validation_matched
 def load_splits(cfg: TaskConfig) -> TaskSplits:
     """The task's train/validation/test examples from the configured source; fails before any training."""
     source = cfg.resolved_source
-    if (cfg.name == "synthetic") != (source == "builtin"):
+    if (cfg.name in _SYNTHETIC) != (source == "builtin"):
         raise ValueError(f"task {cfg.name!r} cannot use source {source!r}: the built-in source serves "
-                         "only the 'synthetic' task, which has no other source")
+                         f"only the synthetic tasks ({', '.join(_SYNTHETIC)}), which have no other source")
     if source == "builtin":
-        return _builtin_splits(cfg)
-    task = benchmark_task(cfg.name)
-    readers = {"hub": _hub_rows, "glue_dir": _glue_dir_rows, "files": _files_rows}
-    return make_splits(task, readers[source](cfg, task), cfg)
+        splits = _builtin_splits(cfg)
+    else:
+        task = benchmark_task(cfg.name)
+        readers = {"hub": _hub_rows, "glue_dir": _glue_dir_rows, "files": _files_rows}
+        splits = make_splits(task, readers[source](cfg, task), cfg)
+    return few_shot(splits, cfg.k_shot, cfg.split_seed) if cfg.k_shot else splits
+
+
+def few_shot(splits: TaskSplits, k: int, seed: int) -> TaskSplits:
+    """k training examples per class (label string), drawn by the seeded shuffle; too few is an error."""
+    by_class: dict[str, list[Example]] = {}
+    for i in permutation(len(splits.train), seed):
+        by_class.setdefault(splits.train[i].target, []).append(splits.train[i])
+    short = {label: len(rows) for label, rows in by_class.items() if len(rows) < k}
+    if short:
+        raise ValueError(f"task.k_shot: {k} examples per class, but the train split has only {short}")
+    train = [e for label in sorted(by_class) for e in by_class[label][:k]]
+    return TaskSplits(train=[train[i] for i in permutation(len(train), seed)], validation=splits.validation,
+                      test=splits.test)
 
 
 def benchmark_task(name: str) -> TextTask:
@@ -69,8 +84,11 @@ def benchmark_task(name: str) -> TextTask:
     return BENCHMARK[name]
 
 
+_SYNTHETIC = {t.name: t for t in SYNTHETIC_TASKS}
+
+
 def _builtin_splits(cfg: TaskConfig) -> TaskSplits:
-    splits = SyntheticSentiment().splits(cfg.synthetic_size, cfg.split_seed)
+    splits = _SYNTHETIC[cfg.name].splits(cfg.synthetic_size, cfg.split_seed)
     return TaskSplits(train=splits.train[:cfg.max_train_samples],
                       validation=splits.validation[:cfg.max_eval_samples],
                       test=splits.test[:cfg.max_eval_samples])

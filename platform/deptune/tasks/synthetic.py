@@ -2,6 +2,9 @@
 
 Each sentence mixes neutral filler words with two to four words of one polarity, which is the label:
 a task a frozen random tiny network plus a trained prompt can learn, so the demo shows learning. Deterministic for a seed, so runs and tests are reproducible offline.
+
+Two related variants judge polarity over half of the polar words each (`synthetic_a`, `synthetic_b`):
+source tasks for multitask transfer whose union is `synthetic` (MPT's offline tests).
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ WORDS = POSITIVE_WORDS + NEGATIVE_WORDS + FILLER_WORDS
 
 
 class SyntheticSentiment:
-    name = "synthetic"
     label_names = ("0", "1")
     metric_names = ("accuracy", "f1")
     is_regression = False
+
+    def __init__(self, name: str = "synthetic", positive: Sequence[str] = POSITIVE_WORDS,
+                 negative: Sequence[str] = NEGATIVE_WORDS) -> None:
+        self.name, self.positive, self.negative = name, tuple(positive), tuple(negative)
 
     def format(self, row: Mapping[str, Any]) -> Example:
         return Example(source=f"sentence: {row['sentence']}", target=str(row["label"]))
@@ -40,7 +46,7 @@ class SyntheticSentiment:
             words = [rng.choice(FILLER_WORDS) for _ in range(rng.randint(2, 5))]
             for _ in range(rng.randint(2, 4)):
                 words.insert(rng.randrange(len(words) + 1),
-                             rng.choice(POSITIVE_WORDS if positive else NEGATIVE_WORDS))
+                             rng.choice(self.positive if positive else self.negative))
             rows.append({"sentence": " ".join(words), "label": int(positive)})
         return rows
 
@@ -50,3 +56,8 @@ class SyntheticSentiment:
         n_eval = max(1, size // 10)
         return TaskSplits(train=examples[2 * n_eval:], validation=examples[:n_eval],
                           test=examples[n_eval:2 * n_eval])
+
+
+SYNTHETIC_TASKS = (SyntheticSentiment(),
+                   SyntheticSentiment("synthetic_a", POSITIVE_WORDS[:5], NEGATIVE_WORDS[:5]),
+                   SyntheticSentiment("synthetic_b", POSITIVE_WORDS[5:], NEGATIVE_WORDS[5:]))

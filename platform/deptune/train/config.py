@@ -63,3 +63,12 @@ class TrainConfig(StrictModel):
         if self.warmup_steps >= self.steps:
             raise ValueError(f"train.warmup_steps: {self.warmup_steps} must be < train.steps ({self.steps})")
         return self
+
+
+class DistillConfig(StrictModel):
+    """MPT's source stage: task loss + kl_weight * KL(teacher || student) + mse_weight * MSE(hidden states)."""
+
+    kl_weight: NonNegativeFloat = Field(1.0, description="KL between the teacher's and the student's output "
+                                                         "distributions")
+    mse_weight: NonNegativeFloat = Field(1.0, description="MSE between their last-layer hidden states of the input")
+    temperature: PositiveFloat = Field(1.0, description="softmax temperature of the KL term")

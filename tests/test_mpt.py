@@ -1,0 +1,263 @@
+"""MPT (DESIGN §2): P* ⊙ (u_k v_k^T), the multitask source stage, transfer to a target; DePT's transfer
+side by side. Tiny offline backbones and the built-in synthetic tasks (synthetic_a, synthetic_b: polarity
+over half of the polar words each; their union is synthetic, the related target)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from deptune import preflight
+from deptune.cli import app
+from deptune.config import SourceSpec, SpecError, load_spec, parse_spec
+from deptune.methods import DePTConfig, MPTConfig, PromptTuningConfig, build_model
+from deptune.methods.budget import mpt_count
+from deptune.methods.io import (
+    CONFIG_FILE,
+    load_adapter,
+    read_record,
+    resolve_adapter_source,
+    save_adapter,
+)
+from deptune.models import BackboneConfig, load_backbone
+from deptune.sweep.space import plan_search
+from deptune.tasks import load_splits
+from deptune.tasks.config import TaskConfig
+from deptune.train.loop import train
+from deptune.train.multitask import train_source
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ["synthetic_a", "synthetic_b"]
+FAST = {"batch_size": 32, "lr_prompt": 0.3, "lr_lowrank": 0.05, "lr_head": 0.05, "warmup_steps": 5,
+        "evaluate_test": False}
+
+
+def source_spec(tmp_path: Path, backbone: str = "tiny-bert", steps: int = 60) -> SourceSpec:
+    return parse_spec(source_data(tmp_path, backbone, steps))
+
+
+def source_data(tmp_path: Path, backbone: str = "tiny-bert", steps: int = 60) -> dict:
+    return {
+        "backbone": {"name": backbone},
+        "source_tasks": [{"name": t, "synthetic_size": 400} for t in SOURCES],
+        "method": {"name": "mpt", "prompt_length": 8, "max_length": 32},
+        "teacher": {**FAST, "steps": steps + steps // 3, "eval_every": steps + steps // 3},
+        "train": {**FAST, "steps": steps, "eval_every": steps // 3, "output_dir": str(tmp_path / "source")},
+    }
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """One source stage on tiny-bert, shared by the tests below."""
+    return train_source(source_spec(tmp_path_factory.mktemp("mpt")), reporter=lambda m, d: None)
+
+
+# ----- the method ------------------------------------------------------------------------------------------
+def test_trainable_count_is_ld_plus_rank_times_l_plus_d():
+    assert mpt_count(100, 1, 768) == 77_668 == 100 * 768 + 100 + 768  # T5-Base, l=100, rank 1
+    assert mpt_count(100, 2, 768, tasks=4) == 100 * 768 + 4 * 2 * (100 + 768)
+
+
+@pytest.mark.parametrize("name", ["tiny-t5", "tiny-gpt2", "tiny-bert"])
+def test_trainable_counts_on_every_family(name):
+    bb = load_backbone(BackboneConfig(name=name))
+    d = bb.hidden_size
+    head = 2 * d + 2 if bb.family == "encoder" else 0
+    for rank in (1, 3):
+        model = build_model(bb, MPTConfig(prompt_length=10, rank=rank, max_length=32))
+        assert model.trainable_parameter_count() == mpt_count(10, rank, d) + head
+        assert model.prompt().shape == (10, d)
+    multi = build_model(bb, MPTConfig(prompt_length=10, max_length=32, source_tasks=SOURCES))
+    assert multi.trainable_parameter_count() == mpt_count(10, 1, d, tasks=2)  # a source adapter has no head
+    assert multi.prefix_task_cols.shape == (2, 10, 1) and multi.prefix_task_rows.shape == (2, 1, d)
+
+
+def test_a_fresh_prompt_is_p_star_so_step_zero_is_prompt_tuning():
+    bb = load_backbone(BackboneConfig(name="tiny-t5"))
+    mpt = build_model(bb, MPTConfig(prompt_length=6, rank=2, max_length=32)).eval()
+    pt = build_model(bb, PromptTuningConfig(prompt_length=6, max_length=32)).eval()
+    with torch.no_grad():
+        pt.prompt_embeddings.copy_(mpt.prompt_embeddings)
+    torch.testing.assert_close(mpt.prompt(), mpt.prompt_embeddings, rtol=0, atol=0)  # u v^T = 1 exactly
+    ids = bb.tokenizer(["sentence: good day"], return_tensors="pt")
+    labels = bb.tokenizer(["1"], return_tensors="pt")["input_ids"]
+    torch.testing.assert_close(mpt(ids["input_ids"], ids["attention_mask"], labels=labels).logits,
+                               pt(ids["input_ids"], ids["attention_mask"], labels=labels).logits, rtol=0, atol=0)
+
+
+def test_each_task_gets_its_own_prompt():
+    bb = load_backbone(BackboneConfig(name="tiny-gpt2"))
+    model = build_model(bb, MPTConfig(prompt_length=4, max_length=32, source_tasks=SOURCES))
+    with torch.no_grad():
+        model.prefix_task_cols[1].fill_(2.0)
+    with model.for_task(1):
+        torch.testing.assert_close(model.prompt(), 2 * model.prompt_embeddings)
+    torch.testing.assert_close(model.prompt(), model.prompt_embeddings)
+
+
+def test_config_is_strict_with_key_paths(tmp_path):
+    base = {"backbone": {"name": "tiny-bert"}, "task": {"name": "synthetic"}}
+    for method, message in [({"name": "mpt", "rnak": 2}, "method.rnak"),
+                            ({"name": "mpt", "source_tasks": ["a", "b"]}, "method.source_tasks: a run trains one")]:
+        with pytest.raises(SpecError, match=message):
+            parse_spec({**base, "method": method})
+    good = {"backbone": {"name": "tiny-bert"}, "source_tasks": [{"name": t} for t in SOURCES],
+            "method": {"name": "mpt"}, "train": {"batch_size": 16}}
+    for change, message in [({"train": {"batch_size": 15}}, "train.batch_size: 15 must be divisible by the 2"),
+                            ({"method": {"name": "dept", "rank": 2}}, "method.name: the source stage trains mpt"),
+                            ({"source_tasks": [{"name": "synthetic_a"}] * 2}, "source_tasks.1.name"),
+                            ({"method": {"name": "mpt", "init_from": str(tmp_path)}}, "method.init_from")]:
+        with pytest.raises(SpecError, match=message):
+            parse_spec({**good, **change})
+
+
+# ----- the source stage ------------------------------------------------------------------------------------
+def test_source_stage_lowers_both_tasks_loss_and_the_distillation_terms(source):
+    first, last = source.history[0], source.history[-1]
+    for task in SOURCES:
+        for term in ("loss", "kl", "mse"):
+            assert last[f"{term}_{task}"] < first[f"{term}_{task}"], (term, task, first, last)
+    assert set(source.teacher_dirs) == set(SOURCES)
+    assert all(read_record(d).method == "prompt_tuning" for d in source.teacher_dirs.values())
+
+
+def test_source_adapter_round_trips_with_its_task_list(source):
+    record = json.loads((source.adapter_dir / CONFIG_FILE).read_text())
+    assert record["method"] == "mpt" and record["method_config"]["source_tasks"] == SOURCES
+    fresh = load_backbone(BackboneConfig(name="tiny-bert"))
+    loaded = load_adapter(fresh, source.adapter_dir)
+    saved = {k: v.detach().clone() for k, v in loaded.adapter_tensors().items()}
+    assert set(saved) == {"prompt_embeddings", "prefix_task_cols", "prefix_task_rows"}  # no head
+    save_adapter(loaded, source.adapter_dir.parent / "again", "tiny-bert")
+    again = load_adapter(load_backbone(BackboneConfig(name="tiny-bert")), source.adapter_dir.parent / "again")
+    for key, value in again.adapter_tensors().items():
+        torch.testing.assert_close(value, saved[key], rtol=0, atol=0)
+
+
+def test_target_init_is_p_star_times_the_mean_vectors(source):
+    saved = load_adapter(load_backbone(BackboneConfig(name="tiny-bert")), source.adapter_dir)
+    p, u, v = (saved.method_tensors()[k].detach()
+               for k in ("prompt_embeddings", "prefix_task_cols", "prefix_task_rows"))
+    bb = load_backbone(BackboneConfig(name="tiny-bert"))
+    target = build_model(bb, MPTConfig(prompt_length=8, max_length=32, init_from=source.adapter_dir))
+    assert target.config.n_tasks == 1
+    torch.testing.assert_close(target.prompt().detach(), p * (u.mean(0) @ v.mean(0)), rtol=0, atol=0)
+    one = build_model(bb, MPTConfig(prompt_length=8, max_length=32, init_from=source.adapter_dir,
+                                    init_vectors="synthetic_b"))
+    torch.testing.assert_close(one.prompt().detach(), p * (u[1] @ v[1]), rtol=0, atol=0)
+    alone = build_model(bb, MPTConfig(prompt_length=8, max_length=32, init_from=source.adapter_dir,
+                                      init_vectors="none"))
+    torch.testing.assert_close(alone.prompt().detach(), p, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="init_vectors: 'rte' is not a source task"):
+        build_model(bb, MPTConfig(prompt_length=8, max_length=32, init_from=source.adapter_dir, init_vectors="rte"))
+    with pytest.raises(ValueError, match="l, r and d must match"):
+        build_model(bb, MPTConfig(prompt_length=9, max_length=32, init_from=source.adapter_dir))
+
+
+def steps_to(threshold: float, history: list[dict]) -> float:
+    return next((h["step"] for h in history if h["eval_accuracy"] >= threshold), float("inf"))
+
+
+def test_a_target_started_from_the_source_adapter_learns_the_related_task_faster(source, tmp_path):
+    def run(init_from):
+        method = {"name": "mpt", "prompt_length": 8, "max_length": 32}
+        spec = parse_spec({
+            "backbone": {"name": "tiny-bert"},
+            "task": {"name": "synthetic", "synthetic_size": 400, "split_seed": 7},
+            "method": {**method, **({"init_from": str(init_from)} if init_from else {})},
+            "train": {**FAST, "steps": 60, "eval_every": 5, "output_dir": str(tmp_path / str(bool(init_from)))},
+        })
+        return train(spec, reporter=lambda m, d: None).history
+    transferred, scratch = run(source.adapter_dir), run(None)
+    assert steps_to(0.75, transferred) < steps_to(0.75, scratch), (
+        [h["eval_accuracy"] for h in transferred], [h["eval_accuracy"] for h in scratch])
+
+
+# ----- adapter references, preflight, specs ----------------------------------------------------------------
+def test_every_source_adapter_reference_resolves_through_one_function(tmp_path):
+    assert resolve_adapter_source(tmp_path) == tmp_path and resolve_adapter_source(str(tmp_path)) == tmp_path
+    for uri in ("models:/deptune-rte-mpt/3", "models:/deptune-rte-mpt@champion"):
+        with pytest.raises(NotImplementedError, match="MLflow registry"):
+            resolve_adapter_source(uri)
+        config = MPTConfig(init_from=uri)
+        assert config.init_from == uri  # stays a string: a Path would mangle it
+        with pytest.raises(NotImplementedError):  # DePT's init_from goes the same way
+            build_model(load_backbone(BackboneConfig(name="tiny-bert")), DePTConfig(rank=2, init_from=uri))
+
+
+def run_spec(init_from, **method):
+    return parse_spec({"backbone": {"name": "tiny-bert"}, "task": {"name": "synthetic"},
+                       "method": {"name": "mpt", "prompt_length": 8, "max_length": 32, "init_from": init_from,
+                                  **method}})
+
+
+def test_preflight_names_the_key_and_the_file(source, tmp_path):
+    preflight.check(run_spec("models:/source/1"), "spec")  # resolved at run time
+    preflight.check(run_spec(str(source.adapter_dir), init_vectors="synthetic_a"), "spec")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / CONFIG_FILE).write_text((source.adapter_dir / CONFIG_FILE).read_text())
+    cases = [(run_spec(str(tmp_path / "none")), "method.init_from: no adapter in .*adapter_config.json and "
+                                                 "adapter_model.safetensors missing"),
+             (run_spec(str(tmp_path / "half")), "method.init_from: .* adapter_model.safetensors missing"),
+             (run_spec(str(source.adapter_dir), prompt_length=9), "method.prompt_length: 9, but the source adapter"),
+             (run_spec(str(source.adapter_dir), init_vectors="rte"), "method.init_vectors: 'rte' is not a source task"),
+             (run_spec(str(next(iter(source.teacher_dirs.values())))), "holds a prompt_tuning adapter")]
+    for spec, message in cases:
+        with pytest.raises(SpecError, match=message):
+            preflight.check(spec, "spec")
+
+
+def test_shipped_source_spec_and_mpt_sweep_validate_and_search_lrs_at_fixed_l():
+    source_spec_ = load_spec(ROOT / "search_spaces/sources/mpt_glue_t5_base.yaml")
+    assert isinstance(source_spec_, SourceSpec) and source_spec_.method.prompt_length == 100
+    preflight.check(source_spec_, "source")
+    sweep = load_spec(ROOT / "search_spaces/rte_mpt_fewshot.yaml")
+    assert sweep.task.k_shot == 32 and sweep.method.name == "mpt"
+    plan, errors = plan_search(sweep, 768)
+    assert not errors and plan.prompt_length == 100 and plan.rank == 1
+    assert plan.adapter_params(100, 1) == 77_668
+    import optuna
+    trial = optuna.create_study().ask()
+    params = plan.suggest(trial)
+    assert set(params) == {"prompt_length", "lr_prompt", "lr_lowrank"} and trial.user_attrs["adapter_params"] == 77_668
+    data = {**sweep.model_dump(mode="json", exclude_none=True), "search": {"rank": {"low": 1, "high": 4}}}
+    with pytest.raises(SpecError, match="search.rank: mpt's rank is method.rank"):
+        parse_spec(data)
+
+
+def test_k_shot_takes_k_examples_per_class():
+    splits = load_splits(TaskConfig(name="synthetic", synthetic_size=200, k_shot=5))
+    assert sorted(e.target for e in splits.train) == ["0"] * 5 + ["1"] * 5
+    with pytest.raises(ValueError, match="task.k_shot: 500 examples per class"):
+        load_splits(TaskConfig(name="synthetic", synthetic_size=200, k_shot=500))
+
+
+def test_cli_runs_the_source_stage(tmp_path):
+    import yaml
+    data = source_data(tmp_path, steps=2)
+    data["source_tasks"] = [{"name": t, "synthetic_size": 100} for t in SOURCES]
+    data["teacher"].update(steps=2, eval_every=2, warmup_steps=1)
+    data["train"].update(eval_every=2, warmup_steps=1)
+    path = tmp_path / "source.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["mpt-source", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "source adapter:" in result.output and (tmp_path / "source" / "best" / CONFIG_FILE).is_file()
+    bad = CliRunner().invoke(app, ["mpt-source", str(path), "--set", "train.batch_size=15"])
+    assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize("backbone", ["tiny-t5", "tiny-gpt2"])
+def test_source_stage_runs_on_the_generative_families(tmp_path, backbone):
+    data = source_data(tmp_path, backbone=backbone)
+    for section in ("teacher", "train"):
+        data[section].update(steps=3, eval_every=3, batch_size=4, max_new_tokens=2, warmup_steps=1)
+    data["source_tasks"] = [{"name": t, "synthetic_size": 60} for t in SOURCES]
+    result = train_source(parse_spec(data), reporter=lambda m, d: None)
+    report = result.history[-1]
+    assert all(report[f"{term}_{t}"] >= 0 for term in ("loss", "kl", "mse") for t in SOURCES)
+    model = load_adapter(load_backbone(BackboneConfig(name=backbone)), result.adapter_dir)
+    assert model.prefix_task_cols.shape == (2, 8, 1)
