@@ -27,7 +27,9 @@ from deptune.cli import app
 from deptune.config import SpecError, parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.driver import run_sweep
+from deptune.methods.io import read_record
 from deptune.tracking import registry
+from deptune.tracking.registry import localize_sources
 from deptune.tracking.journal import RunJournal, flush_all
 
 pytestmark = pytest.mark.slow
@@ -225,6 +227,22 @@ def test_registered_champion_predicts_and_moves_only_on_improvement(server, swep
     for thread in threads:
         thread.join()
     assert client.get_model_version_by_alias("raced", "champion").version == results["0"].version
+
+
+def test_a_registered_adapter_is_a_transfer_source(server, swept, tmp_path):
+    spec, outcome = swept
+    def named(ref):
+        return spec.model_copy(update={"method": spec.method.model_copy(update={"init_from": ref}),
+                                       "train": spec.train.model_copy(update={"output_dir": tmp_path})})
+    local = localize_sources(named("models:/tracked-model@champion"), server, "spec.yaml")
+    folder = local.method.init_from
+    assert tmp_path / "sources" in folder.parents
+    record = read_record(folder)
+    best = outcome.study.trials[0]
+    assert (record.method, record.prompt_length, record.rank) == ("dept", best.params["prompt_length"],
+                                                                  best.user_attrs["rank"])
+    with pytest.raises(SpecError, match=r"method\.init_from: cannot fetch models:/no-such-model/1"):
+        localize_sources(named("models:/no-such-model/1"), server, "spec.yaml")
 
 
 def test_an_unreachable_tracking_server_fails_before_ray(tmp_path):

@@ -47,6 +47,11 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
     overrides = list(overrides or []) + ([f"resources.workers={workers}"] if workers else [])
     try:
         run_spec = load_spec(spec, overrides)
+        if str(run_spec.method.init_from or "").startswith("models:/"):  # a registered source adapter
+            from deptune.tracking.registry import localize_sources
+            from deptune.tracking.store import resolve_uri
+            run_spec = localize_sources(run_spec, resolve_uri(getattr(getattr(run_spec, "tracking", None), "uri", None)),
+                                        str(spec))
         preflight.check(run_spec, str(spec), local_cluster=not (local or address or os.environ.get("RAY_ADDRESS")))
     except SpecError as exc:
         typer.echo(str(exc), err=True)

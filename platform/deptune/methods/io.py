@@ -64,9 +64,12 @@ def is_registry_uri(ref: str | Path) -> bool:
 def resolve_adapter_source(ref: str | Path) -> Path:
     """The local folder holding a source adapter: a path as given; a registered MLflow model version
     (`models:/NAME/VERSION` or `models:/NAME@alias`) is downloaded and its `adapter/` artifact returned."""
-    if is_registry_uri(ref):
-        raise NotImplementedError(f"loading a source adapter from the MLflow registry ({ref}) is not implemented "
-                                  f"yet; give the adapter's folder instead")
+    if is_registry_uri(ref):  # drivers localize these first (tracking.registry.localize_sources); this is the
+        import os                # in-process fallback, against $MLFLOW_TRACKING_URI
+        import tempfile
+        from deptune.tracking.registry import fetch_adapter
+        return fetch_adapter(str(ref), os.environ.get("MLFLOW_TRACKING_URI"),
+                             Path(tempfile.mkdtemp(prefix="deptune-source-")) / "model")
     return Path(ref)
 
 

@@ -28,7 +28,7 @@ from deptune.sweep.space import SearchPlan, hidden_size, plan_search
 from deptune.sweep.study import (Execution, close_orphans, last_execution, load_study, open_storage,
                                  pareto_front, start_execution, storage_url)
 from deptune.sweep.trainable import run_trial
-from deptune.tracking.registry import LOCK_ENV
+from deptune.tracking.registry import LOCK_ENV, localize_sources
 from deptune.tracking.store import check_reachable, resolve_uri
 from deptune.tracking.sweep import SweepOutcomeTracking, SweepTracker
 from deptune.tracking.trial import TrialTracking
@@ -86,7 +86,7 @@ def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False,
     address = address or os.environ.get("RAY_ADDRESS")
     for key, value in local_ray.TRAIN_ENV.items():  # before Ray starts: trial actors inherit the environment
         os.environ.setdefault(key, value)
-    spec = absolute_paths(spec)
+    spec = localize_sources(absolute_paths(spec), resolve_uri(spec.tracking.uri), source)
     plan, url, tracking_uri = prepare(spec, source, local_cluster=not address)
     storage_db = open_storage(url, source)
     study = load_study(spec, storage_db)
