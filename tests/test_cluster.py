@@ -14,13 +14,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
-from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -28,6 +26,7 @@ import pytest
 import yaml
 from local_cluster import REPO, local_cluster
 from optuna.trial import TrialState
+from studies import study_trials
 
 TINY = {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}}
 MODEL = "deptune-synthetic-dept"
@@ -193,22 +192,6 @@ def _wait_job(cluster, job_id: str, timeout_s: float = 400) -> dict:
                        + cluster.jobs_api(f"{job_id}/logs")["logs"][-3000:])
 
 
-def _study_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    """The study's trials, [] until the job's driver has created it. Read-only until then: opening an
-    RDBStorage on a database being created would race the driver's schema creation (both insert the
-    alembic version)."""
-    path = Path(url.removeprefix("sqlite:///"))
-    if not path.exists():
-        return []
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as conn:
-            ready = conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] and conn.execute(
-                "SELECT count(*) FROM studies WHERE study_name = ?", (name,)).fetchone()[0]
-    except sqlite3.OperationalError:  # no such table yet, or locked
-        return []
-    return optuna.load_study(study_name=name, storage=url).get_trials() if ready else []
-
-
 @pytest.mark.slow
 def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(tmp_path):
     job_dir = tmp_path / "job"  # the job's --working-dir: only the spec
@@ -239,7 +222,7 @@ def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(tmp_path
         a = submit("sweep-a", wait=False)
         assert a.returncode == 0, a.stdout + a.stderr
         deadline = time.monotonic() + 300
-        while not any(t.state == TrialState.RUNNING for t in _study_trials(study_url, "nightly")):
+        while not any(t.state == TrialState.RUNNING for t in study_trials(study_url, "nightly")):
             info = cluster.jobs_api("sweep-a")
             assert info["status"] not in TERMINAL, logs("sweep-a")[-3000:]
             assert time.monotonic() < deadline, "no trial started"
@@ -255,7 +238,7 @@ def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(tmp_path
         a_logs = logs("sweep-a")
         assert a_info["status"] == "SUCCEEDED", a_logs[-3000:]
         assert "study nightly: 2 complete" in a_logs and "registered models:/" + MODEL + "/1" in a_logs, a_logs[-3000:]
-        trials = _study_trials(study_url, "nightly")
+        trials = study_trials(study_url, "nightly")
         assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
         assert {t.user_attrs["execution"] for t in trials} == {1}  # B recorded nothing
 
@@ -293,7 +276,7 @@ def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(tmp_path
         assert c.returncode == 0, c.stdout + c.stderr
         deadline = time.monotonic() + 300
         while not any(t.state == TrialState.RUNNING and t.user_attrs.get("execution") == 2
-                      for t in _study_trials(study_url, "nightly")):
+                      for t in study_trials(study_url, "nightly")):
             assert cluster.jobs_api("sweep-c")["status"] not in TERMINAL, logs("sweep-c")[-3000:]
             assert time.monotonic() < deadline, "execution 2 started no trial"
             time.sleep(1.0)
@@ -305,7 +288,7 @@ def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(tmp_path
         assert "SIGTERM: stopping the sweep" in c_logs and "continue it with --resume" in c_logs, c_logs[-3000:]
         stopped_parent = next(r for r in runs("sweep") if tags(r["data"])["deptune.execution"] == "2")
         assert stopped_parent["info"]["status"] == "KILLED"  # closed by the driver, not left RUNNING
-        trials = _study_trials(study_url, "nightly")
+        trials = study_trials(study_url, "nightly")
         assert len(versions()) == 1  # an interrupted execution registers nothing
         assert [t.state for t in trials if t.user_attrs["execution"] == 1] == [TrialState.COMPLETE] * 2
 
@@ -313,7 +296,7 @@ def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(tmp_path
         d_logs = logs("sweep-d")
         assert d.returncode == 0 and cluster.jobs_api("sweep-d")["status"] == "SUCCEEDED", d_logs[-3000:]
         assert "study nightly: 4 complete" in d_logs and "execution 2 (nightly-002)" in d_logs, d_logs[-3000:]
-        trials = _study_trials(study_url, "nightly")
+        trials = study_trials(study_url, "nightly")
         assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
         assert sorted(t.user_attrs["execution"] for t in trials) == [1, 1, 2, 2]
         assert min(t.user_attrs["seen_trials"] for t in trials if t.user_attrs["execution"] == 2) >= 2

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from mlflow.exceptions import MlflowException
 import torch
 from deptune import preflight
 from deptune.cli import app
@@ -177,14 +178,17 @@ def test_a_target_started_from_the_source_adapter_learns_the_related_task_faster
 
 
 # ----- adapter references, preflight, specs ----------------------------------------------------------------
-def test_every_source_adapter_reference_resolves_through_one_function(tmp_path):
+def test_every_source_adapter_reference_resolves_through_one_function(tmp_path, monkeypatch):
+    """Paths as given; registry references are fetched from $MLFLOW_TRACKING_URI (tests/test_tracking.py
+    fetches a real registered adapter; here an empty registry names the missing model)."""
     assert resolve_adapter_source(tmp_path) == tmp_path and resolve_adapter_source(str(tmp_path)) == tmp_path
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     for uri in ("models:/deptune-rte-mpt/3", "models:/deptune-rte-mpt@champion"):
-        with pytest.raises(NotImplementedError, match="MLflow registry"):
+        with pytest.raises(MlflowException, match="deptune-rte-mpt"):
             resolve_adapter_source(uri)
         config = MPTConfig(init_from=uri)
         assert config.init_from == uri  # stays a string: a Path would mangle it
-        with pytest.raises(NotImplementedError):  # DePT's init_from goes the same way
+        with pytest.raises(MlflowException, match="deptune-rte-mpt"):  # DePT's init_from goes the same way
             build_model(load_backbone(BackboneConfig(name="tiny-bert")), DePTConfig(rank=2, init_from=uri))
 
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+from studies import study_trials
 
 pytestmark = pytest.mark.slow
 DEPTUNE = [sys.executable, "-m", "deptune.cli"]
@@ -40,13 +41,9 @@ def spec_file(tmp_path: Path) -> Path:
 def wait_for(study_url: str, condition, timeout_s: float = 300.0) -> list[optuna.trial.FrozenTrial]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if Path(study_url.removeprefix("sqlite:///")).exists():
-            try:
-                trials = optuna.load_study(study_name="resumable", storage=study_url).get_trials()
-                if condition(trials):
-                    return trials
-            except KeyError:  # the driver has not created the study yet
-                pass
+        trials = study_trials(study_url, "resumable")  # read-only until the driver has created the study
+        if trials and condition(trials):
+            return trials
         time.sleep(1.0)
     raise TimeoutError("the sweep did not reach the expected state")
 
