@@ -29,6 +29,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from local_cluster import free_ports, group_pids
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -524,24 +525,6 @@ def test_mlflow_and_optuna_share_one_postgres_database_in_separate_schemas():
 # --- deploy/local: a real Ray head with token auth and an MLflow server on 127.0.0.1 ------------------------
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _group_pids(pgid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,pgid=,stat="], capture_output=True, text=True, check=True).stdout
-    return [int(pid) for pid, group, stat in (line.split()[:3] for line in out.splitlines())
-            if int(group) == pgid and not stat.startswith("Z")]
-
-
 def _listeners(pids: list[int]) -> set[tuple[str, int]]:
     """(address, port) of every listening TCP socket the processes hold, read from /proc (no ss/psutil)."""
     inodes: set[str] = set()
@@ -588,7 +571,7 @@ def _script_env(state: Path, ports: list[int]) -> dict[str, str]:
 @pytest.mark.slow
 def test_local_scripts_start_a_token_protected_loopback_cluster(tmp_path):
     state = tmp_path / "state"
-    ports = _free_ports(5)
+    ports = free_ports(5)
     env = _script_env(state, ports)
     local = DEPLOY / "local"
     started = time.monotonic()
@@ -600,7 +583,7 @@ def test_local_scripts_start_a_token_protected_loopback_cluster(tmp_path):
         assert (state / "auth_token").stat().st_mode & 0o077 == 0, "the token is readable by its owner only"
 
         # Every listener of both servers is on loopback, and the configured ports are among them.
-        pids = [pid for g in groups for pid in _group_pids(g)]
+        pids = [pid for g in groups for pid in group_pids(g)]
         listeners = _listeners(pids)
         assert listeners and all(_loopback(addr) for addr, _ in listeners), listeners
         assert {ports[0], ports[1], ports[2], ports[4]} <= {port for _, port in listeners}, (ports, listeners)
@@ -646,11 +629,11 @@ def test_local_scripts_start_a_token_protected_loopback_cluster(tmp_path):
     finally:
         stop = subprocess.run(["bash", str(local / "stop.sh")], env=env, capture_output=True, text=True, timeout=120)
         for group in groups:  # whatever stop.sh missed must not outlive the test
-            if _group_pids(group):
+            if group_pids(group):
                 os.killpg(group, signal.SIGKILL)
     assert stop.returncode == 0, stop.stdout + stop.stderr
     for group in groups:
-        assert _group_pids(group) == [], f"process group {group} still has processes after stop.sh"
+        assert group_pids(group) == [], f"process group {group} still has processes after stop.sh"
     for port in (ports[0], ports[1], ports[2], ports[4]):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still accepts connections"
