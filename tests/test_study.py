@@ -89,7 +89,7 @@ def test_searcher_records_complete_pruned_and_failed_trials(tmp_path, storage_of
     plan, _ = plan_search(spec, 64)
     searcher = StudySearcher(spec, plan.suggest, study.study_name, storage,
                              optuna.samplers.TPESampler(seed=execution.seed, n_startup_trials=2), execution.number)
-    for trial_id in ("done", "stopped", "broken", "nan"):
+    for trial_id in ("done", "stopped", "broken", "nan", "last-rung"):
         assert set(searcher.suggest(trial_id)) >= {"prompt_length", "rank", "lr_prompt", "lr_lowrank"}
     for step, value in ((10, 0.6), (20, 0.8), (30, 0.7)):  # the best step is not the last
         searcher.on_trial_result("done", {"step": step, "objective": value, "time_total_s": step / 10,
@@ -101,9 +101,14 @@ def test_searcher_records_complete_pruned_and_failed_trials(tmp_path, storage_of
     searcher.fail("broken", summarise_error("Traceback ...\n  File x\nIndexError: index out of range in self\n"))
     searcher.on_trial_result("nan", {"step": 10, "objective": math.nan})
     searcher.on_trial_complete("nan", {"step": 10, "objective": math.nan})
+    for step, value in ((10, 0.5), (20, 0.6)):  # ASHA stops it on its last result (a rung at train.steps):
+        searcher.on_trial_result("last-rung", {"step": step, "objective": value})  # Tune then sends that result
+    searcher.on_trial_complete("last-rung", {"step": 30, "objective": 0.65})      # to on_trial_complete alone
 
     trials = {t.user_attrs["ray_trial_id"]: t for t in load_study(spec, storage).get_trials()}
-    done, stopped, broken, nan = (trials[k] for k in ("done", "stopped", "broken", "nan"))
+    done, stopped, broken, nan, last = (trials[k] for k in ("done", "stopped", "broken", "nan", "last-rung"))
+    assert last.state == TrialState.COMPLETE and last.values == [0.65] and sorted(last.intermediate_values) == \
+        [10, 20, 30]
     assert done.state == TrialState.COMPLETE and done.values == [0.8]  # the best evaluation, not the last
     assert done.intermediate_values == {10: 0.6, 20: 0.8, 30: 0.7}
     assert done.user_attrs["best_step"] == 20 and done.user_attrs["adapter_path"] == "/ckpt/20"

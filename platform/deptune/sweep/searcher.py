@@ -77,6 +77,9 @@ class StudySearcher(OptunaSearch):
         if error:  # the reason arrives with the trial in `FailureReasons.on_trial_error`
             self.awaiting_reason.add(trial_id)
             return
+        seen = self.history.get(trial_id, [])
+        if result and "step" in result and not any(r["step"] == result["step"] for r in seen):
+            self.on_trial_result(trial_id, result)  # a result the scheduler stopped on never reached on_trial_result
         trial = self._ot_trials[trial_id]
         if self._study_trial(trial).state.is_finished():  # told by an execution that was then interrupted
             self._completed_trials.add(trial_id)
