@@ -31,7 +31,15 @@ def render_experiment(uri: str, experiment: str, metric: str = "objective", mode
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
         table.add_row(run.info.run_name, tags.get(f"{TAG}sweep", "-"), run.info.status, params.get("prompt_length", "-"),
                       params.get("rank", "-"), _fmt(metrics.get("best_objective", metrics.get(metric))),
-                      params.get("lr_prompt", "-"), params.get("lr_lowrank", "-"),
+                      _number(params.get("lr_prompt")), _number(params.get("lr_lowrank")),
                       _fmt(int(metrics["trainable_params"])) if "trainable_params" in metrics else "-",
                       _fmt(metrics.get("accelerator_seconds")))
     wide_console().print(table)
+
+
+def _number(param: str | None) -> str:
+    """A logged param (a string) as the leaderboard shows numbers."""
+    try:
+        return _fmt(float(param)) if param not in (None, "None") else "-"
+    except ValueError:
+        return param
