@@ -205,7 +205,8 @@ def test_registered_champion_predicts_and_moves_only_on_improvement(server, swep
 
     mlflow.set_tracking_uri(server)
     model = mlflow.pyfunc.load_model("models:/tracked-model@champion")
-    labels = model.predict(pd.DataFrame({"sentence": ["the movie was good great", "awful bad day", "a cold dull song"]}))
+    texts = ["the movie was good great", "awful bad day", "a cold dull song"]
+    labels = model.predict(pd.DataFrame({"sentence": texts}))
     assert len(labels) == 3 and set(labels["label"]) <= {"0", "1"}
 
     # a worse adapter (the ASHA-stopped trial) and then a better one (the finished trial) on a fresh model
