@@ -29,8 +29,8 @@ def render_experiment(uri: str, experiment: str, metric: str = "objective", mode
         table.add_column(column, justify="left" if column in ("run", "sweep", "status") else "right")
     for run in runs[:top]:
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-        table.add_row(run.info.run_name, tags.get(f"{TAG}sweep", "-"), run.info.status, params.get("prompt_length", "-"),
-                      params.get("rank", "-"), _fmt(metrics.get("best_objective", metrics.get(metric))),
+        table.add_row(run.info.run_name, tags.get(f"{TAG}sweep", "-"), run.info.status,
+                      params.get("prompt_length", "-"), params.get("rank", "-"), _fmt(metrics.get("best_objective", metrics.get(metric))),
                       _number(params.get("lr_prompt")), _number(params.get("lr_lowrank")),
                       _fmt(int(metrics["trainable_params"])) if "trainable_params" in metrics else "-",
                       _fmt(metrics.get("accelerator_seconds")))

@@ -111,7 +111,8 @@ class SweepTracker:
 
     def finish(self, interrupted: bool) -> SweepOutcomeTracking:
         """Close every trial, write the parent's leaderboard, plots and summary, register the best adapter."""
-        mine = [t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("execution") == self.execution.number]
+        mine = [t for t in self.study.get_trials(deepcopy=False)
+                if t.user_attrs.get("execution") == self.execution.number]
         for trial in mine:
             self.finish_trial(trial)
         promotion, problems = None, []
