@@ -16,21 +16,27 @@ def trial_runs(uri: str, experiment: str, metric: str, mode: str) -> list:
         names = [e.name for e in client.search_experiments(max_results=50)]
         raise LookupError(f"no MLflow experiment {experiment!r} at {uri}; experiments: {', '.join(names) or 'none'}")
     runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{TAG}role` = 'trial'", max_results=5000)
-    scored = [r for r in runs if metric in r.data.metrics]
-    scored.sort(key=lambda r: r.data.metrics[metric], reverse=mode == "max")
-    return scored + [r for r in runs if metric not in r.data.metrics]
+    scored = [r for r in runs if _score(r.data.metrics, metric) is not None]
+    scored.sort(key=lambda r: _score(r.data.metrics, metric), reverse=mode == "max")
+    return scored + [r for r in runs if _score(r.data.metrics, metric) is None]
+
+
+def _score(metrics: dict[str, float], metric: str) -> float | None:
+    """The run's best objective (the loop reports the best so far), else the metric's latest value."""
+    return metrics.get("best_objective") if metric == "objective" else metrics.get(metric)
 
 
 def render_experiment(uri: str, experiment: str, metric: str = "objective", mode: str = "max", top: int = 20) -> None:
     runs = trial_runs(uri, experiment, metric, mode)
     table = Table(title=f"{experiment}: {len(runs)} trial runs in {uri}")
-    for column in ("run", "sweep", "status", "m", "r", f"best {metric}", "lr_prompt", "lr_lowrank", "trainable",
+    score = "best objective" if metric == "objective" else metric
+    for column in ("run", "sweep", "status", "m", "r", score, "lr_prompt", "lr_lowrank", "trainable",
                    "accelerator-s"):
         table.add_column(column, justify="left" if column in ("run", "sweep", "status") else "right")
     for run in runs[:top]:
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
         table.add_row(run.info.run_name, tags.get(f"{TAG}sweep", "-"), run.info.status,
-                      params.get("prompt_length", "-"), params.get("rank", "-"), _fmt(metrics.get("best_objective", metrics.get(metric))),
+                      params.get("prompt_length", "-"), params.get("rank", "-"), _fmt(_score(metrics, metric)),
                       _number(params.get("lr_prompt")), _number(params.get("lr_lowrank")),
                       _fmt(int(metrics["trainable_params"])) if "trainable_params" in metrics else "-",
                       _fmt(metrics.get("accelerator_seconds")))
