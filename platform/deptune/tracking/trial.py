@@ -50,7 +50,7 @@ class TrialTracker:
     def __init__(self, tracking: TrialTracking, spec: RunSpec, ray_trial_id: str, optuna_trial: int | None) -> None:
         self.folder = Path(tracking.journal_dir) / ray_trial_id
         self.journal = RunJournal(journal_path(tracking.journal_dir, ray_trial_id), tracking.uri)
-        self.logged_count = self.journal.path.exists()
+        self.counted = self.journal.path.exists()  # trainable_params is logged once, at the first evaluation
         if self.journal.path.exists():  # a restarted worker group: the run exists (or is journaled)
             return
         name = f"trial-{optuna_trial:03d}" if optuna_trial is not None else f"trial-{ray_trial_id}"
@@ -65,9 +65,9 @@ class TrialTracker:
 
     def log_evaluation(self, metrics: dict[str, float], adapter_dir: Path | None) -> None:
         step = int(metrics["step"])
-        if not self.logged_count and "trainable_params" in metrics:  # known once the model is built
+        if not self.counted and "trainable_params" in metrics:  # known once the model is built
             self.journal.params({"trainable_params": int(metrics["trainable_params"])})
-            self.logged_count = True
+            self.counted = True
         self.journal.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
         if adapter_dir is not None:  # a copy that outlives the checkpoint folder until it is sent
             kept = self.folder / "adapter"
