@@ -32,8 +32,10 @@ def build(shape: str, method: str, budget: int, prompt_length: int, max_length: 
     import torch
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration  # noqa: F401
 
-    from deptune.methods import DePTConfig, PromptTuningConfig, build_model
-    from deptune.models import Backbone, tiny_tokenizer
+    from deptune.methods.dept.config import DePTConfig
+    from deptune.methods.prompt_tuning.config import PromptTuningConfig
+    from deptune.methods.adapters import build_model
+    from deptune.backbones import Backbone, tiny_tokenizer
 
     d, layers, heads, d_ff, vocab = SHAPES[shape]
     torch.manual_seed(0)

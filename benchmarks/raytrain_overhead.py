@@ -17,15 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from deptune import local_ray
+from deptune.cluster import local as local_ray
 
 local_ray.apply()  # before ray is imported: a loopback-only local Ray
 
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from deptune.config import RunSpec, parse_spec  # noqa: E402
-from deptune.train.distributed import RaySession, ReportLog, build_trainer, read_report_log  # noqa: E402
+from deptune.train.spec import RunSpec
+from deptune.specs import parse_spec  # noqa: E402
+from deptune.cluster.trainer import RaySession, ReportLog, build_trainer, read_report_log  # noqa: E402
 from deptune.train.loop import train  # noqa: E402
 from deptune.train.session import LocalSession  # noqa: E402
 
@@ -84,8 +85,9 @@ def gpu_mfu(steps: int = 20, batch: int = 32) -> str:
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from deptune.methods import DePTConfig, build_model
-    from deptune.models import Backbone, tiny_tokenizer
+    from deptune.methods.dept.config import DePTConfig
+    from deptune.methods.adapters import build_model
+    from deptune.backbones import Backbone, tiny_tokenizer
 
     device = torch.device("cuda")
     model = T5ForConditionalGeneration(T5Config(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,

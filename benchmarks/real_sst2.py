@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from deptune.config import parse_spec
-from deptune.models import BackboneConfig, load_backbone
-from deptune.tasks import get_task, load_splits
+from deptune.specs import parse_spec
+from deptune.backbones import BackboneConfig, load_backbone
+from deptune.tasks.registry import get_task
+from deptune.tasks.loading import load_splits
 from deptune.tasks.config import TaskConfig
 from deptune.train.data import GlobalBatches, encode, eval_batch, train_batch
 from deptune.train.loop import seed_everything, train

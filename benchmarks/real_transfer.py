@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from deptune.config import parse_spec
+from deptune.specs import parse_spec
 from deptune.train.loop import train
 from deptune.train.multitask import train_source
 

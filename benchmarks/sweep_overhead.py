@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
-from deptune import local_ray  # noqa: E402
+from deptune.cluster import local as local_ray  # noqa: E402
 
 local_ray.apply()  # before ray is imported
 
@@ -26,9 +26,10 @@ import optuna  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from deptune.config import parse_spec  # noqa: E402
+from deptune.specs import parse_spec  # noqa: E402
 from deptune.sweep.config import SweepSpec  # noqa: E402
-from deptune.sweep.space import hidden_size, plan_search  # noqa: E402
+from deptune.backbones import hidden_size
+from deptune.sweep.space import plan_search  # noqa: E402
 from deptune.sweep.trainable import trial_run  # noqa: E402
 
 

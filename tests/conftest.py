@@ -2,7 +2,7 @@
 
 import os
 
-from deptune import local_ray
+from deptune.cluster import local as local_ray
 
 local_ray.apply()  # before anything imports ray
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -93,7 +93,7 @@ def pg_schemas():
 def test_scheduled_executions_share_a_postgresql_study_and_registry(pg_schemas, tmp_path, monkeypatch):
     import ray
     from deptune import locks
-    from deptune.config import parse_spec
+    from deptune.specs import parse_spec
     from deptune.sweep.config import SweepSpec
     from deptune.sweep.driver import SweepLocked, run_sweep
     from deptune.sweep.study import STORAGE_ENV, executions

@@ -502,7 +502,7 @@ def test_mlflow_and_optuna_share_one_postgres_database_in_separate_schemas():
         auth.engine.dispose()
         os.environ[study_mod.STORAGE_ENV] = documented("deptune-study-db", "url")  # as the RayCluster sets it
         try:
-            from deptune.config import load_spec
+            from deptune.specs import load_spec
             from deptune.sweep.config import SweepSpec
             spec = load_spec(REPO / "search_spaces" / "demo.yaml", None, kind=SweepSpec)
             storage = study_mod.open_storage(study_mod.storage_url(spec))

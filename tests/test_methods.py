@@ -8,10 +8,14 @@ import math
 import pytest
 import torch
 
-from deptune.methods import DePTConfig, PromptTuningConfig, build_model
+from deptune.methods.dept.config import DePTConfig
+from deptune.methods.prompt_tuning.config import PromptTuningConfig
+from deptune.methods.adapters import build_model
 from deptune.methods.budget import dept_count, rank_for_budget
-from deptune.methods.io import CONFIG_FILE, WEIGHTS_FILE, load_adapter, save_adapter
-from deptune.models import TINY_BACKBONES, BackboneConfig, TinySize, load_backbone
+from deptune.methods.record import CONFIG_FILE, WEIGHTS_FILE
+from deptune.methods.adapters import load_adapter
+from deptune.methods.io import save_adapter
+from deptune.backbones import TINY_BACKBONES, BackboneConfig, TinySize, load_backbone
 from deptune.train.config import TrainConfig
 from deptune.train.loop import make_optimizer
 

@@ -10,21 +10,23 @@ from pathlib import Path
 import pytest
 from mlflow.exceptions import MlflowException
 import torch
-from deptune import preflight
+from deptune import checks
 from deptune.cli import app
-from deptune.config import SourceSpec, SpecError, load_spec, parse_spec
-from deptune.methods import DePTConfig, MPTConfig, PromptTuningConfig, build_model
+from deptune.train.spec import SourceSpec
+from deptune.spec_base import SpecError
+from deptune.specs import load_spec, parse_spec
+from deptune.methods.dept.config import DePTConfig
+from deptune.methods.mpt.config import MPTConfig
+from deptune.methods.prompt_tuning.config import PromptTuningConfig
+from deptune.methods.adapters import build_model
 from deptune.methods.budget import mpt_count
-from deptune.methods.io import (
-    CONFIG_FILE,
-    load_adapter,
-    read_record,
-    resolve_adapter_source,
-    save_adapter,
-)
-from deptune.models import BackboneConfig, load_backbone
+from deptune.methods.record import CONFIG_FILE, read_record
+from deptune.methods.adapters import load_adapter
+from deptune.tracking.sources import localize_sources
+from deptune.methods.io import save_adapter
+from deptune.backbones import BackboneConfig, load_backbone
 from deptune.sweep.space import plan_search
-from deptune.tasks import load_splits
+from deptune.tasks.loading import load_splits
 from deptune.tasks.config import TaskConfig
 from deptune.train.loop import train
 from deptune.train.multitask import train_source
@@ -179,17 +181,19 @@ def test_a_target_started_from_the_source_adapter_learns_the_related_task_faster
 
 # ----- adapter references, preflight, specs ----------------------------------------------------------------
 def test_every_source_adapter_reference_resolves_through_one_function(tmp_path, monkeypatch):
-    """Paths as given; registry references are fetched from $MLFLOW_TRACKING_URI (tests/test_tracking.py
-    fetches a real registered adapter; here an empty registry names the missing model)."""
-    assert resolve_adapter_source(tmp_path) == tmp_path and resolve_adapter_source(str(tmp_path)) == tmp_path
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    """Registry references are fetched by the drivers (`tracking.sources.localize_sources`) before a spec
+    reaches a method; a method given an unresolved one says so (tests/test_tracking.py fetches a real
+    registered adapter; here an empty registry names the missing model)."""
+    uri_store = f"sqlite:///{tmp_path}/mlflow.db"
     for uri in ("models:/deptune-rte-mpt/3", "models:/deptune-rte-mpt@champion"):
-        with pytest.raises(MlflowException, match="deptune-rte-mpt"):
-            resolve_adapter_source(uri)
-        config = MPTConfig(init_from=uri)
-        assert config.init_from == uri  # stays a string: a Path would mangle it
-        with pytest.raises(MlflowException, match="deptune-rte-mpt"):  # DePT's init_from goes the same way
+        spec = run_spec(uri)
+        assert spec.method.init_from == uri  # stays a string: a Path would mangle it
+        with pytest.raises(SpecError, match="method.init_from: cannot fetch models:/deptune-rte-mpt"):
+            localize_sources(spec, uri_store, "spec.yaml")
+        with pytest.raises(ValueError, match="method.init_from: .* was not fetched from the registry"):
             build_model(load_backbone(BackboneConfig(name="tiny-bert")), DePTConfig(rank=2, init_from=uri))
+    local = run_spec(str(tmp_path))
+    assert localize_sources(local, uri_store, "spec.yaml") is local  # a folder is used as given
 
 
 def run_spec(init_from, **method):
@@ -199,8 +203,8 @@ def run_spec(init_from, **method):
 
 
 def test_preflight_names_the_key_and_the_file(source, tmp_path):
-    preflight.check(run_spec("models:/source/1"), "spec")  # resolved at run time
-    preflight.check(run_spec(str(source.adapter_dir), init_vectors="synthetic_a"), "spec")
+    checks.check(run_spec("models:/source/1"), "spec")  # resolved at run time
+    checks.check(run_spec(str(source.adapter_dir), init_vectors="synthetic_a"), "spec")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / CONFIG_FILE).write_text((source.adapter_dir / CONFIG_FILE).read_text())
     cases = [(run_spec(str(tmp_path / "none")), "method.init_from: no adapter in .*adapter_config.json and "
@@ -211,13 +215,13 @@ def test_preflight_names_the_key_and_the_file(source, tmp_path):
              (run_spec(str(next(iter(source.teacher_dirs.values())))), "holds a prompt_tuning adapter")]
     for spec, message in cases:
         with pytest.raises(SpecError, match=message):
-            preflight.check(spec, "spec")
+            checks.check(spec, "spec")
 
 
 def test_shipped_source_spec_and_mpt_sweep_validate_and_search_lrs_at_fixed_l():
     source_spec_ = load_spec(ROOT / "search_spaces/sources/mpt_glue_t5_base.yaml")
     assert isinstance(source_spec_, SourceSpec) and source_spec_.method.prompt_length == 100
-    preflight.check(source_spec_, "source")
+    checks.check(source_spec_, "source")
     sweep = load_spec(ROOT / "search_spaces/rte_mpt_fewshot.yaml")
     assert sweep.task.k_shot == 32 and sweep.method.name == "mpt"
     plan, errors = plan_search(sweep, 768)

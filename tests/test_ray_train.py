@@ -11,8 +11,8 @@ import ray
 import torch
 from safetensors.torch import load_file
 
-from deptune.config import parse_spec
-from deptune.train.distributed import FAULT_ENV, ReportLog, build_trainer, read_report_log, run_on_ray
+from deptune.specs import parse_spec
+from deptune.cluster.trainer import FAULT_ENV, ReportLog, build_trainer, read_report_log, run_on_ray
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,9 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from deptune import preflight
+from deptune import checks
 from deptune.cli import app
-from deptune.config import load_spec
+from deptune.specs import load_spec
 from deptune.sweep.config import SweepSpec
 
 SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -135,7 +135,7 @@ def test_search_spaces_ship_the_paper_specs():
 def test_every_shipped_spec_validates(path):
     spec = load_spec(path)
     assert isinstance(spec, SweepSpec)
-    preflight.check(spec, str(path))  # raises SpecError listing every problem
+    checks.check(spec, str(path))  # raises SpecError listing every problem
     assert spec.study.name == path.stem
 
 
@@ -231,7 +231,7 @@ BAD_SPECS = [
     case("search-m-low-zero", {"search.prompt_length.low": 0}, "search.prompt_length.low"),
     case("method-m-equals-budget", {"method.prompt_length": 16}, "method.prompt_length"),
     case("method-rank-breaks-budget", {"method.rank": 99}, "method.rank"),
-    case("dept-without-rank-or-budget", {"method.budget": DELETE}, "method"),
+    case("dept-without-rank-or-budget", {"method.budget": DELETE}, "method.rank"),
     case("search-rank-with-budget", {"search.rank": {"low": 2, "high": 8}}, "search.rank"),
     case("prompt-tuning-search-rank", {"method": {"name": "prompt_tuning", "prompt_length": 8},
                                        "search.lr_lowrank": DELETE, "search.rank": {"low": 2, "high": 8}},
@@ -255,7 +255,7 @@ BAD_SPECS = [
     # unknown names
     case("unknown-task-name", {"task.name": "glue-rte"}, "task.name"),
     case("unknown-task-source", {"task.source": "s3"}, "task.source"),
-    case("unknown-method-name", {"method.name": "lora"}, "method"),
+    case("unknown-method-name", {"method.name": "lora"}, "method.name"),
     case("unknown-backbone-family", {"backbone.family": "rnn"}, "backbone.family"),
     case("unknown-backbone-dtype", {"backbone.dtype": "int4"}, "backbone.dtype"),
     case("unknown-hub-backbone-offline", {"backbone.name": "no-such-org/no-such-model-xyz"}, "backbone.name"),

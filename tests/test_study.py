@@ -12,10 +12,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from deptune.config import SpecError, parse_spec
+from deptune.spec_base import SpecError
+from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.searcher import StudySearcher, summarise_error
-from deptune.sweep.space import largest_prompt_length, plan_search
+from deptune.methods.budget import largest_prompt_length
+from deptune.sweep.space import plan_search
 from deptune.sweep.study import (close_orphans, last_execution, load_study, open_storage, orphans,
                                  start_execution, storage_url)
 

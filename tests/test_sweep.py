@@ -8,7 +8,7 @@ import pytest
 import ray
 from optuna.trial import TrialState
 
-from deptune.config import parse_spec
+from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.driver import run_sweep
 from deptune.sweep.study import load_study, open_storage, storage_url

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from deptune.tasks import TASK_NAMES, Example, get_task, load_splits
+from deptune.tasks.registry import TASK_NAMES, get_task
+from deptune.tasks.base import Example
+from deptune.tasks.loading import load_splits
 from deptune.tasks.config import TaskConfig
 from deptune.tasks.loading import read_table
 

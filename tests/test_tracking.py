@@ -24,12 +24,13 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from deptune.cli import app
-from deptune.config import SpecError, parse_spec
+from deptune.spec_base import SpecError
+from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.driver import run_sweep
-from deptune.methods.io import read_record
+from deptune.methods.record import read_record
 from deptune.tracking import registry
-from deptune.tracking.registry import localize_sources
+from deptune.tracking.sources import localize_sources
 from deptune.tracking.journal import RunJournal, flush_all
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,9 @@ from typing import Annotated
 
 import typer
 
-from deptune.config import SpecError, load_spec
+from deptune.methods.config import is_registry_uri
+from deptune.spec_base import SpecError
+from deptune.specs import load_run_spec, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Hyperparameter search for Decomposed Prompt Tuning (DePT) on Ray.")
@@ -20,12 +22,15 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a s
 @app.command()
 def validate(files: Annotated[list[Path], typer.Argument(help="spec files")]) -> None:
     """Check spec files without starting Ray; exit 2 listing every error with its key path."""
-    from deptune import preflight
+    from deptune import checks
     failed = False
     for path in files:
         try:
-            preflight.check(load_spec(path), str(path))
+            spec = load_spec(path)
+            checks.check(spec, str(path))
             typer.echo(f"{path}: ok")
+            for warning in getattr(spec, "warnings", list)():
+                typer.echo(f"{path}: warning: {warning}", err=True)
         except SpecError as exc:
             failed = True
             typer.echo(str(exc), err=True)
@@ -43,21 +48,19 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
           name: Annotated[str | None, typer.Option(help="Ray run name; an existing one in storage is resumed "
                                                         "(default: a new timestamped name)")] = None) -> None:
     """Run one DePT / PT training configuration on Ray Train (or --local) and print its metrics."""
-    from deptune import preflight
+    from deptune import checks
     overrides = list(overrides or []) + ([f"resources.workers={workers}"] if workers else [])
     try:
-        run_spec = load_spec(spec, overrides)
-        if str(run_spec.method.init_from or "").startswith("models:/"):  # a registered source adapter
-            from deptune.tracking.registry import localize_sources
+        run_spec, tracking_uri = load_run_spec(spec, overrides)  # a sweep spec trains its base run
+        if is_registry_uri(run_spec.method.init_from):  # a registered source adapter
+            from deptune.tracking.sources import localize_sources
             from deptune.tracking.store import resolve_uri
-            run_spec = localize_sources(run_spec, resolve_uri(getattr(getattr(run_spec, "tracking", None), "uri", None)),
-                                        str(spec))
-        preflight.check(run_spec, str(spec), local_cluster=not (local or address or os.environ.get("RAY_ADDRESS")))
+            run_spec = localize_sources(run_spec, resolve_uri(tracking_uri), str(spec))
+        checks.check(run_spec, str(spec), local_cluster=not (local or address or os.environ.get("RAY_ADDRESS")),
+                     online=True)
     except SpecError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    if hasattr(run_spec, "base_run"):  # a sweep spec trains its base configuration
-        run_spec = run_spec.base_run()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     if local:
@@ -68,9 +71,9 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
             raise typer.Exit(1)
     else:
         if not (address or os.environ.get("RAY_ADDRESS")):
-            from deptune import local_ray
+            from deptune.cluster import local as local_ray
             local_ray.apply()  # before ray is imported
-        from deptune.train.distributed import run_on_ray
+        from deptune.cluster.trainer import run_on_ray
         result = run_on_ray(run_spec, address, name)
     elapsed = time.perf_counter() - started
     where = "in-process" if local else f"Ray Train, {run_spec.resources.workers} worker(s)"
@@ -89,11 +92,11 @@ def mpt_source(spec: Annotated[Path, typer.Argument(help="a source spec YAML (ba
                overrides: SetOption = None) -> None:
     """MPT's source stage, in this process: a PT teacher per source task, then P* and each task's (u, v)
     distilled on the task-balanced mixture; prints where the source adapter is."""
-    from deptune import preflight
-    from deptune.config import SourceSpec
+    from deptune import checks
+    from deptune.train.spec import SourceSpec
     try:
         source_spec = load_spec(spec, overrides, kind=SourceSpec)
-        preflight.check(source_spec, str(spec))
+        checks.check(source_spec, str(spec))
     except SpecError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
@@ -118,29 +121,36 @@ def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_s
                                                            "else a local Ray on 127.0.0.1)")] = None,
           top: Annotated[int, typer.Option(help="leaderboard rows")] = 10) -> None:
     """Search m, r and the learning rates with Ray Tune + Optuna (+ ASHA); the study persists across runs."""
+    from deptune import checks
     from deptune.sweep.config import SweepSpec
+    from deptune.tracking.sources import localize_sources
+    from deptune.tracking.store import resolve_uri
+    address = address or os.environ.get("RAY_ADDRESS")
     try:
         sweep_spec = load_spec(spec, overrides, kind=SweepSpec)
+        sweep_spec = localize_sources(sweep_spec, resolve_uri(sweep_spec.tracking.uri), str(spec))
+        checked = checks.check(sweep_spec, str(spec), local_cluster=not address, online=True)
     except SpecError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    for warning in sweep_spec.warnings():
+        typer.echo(f"warning: {warning}", err=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not (address or os.environ.get("RAY_ADDRESS")):
-        from deptune import local_ray
+    if not address:
+        from deptune.cluster import local as local_ray
         local_ray.apply()  # before ray is imported
     from deptune.sweep.driver import SweepLocked, run_sweep
     from deptune.sweep.leaderboard import render, render_pareto
     started = time.perf_counter()
     try:
-        outcome = run_sweep(sweep_spec, str(spec), resume=resume, address=address)
+        outcome = run_sweep(sweep_spec, str(spec), resume=resume, address=address, plan=checked.plan)
     except SpecError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     except SweepLocked as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(3) from None
-    metrics = [sweep_spec.sweep.objective.metric] + (
-        [sweep_spec.sweep.second_objective.metric] if sweep_spec.sweep.second_objective else [])
+    metrics = [o.metric for o in sweep_spec.sweep.objectives]
     if outcome.resumed_nothing:
         typer.echo(f"execution {outcome.execution.number} of study {outcome.study.study_name!r} already finished; "
                    f"nothing to resume")
@@ -183,7 +193,7 @@ def report(experiment: Annotated[str, typer.Argument(help="MLflow experiment (a 
            mode: Annotated[str, typer.Option(help="max or min")] = "max",
            top: Annotated[int, typer.Option(help="rows")] = 20) -> None:
     """Print an experiment's trials from MLflow, best first."""
-    from deptune.tracking.report import render_experiment
+    from deptune.registry.report import render_experiment
     from deptune.tracking.store import resolve_uri
     try:
         render_experiment(resolve_uri(uri), experiment, metric, mode, top)
@@ -221,7 +231,7 @@ def promote(run_id: Annotated[str, typer.Argument(help="an MLflow run holding an
                                                               "$DEPTUNE_LOCK_URL, else a lock on this machine)")] = None
             ) -> None:
     """Register a run's adapter as a new model version; `champion` moves only if it is better."""
-    from deptune.tracking.registry import promote as promote_run
+    from deptune.registry.promotion import promote as promote_run
     from deptune.tracking.store import resolve_uri
     result = promote_run(run_id, model, metric, mode, resolve_uri(uri), lock_url)
     typer.echo(f"registered {result.uri}: " + ("champion" if result.champion else "challenger")

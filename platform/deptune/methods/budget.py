@@ -47,3 +47,8 @@ def rank_for_budget(budget_tokens: int, hidden_size: int, max_length: int, promp
                          f"leaves rank r=0: lower m or raise l (need (l-m)*d >= s+d)")
     return BudgetPlan(prompt_length, rank, dept_count(prompt_length, rank, hidden_size, max_length),
                       budget_tokens * hidden_size)
+
+
+def largest_prompt_length(budget: int, d: int, s: int) -> int:
+    """The largest m that leaves rank >= 1: (l - m) * d >= s + d."""
+    return budget - -(-(s + d) // d)

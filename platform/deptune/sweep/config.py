@@ -10,54 +10,34 @@ from typing import Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from deptune.config import RunSpec
-from deptune.spec_base import StrictModel
+from deptune.methods.registry import methods
+from deptune.spec_base import FloatRange, IntRange, Range, StrictModel
 from deptune.tracking.config import TrackingConfig
+from deptune.train.spec import RunSpec
+
+SWEEP_SECTIONS = ("search", "sweep", "study", "tracking")
 
 TRAINING_METRICS = ("objective", "train_loss", "step_time_s", "tokens_per_s", "peak_memory_mb", "eval_latency_ms")
 """Metrics every report holds besides `eval_<task metric>`; any of them can be an objective."""
 
 
-class IntRange(StrictModel):
-    low: PositiveInt
-    high: PositiveInt
-    step: PositiveInt = 1
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "IntRange":
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
-        if self.log and self.step != 1:
-            raise ValueError("log-scaled integer ranges take step 1")
-        return self
-
-
-class FloatRange(StrictModel):
-    low: PositiveFloat
-    high: PositiveFloat
-    log: bool = True
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "FloatRange":
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
-        return self
-
-
 class SearchConfig(StrictModel):
-    """What the search varies. With `method.budget` (DePT) the rank is derived from m, never searched;
-    without one, m and r are independent. MPT searches l (unless a source adapter fixes it), lr_prompt
-    for P* and lr_lowrank for its task vectors u, v; its rank is method.rank. Omitted dimensions take the
-    defaults below (the paper's winners: lr_prompt 0.3-0.4, lr_lowrank 1e-4-5e-3) or, for m with a budget,
-    [min(20, m_max), m_max] where m_max is the largest m that leaves rank >= 1."""
+    """What the search varies. Omitted dimensions take the method's defaults (the paper's winners for the
+    learning rates; DePT with a budget: m in [min(20, m_max), m_max], where m_max is the largest m that
+    leaves rank >= 1, and r derived from m). A method refuses what it has not (PT: rank, lr_lowrank)."""
 
-    prompt_length: IntRange | None = Field(None, description="m for DePT, l for prompt tuning")
+    prompt_length: IntRange | None = Field(None, description="m for DePT, l for prompt tuning and MPT")
     rank: IntRange | None = Field(None, description="r, DePT without a budget only (default 4-64, log)")
-    lr_prompt: FloatRange = FloatRange(low=0.3, high=0.4)
-    lr_lowrank: FloatRange = FloatRange(low=1e-4, high=5e-3)
+    lr_prompt: FloatRange | None = Field(None, description="the prompt's learning rate (default 0.3-0.4)")
+    lr_lowrank: FloatRange | None = Field(None, description="DePT's A, B / MPT's u, v (default 1e-4 - 5e-3)")
     lr_head: FloatRange | None = Field(None, description="encoders' classification head (default: train.lr_head)")
 
+    def ranges(self) -> dict[str, Range]:
+        """The dimensions the spec gives (not the defaults): what the method checks and fills in."""
+        return {key: value for key, value in self if value is not None}
+
+
+SEARCH_KEYS = tuple(SearchConfig.model_fields)
 
 class Objective(StrictModel):
     metric: str = Field("objective", description="a reported metric: objective (the task's first metric), "
@@ -86,6 +66,11 @@ class SweepConfig(StrictModel):
     enqueue: list[dict[str, int | float]] = Field(default_factory=list, description="configurations to try first, e.g. "
                                             "the paper's: [{prompt_length: 60, lr_prompt: 0.3, lr_lowrank: 1e-4}]")
 
+    @property
+    def objectives(self) -> list[Objective]:
+        """The primary objective, then the second one if any: the study's directions, in order."""
+        return [self.objective] + ([self.second_objective] if self.second_objective else [])
+
 
 class StudyConfig(StrictModel):
     name: str | None = Field(None, description="Optuna study name (default: the spec file's stem)")
@@ -104,49 +89,25 @@ class SweepSpec(RunSpec):
     @model_validator(mode="before")
     @classmethod
     def _base_run_from_search(cls, data: Any) -> Any:
-        """A searched m (or, DePT without a budget, r) need not be fixed in the method section: the base run
-        (`deptune train` on a sweep spec) takes the low end of its range."""
-        if not isinstance(data, dict) or not isinstance(method := data.get("method"), dict) \
-                or not isinstance(search := data.get("search"), dict):
-            return data
-        method = dict(method)
-        for key in ("prompt_length", "rank"):
-            if key == "rank" and (method.get("name") != "dept" or "budget" in method):
-                continue
-            low = search[key].get("low") if isinstance(search.get(key), dict) else None
-            if key not in method and isinstance(low, int) and low > 0:
-                method[key] = low
-        return {**data, "method": method}
+        return base_run_data(data)
 
     @model_validator(mode="after")
     def _search_fits_method(self) -> "SweepSpec":
-        fields = self.search.model_fields_set
-        if self.method.name == "prompt_tuning":
-            for key in ("rank", "lr_lowrank"):
-                if key in fields:
-                    raise ValueError(f"search.{key}: prompt_tuning has no low-rank pair; remove it")
-        elif self.method.name == "mpt":
-            if "rank" in fields:
-                raise ValueError("search.rank: mpt's rank is method.rank (a source adapter fixes it); remove it")
-            m = self.search.prompt_length
-            if self.method.init_from is not None and m is not None and m.low != m.high:
-                raise ValueError("search.prompt_length: the source adapter's P* (method.init_from) fixes l; "
-                                 "remove it")
-        elif self.method.budget is not None and self.search.rank is not None:
-            raise ValueError("search.rank: the rank is derived from method.budget; remove search.rank or the budget")
-        budget = getattr(self.method, "budget", None)
-        if budget is not None and self.search.prompt_length is not None and self.search.prompt_length.high >= budget:
-            raise ValueError(f"search.prompt_length.high: m={self.search.prompt_length.high} must be < method.budget "
-                             f"(l={budget}): m = l leaves nothing for the low-rank pair")
+        ranges = self.search.ranges()
+        refused = self.method.refused_search_keys()
+        for key in ranges:
+            if key in refused:
+                raise ValueError(f"search.{key}: {refused[key]}")
+        if errors := self.method.search_errors(ranges):
+            raise ValueError(errors[0])
         grace = self.sweep.scheduler.grace_period
         if grace is not None and grace >= self.train.steps:
             raise ValueError(f"sweep.scheduler.grace_period: {grace} must be < train.steps ({self.train.steps}), "
                              f"else ASHA can never stop a trial")
-        searched = {"prompt_length", "rank", "lr_prompt", "lr_lowrank", "lr_head"}
         for i, point in enumerate(self.sweep.enqueue):
-            if unknown := set(point) - searched:
+            if unknown := set(point) - set(SEARCH_KEYS):
                 raise ValueError(f"sweep.enqueue.{i}: unknown parameter(s) {sorted(unknown)}; "
-                                 f"known: {sorted(searched)}")
+                                 f"known: {sorted(SEARCH_KEYS)}")
         if self.sweep.second_objective and self.sweep.second_objective.metric == self.sweep.objective.metric:
             raise ValueError("sweep.second_objective.metric: must differ from sweep.objective.metric")
         return self
@@ -156,4 +117,31 @@ class SweepSpec(RunSpec):
         return self.sweep.scheduler.grace_period or min(2 * self.train.eval_every, self.train.steps - 1)
 
     def base_run(self) -> RunSpec:
-        return RunSpec.model_validate(self.model_dump(include=set(RunSpec.model_fields)))
+        """The run a trial starts from (the spec's own sub-models, not re-validated from a dump)."""
+        return RunSpec(**{key: getattr(self, key) for key in RunSpec.model_fields})
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but likely not what the user meant ('key.path: message')."""
+        sweep = self.sweep
+        if sweep.trials <= sweep.startup_trials:
+            return [f"sweep.trials: {sweep.trials} trial(s) <= sweep.startup_trials ({sweep.startup_trials}): a "
+                    f"first execution samples every trial at random and TPE never engages; raise sweep.trials or "
+                    f"lower sweep.startup_trials (later executions of the study build on its trials)"]
+        return []
+
+
+def base_run_data(data: Any) -> Any:
+    """A searched m (or r) need not be fixed in the method section: the base run (`deptune train` on a
+    sweep spec) takes the low end of its range, for the method fields the method has."""
+    if not isinstance(data, dict) or not isinstance(method := data.get("method"), dict) \
+            or not isinstance(search := data.get("search"), dict):
+        return data
+    registered = methods().get(method.get("name"))
+    if registered is None:
+        return data  # the method section's own validation names the problem
+    method = dict(method)
+    for key in ("prompt_length", "rank"):
+        low = search[key].get("low") if isinstance(search.get(key), dict) else None
+        if key in registered.config.model_fields and key not in method and isinstance(low, int) and low > 0:
+            method[key] = low
+    return {**data, "method": method}

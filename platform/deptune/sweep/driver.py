@@ -20,19 +20,24 @@ from optuna.trial import FrozenTrial
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from deptune import local_ray, locks, preflight
-from deptune.config import SpecError
+from deptune import locks
+from deptune.backbones import hidden_size, model_config
+from deptune.cluster import local as local_ray
+from deptune.cluster.fit import check_fits
+from deptune.cluster.local import connect
+from deptune.methods.registry import snapshot
+from deptune.registry.promotion import LOCK_ENV
+from deptune.spec_base import SpecError, absolute_paths
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.searcher import FailureReasons, StudySearcher
-from deptune.sweep.space import SearchPlan, hidden_size, plan_search
+from deptune.sweep.space import SearchPlan, plan_search
 from deptune.sweep.study import (Execution, close_orphans, last_execution, load_study, open_storage,
                                  pareto_front, start_execution, storage_url)
+from deptune.sweep.tracker import SweepOutcomeTracking, SweepTracker
 from deptune.sweep.trainable import run_trial
-from deptune.tracking.registry import LOCK_ENV, localize_sources
+from deptune.tracking.sources import localize_sources
 from deptune.tracking.store import check_reachable, resolve_uri
-from deptune.tracking.sweep import SweepOutcomeTracking, SweepTracker
 from deptune.tracking.trial import TrialTracking
-from deptune.train.distributed import absolute_paths, check_fits, connect
 
 log = logging.getLogger(__name__)
 UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}
@@ -53,41 +58,34 @@ class SweepOutcome:
         return pareto_front(self.study)
 
 
-def prepare(spec: SweepSpec, source: str, local_cluster: bool) -> tuple[SearchPlan, str, str]:
-    """Everything that can be checked without Ray: the plan, the study storage URL and a tracking store
-    that answers."""
-    preflight.check(spec, source, local_cluster=local_cluster)
-    d = hidden_size(spec.backbone) or _hidden_size_online(spec, source)
-    plan, errors = plan_search(spec, d)
-    if errors:
-        raise SpecError(source, errors)
+def prepare(spec: SweepSpec, source: str, plan: SearchPlan | None = None) -> tuple[SearchPlan, str, str]:
+    """What the driver needs before Ray: the search plan (the checks' one when given), the study storage
+    URL and a tracking store that answers."""
+    if plan is None:
+        d = hidden_size(spec.backbone) or hidden_size(spec.backbone, model_config(spec.backbone, online=True))
+        if d is None:
+            raise SpecError(source, [f"backbone.name: cannot read the hidden size of {spec.backbone.name!r}"])
+        plan, errors = plan_search(spec, d)
+        if errors:
+            raise SpecError(source, errors)
     tracking_uri = resolve_uri(spec.tracking.uri)
     check_reachable(tracking_uri, source)
     return plan, storage_url(spec), tracking_uri
-
-
-def _hidden_size_online(spec: SweepSpec, source: str) -> int:
-    from transformers import AutoConfig
-    try:
-        config = AutoConfig.from_pretrained(spec.backbone.name, revision=spec.backbone.revision).to_dict()
-    except OSError as exc:
-        raise SpecError(source, [f"backbone.name: cannot read the config of {spec.backbone.name!r}: "
-                                          f"{str(exc).splitlines()[0]}"]) from None
-    return next(config[k] for k in ("d_model", "hidden_size", "n_embd") if isinstance(config.get(k), int))
 
 
 class SweepLocked(RuntimeError):
     """Another execution of the same study is running (a scheduled sweep fired while the last one runs)."""
 
 
-def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False,
-              address: str | None = None) -> SweepOutcome:
-    """One execution of the spec's study, under the study's lock: two executions never run at once."""
+def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False, address: str | None = None,
+              plan: SearchPlan | None = None) -> SweepOutcome:
+    """One execution of the spec's study, under the study's lock: two executions never run at once.
+    `plan`: the search plan `deptune.checks` made (it is made here otherwise)."""
     address = address or os.environ.get("RAY_ADDRESS")
     for key, value in local_ray.TRAIN_ENV.items():  # before Ray starts: trial actors inherit the environment
         os.environ.setdefault(key, value)
-    spec = localize_sources(absolute_paths(spec), resolve_uri(spec.tracking.uri), source)
-    plan, url, tracking_uri = prepare(spec, source, local_cluster=not address)
+    spec = localize_sources(absolute_paths(spec, Path.cwd()), resolve_uri(spec.tracking.uri), source)
+    plan, url, tracking_uri = prepare(spec, source, plan)
     storage_db = open_storage(url, source)
     study = load_study(spec, storage_db)
     lock_url = os.environ.get(LOCK_ENV) or url
@@ -101,7 +99,7 @@ def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False,
 
 def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | None, plan: SearchPlan, url: str,
                    tracking_uri: str, storage_db, study: optuna.Study) -> SweepOutcome:
-    storage = spec.train.storage_path or str((spec.train.output_dir / "ray").resolve())
+    storage = spec.train.ray_storage()
     execution = last_execution(spec, study) if resume else None
     if execution is not None and _execution_done(os.path.join(storage, execution.name), spec):
         return SweepOutcome(study=study, execution=execution, experiment_path=os.path.join(storage, execution.name),
@@ -117,7 +115,7 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
             execution = start_execution(spec, study)
             for point in spec.sweep.enqueue:
                 study.enqueue_trial(point, skip_if_exists=True)
-        tracker = SweepTracker(spec, tracking_uri, execution, study)
+        tracker = SweepTracker(spec, tracking_uri, execution, study, plan)
         tracker.open_parent(source)
         if resume:
             tuner = _restored_tuner(spec, execution, storage, tracker.trial_tracking())
@@ -174,7 +172,7 @@ class _GracefulStop:
 
 def _trainable(spec: SweepSpec, execution: Execution, storage: str, tracking: TrialTracking):
     train_storage = os.path.join(storage, f"{execution.name}-train")
-    fn = tune.with_parameters(run_trial, spec_data=spec.model_dump(mode="json"), train_storage=train_storage,
+    fn = tune.with_parameters(run_trial, spec=spec, methods=snapshot(), train_storage=train_storage,
                               tracking=tracking)
     return tune.with_resources(fn, {"cpu": spec.sweep.driver_cpus})
 

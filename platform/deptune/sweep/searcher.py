@@ -31,7 +31,7 @@ CHECKPOINT_PATH_KEY = "checkpoint_path"  # added to a report by Tune's TuneRepor
 
 class StudySearcher(OptunaSearch):
     def __init__(self, spec: SweepSpec, space, study_name: str, storage, sampler, execution: int) -> None:
-        objectives = [spec.sweep.objective] + ([spec.sweep.second_objective] if spec.sweep.second_objective else [])
+        objectives = spec.sweep.objectives
         metric = [o.metric for o in objectives]
         mode = [o.mode for o in objectives]
         super().__init__(space=space, metric=metric if len(metric) > 1 else metric[0],

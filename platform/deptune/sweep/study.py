@@ -19,8 +19,10 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from deptune.config import SpecError
-from deptune.sweep.config import SweepSpec
+from deptune.spec_base import SpecError
+from deptune.sweep.config import SEARCH_KEYS, SweepSpec
+
+LEARNING_RATES = tuple(k for k in SEARCH_KEYS if k.startswith("lr_"))
 
 STORAGE_ENV = "DEPTUNE_STUDY_STORAGE"
 
@@ -58,7 +60,7 @@ def _redact(url: str) -> str:
 
 
 def directions(spec: SweepSpec) -> list[str]:
-    objectives = [spec.sweep.objective] + ([spec.sweep.second_objective] if spec.sweep.second_objective else [])
+    objectives = spec.sweep.objectives
     return ["maximize" if o.mode == "max" else "minimize" for o in objectives]
 
 
@@ -143,7 +145,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     attrs = trial.user_attrs
     return {"number": trial.number, "state": trial.state.name, "execution": attrs.get("execution"),
             "prompt_length": attrs.get("prompt_length"), "rank": attrs.get("rank"),
-            "lr_prompt": trial.params.get("lr_prompt"), "lr_lowrank": trial.params.get("lr_lowrank"),
+            **{key: trial.params.get(key) for key in LEARNING_RATES},
             "values": list(trial.values) if trial.values else None, "best_step": attrs.get("best_step"),
             "last_step": attrs.get("last_step"), "adapter_params": attrs.get("adapter_params"),
             "trainable_params": attrs.get("trainable_params"), "cpu_seconds": attrs.get("cpu_seconds"),

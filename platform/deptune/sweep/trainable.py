@@ -14,20 +14,21 @@ import ray.train
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from deptune.config import RunSpec
-from deptune.sweep.config import SweepSpec
+from deptune.methods.registry import Method, restore
+from deptune.train.spec import RunSpec
+from deptune.sweep.config import SEARCH_KEYS, SweepSpec
 from deptune.tracking.trial import TrackerHook, TrialTracking
-from deptune.train.distributed import build_trainer, diverged_at_step, training_error
+from deptune.cluster.trainer import build_trainer, diverged_at_step, training_error
 
-TRIAL_KEYS = ("prompt_length", "rank", "lr_prompt", "lr_lowrank", "lr_head")
 OPTUNA_TRIAL_KEY = "optuna_trial"  # added to each config by the searcher: the study's trial number
 
 
 def trial_run(spec: SweepSpec, params: dict[str, Any]) -> RunSpec:
-    """The sweep's base run with the trial's m, r and learning rates."""
+    """The sweep's base run with the trial's values: method fields (m, r) go to the method section, the
+    learning rates to the train section."""
     base = spec.base_run()
-    method = {k: params[k] for k in ("prompt_length", "rank") if k in params}
-    train = {k: params[k] for k in ("lr_prompt", "lr_lowrank", "lr_head") if k in params}
+    method = {k: v for k, v in params.items() if k in type(base.method).model_fields}
+    train = {k: v for k, v in params.items() if k in type(base.train).model_fields and k not in method}
     return base.model_copy(update={"method": base.method.model_copy(update=method),
                                    "train": base.train.model_copy(update=train)})
 
@@ -40,10 +41,10 @@ class TrialReport(TuneReportCallback):
             super().after_report(run_context, metrics, checkpoint)
 
 
-def run_trial(config: dict[str, Any], spec_data: dict[str, Any], train_storage: str,
+def run_trial(config: dict[str, Any], spec: SweepSpec, methods: dict[str, Method], train_storage: str,
               tracking: TrialTracking | None = None) -> None:
-    spec = SweepSpec.model_validate(spec_data)
-    run = trial_run(spec, {k: v for k, v in config.items() if k in TRIAL_KEYS})
+    restore(methods)  # methods registered in the driver only (e.g. defined by a test) are known here too
+    run = trial_run(spec, {k: v for k, v in config.items() if k in SEARCH_KEYS})
     trial_id = tune.get_context().get_trial_id()
     hook = TrackerHook(tracking, trial_id, config.get(OPTUNA_TRIAL_KEY)) if tracking else None
     trainer = build_trainer(run, name=trial_id, storage=train_storage, callbacks=[TrialReport()], rank0_hook=hook)

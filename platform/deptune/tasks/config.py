@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from deptune.spec_base import StrictModel
+from deptune.tasks.registry import TASK_NAMES
 
 
 class DataFiles(StrictModel):
@@ -30,13 +31,17 @@ class TaskConfig(StrictModel):
     max_eval_samples: PositiveInt | None = None
     k_shot: PositiveInt | None = Field(None, description="few-shot: train on k examples per class of the train "
                                                           "split (drawn with split_seed); validation and test as usual")
+    validation_split: Literal["paper", "whole"] = Field(
+        "paper", description="paper: DePT's split rule (small tasks halve the validation file into validation "
+                             "and test; large tasks hold 1,000 training examples out as validation and test on "
+                             "the validation file); whole: the validation file is the validation split as given, "
+                             "and the test split is files.test (none without it: no test scores)")
     split_seed: int = 42
     synthetic_size: PositiveInt = 2000
 
     @field_validator("name")
     @classmethod
     def _registered(cls, name: str) -> str:
-        from deptune.tasks import TASK_NAMES  # the registry imports this module
         if name not in TASK_NAMES:
             raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASK_NAMES)}")
         return name

@@ -124,14 +124,17 @@ def make_splits(task: TextTask, official: Official, cfg: TaskConfig) -> TaskSpli
     if "validation" not in official:
         raise ValueError(f"{task.name}: no validation data (give task.files.validation)")
     formatted = {role: format_rows(task, rows, where) for role, (where, rows) in official.items()}
-    parts = _partition(task, formatted, cfg.split_seed)
+    parts = _partition(task, formatted, cfg.split_seed, cfg.validation_split == "whole")
     return TaskSplits(train=parts["train"].take(cfg.max_train_samples, cfg.split_seed),
                       validation=parts["validation"].take(cfg.max_eval_samples, cfg.split_seed),
                       test=parts["test"].take(cfg.max_eval_samples, cfg.split_seed))
 
 
-def _partition(task: TextTask, splits: Mapping[str, list[Example]], seed: int) -> dict[str, _Part]:
+def _partition(task: TextTask, splits: Mapping[str, list[Example]], seed: int,
+               whole_validation: bool = False) -> dict[str, _Part]:
     train, validation = splits["train"], splits["validation"]
+    if whole_validation:  # `task.validation_split: whole`: the files as given, no test split made up
+        return {"train": _Part(train), "validation": _Part(validation), "test": _Part(splits.get("test", []))}
     if "test" in splits:  # a labelled test set (MNLI's matched dev set, or files with test:) as given
         return {"train": _Part(train), "validation": _Part(validation), "test": _Part(splits["test"])}
     if task.split_rule == "small":
@@ -262,3 +265,88 @@ def dataset_fingerprint(cfg: TaskConfig) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
+
+
+# --- checks before any training (deptune validate) ---------------------------------------------------------
+
+def data_errors(cfg: TaskConfig) -> list[str]:
+    """What `load_splits` would fail on, found by reading only file headers: 'key.path: message' lines
+    relative to the task section (the caller prefixes `task.`)."""
+    source = cfg.resolved_source
+    if (cfg.name in _SYNTHETIC) != (source == "builtin"):
+        return [f"source: task {cfg.name!r} cannot use source {source!r}: the built-in source serves only the "
+                f"synthetic tasks ({', '.join(_SYNTHETIC)}), which have no other source"]
+    if source in ("builtin", "hub"):
+        return []  # hub data is fetched (or found in the cache) when the run starts
+    task = benchmark_task(cfg.name)
+    return _glue_dir_errors(cfg, task) if source == "glue_dir" else _files_errors(cfg, task)
+
+
+def _glue_dir_errors(cfg: TaskConfig, task: TextTask) -> list[str]:
+    if cfg.data_dir is None:
+        return ["data_dir: source 'glue_dir' needs task.data_dir"]
+    if not Path(cfg.data_dir).is_dir():
+        return [f"data_dir: no such folder: {cfg.data_dir}"]
+    if task.name not in GLUE_LAYOUTS:
+        return [f"data_dir: GLUE's TSV layout has no {task.name!r}; use task.source 'hub' or 'files'"]
+    layout, errors = GLUE_LAYOUTS[task.name], []
+    for split in task.official_splits.values():
+        path = Path(cfg.data_dir) / GLUE_FILES[split]
+        if not path.is_file():
+            errors.append(f"data_dir: {path} is missing (the {split} split of {task.name})")
+        elif layout.header is None:
+            errors += [f"data_dir: {e}" for e in _header_errors(path, task, layout.columns)]
+    return errors
+
+
+def _files_errors(cfg: TaskConfig, task: TextTask) -> list[str]:
+    if cfg.files is None:
+        return ["files: source 'files' needs task.files (train and validation)"]
+    unknown = sorted(set(cfg.columns) - set(task.fields))
+    if unknown:
+        return [f"columns: maps unknown field(s) {', '.join(unknown)}; {task.name} reads {', '.join(task.fields)}"]
+    mapping = {f: cfg.columns.get(f, f) for f in task.fields}
+    errors = []
+    if cfg.files.validation is None:
+        errors.append(f"files.validation: required: {task.name} selects its best step on a validation file "
+                      f"(give the task's dev/validation file)")
+    if task.split_rule == "given" and cfg.files.test is None:
+        errors.append(f"files.test: required: {task.name} tests on its own labelled split "
+                      f"({task.official_splits.get('test')})")
+    for split in ("train", "validation", "test"):
+        path = getattr(cfg.files, split)
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            errors.append(f"files.{split}: no such file: {path}")
+        else:
+            errors += [f"files.{split}: {e}" for e in _header_errors(Path(path), task, mapping)]
+    return errors
+
+
+def _header_errors(path: Path, task: TextTask, mapping: Mapping[str, str]) -> list[str]:
+    """The columns the first line of a file names, against the task's fields (mapped by task.columns)."""
+    try:
+        present = read_header(path)
+    except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return [f"{path}: unreadable: {exc}"]
+    missing = [f"{column!r}" + (f" (task field {name!r})" if column != name else "")
+               for name, column in mapping.items() if column not in present]
+    if not missing:
+        return []
+    return [f"{path} lacks column(s) {', '.join(missing)} for task {task.name}; it has "
+            f"{', '.join(map(repr, present)) or 'none'} (map task fields to columns with task.columns)"]
+
+
+def read_header(path: Path) -> list[str]:
+    """The column names of a CSV/TSV header line, or the keys of a JSONL file's first row."""
+    suffix = path.suffix.lower()
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        if suffix == ".jsonl":
+            first = next((line for line in f if line.strip()), "{}")
+            row = json.loads(first)
+            return list(row) if isinstance(row, dict) else []
+        if suffix not in (".csv", ".tsv"):
+            raise ValueError(f"unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
+        dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+        return next(csv.reader(f, **dialect), [])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from deptune.config import SpecError
+from deptune.spec_base import SpecError
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 KIND_TAG = "mlflow.experimentKind"
+TAG = "deptune."
+"""The prefix of every tag deptune sets on runs and model versions."""
 
 
 def resolve_uri(configured: str | None, base: Path | None = None) -> str:

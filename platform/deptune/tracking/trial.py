@@ -4,15 +4,17 @@ where they are made, on whichever node that is. Every write goes through the run
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deptune.config import RunSpec
+from deptune.train.spec import RunSpec
 from deptune.tracking.journal import RunJournal, journal_path
+from deptune.tracking.store import TAG
 
-TAG = "deptune."
 PARENT_TAG = "mlflow.parentRunId"
+ONCE = ("trainable_params", "examples_train", "examples_validation", "examples_test")
+"""Reported with every evaluation, logged once as params (trainable_params also stays a metric)."""
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,6 @@ class TrialTracking:
     journal_dir: str
     tags: dict[str, str]  # the execution's: sweep, study, git commit, spec hash, dataset fingerprint
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def trial_key(tracking: TrialTracking, ray_trial_id: str) -> dict[str, str]:
     """The tags that find a trial's run again (a restarted worker, the driver closing it)."""
@@ -35,13 +34,14 @@ def trial_key(tracking: TrialTracking, ray_trial_id: str) -> dict[str, str]:
 
 
 def run_params(spec: RunSpec) -> dict[str, Any]:
+    """A run's MLflow params: what the method says about itself, the learning rates it trains with (an
+    encoder's head too), and the run's settings."""
     method, train = spec.method, spec.train
-    return {"prompt_length": method.prompt_length, "rank": getattr(method, "rank", None),
-            "budget": getattr(method, "budget", None), "max_length": method.max_length,
-            "lr_prompt": train.lr_prompt, "lr_lowrank": train.lr_lowrank if method.name == "dept" else None,
-            "lr_head": train.lr_head, "method": method.name, "task": spec.task.name,
-            "backbone": spec.backbone.name, "backbone_revision": spec.backbone.revision or "default",
-            "seed": train.seed, "batch_size": train.batch_size, "steps": train.steps, "workers": spec.resources.workers}
+    rates = (*method.learning_rates, "lr_head")  # lr_head: used by encoders' classification heads
+    return {**method.logged_params(), **{key: getattr(train, key) for key in rates},
+            "task": spec.task.name, "backbone": spec.backbone.name,
+            "backbone_revision": spec.backbone.revision or "default", "seed": train.seed,
+            "batch_size": train.batch_size, "steps": train.steps, "workers": spec.resources.workers}
 
 
 class TrialTracker:
@@ -65,10 +65,10 @@ class TrialTracker:
 
     def log_evaluation(self, metrics: dict[str, float], adapter_dir: Path | None) -> None:
         step = int(metrics["step"])
-        if not self.counted and "trainable_params" in metrics:  # known once the model is built
-            self.journal.params({"trainable_params": int(metrics["trainable_params"])})
+        if not self.counted and "trainable_params" in metrics:  # known once the model and data are loaded
+            self.journal.params({k: int(metrics[k]) for k in ONCE if k in metrics})
             self.counted = True
-        self.journal.metrics({k: v for k, v in metrics.items() if k != "step"}, step)
+        self.journal.metrics({k: v for k, v in metrics.items() if k != "step" and k not in ONCE[1:]}, step)
         if adapter_dir is not None:  # a copy that outlives the checkpoint folder until it is sent
             kept = self.folder / "adapter"
             shutil.rmtree(kept, ignore_errors=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from deptune.methods import PromptModel
+from deptune.methods.model import PromptModel
 from deptune.methods.io import load_adapter_tensors, save_adapter
 
 STATE_FILE = "train_state.pt"

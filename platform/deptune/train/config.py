@@ -37,7 +37,8 @@ class TrainConfig(StrictModel):
     batch_size: PositiveInt = Field(32, description="global batch size (examples per optimizer step)")
     eval_batch_size: PositiveInt = 64
     lr_prompt: PositiveFloat = Field(0.3, description="learning rate of the soft prompt")
-    lr_lowrank: PositiveFloat = Field(1e-4, description="learning rate of DePT's A and B")
+    lr_lowrank: PositiveFloat = Field(1e-4, description="learning rate of the low-rank factors (DePT's A and B, "
+                                                        "MPT's u and v)")
     lr_head: PositiveFloat = Field(1e-3, description="learning rate of an encoder's classification head")
     warmup_steps: NonNegativeInt = Field(100, description="linear warm-up, then linear decay to 0")
     adam_eps: PositiveFloat = 1e-6
@@ -57,6 +58,10 @@ class TrainConfig(StrictModel):
     keep_checkpoints: PositiveInt = Field(2, description="best checkpoints kept by objective (the latest is also kept)")
     storage_path: str | None = Field(None, description="Ray Train storage (shared or s3:// on a multi-node cluster); "
                                                         "default: <output_dir>/ray")
+
+    def ray_storage(self) -> str:
+        """Where Ray Train and Tune keep runs and checkpoints."""
+        return self.storage_path or str((self.output_dir / "ray").resolve())
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> "TrainConfig":

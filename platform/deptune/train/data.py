@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from deptune.methods.base import IGNORE_INDEX
-from deptune.models import Backbone
+from deptune.methods.model import IGNORE_INDEX
+from deptune.backbones import Backbone
 from deptune.tasks.base import Example, Task
 
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from deptune.methods.base import PromptModel
-from deptune.models import Backbone
+from deptune.methods.model import PromptModel
+from deptune.backbones import Backbone
 from deptune.tasks.base import Task
 from deptune.train.data import Encoded, eval_batch
 from deptune.train.session import all_gather, distributed

@@ -24,10 +24,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from transformers import get_linear_schedule_with_warmup
 
-from deptune.config import RunSpec
-from deptune.methods import PromptModel, build_model
-from deptune.models import Backbone, load_backbone
-from deptune.tasks import Task, get_task, load_splits
+from deptune.train.spec import RunSpec
+from deptune.methods.model import PromptModel
+from deptune.methods.adapters import build_model
+from deptune.backbones import Backbone, load_backbone
+from deptune.tasks.base import Task
+from deptune.tasks.registry import get_task
+from deptune.tasks.loading import load_splits
 from deptune.train.checkpoint import Progress, load_checkpoint, rng_state, save_checkpoint
 from deptune.train.config import TrainConfig
 from deptune.train.data import Encoded, GlobalBatches, encode, train_batch
@@ -61,9 +64,9 @@ def resolve_device(train: TrainConfig) -> torch.device:
 
 
 def make_optimizer(model: PromptModel, train: TrainConfig) -> torch.optim.AdamW:
-    """One AdamW group per learning rate: prompt, low-rank pair (DePT), head (encoders)."""
-    rates = {"prompt": train.lr_prompt, "lowrank": train.lr_lowrank, "head": train.lr_head}
-    groups = [{"params": params, "lr": rates[name], "name": name}
+    """One AdamW group per learning rate: group `x` of the model trains at `train.lr_x` (prompt, lowrank:
+    DePT's A, B or MPT's u, v; head: an encoder's classification head)."""
+    groups = [{"params": params, "lr": getattr(train, f"lr_{name}"), "name": name}
               for name, params in model.parameter_groups().items() if params]
     return torch.optim.AdamW(groups, eps=train.adam_eps, weight_decay=train.weight_decay)
 
@@ -85,6 +88,10 @@ def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session |
     seed_everything(cfg.seed)  # the same head and adapter init on every rank
     task = get_task(spec.task.name)
     splits = load_splits(spec.task)  # bad data fails here, before the backbone is loaded
+    sizes = {"examples_train": len(splits.train), "examples_validation": len(splits.validation),
+             "examples_test": len(splits.test)}
+    if rank == 0:
+        print("[data] " + " ".join(f"{k.removeprefix('examples_')}={v}" for k, v in sizes.items()), flush=True)
     backbone = load_backbone(spec.backbone, num_labels=max(1, len(task.label_names)))
     model = build_model(backbone, spec.method).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -125,8 +132,9 @@ def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session |
         report = {"step": float(step), "objective": objective, **{f"eval_{k}": v for k, v in metrics.items()},
                   **window.flush(), "eval_latency_ms": latency_ms, "peak_memory_mb": peak_memory_mb(device),
                   "trainable_params": float(model.trainable_parameter_count()),
-                  "best_objective": progress.best_objective, "best_step": float(progress.best_step)}
-        if step == cfg.steps and cfg.evaluate_test:
+                  "best_objective": progress.best_objective, "best_step": float(progress.best_step),
+                  **{k: float(v) for k, v in sizes.items()}}
+        if step == cfg.steps and cfg.evaluate_test and splits.test:
             report.update({f"test_{k}": v for k, v in _score_best(model, backbone, task, splits.test, progress,
                                                                   cfg, device, autocast).items()})
         history.append(report)

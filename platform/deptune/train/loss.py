@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from deptune.methods.base import IGNORE_INDEX, PromptModel
+from deptune.methods.model import IGNORE_INDEX, PromptModel
 
 
 def item_count(batch: dict[str, Tensor], family: str) -> int:

@@ -22,11 +22,17 @@ from pathlib import Path
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from deptune.config import RunSpec, SourceSpec
-from deptune.methods import MPTModel, PromptModel, PromptTuningConfig, build_model
-from deptune.methods.io import load_adapter, read_tensors, save_adapter
-from deptune.models import Backbone, load_backbone
-from deptune.tasks import Task, get_task, load_splits
+from deptune.train.spec import RunSpec, SourceSpec
+from deptune.methods.mpt.model import MPTModel
+from deptune.methods.model import PromptModel
+from deptune.methods.prompt_tuning.config import PromptTuningConfig
+from deptune.methods.adapters import build_model
+from deptune.methods.adapters import load_adapter
+from deptune.methods.io import read_tensors, save_adapter
+from deptune.backbones import Backbone, load_backbone
+from deptune.tasks.base import Task
+from deptune.tasks.registry import get_task
+from deptune.tasks.loading import load_splits
 from deptune.train.data import GlobalBatches, encode, train_batch
 from deptune.train.evaluate import evaluate
 from deptune.train.loop import make_optimizer, resolve_device, seed_everything, train

@@ -6,7 +6,6 @@ evaluation's metrics with a checkpoint folder (rank 0's); collectives are no-ops
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,7 +13,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
-from deptune.methods.io import CONFIG_FILE, WEIGHTS_FILE
+from deptune.methods.record import copy_adapter
 
 Reporter = Callable[[dict[str, float], Path | None], None]
 """Called with each evaluation's metrics and, when the adapter improved, the best adapter's folder."""
@@ -51,9 +50,7 @@ class LocalSession:
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None, improved: bool) -> None:
         if improved and checkpoint_dir is not None:
-            self.best_dir.mkdir(parents=True, exist_ok=True)
-            for name in (CONFIG_FILE, WEIGHTS_FILE):
-                shutil.copy2(checkpoint_dir / name, self.best_dir / name)
+            copy_adapter(checkpoint_dir, self.best_dir)
         self.reporter(metrics, self.best_dir if improved else None)
 
 

@@ -2,6 +2,6 @@
 input token embeddings, at the trainable-parameter cost of a longer prompt."""
 
 from deptune.methods.dept.config import DePTConfig
-from deptune.methods.dept.model import DePTModel
+from deptune.methods.registry import register
 
-__all__ = ["DePTConfig", "DePTModel"]
+register(DePTConfig, model="deptune.methods.dept.model:DePTModel")

@@ -5,9 +5,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from deptune.methods.base import PromptModel, positions
+from deptune.methods.model import PromptModel, positions
 from deptune.methods.dept.config import DePTConfig
-from deptune.models import Backbone
+from deptune.backbones import Backbone
 
 
 class DePTModel(PromptModel):

@@ -2,6 +2,6 @@
 by a rank-r product u_k v_k^T, learned on source tasks and transferred to a target task."""
 
 from deptune.methods.mpt.config import MPTConfig
-from deptune.methods.mpt.model import MPTModel
+from deptune.methods.registry import register
 
-__all__ = ["MPTConfig", "MPTModel"]
+register(MPTConfig, model="deptune.methods.mpt.model:MPTModel")

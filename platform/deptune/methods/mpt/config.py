@@ -1,10 +1,13 @@
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
-from deptune.methods.base import PromptConfig
+from deptune.methods.budget import mpt_count
+from deptune.methods.config import PromptConfig
+from deptune.spec_base import FloatRange, IntRange, Range
 
 AVERAGE, NO_VECTORS = "average", "none"
 
@@ -34,3 +37,30 @@ class MPTConfig(PromptConfig):
     @property
     def n_tasks(self) -> int:
         return max(1, len(self.source_tasks))
+
+    learning_rates: ClassVar[tuple[str, ...]] = ("lr_prompt", "lr_lowrank")  # P*; the task vectors u, v
+    default_ranges: ClassVar[Mapping[str, Range]] = {"lr_prompt": FloatRange(low=0.3, high=0.4),
+                                                     "lr_lowrank": FloatRange(low=1e-4, high=5e-3)}
+
+    def refused_search_keys(self) -> dict[str, str]:
+        return {"rank": "mpt's rank is method.rank (a source adapter fixes it); remove it"}
+
+    def search_errors(self, ranges: Mapping[str, Range]) -> list[str]:
+        m = ranges.get("prompt_length")
+        if self.init_from is not None and isinstance(m, IntRange) and m.low != m.high:
+            return ["search.prompt_length: the source adapter's P* (method.init_from) fixes l; remove it"]
+        return []
+
+    def adapter_params(self, values: Mapping[str, Any], hidden_size: int) -> int:
+        return mpt_count(int(values.get("prompt_length", self.prompt_length)), self.rank, hidden_size)
+
+    def logged_params(self) -> dict[str, Any]:
+        return {**super().logged_params(), "rank": self.rank, "init_vectors": self.init_vectors}
+
+    def source_errors(self, record: Any) -> list[str]:
+        errors = super().source_errors(record)
+        sources = record.method_config.get("source_tasks") or [record.task]
+        if not errors and self.init_vectors not in (AVERAGE, NO_VECTORS, *sources):
+            errors.append(f"method.init_vectors: {self.init_vectors!r} is not a source task of {self.init_from} "
+                          f"({', '.join(map(str, sources))}); or use 'average' or 'none'")
+        return errors

@@ -7,9 +7,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from deptune.methods.base import PromptModel
+from deptune.methods.io import read_tensors
+from deptune.methods.model import PromptModel
+from deptune.methods.record import read_record
 from deptune.methods.mpt.config import AVERAGE, NO_VECTORS, MPTConfig
-from deptune.models import Backbone
+from deptune.backbones import Backbone
 
 
 def initial_vectors(n_tasks: int, length: int, rank: int, hidden_size: int) -> tuple[Tensor, Tensor]:
@@ -66,7 +68,6 @@ class MPTModel(PromptModel):
 
     def transfer_from(self, directory: Path) -> None:
         """P* from a source adapter, and (u, v) as `init_vectors` says; its tasks' heads are left behind."""
-        from deptune.methods.io import read_record, read_tensors
         record, saved = read_record(directory), read_tensors(directory)
         if record.method != "mpt":
             raise ValueError(f"method.init_from: {directory} holds a {record.method} adapter; an mpt run starts "

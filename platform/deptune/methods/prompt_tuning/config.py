@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from deptune.methods.base import PromptConfig
+from deptune.methods.config import PromptConfig
 
 
 class PromptTuningConfig(PromptConfig):

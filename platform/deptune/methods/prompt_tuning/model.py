@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from deptune.methods.base import PromptModel
+from deptune.methods.model import PromptModel
 
 
 class PromptTuningModel(PromptModel):

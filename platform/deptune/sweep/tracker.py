@@ -8,6 +8,7 @@ COMPLETE -> FINISHED, PRUNED (stopped by ASHA) -> KILLED, FAIL -> FAILED with th
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -17,14 +18,17 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from deptune.sweep.config import SweepSpec
+from deptune.sweep.config import SEARCH_KEYS, SweepSpec
+from deptune.sweep.leaderboard import ranked_rows
 from deptune.sweep.study import Execution, spec_hash
 from deptune.tasks.loading import dataset_fingerprint
-from deptune.tracking import registry
+from deptune.registry import promotion as registry
 from deptune.tracking.journal import RunJournal, flush_all, journal_path
 from deptune.tracking.plots import write_plots
-from deptune.tracking.store import ensure_experiment
-from deptune.tracking.trial import TAG, TrialTracking, run_params, trial_key
+from deptune.sweep.space import SearchPlan
+from deptune.sweep.study import storage_url
+from deptune.tracking.store import TAG, ensure_experiment
+from deptune.tracking.trial import TrialTracking, run_params, trial_key
 
 STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
@@ -48,8 +52,9 @@ class SweepOutcomeTracking:
 
 
 class SweepTracker:
-    def __init__(self, spec: SweepSpec, uri: str, execution: Execution, study: optuna.Study) -> None:
-        self.spec, self.uri, self.execution, self.study = spec, uri, execution, study
+    def __init__(self, spec: SweepSpec, uri: str, execution: Execution, study: optuna.Study,
+                 plan: SearchPlan | None = None) -> None:
+        self.spec, self.uri, self.execution, self.study, self.plan = spec, uri, execution, study, plan
         self.experiment_id = ensure_experiment(uri, spec.tracking.experiment or study.study_name)
         self.journal_dir = (spec.train.output_dir / "mlflow-journal" / execution.name).resolve()
         self.parent = RunJournal(journal_path(self.journal_dir, "parent"), uri)
@@ -63,15 +68,15 @@ class SweepTracker:
             self.parent.start(self.experiment_id, self.execution.name, find_by={f"{TAG}sweep": self.execution.name,
                                                                               f"{TAG}role": "sweep"},
                               tags={**self.tags, f"{TAG}role": "sweep"})
-            params = {k: v for k, v in run_params(self.spec.base_run()).items()
-                      if k not in ("prompt_length", "rank", "lr_prompt", "lr_lowrank", "lr_head")}
+            params = {k: v for k, v in run_params(self.spec.base_run()).items() if k not in SEARCH_KEYS}
             sweep = self.spec.sweep
             self.parent.params({**params, "trials": sweep.trials, "max_concurrent": sweep.max_concurrent,
                                 "objective": f"{sweep.objective.metric}:{sweep.objective.mode}",
                                 "second_objective": (f"{sweep.second_objective.metric}:{sweep.second_objective.mode}"
                                                      if sweep.second_objective else None),
                                 "scheduler": sweep.scheduler.name, "grace_period": self.spec.grace_period,
-                                "sampler_seed": self.execution.seed, "search": self.spec.search.model_dump_json()})
+                                "sampler_seed": self.execution.seed,
+                                "search": json.dumps(self.plan.effective_search()) if self.plan else None})
             if spec_file and Path(spec_file).is_file():
                 folder = self.journal_dir / "parent-files" / "spec"
                 folder.mkdir(parents=True, exist_ok=True)
@@ -139,7 +144,6 @@ class SweepTracker:
         if run_id is None:
             return None
         name = self.spec.tracking.registered_model or f"deptune-{self.spec.task.name}-{self.spec.method.name}"
-        from deptune.sweep.study import storage_url
         lock_url = os.environ.get(registry.LOCK_ENV) or storage_url(self.spec)
         return registry.promote(run_id, name, metric=objective.metric, mode=objective.mode, uri=self.uri,
                                 lock_url=lock_url, lineage={f"{TAG}optuna_value": repr(best.values[0])})
@@ -147,7 +151,6 @@ class SweepTracker:
     def _parent_files(self) -> None:
         folder = self.journal_dir / "parent-files" / "results"
         folder.mkdir(parents=True, exist_ok=True)
-        from deptune.sweep.leaderboard import ranked_rows
         rows = ranked_rows(self.study)
         if rows:
             with (folder / "leaderboard.csv").open("w", newline="") as handle:

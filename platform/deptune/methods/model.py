@@ -1,4 +1,4 @@
-"""What every prompt method shares: a frozen backbone, a soft prompt prepended to the input, the
+"""What every prompt method's model shares: a frozen backbone, a soft prompt prepended to the input, the
 family-specific forward and generation, and the adapter tensors that are saved.
 
 A method subclasses `PromptModel` and overrides `update_embeddings` (DePT adds its low-rank update
@@ -8,46 +8,16 @@ there) and, when it has more tensors, `adapter_tensors` and `parameter_groups`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BeforeValidator, Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
-from deptune.models import Backbone
-from deptune.spec_base import StrictModel
+from deptune.backbones import Backbone
+from deptune.methods.config import PromptConfig
+from deptune.methods.io import load_adapter_tensors
+from deptune.methods.record import read_record
 
 IGNORE_INDEX = -100
-PromptInit = Literal["text", "sample_vocab", "random"]
-REGISTRY_URI_PREFIX = "models:/"
-
-
-def _adapter_ref(value: Any) -> Any:
-    """A registry URI stays a string (a Path would mangle it, and workers would make it 'absolute')."""
-    if isinstance(value, str) and value.startswith(REGISTRY_URI_PREFIX):
-        return value
-    return Path(value) if isinstance(value, str) else value
-
-
-AdapterRef = Annotated[Path | str, BeforeValidator(_adapter_ref)]
-"""A saved adapter: a local folder, or a registered MLflow model version (`models:/NAME/VERSION`, `models:/NAME@alias`)."""
-
-
-class PromptConfig(StrictModel):
-    """Fields every prompt method has; `prompt_length` is l for PT and m for DePT."""
-
-    prompt_length: PositiveInt = Field(100, description="soft-prompt tokens (l for PT, m for DePT)")
-    max_length: PositiveInt = Field(256, description="s: the longest input (tokens) the adapter accepts")
-    init: PromptInit = "sample_vocab"
-    init_text: str | None = Field(None, description="text whose embeddings initialise the prompt (init: text)")
-    init_from: AdapterRef | None = Field(None, description="a saved adapter to start from (transfer): a folder "
-                                                          "or models:/NAME/VERSION")
-
-    @model_validator(mode="after")
-    def _text_init_needs_text(self) -> "PromptConfig":
-        if self.init == "text" and not self.init_text:
-            raise ValueError("method.init_text: required when method.init is 'text'")
-        return self
 
 
 class PromptModel(nn.Module):
@@ -98,7 +68,8 @@ class PromptModel(nn.Module):
 
     def transfer_from(self, directory: Path) -> None:
         """Start from a source-task adapter: its method tensors, never its head (another task's labels)."""
-        from deptune.methods.io import load_adapter_tensors, read_record  # io imports the method registry
+        from deptune.methods.io import load_adapter_tensors
+        from deptune.methods.record import read_record  # io imports the method registry
         method = read_record(directory).method
         if method != self.config.name:
             raise ValueError(f"method.init_from: {directory} holds a {method} adapter; a {self.config.name} run "

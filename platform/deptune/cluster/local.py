@@ -28,7 +28,26 @@ workers, so a sweep driver sets them on any cluster; `deptune.sweep.driver` uses
 
 def apply() -> None:
     if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
-        warnings.warn("ray was imported before deptune.local_ray.apply(): a local Ray may listen on all interfaces",
+        warnings.warn("ray was imported before deptune.cluster.local.apply(): a local Ray may listen on all interfaces",
                       stacklevel=2)
     for key, value in {**LOCAL_RAY_ENV, **TRAIN_ENV}.items():
         os.environ.setdefault(key, value)
+
+
+def connect(address: str | None = None) -> bool:
+    """Join `address` / $RAY_ADDRESS, or start a local Ray on 127.0.0.1. True if we started it.
+
+    For a loopback-only local Ray, `deptune.cluster.local.apply()` must have run before `import ray`.
+    """
+    import ray  # here: apply() must run before the first `import ray` of a process
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return False
+    apply()  # the CLI applied it before importing ray; this covers library callers' env vars
+    # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls: without it a
+    # run whose controller is killed (a trial ASHA stops) keeps its workers' CPUs until Ray shuts down.
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", log_to_driver=True)
+    return True

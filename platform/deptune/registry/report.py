@@ -5,8 +5,8 @@ from __future__ import annotations
 from mlflow import MlflowClient
 from rich.table import Table
 
-from deptune.sweep.leaderboard import _fmt, wide_console
-from deptune.tracking.trial import TAG
+from deptune.tracking.store import TAG
+from deptune.tracking.tables import fmt, wide_console
 
 
 def trial_runs(uri: str, experiment: str, metric: str, mode: str) -> list:
@@ -30,22 +30,22 @@ def render_experiment(uri: str, experiment: str, metric: str = "objective", mode
     runs = trial_runs(uri, experiment, metric, mode)
     table = Table(title=f"{experiment}: {len(runs)} trial runs in {uri}")
     score = "best objective" if metric == "objective" else metric
-    for column in ("run", "sweep", "status", "m", "r", score, "lr_prompt", "lr_lowrank", "trainable",
+    for column in ("run", "sweep", "status", "m", "r", score, "lr_prompt", "lr_lowrank", "lr_head", "trainable",
                    "accelerator-s"):
         table.add_column(column, justify="left" if column in ("run", "sweep", "status") else "right")
     for run in runs[:top]:
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
         table.add_row(run.info.run_name, tags.get(f"{TAG}sweep", "-"), run.info.status,
-                      params.get("prompt_length", "-"), params.get("rank", "-"), _fmt(_score(metrics, metric)),
-                      _number(params.get("lr_prompt")), _number(params.get("lr_lowrank")),
-                      _fmt(int(metrics["trainable_params"])) if "trainable_params" in metrics else "-",
-                      _fmt(metrics.get("accelerator_seconds")))
+                      params.get("prompt_length", "-"), params.get("rank", "-"), fmt(_score(metrics, metric)),
+                      _number(params.get("lr_prompt")), _number(params.get("lr_lowrank")), _number(params.get("lr_head")),
+                      fmt(int(metrics["trainable_params"])) if "trainable_params" in metrics else "-",
+                      fmt(metrics.get("accelerator_seconds")))
     wide_console().print(table)
 
 
 def _number(param: str | None) -> str:
     """A logged param (a string) as the leaderboard shows numbers."""
     try:
-        return _fmt(float(param)) if param not in (None, "None") else "-"
+        return fmt(float(param)) if param not in (None, "None") else "-"
     except ValueError:
         return param

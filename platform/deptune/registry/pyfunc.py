@@ -12,7 +12,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from deptune import __version__
-from deptune.config import RunSpec
+from deptune.train.spec import RunSpec
 
 ADAPTER = "adapter"
 SPEC = "spec"
@@ -21,7 +21,7 @@ OUTPUT = "label"
 
 def input_columns(task_name: str) -> list[str]:
     """The text fields the task formats (`label` is what the model predicts)."""
-    from deptune.tasks import get_task
+    from deptune.tasks.registry import get_task
     task = get_task(task_name)
     fields = getattr(task, "inputs", ("sentence",)) + getattr(task, "extra_fields", ())
     return list(fields)
@@ -31,9 +31,9 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     """Backbone + adapter, rebuilt from the run's spec; predictions are the task's verbalised labels."""
 
     def load_context(self, context) -> None:
-        from deptune.methods.io import load_adapter
-        from deptune.models import load_backbone
-        from deptune.tasks import get_task
+        from deptune.methods.adapters import load_adapter
+        from deptune.backbones import load_backbone
+        from deptune.tasks.registry import get_task
         from deptune.train.loop import resolve_device
         self.spec = RunSpec.model_validate_json(Path(context.artifacts[SPEC]).read_text())
         self.task = get_task(self.spec.task.name)

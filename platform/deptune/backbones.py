@@ -7,10 +7,11 @@ the same one) with a word-level tokenizer over the built-in synthetic task's wor
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field, PositiveInt
 
 from deptune.spec_base import StrictModel
@@ -21,7 +22,17 @@ if TYPE_CHECKING:  # transformers' model code takes seconds to import: only the 
 
 Family = Literal["seq2seq", "causal", "encoder"]
 TINY_BACKBONES = ("tiny-t5", "tiny-gpt2", "tiny-llama", "tiny-bert")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+KNOWN_HIDDEN_SIZES = {
+    "t5-small": 512, "t5-base": 768, "t5-large": 1024, "google-t5/t5-small": 512, "google-t5/t5-base": 768,
+    "google-t5/t5-large": 1024, "google/t5-v1_1-base": 768, "google/t5-v1_1-large": 1024,
+    "google/flan-t5-base": 768, "google/flan-t5-large": 1024, "gpt2": 768, "openai-community/gpt2": 768,
+    "bert-base-uncased": 768, "google-bert/bert-base-uncased": 768,
+    "sentence-transformers/all-MiniLM-L6-v2": 384, "TinyLlama/TinyLlama-1.1B-Chat-v1.0": 2048,
+    "meta-llama/Llama-3.2-1B": 2048, "Qwen/Qwen2.5-0.5B": 896,
+}
+"""Hidden sizes of the backbones our specs name, so `deptune validate` checks budgets offline."""
+HIDDEN_SIZE_KEYS = ("d_model", "hidden_size", "n_embd")
+POSITION_KEYS = ("max_position_embeddings", "n_positions")
 
 
 class TinySize(StrictModel):
@@ -58,11 +69,15 @@ class Backbone:
 
 
 def infer_family(config: PretrainedConfig) -> Family:
+    return family_of(config.to_dict())
+
+
+def family_of(config: dict[str, Any]) -> Family:
     """seq2seq for encoder-decoders, causal for *ForCausalLM / *LMHeadModel, encoder otherwise."""
-    if config.is_encoder_decoder:
+    if config.get("is_encoder_decoder"):
         return "seq2seq"
-    architectures = config.architectures or []
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or config.model_type in {
+    architectures = config.get("architectures") or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or config.get("model_type") in {
             "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt_neox", "opt"}:
         return "causal"
     return "encoder"
@@ -76,7 +91,8 @@ def load_backbone(cfg: BackboneConfig, num_labels: int = 2) -> Backbone:
         model, tokenizer, family = _load_pretrained(cfg, num_labels)
     if cfg.family is not None and cfg.family != family:
         raise ValueError(f"backbone.family: {cfg.name} is a {family} model, not {cfg.family}")
-    model.to(_DTYPES[cfg.dtype])
+    import torch
+    model.to(getattr(torch, cfg.dtype))
     for param in model.parameters():
         param.requires_grad_(False)
     return Backbone(model=model, tokenizer=tokenizer, family=family, name=cfg.name, revision=cfg.revision)
@@ -133,6 +149,7 @@ def _build_tiny(name: str, size: TinySize, num_labels: int) -> tuple[PreTrainedM
     std = size.init_std or d ** -0.5
     common = dict(vocab_size=vocab, pad_token_id=0, eos_token_id=1, bos_token_id=3)
     p = size.dropout
+    import torch
     torch.manual_seed(size.seed)
     if name == "tiny-t5":
         model = T5ForConditionalGeneration(T5Config(
@@ -154,3 +171,39 @@ def _build_tiny(name: str, size: TinySize, num_labels: int) -> tuple[PreTrainedM
             initializer_range=std, hidden_dropout_prob=p, attention_probs_dropout_prob=p, **common))
     model.config.name_or_path = name
     return model, tokenizer, family
+
+
+# ----- facts about a backbone without building it (checks, the search plan) --------------------------------
+def model_config(backbone: BackboneConfig, online: bool = False) -> dict[str, Any] | None:
+    """The backbone's config as a dict: a tiny one's, a local folder's, the local HF cache's, or (online)
+    the hub's; None when it cannot be read offline."""
+    if backbone.name in TINY_BACKBONES:
+        t = backbone.tiny
+        model_type = {"tiny-t5": "t5", "tiny-gpt2": "gpt2", "tiny-llama": "llama", "tiny-bert": "bert"}[backbone.name]
+        return {"hidden_size": t.hidden_size, "model_type": model_type, "is_encoder_decoder": model_type == "t5",
+                "max_position_embeddings": None if model_type == "t5" else t.max_positions}
+    config_file = Path(backbone.name) / "config.json"
+    if config_file.is_file():
+        return json.loads(config_file.read_text())
+    try:
+        from transformers import AutoConfig
+        return AutoConfig.from_pretrained(backbone.name, revision=backbone.revision,
+                                          local_files_only=not online).to_dict()
+    except (OSError, ValueError):
+        return None
+
+
+def hidden_size(backbone: BackboneConfig, config: dict[str, Any] | None = None) -> int | None:
+    """d from the backbone's config or our table; None if unknown offline."""
+    config = config if config is not None else model_config(backbone)
+    found = next((config[k] for k in HIDDEN_SIZE_KEYS if isinstance((config or {}).get(k), int)), None)
+    return found or KNOWN_HIDDEN_SIZES.get(backbone.name)
+
+
+def position_limit(backbone: BackboneConfig, config: dict[str, Any] | None = None) -> int | None:
+    """The most positions the backbone embeds (prompt + input, + answer for causal models); None for
+    relative-position encoder-decoders (T5) and backbones whose config is unknown offline."""
+    config = config if config is not None else model_config(backbone)
+    if not config or config.get("is_encoder_decoder"):
+        return None
+    return next((config[k] for k in POSITION_KEYS if isinstance(config.get(k), int)), None)

@@ -8,8 +8,6 @@ racing cannot both read the old champion and both win.
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +16,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from deptune import locks
-from deptune.tracking.pyfunc import ADAPTER, input_columns, save_pyfunc
+from deptune.tracking.store import TAG
+from deptune.registry.pyfunc import ADAPTER, input_columns, save_pyfunc
 
 CHAMPION = "champion"
-TAG = "deptune."
 LOCK_ENV = "DEPTUNE_LOCK_URL"
 
 
@@ -113,35 +111,3 @@ def _maybe_crown(client: MlflowClient, model: str, version: str, value: float, m
     client.set_model_version_tag(model, version, f"{TAG}role", CHAMPION if crowned else "challenger")
     client.set_model_version_tag(model, version, f"{TAG}promotion", reason)
     return Promotion(model, version, value, crowned, current.version if current else None, reason)
-
-
-def fetch_adapter(model_uri: str, tracking_uri: str | None, dest: Path) -> Path:
-    """The adapter folder of a registered version (`models:/NAME/VERSION`, `models:/NAME@alias`),
-    downloaded to `dest`: how a spec names a source adapter that lives in the registry."""
-    import mlflow
-    from mlflow.artifacts import download_artifacts
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    shutil.rmtree(dest, ignore_errors=True)
-    local = Path(download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
-    found = sorted(p.parent for p in local.rglob("adapter_config.json"))
-    if not found:
-        raise FileNotFoundError(f"{model_uri} holds no adapter (adapter_config.json)")
-    return found[0]
-
-
-def localize_sources(spec, tracking_uri: str | None, source: str):
-    """The spec with a registry `method.init_from` replaced by its downloaded folder (under
-    `<output_dir>/sources/`), so workers and preflight see an ordinary adapter folder."""
-    from deptune.config import SpecError
-    from deptune.methods.io import is_registry_uri
-    ref = spec.method.init_from
-    if ref is None or not is_registry_uri(ref):
-        return spec
-    dest = spec.train.output_dir / "sources" / re.sub(r"[^A-Za-z0-9_.-]+", "_", str(ref))
-    try:
-        folder = fetch_adapter(str(ref), tracking_uri, dest)
-    except Exception as exc:  # noqa: BLE001 -- registry, network and file errors all mean the same to the user
-        raise SpecError(source, [f"method.init_from: cannot fetch {ref} from {tracking_uri}: "
-                                 f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"]) from None
-    return spec.model_copy(update={"method": spec.method.model_copy(update={"init_from": folder})})

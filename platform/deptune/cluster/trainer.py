@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -23,9 +22,11 @@ import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from deptune import local_ray
-from deptune.config import RunSpec
-from deptune.methods.io import CONFIG_FILE, WEIGHTS_FILE
+from deptune.cluster.fit import check_fits
+from deptune.cluster.local import connect
+from deptune.train.spec import RunSpec
+from deptune.methods.record import copy_adapter
+from deptune.methods.registry import restore, snapshot
 from deptune.train.session import print_reporter
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ def _worker(config: dict) -> dict:
     """Rank 0's return value becomes `Result.return_value`: how the driver learns training diverged.
     `config["rank0_hook"]`, if given, makes rank 0's report hook from the spec (a sweep's MLflow logging)."""
     from deptune.train.loop import train  # here, not at the top: the Train controller unpickles this function
+    restore(config.get("methods") or {})  # methods registered in the driver only (e.g. defined by a test)
     spec = RunSpec.model_validate(config["spec"])
     session = RaySession()
     if session.rank == 0 and config.get("rank0_hook") is not None:
@@ -107,82 +109,26 @@ def diverged_at_step(result: ray.train.Result) -> int | None:
     return (getattr(result, "return_value", None) or {}).get("diverged_at_step")
 
 
-def absolute_paths(spec: RunSpec, base: Path | None = None) -> RunSpec:
-    """Workers run elsewhere (another cwd, maybe another node): make every relative path absolute."""
-    base = base or Path.cwd()
-    data = spec.model_dump(mode="python")
-
-    def fix(node):
-        if isinstance(node, dict):
-            return {k: fix(v) for k, v in node.items()}
-        if isinstance(node, Path) and not node.is_absolute():
-            return base / node
-        return node
-
-    return type(spec).model_validate(fix(data))
-
-
-def storage_path(spec: RunSpec) -> str:
-    return spec.train.storage_path or str((spec.train.output_dir / "ray").resolve())
-
-
 def build_trainer(spec: RunSpec, name: str, storage: str | None = None,
                   callbacks: Sequence[ray.train.UserCallback] = (),
                   loop: Callable[[dict], None] | None = None,
                   rank0_hook: Callable[[RunSpec], ReportHook] | None = None) -> TorchTrainer:
     """A TorchTrainer running the loop (or `loop`, given {"spec": ...}) with the spec's resources,
     checkpoint retention and restarts; `rank0_hook(spec)` makes rank 0's report hook in the worker."""
-    spec = absolute_paths(spec)
     res, cfg = spec.resources, spec.train
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
     return TorchTrainer(
         loop or _worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "rank0_hook": rank0_hook},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "rank0_hook": rank0_hook, "methods": snapshot()},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=name, storage_path=storage or storage_path(spec), callbacks=list(callbacks),
+            name=name, storage_path=storage or spec.train.ray_storage(), callbacks=list(callbacks),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
                                                checkpoint_score_attribute="objective", checkpoint_score_order="max"),
             # a worker group that cannot start fails the run instead of being retried forever
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0)),
     )
-
-
-def connect(address: str | None = None) -> bool:
-    """Join `address` / $RAY_ADDRESS, or start a local Ray on 127.0.0.1. True if we started it.
-
-    For a loopback-only local Ray, `deptune.local_ray.apply()` must have run before `import ray`.
-    """
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return False
-    local_ray.apply()  # the CLI applied it before importing ray; this covers library callers' env vars
-    # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls: without it a
-    # run whose controller is killed (a trial ASHA stops) keeps its workers' CPUs until Ray shuts down.
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", log_to_driver=True)
-    return True
-
-
-def check_fits(spec: RunSpec, driver_cpus: float = 0.0) -> None:
-    """Fail before any worker starts when the cluster is too small (unless an autoscaler is awaited);
-    `driver_cpus`: what a sweep trial's driver needs besides its workers."""
-    res = spec.resources
-    need = {"CPU": driver_cpus + res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker}
-    have = ray.cluster_resources()
-    short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
-    if not short:
-        return
-    text = ", ".join(f"{need:g} {kind} (cluster has {got:g})" for kind, (need, got) in short.items())
-    message = (f"resources: {res.workers} worker(s) x {res.cpus_per_worker:g} CPU / {res.gpus_per_worker:g} GPU "
-               f"need {text}")
-    if not res.wait_for_autoscaler:
-        raise ValueError(message + "; lower resources.workers or the per-worker resources, or set "
-                                   "resources.wait_for_autoscaler: true on an autoscaling cluster")
-    log.warning("%s; waiting for the autoscaler (the run fails if workers do not start in time)", message)
 
 
 def training_error(spec: RunSpec, exc: Exception) -> RuntimeError:
@@ -221,10 +167,8 @@ def run_on_ray(spec: RunSpec, address: str | None = None, name: str | None = Non
     best = result.get_best_checkpoint("objective", "max")
     best_dir = spec.train.output_dir / "best"
     if best is not None:
-        best_dir.mkdir(parents=True, exist_ok=True)
         with best.as_directory() as src:
-            for file in (CONFIG_FILE, WEIGHTS_FILE):
-                shutil.copy2(Path(src) / file, best_dir / file)
+            copy_adapter(src, best_dir)
     from deptune.train.loop import TrainResult
     metrics = dict(result.metrics or {})
     history = read_report_log(log_path)

@@ -1,0 +1,135 @@
+"""Checks that need more than the spec's own fields (data files and their columns, the backbone's hidden
+size and positions, a source adapter, this machine) and run before any Ray work. Every problem is a
+'key.path: message' line of one `SpecError`; what passes here does not fail later for a knowable reason.
+
+Torch-free (except the GPU count of this machine, read only when a local Ray is about to start), so
+`deptune validate` stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from deptune.backbones import family_of, hidden_size, model_config, position_limit
+from deptune.methods.config import is_registry_uri
+from deptune.methods.record import ADAPTER_FILES, CONFIG_FILE, read_record
+from deptune.spec_base import SpecError
+from deptune.sweep.config import TRAINING_METRICS, SweepSpec
+from deptune.sweep.space import SearchPlan, plan_search
+from deptune.tasks.config import TaskConfig
+from deptune.tasks.loading import data_errors
+from deptune.tasks.registry import get_task
+from deptune.train.spec import RunSpec, SourceSpec
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the checks worked out, so the driver does not work it out again."""
+
+    hidden_size: int | None
+    plan: SearchPlan | None  # a sweep spec's search plan (None for a run or source spec, or d unknown offline)
+
+
+def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False, online: bool = False) -> Checked:
+    """Raise a `SpecError` listing every problem; `local_cluster`: the run will start a Ray on this
+    machine; `online`: the backbone's config may be read from the hub (a run about to start needs d)."""
+    if isinstance(spec, SourceSpec):
+        errors = [e for i, task in enumerate(spec.source_tasks) for e in _task_errors(task, f"source_tasks.{i}")]
+        if errors:
+            raise SpecError(source, errors)
+        return Checked(None, None)
+    config = model_config(spec.backbone, online=online)
+    d = hidden_size(spec.backbone, config)
+    errors = _task_errors(spec.task, "task") + _source_adapter(spec) + _backbone(spec, config, online)
+    plan = None
+    if d is not None and isinstance(spec, SweepSpec):
+        plan, search_errors = plan_search(spec, d)
+        errors += search_errors
+    if d is not None and not errors:
+        errors += _method_fits(spec, d)
+    errors += _positions(spec, config)
+    if isinstance(spec, SweepSpec):
+        errors += _objectives(spec)
+    if local_cluster:
+        from deptune.cluster.fit import exceeds_this_machine
+        errors += exceeds_this_machine(spec, spec.sweep.driver_cpus if isinstance(spec, SweepSpec) else 0.0)
+    if errors:
+        raise SpecError(source, errors)
+    return Checked(d, plan)
+
+
+def _task_errors(task: TaskConfig, key: str) -> list[str]:
+    """The data exists, has the task's columns, and holds a validation split."""
+    return [f"{key}.{line}" for line in data_errors(task)]
+
+
+def _source_adapter(spec: RunSpec) -> list[str]:
+    """A local source adapter must hold both files and fit the method; a models:/ URI is fetched by the
+    driver before this runs (`validate` leaves it to the driver)."""
+    init_from, method = spec.method.init_from, spec.method
+    if init_from is None or is_registry_uri(init_from):
+        return []
+    missing = [f for f in ADAPTER_FILES if not (Path(init_from) / f).is_file()]
+    if missing:
+        return [f"method.init_from: no adapter in {init_from}: {' and '.join(missing)} missing"]
+    try:
+        record = read_record(init_from)
+    except ValueError as exc:
+        return [f"method.init_from: unreadable {Path(init_from) / CONFIG_FILE}: {exc}"]
+    return method.source_errors(record)
+
+
+def _backbone(spec: RunSpec, config: dict | None, online: bool) -> list[str]:
+    name = spec.backbone.name
+    if (name.startswith(("/", "./", "../")) or Path(name).exists()) and not (Path(name) / "config.json").is_file():
+        return [f"backbone.name: {name} is a path but holds no config.json"]
+    if online and config is None and hidden_size(spec.backbone, config) is None:
+        return [f"backbone.name: cannot read the config of {name!r} (offline, or not a model on the hub)"]
+    return []
+
+
+def _method_fits(spec: RunSpec, d: int) -> list[str]:
+    """The run `deptune train` makes of the spec builds (DePT: its budget and rank agree at this d)."""
+    resolve = getattr(spec.method, "resolve", None)
+    if resolve is None or getattr(spec.method, "budget", None) is None:
+        return []
+    try:
+        resolve(d)
+    except ValueError as exc:
+        key = "method.rank" if spec.method.rank is not None and spec.method.prompt_length < spec.method.budget \
+            else "method.prompt_length"
+        return [f"{key}: {exc}"]
+    return []
+
+
+def _positions(spec: RunSpec, config: dict | None) -> list[str]:
+    """Prompt + input (+ the answer, for causal models) must fit the backbone's position embeddings;
+    the longest prompt a sweep may sample is the one checked."""
+    limit = position_limit(spec.backbone, config)
+    if limit is None:
+        return []
+    prompt = spec.method.prompt_length
+    if isinstance(spec, SweepSpec) and spec.search.prompt_length is not None:
+        prompt = max(prompt, spec.search.prompt_length.high)
+    answer = spec.train.max_target_length if _family(spec, config) == "causal" else 0
+    total = prompt + spec.method.max_length + answer
+    if total <= limit:
+        return []
+    key = "search.prompt_length.high" if prompt != spec.method.prompt_length else "method.max_length"
+    return [f"{key}: prompt ({prompt}) + method.max_length ({spec.method.max_length})"
+            + (f" + train.max_target_length ({answer})" if answer else "")
+            + f" = {total} positions, but {spec.backbone.name} has {limit}; shorten the prompt or max_length"]
+
+
+def _family(spec: RunSpec, config: dict | None) -> str | None:
+    if spec.backbone.family is not None:
+        return spec.backbone.family
+    return family_of(config) if config else None
+
+
+def _objectives(spec: SweepSpec) -> list[str]:
+    known = (*TRAINING_METRICS, *(f"eval_{m}" for m in get_task(spec.task.name).metric_names))
+    return [f"sweep.{key}.metric: {objective.metric!r} is not reported; choose one of {', '.join(known)}"
+            for key, objective in (("objective", spec.sweep.objective), ("second_objective", spec.sweep.second_objective))
+            if objective is not None and objective.metric not in known]

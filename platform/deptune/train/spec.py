@@ -1,0 +1,74 @@
+"""The run spec (backbone, task, method, train, resources: one training run) and MPT's source spec
+(`source_tasks` instead of `task`: the multitask source stage). The sweep layer extends the run spec
+(`deptune.sweep.config.SweepSpec`); `deptune.specs` reads any of them from YAML."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from deptune.backbones import BackboneConfig
+from deptune.methods.mpt.config import MPTConfig
+from deptune.methods.registry import MethodConfig
+from deptune.spec_base import StrictModel
+from deptune.tasks.config import TaskConfig
+from deptune.train.config import DistillConfig, ResourcesConfig, TrainConfig
+
+
+class RunSpec(StrictModel):
+    """One training run: backbone + task + method + train settings."""
+
+    backbone: BackboneConfig
+    task: TaskConfig
+    method: MethodConfig
+    train: TrainConfig = TrainConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="after")
+    def _batch_splits_across_workers(self) -> "RunSpec":
+        if self.train.batch_size % self.resources.workers:
+            raise ValueError(f"train.batch_size: {self.train.batch_size} must be divisible by resources.workers "
+                             f"({self.resources.workers}): each rank takes an equal slice of the global batch")
+        if getattr(self.method, "source_tasks", None):
+            raise ValueError("method.source_tasks: a run trains one task; a source adapter over several tasks "
+                             "comes from `deptune mpt-source` (a spec with source_tasks)")
+        return self
+
+
+class SourceSpec(StrictModel):
+    """MPT's source stage (`deptune mpt-source`): a vanilla-PT teacher per source task (`teacher` settings),
+    then P* and one (u, v) per task trained on the task-balanced mixture with the task loss plus
+    distillation from the teachers (`train` and `distill` settings). In-process, one device."""
+
+    backbone: BackboneConfig
+    source_tasks: list[TaskConfig] = Field(min_length=1, description="the source tasks, each with its data")
+    method: MethodConfig
+    teacher: TrainConfig = Field(TrainConfig(), description="each teacher's training run (vanilla PT, l tokens)")
+    train: TrainConfig = Field(TrainConfig(), description="the multitask stage; batch_size is split evenly "
+                                                         "across the tasks; the source adapter lands in "
+                                                         "output_dir/best, the teachers in output_dir/teachers")
+    distill: DistillConfig = DistillConfig()
+
+    @model_validator(mode="after")
+    def _balanced_and_fresh(self) -> "SourceSpec":
+        names = self.task_names
+        if not isinstance(self.method, MPTConfig):
+            raise ValueError(f"method.name: the source stage trains mpt, not {self.method.name}")
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"source_tasks.{i}.name: {name} is already a source task; give each task once")
+        if self.train.batch_size % len(names):
+            raise ValueError(f"train.batch_size: {self.train.batch_size} must be divisible by the {len(names)} "
+                             f"source tasks (each step takes the same number of examples from each)")
+        if self.method.init_from is not None:
+            raise ValueError("method.init_from: the source stage starts fresh; init_from is for target runs")
+        if self.method.source_tasks and self.method.source_tasks != names:
+            raise ValueError(f"method.source_tasks: {self.method.source_tasks} differs from source_tasks {names}; "
+                             f"leave it out (it is filled from source_tasks)")
+        return self
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.source_tasks]
+
+    def student_method(self) -> MPTConfig:
+        return self.method.model_copy(update={"source_tasks": self.task_names})
