@@ -185,10 +185,15 @@ def model_config(backbone: BackboneConfig, online: bool = False) -> dict[str, An
     config_file = Path(backbone.name) / "config.json"
     if config_file.is_file():
         return json.loads(config_file.read_text())
+    from huggingface_hub import try_to_load_from_cache  # light, unlike transformers: validate stays fast
+    cached = try_to_load_from_cache(backbone.name, "config.json", revision=backbone.revision)
+    if isinstance(cached, str):
+        return json.loads(Path(cached).read_text())
+    if not online:
+        return None
     try:
         from transformers import AutoConfig
-        return AutoConfig.from_pretrained(backbone.name, revision=backbone.revision,
-                                          local_files_only=not online).to_dict()
+        return AutoConfig.from_pretrained(backbone.name, revision=backbone.revision).to_dict()
     except (OSError, ValueError):
         return None
 
