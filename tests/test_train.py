@@ -143,7 +143,7 @@ def test_scoring_the_best_adapter_leaves_the_current_one_in_place():
         model.lora_embedding_B.add_(1.0)  # training moved on
     current = {k: v.detach().clone() for k, v in model.adapter_tensors().items()}
     task = get_task("synthetic")
-    examples = task.splits(50, 0).test
+    examples = encode(task.splits(50, 0).test, bb, task, 32, 8)
     assert not torch.equal(progress.best_adapter["lora_embedding_B"], current["lora_embedding_B"])
     best_metrics = _score_best(model, bb, task, examples, progress, spec_for_scoring(), torch.device("cpu"),
                                torch.autocast("cpu", enabled=False))

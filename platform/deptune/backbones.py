@@ -68,6 +68,15 @@ class Backbone:
         return self.model.get_input_embeddings().embedding_dim
 
 
+def head_names(backbone: Backbone) -> list[str]:
+    """An encoder's classification head: every parameter outside the base model (BERT: `classifier.*`),
+    the one part of a backbone that trains; none for other families."""
+    if backbone.family != "encoder":
+        return []
+    prefix = backbone.model.base_model_prefix + "."
+    return [n for n, _ in backbone.model.named_parameters() if not n.startswith(prefix)]
+
+
 def infer_family(config: PretrainedConfig) -> Family:
     return family_of(config.to_dict())
 

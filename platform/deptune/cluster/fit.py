@@ -12,14 +12,17 @@ log = logging.getLogger(__name__)
 
 
 def run_demand(spec: RunSpec, driver_cpus: float = 0.0) -> dict[str, float]:
-    """CPUs and GPUs one run (a sweep trial: plus its driver) holds while it trains."""
+    """CPUs and GPUs one run holds while it trains: a sweep trial on Ray Train adds its Tune driver's CPUs;
+    one that trains in its Tune actor (`resources.runner: tune`) is that actor alone."""
     res = spec.resources
-    return {"CPU": driver_cpus + res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker}
+    driver = driver_cpus if res.trial_runner == "train" else 0.0
+    return {"CPU": driver + res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker}
 
 
 def exceeds_this_machine(spec: RunSpec, driver_cpus: float = 0.0) -> list[str]:
     """'key.path: message' lines when a run needs more than this machine has (a local Ray is its size)."""
     res, need = spec.resources, run_demand(spec, driver_cpus)
+    driver_cpus = need["CPU"] - res.workers * res.cpus_per_worker
     cpus, gpus = os.cpu_count() or 1, local_gpus()
     errors = []
     if need["CPU"] > cpus + 1e-9:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from deptune.backbones import Backbone
+from deptune.backbones import Backbone, head_names
 from deptune.methods.config import PromptConfig
 from deptune.methods.io import load_adapter_tensors
 from deptune.methods.record import read_record
@@ -30,7 +30,7 @@ class PromptModel(nn.Module):
         self.config = config
         self.hidden_size = backbone.hidden_size
         self.prompt_embeddings = nn.Parameter(self._initial_prompt(backbone, config))
-        self.head_names = self._unfreeze_head() if self.family == "encoder" else []
+        self.head_names = self._unfreeze_head(backbone)
         self._check_position_limit()
 
     # ----- construction -------------------------------------------------------------------------------
@@ -50,10 +50,9 @@ class PromptModel(nn.Module):
             raise ValueError("init_text tokenises to nothing")
         return emb[torch.tensor(ids).repeat(n // len(ids) + 1)[:n]].clone()
 
-    def _unfreeze_head(self) -> list[str]:
-        """The classification head is every parameter outside the base encoder (BERT: `classifier.*`)."""
-        prefix = self.backbone.base_model_prefix + "."
-        names = [n for n, _ in self.backbone.named_parameters() if not n.startswith(prefix)]
+    def _unfreeze_head(self, backbone: Backbone) -> list[str]:
+        """An encoder's classification head trains with the prompt (at lr_head)."""
+        names = head_names(backbone)
         for name, param in self.backbone.named_parameters():
             if name in names:
                 param.requires_grad_(True)

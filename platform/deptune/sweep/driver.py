@@ -174,7 +174,21 @@ def _trainable(spec: SweepSpec, execution: Execution, storage: str, tracking: Tr
     train_storage = os.path.join(storage, f"{execution.name}-train")
     fn = tune.with_parameters(run_trial, spec=spec, methods=snapshot(), train_storage=train_storage,
                               tracking=tracking)
+    res = spec.resources
+    if res.trial_runner == "tune":  # the actor is the trial's one worker
+        return tune.with_resources(fn, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker})
     return tune.with_resources(fn, {"cpu": spec.sweep.driver_cpus})
+
+
+def _run_config(spec: SweepSpec, execution: Execution, storage: str, callbacks: list) -> tune.RunConfig:
+    """Trials in their actor keep their checkpoints in Tune (and Tune restarts a trial whose actor died);
+    Ray Train runs keep and restart their own."""
+    in_actor = spec.resources.trial_runner == "tune"
+    keep = tune.CheckpointConfig(num_to_keep=spec.train.keep_checkpoints, checkpoint_score_attribute="objective",
+                                 checkpoint_score_order="max") if in_actor else None
+    return tune.RunConfig(name=execution.name, storage_path=storage, callbacks=callbacks, checkpoint_config=keep,
+                          failure_config=tune.FailureConfig(max_failures=spec.train.max_failures if in_actor else 0),
+                          verbose=1)
 
 
 def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, storage_db, execution: Execution,
@@ -197,9 +211,9 @@ def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, storage_d
         _trainable(spec, execution, storage, tracker.trial_tracking()),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.sweep.trials,
                                     max_concurrent_trials=spec.sweep.max_concurrent,
-                                    time_budget_s=spec.sweep.time_budget_s),
-        run_config=tune.RunConfig(name=execution.name, storage_path=storage, callbacks=[FailureReasons(searcher)],
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1),
+                                    time_budget_s=spec.sweep.time_budget_s,
+                                    reuse_actors=spec.resources.trial_runner == "tune"),
+        run_config=_run_config(spec, execution, storage, [FailureReasons(searcher)]),
     )
 
 

@@ -23,7 +23,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from deptune.sweep.config import SweepSpec
-from deptune.sweep.trainable import OPTUNA_TRIAL_KEY
+from deptune.sweep.trainable import DIVERGED, OPTUNA_TRIAL_KEY
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # added to a report by Tune's TuneReportCallback
@@ -76,6 +76,9 @@ class StudySearcher(OptunaSearch):
             return
         if error:  # the reason arrives with the trial in `FailureReasons.on_trial_error`
             self.awaiting_reason.add(trial_id)
+            return
+        if result and result.get(DIVERGED) is not None:  # ended on purpose: a retry would diverge again
+            self.fail(trial_id, divergence_reason(result))
             return
         seen = self.history.get(trial_id, [])
         if result and "step" in result and not any(r["step"] == result["step"] for r in seen):
@@ -160,6 +163,12 @@ class StudySearcher(OptunaSearch):
     def _study_trial(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
         """The trial as the storage has it now (another execution may have finished it)."""
         return self._ot_study.get_trials(deepcopy=False)[trial.number]
+
+
+def divergence_reason(result: dict) -> str:
+    config = result.get("config") or {}
+    rates = ", ".join(f"{k}={v:g}" for k, v in config.items() if k.startswith("lr_") and isinstance(v, float))
+    return f"training diverged: non-finite loss at step {int(result[DIVERGED])}" + (f" ({rates})" if rates else "")
 
 
 def _finite(value: Any) -> bool:

@@ -1,17 +1,28 @@
-"""One sweep trial: a Tune function trainable that fits the trial's Ray Train run (the Ray 2.60 pattern).
+"""One sweep trial: a Tune function trainable, running the training loop by the spec's runner.
 
-Train workers report every evaluation; `TrialReport` forwards rank 0's metrics to Tune (so ASHA can stop
-the trial mid-training) except a divergence notice, which ends the trial as an error. The Train run is
-named after the Tune trial, so a trial that `deptune sweep --resume` restarts continues from its latest
-checkpoint instead of starting over.
+- `tune` (one worker, the default): the loop runs inside the Tune trial actor, behind a `TuneSession`.
+  Tune reuses the actor for the next trial, so imports, the frozen backbone and the tokenised data
+  (`train.cache.PROCESS_CACHE`) are paid once per actor, not once per trial. Every evaluation is a
+  `tune.report` with its checkpoint; a restarted trial resumes from `tune.get_checkpoint()`.
+- `train` (several workers, DDP): the trial fits a Ray Train run (the Ray 2.60 pattern); its workers
+  report every evaluation and `TrialReport` forwards rank 0's metrics to Tune. The Train run is named
+  after the Tune trial, so a trial that `--resume` restarts continues from its latest checkpoint.
+
+Either way ASHA can stop the trial at any evaluation, and a divergence (a non-finite loss) ends it with a
+final `diverged_at_step` result that the searcher records as a failure, not retried.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
+import torch
 from ray import tune
+from ray.tune import Checkpoint
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from deptune.methods.registry import Method, restore
@@ -19,6 +30,8 @@ from deptune.train.spec import RunSpec
 from deptune.sweep.config import SEARCH_KEYS, SweepSpec
 from deptune.tracking.trial import TrackerHook, TrialTracking
 from deptune.cluster.trainer import build_trainer, diverged_at_step, training_error
+from deptune.train.cache import PROCESS_CACHE, release_trial_memory
+from deptune.train.loop import train
 
 OPTUNA_TRIAL_KEY = "optuna_trial"  # added to each config by the searcher: the study's trial number
 
@@ -31,6 +44,37 @@ def trial_run(spec: SweepSpec, params: dict[str, Any]) -> RunSpec:
     train = {k: v for k, v in params.items() if k in type(base.train).model_fields and k not in method}
     return base.model_copy(update={"method": base.method.model_copy(update=method),
                                    "train": base.train.model_copy(update=train)})
+
+
+DIVERGED = "diverged_at_step"
+
+
+class TuneSession:
+    """The loop's session inside a Tune trial actor: rank 0 of 1, on the actor's (fractional) GPU if it has
+    one; each evaluation goes to rank 0's hook (the MLflow child run), then to Tune with its checkpoint."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, device: torch.device, on_report: Callable[[dict, Path | None], None] | None) -> None:
+        self.device, self.on_report = device, on_report
+
+    def restore_dir(self) -> Path | None:
+        checkpoint = tune.get_checkpoint()
+        return Path(checkpoint.to_directory()) if checkpoint else None
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None, improved: bool) -> None:
+        if self.on_report is not None and DIVERGED not in metrics:
+            self.on_report(metrics, checkpoint_dir if improved else None)
+        checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)  # ASHA may stop the trial here: the thread ends in it
+
+
+def actor_device(run: RunSpec) -> torch.device:
+    """The actor's GPU (Ray sets CUDA_VISIBLE_DEVICES to what the trial was given), else the CPU."""
+    if run.train.device != "cpu" and ray.get_gpu_ids() and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
 
 
 class TrialReport(TuneReportCallback):
@@ -47,11 +91,25 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, methods: dict[str, Method
     run = trial_run(spec, {k: v for k, v in config.items() if k in SEARCH_KEYS})
     trial_id = tune.get_context().get_trial_id()
     hook = TrackerHook(tracking, trial_id, config.get(OPTUNA_TRIAL_KEY)) if tracking else None
+    if run.resources.trial_runner == "tune":
+        _train_in_actor(run, hook)
+        return
     trainer = build_trainer(run, name=trial_id, storage=train_storage, callbacks=[TrialReport()], rank0_hook=hook)
     try:
         result = trainer.fit()
     except (ray.train.ControllerError, ray.train.WorkerGroupError) as exc:
         raise training_error(run, exc) from None
     if (step := diverged_at_step(result)) is not None:
-        raise FloatingPointError(f"training diverged: non-finite loss at step {step} "
-                                 f"(lr_prompt={run.train.lr_prompt:g}, lr_lowrank={run.train.lr_lowrank:g})")
+        tune.report({"step": float(step), DIVERGED: float(step)})
+
+
+def _train_in_actor(run: RunSpec, hook: TrackerHook | None) -> None:
+    """The loop in this actor, on the process's cached backbone and data; memory of the trial's own
+    tensors is given back when it ends (however it ends: finished, stopped by ASHA, diverged)."""
+    device = actor_device(run)
+    session = TuneSession(device, hook(run) if hook else None)
+    try:
+        train(run, session=session, cache=PROCESS_CACHE)  # a divergence is reported by the loop itself
+    finally:
+        del session
+        release_trial_memory(device)

@@ -16,6 +16,11 @@ class ResourcesConfig(StrictModel):
     workers: PositiveInt = Field(1, description="Ray Train workers (DDP ranks)")
     cpus_per_worker: PositiveFloat = 1.0
     gpus_per_worker: NonNegativeFloat = Field(0.0, description="0: CPU (gloo); fractions share a GPU (one worker)")
+    runner: Literal["auto", "tune", "train"] = Field(
+        "auto", description="where a sweep trial trains: tune = inside its Ray Tune trial actor (one worker; the "
+                            "actor, its imports, the frozen backbone and the tokenised data are reused by the next "
+                            "trial), train = a Ray Train run (DDP over `workers`); auto = tune for one worker, "
+                            "train for several")
     wait_for_autoscaler: bool = Field(False, description="when the cluster is too small, wait for new nodes "
                                                          "(bounded by Ray's worker-group start timeout) instead "
                                                          "of failing at once")
@@ -23,6 +28,20 @@ class ResourcesConfig(StrictModel):
     @property
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
+
+    @property
+    def trial_runner(self) -> Literal["tune", "train"]:
+        """The runner `auto` resolves to."""
+        if self.runner != "auto":
+            return self.runner
+        return "tune" if self.workers == 1 else "train"
+
+    @model_validator(mode="after")
+    def _tune_runs_one_worker(self) -> "ResourcesConfig":
+        if self.runner == "tune" and self.workers > 1:
+            raise ValueError(f"resources.runner: tune trains in the trial actor, one worker; workers={self.workers} "
+                             f"needs runner train (or auto)")
+        return self
 
     @model_validator(mode="after")
     def _fractional_gpus_need_one_worker(self) -> "ResourcesConfig":
@@ -54,7 +73,8 @@ class TrainConfig(StrictModel):
     evaluate_test: bool = Field(True, description="score the best adapter on the test split at the end")
     micro_batch_size: PositiveInt | None = Field(
         None, description="most examples per forward on one worker; more are accumulated (default: no limit)")
-    max_failures: int = Field(2, ge=-1, description="Ray Train restarts after a worker dies (-1: unlimited)")
+    max_failures: int = Field(2, ge=-1, description="restarts from the last checkpoint after a Ray Train worker or a "
+                                                    "trial's Tune actor dies (-1: unlimited)")
     keep_checkpoints: PositiveInt = Field(2, description="best checkpoints kept by objective (the latest is also kept)")
     storage_path: str | None = Field(None, description="Ray Train storage (shared or s3:// on a multi-node cluster); "
                                                         "default: <output_dir>/ray")

@@ -32,6 +32,7 @@ from deptune.tasks.base import Task
 from deptune.tasks.registry import get_task
 from deptune.tasks.loading import load_splits
 from deptune.train.checkpoint import Progress, load_checkpoint, rng_state, save_checkpoint
+from deptune.train.cache import ProcessCache, Shared
 from deptune.train.config import TrainConfig
 from deptune.train.data import Encoded, GlobalBatches, encode, train_batch
 from deptune.train.evaluate import evaluate
@@ -79,7 +80,19 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session | None = None) -> TrainResult:
+def _load(spec: RunSpec, task: Task, device: torch.device, cache: ProcessCache | None) -> Shared:
+    """The backbone and data: from the process's cache (a reused trial actor) or loaded for this run."""
+    num_labels = max(1, len(task.label_names))
+    if cache is not None:
+        return cache.checkout(spec.backbone, spec.task, num_labels, spec.train.seed, device)
+    splits = load_splits(spec.task)  # bad data fails here, before the backbone is loaded
+    backbone = load_backbone(spec.backbone, num_labels=num_labels)
+    return Shared(splits, backbone, (), {})
+
+
+def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session | None = None,
+          cache: ProcessCache | None = None) -> TrainResult:
+    """Train one run; `cache` (a reused Tune trial actor's) supplies the frozen backbone and the data."""
     cfg = spec.train
     session = session or LocalSession(cfg.output_dir, resolve_device(cfg), reporter)
     rank, world, device = session.rank, session.world_size, session.device
@@ -87,17 +100,18 @@ def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session |
         raise ValueError(f"train.batch_size ({cfg.batch_size}) must be divisible by resources.workers ({world})")
     seed_everything(cfg.seed)  # the same head and adapter init on every rank
     task = get_task(spec.task.name)
-    splits = load_splits(spec.task)  # bad data fails here, before the backbone is loaded
+    shared = _load(spec, task, device, cache)
+    splits, backbone = shared.splits, shared.backbone
     sizes = {"examples_train": len(splits.train), "examples_validation": len(splits.validation),
              "examples_test": len(splits.test)}
     if rank == 0:
         print("[data] " + " ".join(f"{k.removeprefix('examples_')}={v}" for k, v in sizes.items()), flush=True)
-    backbone = load_backbone(spec.backbone, num_labels=max(1, len(task.label_names)))
     model = build_model(backbone, spec.method).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     broadcast_parameters(trainable)
     s = model.config.max_length
-    val_items = encode(splits.validation, backbone, task, s, cfg.max_target_length)
+    train_items = shared.split("train", task, s, cfg.max_target_length)
+    val_items = shared.split("validation", task, s, cfg.max_target_length).all()
     batches = GlobalBatches(len(splits.train), cfg.batch_size, cfg.seed)
     optimizer = make_optimizer(model, cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
@@ -112,8 +126,7 @@ def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session |
     model.train()
     for step in range(progress.step + 1, cfg.steps + 1):
         window.start()
-        examples = [splits.train[i] for i in batches.indices(step - 1, rank, world)]  # this rank's shard only
-        items = encode(examples, backbone, task, s, cfg.max_target_length)
+        items = train_items.take(batches.indices(step - 1, rank, world))  # this rank's shard only
         loss, tokens = _train_step(model, forward, backbone, task, items, optimizer, scheduler, cfg, device, autocast)
         if not math.isfinite(loss):  # the same on every rank (all-reduced); retrying would diverge again
             session.report({"step": float(step), "diverged_at_step": float(step)}, None, False)
@@ -135,7 +148,8 @@ def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session |
                   "best_objective": progress.best_objective, "best_step": float(progress.best_step),
                   **{k: float(v) for k, v in sizes.items()}}
         if step == cfg.steps and cfg.evaluate_test and splits.test:
-            report.update({f"test_{k}": v for k, v in _score_best(model, backbone, task, splits.test, progress,
+            test_items = shared.split("test", task, s, cfg.max_target_length).all()
+            report.update({f"test_{k}": v for k, v in _score_best(model, backbone, task, test_items, progress,
                                                                   cfg, device, autocast).items()})
         history.append(report)
         _checkpoint_and_report(session, report, improved, model, optimizer, scheduler, progress, backbone, task)
@@ -178,12 +192,11 @@ def dataset_tokens(batch: dict[str, torch.Tensor], family: str) -> int:
     return tokens
 
 
-def _score_best(model: PromptModel, backbone: Backbone, task: Task, examples, progress: Progress, cfg: TrainConfig,
-                device: torch.device, autocast) -> dict[str, float]:
+def _score_best(model: PromptModel, backbone: Backbone, task: Task, items: list[Encoded], progress: Progress,
+                cfg: TrainConfig, device: torch.device, autocast) -> dict[str, float]:
     """Test metrics of the best adapter; the current tensors are put back (the checkpoint must hold them)."""
     tensors = model.adapter_tensors()
     current = {k: v.detach().clone() for k, v in tensors.items()}
-    items = encode(examples, backbone, task, model.config.max_length, cfg.max_target_length)
     with torch.no_grad():
         for key, param in tensors.items():
             param.copy_(progress.best_adapter[key])
