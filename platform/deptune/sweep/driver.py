@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import ray
 from optuna.trial import FrozenTrial
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -170,9 +171,21 @@ class _GracefulStop:
             signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
 
 
+def _ship_methods() -> dict:
+    """The registered methods, for trial processes; a method defined outside an installed package (a
+    test module, a notebook) travels by value, since a trial's process cannot import its module."""
+    registered = snapshot()
+    for method in registered.values():
+        for cls in (method.config, method.model):
+            module = getattr(cls, "__module__", "")
+            if isinstance(cls, type) and not module.startswith("deptune.") and module in sys.modules:
+                ray.cloudpickle.register_pickle_by_value(sys.modules[module])
+    return registered
+
+
 def _trainable(spec: SweepSpec, execution: Execution, storage: str, tracking: TrialTracking):
     train_storage = os.path.join(storage, f"{execution.name}-train")
-    fn = tune.with_parameters(run_trial, spec=spec, methods=snapshot(), train_storage=train_storage,
+    fn = tune.with_parameters(run_trial, spec=spec, methods=_ship_methods(), train_storage=train_storage,
                               tracking=tracking)
     res = spec.resources
     if res.trial_runner == "tune":  # the actor is the trial's one worker
