@@ -1,11 +1,14 @@
-"""What a trial costs on top of its training: the same trials run by `deptune sweep` (Ray Tune + Optuna,
-each trial a Ray Train run) and by a plain in-process Optuna loop, side by side in one run.
+"""What a trial costs on top of its training: the same trials run by a plain in-process Optuna loop, by
+`deptune sweep` with `resources.runner: tune` (each trial in its reused Tune actor) and with
+`runner: train` (each trial a Ray Train run), side by side in one run.
 
-    .venv/bin/python benchmarks/sweep_overhead.py [--trials 4] [--steps 40] [--concurrent 1]
+    .venv/bin/python benchmarks/sweep_overhead.py [--trials 8] [--steps 40] [--concurrent 1]
 
-Both runs evaluate the same enqueued configurations in the same order (FIFO, no early stopping), so the
-difference is the platform: per-trial fixed cost = (sweep wall - in-process wall) / trials, and the useful
-fraction = in-process training seconds / sweep wall. Runs a local Ray on 127.0.0.1 only.
+All runs evaluate the same enqueued configurations in the same order (FIFO, no early stopping), so the
+difference is the platform: fixed cost per trial = (wall - training seconds of the plain loop) / trials,
+useful fraction = training seconds / wall. The sweeps include everything `deptune sweep` does (MLflow
+child runs, the parent's plots and leaderboard, registering the best adapter); the local Ray's start is
+shown apart (once per cluster, not per sweep). Runs a local Ray on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ from rich.table import Table  # noqa: E402
 
 from deptune.specs import parse_spec  # noqa: E402
 from deptune.sweep.config import SweepSpec  # noqa: E402
-from deptune.backbones import hidden_size
+from deptune.backbones import hidden_size  # noqa: E402
 from deptune.sweep.space import plan_search  # noqa: E402
 from deptune.sweep.trainable import trial_run  # noqa: E402
 
 
-def spec_for(out: Path, trials: int, steps: int, concurrent: int) -> SweepSpec:
+def spec_for(out: Path, trials: int, steps: int, concurrent: int, runner: str = "tune") -> SweepSpec:
     points = [{"prompt_length": m, "lr_prompt": 0.3, "lr_lowrank": 5e-3} for m in (4, 6, 8, 10, 12, 2)][:trials]
     points += [points[-1]] * (trials - len(points))
     return parse_spec({
@@ -42,7 +45,8 @@ def spec_for(out: Path, trials: int, steps: int, concurrent: int) -> SweepSpec:
         "search": {"prompt_length": {"low": 2, "high": 14, "step": 2}},
         "train": {"steps": steps, "batch_size": 32, "eval_every": max(steps // 4, 1), "warmup_steps": 2,
                   "lr_head": 0.01, "output_dir": str(out), "evaluate_test": False},
-        "resources": {"workers": 1, "cpus_per_worker": 2.0 - 0.25 if concurrent == 1 else 0.75},
+        "resources": {"workers": 1, "runner": runner,
+                      "cpus_per_worker": (2.0 if runner == "tune" else 1.75) / concurrent - (0 if concurrent == 1 else 0.25)},
         "sweep": {"trials": trials, "max_concurrent": concurrent, "driver_cpus": 0.25, "enqueue": points,
                   "scheduler": {"name": "fifo"}},
         "study": {"name": "overhead"},
@@ -72,16 +76,20 @@ def in_process(spec: SweepSpec) -> tuple[float, list[float]]:
     return time.perf_counter() - started, seconds
 
 
-def on_ray(spec: SweepSpec) -> tuple[float, float]:
+def on_ray(specs: list[SweepSpec]) -> tuple[list[float], float]:
+    """Each spec's sweep on one local Ray; the walls, and how long Ray took to start."""
     import ray
     from deptune.sweep.driver import run_sweep
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
     ray_start = time.perf_counter() - t0
+    walls = []
     try:
-        started = time.perf_counter()
-        run_sweep(spec)
-        return time.perf_counter() - started, ray_start
+        for spec in specs:
+            started = time.perf_counter()
+            run_sweep(spec)
+            walls.append(time.perf_counter() - started)
+        return walls, ray_start
     finally:
         ray.shutdown()
 
@@ -117,31 +125,36 @@ def process_start_costs(repeats: int = 2) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--concurrent", type=int, default=1)
+    parser.add_argument("--runners", default="tune,train", help="comma-separated: tune, train")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    runners = [r for r in args.runners.split(",") if r]
     with tempfile.TemporaryDirectory(prefix="deptune-overhead-") as tmp:
-        spec = spec_for(Path(tmp), args.trials, args.steps, args.concurrent)
-        plain_wall, train_seconds = in_process(spec)
-        sweep_wall, ray_start = on_ray(spec)
+        plain_wall, train_seconds = in_process(spec_for(Path(tmp) / "plain", args.trials, args.steps, 1))
+        specs = [spec_for(Path(tmp) / r, args.trials, args.steps, args.concurrent, r) for r in runners]
+        walls, ray_start = on_ray(specs)
     useful = sum(train_seconds)
     table = Table(title=f"{args.trials} trials x {args.steps} steps (tiny-bert, synthetic), "
                         f"{args.concurrent} at a time, 2-CPU box")
-    for column in ("runner", "wall s", "per trial s", "fixed cost per trial s", "useful fraction"):
+    for column in ("runner", "wall s", "per trial s", "fixed cost per trial s", "useful fraction", "vs plain"):
         table.add_column(column, justify="right")
-    table.add_row("in-process Optuna loop", f"{plain_wall:.1f}", f"{plain_wall / args.trials:.1f}",
-                  f"{(plain_wall - useful) / args.trials:.1f}", f"{useful / plain_wall:.0%}")
-    table.add_row("deptune sweep (Tune+Train)", f"{sweep_wall:.1f}", f"{sweep_wall / args.trials:.1f}",
-                  f"{(sweep_wall - useful) / args.trials:.1f}", f"{useful / sweep_wall:.0%}")
+    for name, wall in [("in-process Optuna loop", plain_wall)] + [(f"deptune sweep, runner: {r}", w)
+                                                                  for r, w in zip(runners, walls)]:
+        table.add_row(name, f"{wall:.1f}", f"{wall / args.trials:.2f}", f"{(wall - useful) / args.trials:.2f}",
+                      f"{useful / wall:.0%}", f"{wall / plain_wall:.2f}x")
     console = Console(width=140)
     console.print(table)
-    print(f"training inside the loop: {useful:.1f} s in all; local Ray start (once per sweep, not counted "
-          f"above): {ray_start:.1f} s; sweep / in-process wall: {sweep_wall / plain_wall:.2f}x")
+    print(f"training inside the plain loop: {useful:.1f} s in all ({useful / args.trials:.2f} s a trial); "
+          f"local Ray start (once per cluster, not counted above): {ray_start:.1f} s")
+    if "train" not in runners:
+        return
     costs = process_start_costs()
-    where = Table(title="where a trial's fixed cost goes: the fresh processes one trial starts, each paying "
-                        "interpreter start + imports (measured here, one at a time)")
+    where = Table(title="where a runner: train trial's fixed cost goes: the fresh processes it starts, each "
+                        "paying interpreter start + imports (measured here, one at a time); runner: tune pays "
+                        "its actor's once per actor")
     where.add_column("process (one per trial unless noted)")
     where.add_column("start + imports s", justify="right")
     for kind, seconds in costs.items():

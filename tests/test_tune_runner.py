@@ -1,0 +1,163 @@
+"""`resources.runner: tune`: a one-worker trial trains inside its Tune trial actor, which Tune reuses for
+the next trial, on a per-process cache of the frozen backbone and the tokenised data.
+
+In-process (no Ray): a cached trial is the same trial a fresh process runs, the frozen weights never
+change, an encoder's head starts each trial afresh. On a real local Ray: trials share one actor (one
+backbone load), ASHA stops a trial mid-training and the next trial reuses its actor, and a trial whose
+actor is SIGKILLed resumes from its checkpoint and finishes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from optuna.trial import TrialState
+
+from deptune.specs import parse_spec
+from deptune.sweep.config import SweepSpec
+from deptune.sweep.driver import run_sweep
+from deptune.sweep.study import load_study, open_storage, storage_url
+from deptune.sweep.trainable import trial_run
+from deptune.train.cache import ProcessCache, frozen_digest
+from deptune.train.loop import train
+from deptune.train.session import LocalSession
+
+TRIAL = {"prompt_length": 4, "lr_prompt": 0.3, "lr_lowrank": 5e-3}
+
+
+def spec(tmp_path: Path, *, steps: int = 12, trials: int = 2, enqueue: list | None = None, scheduler=None,
+         backbone: str = "tiny-bert", **resources) -> SweepSpec:
+    return parse_spec({
+        "backbone": {"name": backbone, "tiny": {"hidden_size": 32, "max_positions": 64}},  # dropout on
+        "task": {"name": "synthetic", "synthetic_size": 300},
+        "method": {"name": "dept", "prompt_length": 4, "budget": 8, "max_length": 24},
+        "search": {"prompt_length": {"low": 2, "high": 6, "step": 2}},
+        "train": {"steps": steps, "batch_size": 16, "eval_every": 4, "warmup_steps": 1, "lr_head": 0.05,
+                  "output_dir": str(tmp_path), "evaluate_test": False},
+        "resources": {"workers": 1, "cpus_per_worker": 1.0, **resources},
+        "sweep": {"trials": trials, "startup_trials": 1, "max_concurrent": 1,
+                  "scheduler": scheduler or {"name": "fifo"}, "enqueue": enqueue or []},
+        "study": {"name": "runner"},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_best": False},
+    }, kind=SweepSpec)
+
+
+def curve(result) -> list[tuple]:
+    return [(r["step"], r["objective"], r["eval_f1"], round(r["train_loss"], 4)) for r in result.history]
+
+
+# ----- the cache, in this process ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-t5"])
+def test_a_cached_trial_is_the_trial_a_fresh_process_runs(tmp_path, backbone):
+    sweep = spec(tmp_path, backbone=backbone)
+    first = trial_run(sweep, {"prompt_length": 2, "lr_prompt": 0.1, "lr_lowrank": 1e-3})
+    second = trial_run(sweep, TRIAL)
+    quiet = lambda *_: None  # noqa: E731
+    alone = train(second, session=LocalSession(tmp_path / "alone", torch.device("cpu"), quiet))
+    cache = ProcessCache()
+    train(first, session=LocalSession(tmp_path / "a", torch.device("cpu"), quiet), cache=cache)
+    digest = frozen_digest(cache.checkout(sweep.backbone, sweep.task, 2, sweep.train.seed, torch.device("cpu")).backbone)
+    reused = train(second, session=LocalSession(tmp_path / "b", torch.device("cpu"), quiet), cache=cache)
+    assert cache.loads == 1  # one backbone load for both trials
+    assert curve(reused) == curve(alone)  # same metrics, same losses: same init, same dropout
+    shared = cache.checkout(sweep.backbone, sweep.task, 2, sweep.train.seed, torch.device("cpu"))
+    assert frozen_digest(shared.backbone) == digest  # the frozen weights were never written
+    for name, param in shared.backbone.model.named_parameters():  # the head is back at its initial values
+        assert not param.requires_grad and param.grad is None
+        if name in shared.head:
+            torch.testing.assert_close(param, shared.head[name], rtol=0, atol=0)
+
+
+def test_a_different_backbone_or_task_is_loaded_afresh(tmp_path):
+    cache = ProcessCache()
+    sweep = spec(tmp_path)
+    cpu = torch.device("cpu")
+    one = cache.checkout(sweep.backbone, sweep.task, 2, 42, cpu)
+    assert cache.checkout(sweep.backbone, sweep.task, 2, 42, cpu) is one and cache.loads == 1
+    other_task = sweep.task.model_copy(update={"synthetic_size": 200})
+    assert cache.checkout(sweep.backbone, other_task, 2, 42, cpu) is not one and cache.loads == 2
+    other_seed = cache.checkout(sweep.backbone, other_task, 2, 7, cpu)
+    assert cache.loads == 3 and other_seed.splits.train
+
+
+# ----- on Ray -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
+    yield
+    ray.shutdown()
+
+
+def tune_results(sweep: SweepSpec, execution_name: str) -> dict[str, list[dict]]:
+    root = Path(sweep.train.ray_storage()) / execution_name
+    return {p.parent.name: [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            for p in root.glob("*/result.json")}
+
+
+@pytest.mark.slow
+def test_trials_share_one_actor_and_memory_does_not_grow(ray_cluster, tmp_path):
+    points = [{"prompt_length": m, "lr_prompt": 0.3, "lr_lowrank": 5e-3} for m in (2, 4, 6, 4)]
+    sweep = spec(tmp_path, trials=4, enqueue=points)
+    outcome = run_sweep(sweep)
+    results = tune_results(sweep, outcome.execution.name)
+    assert len(results) == 4
+    assert len({r["pid"] for rows in results.values() for r in rows}) == 1  # one actor ran every trial
+    by_start = sorted(results.values(), key=lambda rows: rows[0]["timestamp"])
+    peaks = [rows[-1]["peak_memory_mb"] for rows in by_start]
+    assert peaks[-1] <= peaks[1] * 1.05 + 16, peaks  # trial 2 onwards: no growth beyond noise
+    states = [t.state for t in load_study(sweep, open_storage(storage_url(sweep))).get_trials()]
+    assert states == [TrialState.COMPLETE] * 4
+
+
+@pytest.mark.slow
+def test_asha_stops_a_trial_mid_training_and_the_next_trial_reuses_its_actor(ray_cluster, tmp_path):
+    good = {"prompt_length": 4, "lr_prompt": 0.5, "lr_lowrank": 1e-2}
+    still = {"prompt_length": 4, "lr_prompt": 1e-9, "lr_lowrank": 1e-9}  # learns nothing
+    sweep = spec(tmp_path, steps=24, trials=3, enqueue=[good, still, good],
+                 scheduler={"name": "asha", "grace_period": 8, "reduction_factor": 2})
+    outcome = run_sweep(sweep)
+    trials = load_study(sweep, open_storage(storage_url(sweep))).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    assert max(trials[1].intermediate_values) < 24
+    results = tune_results(sweep, outcome.execution.name)
+    assert len({rows[0]["pid"] for rows in results.values()}) == 1  # the stopped trial's actor ran the next
+
+
+@pytest.mark.slow
+def test_a_trial_whose_actor_is_killed_resumes_from_its_checkpoint(ray_cluster, tmp_path):
+    sweep = spec(tmp_path, steps=40, trials=1, enqueue=[TRIAL])
+    root = Path(sweep.train.ray_storage())
+    killed: list[int] = []
+
+    def kill_after_step_12() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            for path in root.glob("*/*/result.json"):
+                rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+                if rows and rows[-1].get("step", 0) >= 12:
+                    os.kill(rows[-1]["pid"], signal.SIGKILL)
+                    killed.append(rows[-1]["pid"])
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_after_step_12, daemon=True)
+    killer.start()
+    outcome = run_sweep(sweep)
+    killer.join(timeout=5)
+    assert killed, "the trial never reported step 12"
+    (trial,) = load_study(sweep, open_storage(storage_url(sweep))).get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["last_step"] == 40
+    assert sorted(trial.intermediate_values) == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
+    rows = next(iter(tune_results(sweep, outcome.execution.name).values()))
+    assert rows[-1]["step"] == 40 and rows[-1]["pid"] != killed[0]  # finished in a new actor
+    resumed_from = [r["step"] for r in rows if r["pid"] != killed[0]][0]
+    assert 12 < resumed_from <= 20  # from the step-12 (or step-16) checkpoint, not from the start
