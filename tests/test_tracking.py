@@ -29,7 +29,7 @@ from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.driver import run_sweep
 from deptune.methods.record import read_record
-from deptune.tracking import registry
+from deptune.registry import promotion as registry
 from deptune.tracking.sources import localize_sources
 from deptune.tracking.journal import RunJournal, flush_all
 
