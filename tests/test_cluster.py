@@ -32,13 +32,14 @@ TINY = {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64, "d
 MODEL = "deptune-synthetic-dept"
 
 
-def tiny_spec(output_dir: Path, study: str, trials: int, max_concurrent: int, tracking_uri: str | None) -> dict:
+def tiny_spec(output_dir: Path, study: str, trials: int, max_concurrent: int, tracking_uri: str | None,
+              steps: int = 12) -> dict:
     spec = {
         "backbone": TINY,
         "task": {"name": "synthetic", "synthetic_size": 300},
         "method": {"name": "dept", "budget": 12, "max_length": 32},
         "search": {"prompt_length": {"low": 2, "high": 10, "step": 2}},
-        "train": {"steps": 12, "batch_size": 16, "eval_every": 4, "warmup_steps": 2, "lr_head": 0.01,
+        "train": {"steps": steps, "batch_size": 16, "eval_every": max(steps // 3, 1), "warmup_steps": 2, "lr_head": 0.01,
                   "output_dir": str(output_dir), "evaluate_test": False},
         "resources": {"workers": 1, "cpus_per_worker": 0.75},
         "sweep": {"trials": trials, "max_concurrent": max_concurrent, "driver_cpus": 0.25,
@@ -197,7 +198,8 @@ def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(tmp_path
     job_dir = tmp_path / "job"  # the job's --working-dir: only the spec
     job_dir.mkdir()
     (job_dir / "nightly.yaml").write_text(yaml.safe_dump(
-        tiny_spec(tmp_path / "run", "nightly", trials=2, max_concurrent=1, tracking_uri=None)))
+        # trials long enough (seconds, in a reused actor) that B and `ray job stop` arrive while they run
+        tiny_spec(tmp_path / "run", "nightly", trials=2, max_concurrent=1, tracking_uri=None, steps=300)))
     study_url = f"sqlite:///{tmp_path / 'study' / 'study.db'}"
     with local_cluster(tmp_path, num_cpus=2) as cluster:
         runtime_env = {"env_vars": {
