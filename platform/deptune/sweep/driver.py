@@ -28,7 +28,7 @@ from deptune.cluster.fit import check_fits
 from deptune.cluster.local import connect
 from deptune.methods.registry import snapshot
 from deptune.registry.promotion import LOCK_ENV
-from deptune.spec_base import SpecError, absolute_paths
+from deptune.spec_base import SpecError, absolute_paths, redact
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.searcher import FailureReasons, StudySearcher
 from deptune.sweep.space import SearchPlan, plan_search
@@ -95,7 +95,7 @@ def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False, add
             return _run_execution(spec, source, resume, address, plan, url, tracking_uri, storage_db, study)
     except locks.LockHeld:
         raise SweepLocked(f"another execution of study {study.study_name!r} is running (its lock is held in "
-                          f"{lock_url.split('@')[-1]}); this one did not start") from None
+                          f"{redact(lock_url)}); this one did not start") from None
 
 
 def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | None, plan: SearchPlan, url: str,
