@@ -208,7 +208,9 @@ def _positions(spec: RunSpec, config: dict | None) -> list[str]:
     total = prompt + spec.method.max_length + answer
     if total <= limit:
         return []
-    key = "search.prompt_length.high" if prompt != spec.method.prompt_length else "method.max_length"
+    alone_too_long = spec.method.max_length + answer + 1 > limit  # even a 1-token prompt would not fit
+    key = "search.prompt_length.high" if prompt != spec.method.prompt_length and not alone_too_long \
+        else "method.max_length"
     return [f"{key}: prompt ({prompt}) + method.max_length ({spec.method.max_length})"
             + (f" + train.max_target_length ({answer})" if answer else "")
             + f" = {total} positions, but {spec.backbone.name} has {limit}; shorten the prompt or max_length"]
