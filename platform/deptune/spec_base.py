@@ -12,6 +12,7 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationInfo, field_validator,
                       model_validator)
@@ -22,7 +23,8 @@ MASK = "***"
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*):(?P<password>[^\s/'\"]*)@")
 _QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_?key|access_?key|"
                            r"sslpassword)=)[^&;#\s'\"]+")
-SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "RAY_AUTH_TOKEN", "MLFLOW_AUTH_ADMIN_PASSWORD")
+SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "RAY_AUTH_TOKEN", "MLFLOW_AUTH_ADMIN_PASSWORD",
+              "PGPASSWORD")
 """Environment variables whose values are secrets wherever they turn up."""
 
 
@@ -37,6 +39,19 @@ def redact(text: str) -> str:
         if len(secret := os.environ.get(name, "")) >= 4:
             text = text.replace(secret, MASK)
     return text
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """(`url` without its password, user, password): the password, when there is one, is for the
+    environment (MLFLOW_TRACKING_PASSWORD, PGPASSWORD), never for data that is pickled or stored. An
+    http(s) URL loses its user too (basic auth comes from the environment); a database URL keeps it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, parts.username, None
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.netloc.rpartition("@")[0].split(":", 1)[0]
+    keep = f"{user}@" if user and parts.scheme not in ("http", "https") else ""
+    return urlunsplit(parts._replace(netloc=keep + host)), unquote(user), unquote(parts.password)
 
 
 def redact_logs() -> None:
