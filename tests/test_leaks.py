@@ -30,8 +30,6 @@ from sqlalchemy.engine import make_url
 
 from local_cluster import free_ports, group_pids
 
-pytestmark = pytest.mark.slow
-
 PG_ENV = "DEPTUNE_TEST_POSTGRES_URL"
 USER = "deptune"
 
@@ -107,6 +105,7 @@ def _spec(tmp: Path, study_url: str, tracking_uri: str) -> dict:
             "tracking": {"uri": tracking_uri, "registered_model": f"leaks-{secrets.token_hex(4)}"}}
 
 
+@pytest.mark.slow
 def test_a_sweep_with_passwords_in_both_urls_leaves_them_nowhere(tmp_path):
     if not os.environ.get(PG_ENV):
         pytest.skip(f"{PG_ENV} is not set (CI sets it to the PostgreSQL server on 127.0.0.1:5432, trust auth)")
@@ -187,3 +186,77 @@ def _exists(spec: dict, url: str) -> bool:
         return any(s.study_name == spec["study"]["name"] for s in optuna.get_all_study_summaries(url))
     except Exception:  # noqa: BLE001 -- cleanup only
         return False
+
+
+# ----- the pieces, without Ray ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("postgresql://optuna:hunter2@db:5432/deptune", "postgresql://optuna:***@db:5432/deptune"),
+    ("postgresql+psycopg://u:p@ss@db/x?options=-csearch_path%3Doptuna", "postgresql+psycopg://u:***@db/x?options="),
+    ("MLflow at http://alice:S3cr3tPW@127.0.0.1:1 cannot be reached", "MLflow at http://alice:***@127.0.0.1:1 cannot"),
+    ("study: {storage: 'mysql://root:pw@h/db'}\n", "study: {storage: 'mysql://root:***@h/db'}\n"),
+    ("https://h/api?user=a&password=hunter2&x=1", "https://h/api?user=a&password=***&x=1"),
+    ("sqlite:////tmp/study.db and http://127.0.0.1:5000", "sqlite:////tmp/study.db and http://127.0.0.1:5000"),
+])
+def test_redact_masks_every_url_password_and_secret_query_value(text, shown):
+    from deptune.spec_base import redact
+    masked = redact(text)
+    assert masked.startswith(shown) and "hunter2" not in masked and "S3cr3tPW" not in masked
+    assert ":p@" not in masked and "pw@" not in masked
+
+
+def test_redact_masks_secret_environment_values(monkeypatch):
+    from deptune.spec_base import redact
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "env-secret-123")
+    assert redact("request failed: Basic env-secret-123 refused") == "request failed: Basic *** refused"
+
+
+def test_log_records_are_redacted_when_made(caplog):
+    import logging
+    from deptune.spec_base import redact_logs
+    redact_logs()
+    redact_logs()  # idempotent
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("mlflow.whatever").warning("cannot reach %s", "http://u:hunter2@127.0.0.1:9")
+    assert caplog.messages == ["cannot reach http://u:***@127.0.0.1:9"]
+
+
+def test_split_credentials_keeps_the_database_user_and_drops_http_userinfo():
+    from deptune.spec_base import split_credentials
+    assert split_credentials("postgresql+psycopg://pg:S%40cret@127.0.0.1:5432/test") == (
+        "postgresql+psycopg://pg@127.0.0.1:5432/test", "pg", "S@cret")
+    assert split_credentials("http://alice:pw@127.0.0.1:5000/") == ("http://127.0.0.1:5000/", "alice", "pw")
+    assert split_credentials("sqlite:////tmp/x.db") == ("sqlite:////tmp/x.db", None, None)
+
+
+def test_the_local_ray_token_is_created_private_and_an_existing_one_made_private(tmp_path, monkeypatch):
+    from deptune.cluster.local import private_ray_token
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = private_ray_token()
+    assert path == tmp_path / ".ray" / "auth_token" and len(path.read_text()) == 64
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    token = path.read_text()
+    path.chmod(0o644)
+    assert private_ray_token() == path and path.read_text() == token and path.stat().st_mode & 0o777 == 0o600
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert private_ray_token() is None
+
+
+def test_the_reachability_check_of_a_sqlite_store_creates_nothing(tmp_path):
+    from deptune.spec_base import SpecError
+    from deptune.tracking.store import check_reachable
+    check_reachable(f"sqlite:///{tmp_path}/new/mlflow.db", "spec.yaml")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SpecError, match="tracking.uri: .* is a file"):
+        check_reachable(f"sqlite:///{tmp_path}/file/mlflow.db", "spec.yaml")
+
+
+def test_an_unreachable_server_is_reported_with_its_password_masked():
+    from deptune.spec_base import SpecError
+    from deptune.tracking.store import check_reachable
+    with pytest.raises(SpecError) as error:
+        check_reachable("http://alice:S3cr3tPW@127.0.0.1:9", "spec.yaml")
+    assert "S3cr3tPW" not in str(error.value) and "http://alice:***@127.0.0.1:9" in str(error.value)
