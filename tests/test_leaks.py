@@ -42,7 +42,8 @@ def _start_mlflow(folder: Path, password: str) -> tuple[subprocess.Popen, str]:
                       f"admin_username = {USER}\nadmin_password = {password}\n"
                       f"authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     port = free_ports(1)[0]
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config),
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
     mlflow = str(Path(sys.executable).parent / "mlflow")
     server = subprocess.Popen([mlflow, "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
                                "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--serve-artifacts",
