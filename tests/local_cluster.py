@@ -3,6 +3,7 @@ the test's own state folder, always stopped by deploy/local/stop.sh (then SIGKIL
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -74,8 +75,10 @@ class LocalCluster:
     def mlflow_api(self, path: str, body: dict | None = None, timeout: float = 30) -> dict:
         """GET (or POST `body`) on MLflow's REST API, e.g. `runs/search`."""
         data = json.dumps(body).encode() if body is not None else None
+        user, password = self.client_env["MLFLOW_TRACKING_USERNAME"], self.client_env["MLFLOW_TRACKING_PASSWORD"]
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()  # start.sh's MLflow runs basic auth
         request = urllib.request.Request(f"{self.mlflow}/api/2.0/mlflow/{path}", data=data,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", "Authorization": f"Basic {basic}"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
@@ -588,16 +590,27 @@ def test_local_scripts_start_a_token_protected_loopback_cluster(tmp_path):
         assert listeners and all(_loopback(addr) for addr, _ in listeners), listeners
         assert {ports[0], ports[1], ports[2], ports[4]} <= {port for _, port in listeners}, (ports, listeners)
 
-        # MLflow's REST API answers.
-        with urllib.request.urlopen(f"http://127.0.0.1:{ports[4]}/api/2.0/mlflow/experiments/search?max_results=5",
-                                    timeout=30) as response:
-            assert response.status == 200
-            assert "experiments" in json.loads(response.read())
-
-        # env.sh gives the job CLI the address and the token.
+        # env.sh gives the job CLI the address and the token, and MLflow clients the basic-auth user.
         sourced = subprocess.run(["bash", "-c", f"source {local / 'env.sh'} && env -0"], env=env,
                                  capture_output=True, text=True, check=True).stdout
         client_env = dict(item.split("=", 1) for item in sourced.split("\0") if "=" in item)
+        for secret in ("mlflow_credentials", "mlflow_auth.ini", "mlflow_secret_key"):
+            assert (state / secret).stat().st_mode & 0o077 == 0, f"{secret} is readable by its owner only"
+        assert state.stat().st_mode & 0o077 == 0, "the state folder is its owner's only"
+        user, password = client_env["MLFLOW_TRACKING_USERNAME"], client_env["MLFLOW_TRACKING_PASSWORD"]
+        assert user == "deptune" and len(password) >= 24
+        assert password not in run.stdout + run.stderr, "start.sh never prints the password"
+
+        # MLflow answers its user, and refuses an unauthenticated or wrongly authenticated write.
+        mlflow_api = f"http://127.0.0.1:{ports[4]}/api/2.0/mlflow"
+        assert _mlflow_request(f"{mlflow_api}/experiments/search?max_results=5", None, (user, password))[0] == 200
+        create = {"name": "not-allowed"}
+        assert _mlflow_request(f"{mlflow_api}/experiments/create", create, None)[0] == 401
+        assert _mlflow_request(f"{mlflow_api}/experiments/create", create, (user, "wrong-password"))[0] == 401
+        assert _mlflow_request(f"{mlflow_api}/experiments/get-by-name?experiment_name=not-allowed", None,
+                               (user, password))[0] == 404, "the refused write created nothing"
+        status, body = _mlflow_request(f"{mlflow_api}/experiments/create", {"name": "allowed"}, (user, password))
+        assert status == 200 and json.loads(body)["experiment_id"]
         assert client_env["RAY_ADDRESS"] == f"http://127.0.0.1:{ports[1]}"
         assert client_env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{ports[4]}"
         assert client_env["RAY_AUTH_MODE"] == "token"
@@ -639,6 +652,20 @@ def test_local_scripts_start_a_token_protected_loopback_cluster(tmp_path):
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still accepts connections"
     assert not (state / "ray.pid").exists() and not (state / "ray_tmp").exists()
     print(f"start.sh took {startup_s:.1f} s")
+
+
+def _mlflow_request(url: str, body: dict | None, auth: tuple[str, str] | None) -> tuple[int, bytes]:
+    """(HTTP status, body) of a GET (or a POST of `body`) to MLflow, with basic auth when given."""
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
+                                     headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 def _tail(state: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ def no_ray(monkeypatch, tmp_path):
     """No cluster address, no storage from the environment, cwd in tmp, and `ray.init` as a tripwire."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("DEPTUNE_STUDY_STORAGE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
 
     def tripwire(*args, **kwargs):
@@ -101,9 +103,14 @@ def write_spec(tmp: Path, data: Any, name: str = "spec.yaml") -> Path:
 
 
 def make_files(tmp: Path, paths: tuple[str, ...]) -> None:
-    """Create what a case needs to exist: 'dir/' makes a folder, anything else an (empty-ish) file."""
-    for rel in paths:
+    """Create what a case needs to exist: 'dir/' makes a folder, 'name=text' a file holding text, anything
+    else a small CSV with sst2's columns."""
+    for item in paths:
+        rel, sep, text = item.partition("=")
         target = tmp / rel
+        if sep:
+            target.write_text(text)
+            continue
         if rel.endswith("/"):
             target.mkdir(parents=True, exist_ok=True)
         else:
@@ -175,9 +182,33 @@ def test_the_base_spec_gets_as_far_as_starting_ray(no_ray, tmp_path):
     assert isinstance(result.exception, RayWouldStart), result.output
 
 
-def case(id_: str, mutation: dict[str, Any], *expected: str, make: tuple[str, ...] = (), xfail: str | None = None):
+@dataclass(frozen=True)
+class Given:
+    """How a case reaches the CLI besides its mutation: `--set` overrides, the spec file's raw bytes
+    (written as they are, no YAML dump), or a folder where the spec file should be."""
+
+    overrides: tuple[str, ...] = ()
+    raw: bytes | None = None
+    folder: bool = False
+
+
+def case(id_: str, mutation: dict[str, Any], *expected: str, make: tuple[str, ...] = (), xfail: str | None = None,
+         given: Given = Given(), skip: str | None = None):
     marks = [pytest.mark.xfail(reason=xfail, strict=True)] if xfail else []
-    return pytest.param(mutation, expected, make, id=id_, marks=marks)
+    marks += [pytest.mark.skip(reason=skip)] if skip else []
+    return pytest.param(mutation, expected, make, given, id=id_, marks=marks)
+
+
+def _duplicate_section(tmp: Path) -> bytes:
+    """BASE as YAML with a second `sweep:` section (PyYAML's safe loader would keep the last one)."""
+    text = yaml.safe_dump(_fill(BASE, tmp), sort_keys=False)
+    return (text + "sweep: {trials: 3}\n").encode()
+
+
+RAW = {"non-utf8": lambda tmp: b"backbone: {name: tiny-bert}\ntask: {name: synth\xe9tic}\n",
+       "duplicate-section": _duplicate_section,
+       "duplicate-nested-key": lambda tmp: yaml.safe_dump(_fill(BASE, tmp), sort_keys=False).replace(
+           "  steps: 200\n", "  steps: 200\n  steps: 100\n").encode()}
 
 
 BAD_SPECS = [
@@ -308,23 +339,105 @@ BAD_SPECS = [
     case("tracking-server-down", {"tracking.uri": "http://127.0.0.1:9"}, "tracking.uri", "cannot be reached"),
     case("tracking-store-unwritable", {"tracking.uri": "sqlite:////proc/no/such/mlflow.db"},
          "tracking.uri", "cannot open the MLflow store"),
+    # issue 16: inputs that raised a traceback
+    case("non-utf8-spec", {}, "<file>", "UTF-8", given=Given(raw=b"non-utf8")),
+    case("output-dir-under-a-file", {"train.output_dir": "{tmp}/afile/out"}, "train.output_dir", "is a file",
+         make=("afile",)),
+    case("output-dir-in-proc", {"train.output_dir": "/proc/deptune/out"}, "train.output_dir", "proc"),
+    case("set-below-a-scalar", {}, "train.steps.x", "not a section", given=Given(overrides=("train.steps.x=1",))),
+    case("set-unparsable-yaml", {}, "train.steps", "not plain YAML", given=Given(overrides=("train.steps=[1,",))),
+    case("set-python-tag", {}, "train.steps", "not plain YAML",
+         given=Given(overrides=("train.steps=!!python/object/apply:os.system ['touch pwned']",))),
+    case("set-without-value", {}, "--set", given=Given(overrides=("train.steps",))),
+    # issue 16: accepted though wrong
+    case("bool-for-int-trials", {"sweep.trials": True}, "sweep.trials"),
+    case("bool-for-int-steps", {"train.steps": False}, "train.steps"),
+    case("quoted-int-trials", {"sweep.trials": "2"}, "sweep.trials"),
+    case("int-for-bool-register-best", {"tracking.register_best": 1}, "tracking.register_best"),
+    case("csv-without-the-task-columns", {"task.name": "sst2", "task.files": {"train": "{tmp}/t.csv",
+                                                                              "validation": "{tmp}/t.csv"}},
+         "task.files.train", "lacks column", make=("t.csv=text,target\nfine,1\n",)),
+    case("hub-source-on-synthetic", {"task.source": "hub"}, "task.source"),
+    case("infinite-lr-head", {"train.lr_head": float("inf")}, "train.lr_head"),
+    case("nan-lr-prompt", {"train.lr_prompt": float("nan")}, "train.lr_prompt"),
+    case("enqueue-m-above-budget", {"sweep.enqueue": [{"prompt_length": 40, "lr_prompt": 0.1, "lr_lowrank": 1e-3}]},
+         "sweep.enqueue.0.prompt_length", "outside the searched range"),
+    case("enqueue-lr-outside-space", {"sweep.enqueue": [{"prompt_length": 8, "lr_prompt": 1e30}]},
+         "sweep.enqueue.0.lr_prompt"),
+    case("enqueue-m-off-the-step-grid", {"sweep.enqueue": [{"prompt_length": 7}]}, "sweep.enqueue.0.prompt_length"),
+    case("enqueue-rank-under-a-budget", {"sweep.enqueue": [{"prompt_length": 8, "rank": 3}]},
+         "sweep.enqueue.0.rank"),
+    case("enqueue-bool-value", {"sweep.enqueue": [{"prompt_length": True}]}, "sweep.enqueue.0.prompt_length"),
+    case("max-length-beyond-positions", {"method.max_length": 600, "backbone.tiny": {"max_positions": 512}},
+         "method.max_length", "positions"),
+    case("cuda-on-a-machine-without-one", {"train.device": "cuda"}, "train.device", "no CUDA",
+         skip="this machine has a CUDA GPU" if GPUS else None),
+    case("empty-experiment-name", {"tracking.experiment": ""}, "tracking.experiment"),
+    case("empty-study-name", {"study.name": ""}, "study.name"),
+    case("astronomical-steps", {"train.steps": 10**30}, "train.steps"),
+    case("astronomical-trials", {"sweep.trials": 10**12}, "sweep.trials"),
+    case("files-source-without-files", {"task.name": "sst2", "task.source": "files"}, "task.files"),
+    case("duplicate-sweep-section", {}, "sweep", "given twice", given=Given(raw=b"duplicate-section")),
+    case("duplicate-nested-key", {}, "train.steps", "given twice", given=Given(raw=b"duplicate-nested-key")),
+    case("default-mlflow-db-not-created-when-storage-fails", {"tracking.uri": DELETE,
+                                                              "study.storage": "nosuchdb://u@localhost/x"},
+         "study.storage"),
+    case("budget-too-small-for-any-m", {"method.budget": 2, "search.prompt_length": {"low": 1, "high": 14}},
+         "method.budget"),
+    case("spec-is-a-directory", {}, "<file>", "directory", given=Given(folder=True)),
 ]
 
 
-@pytest.mark.parametrize(("mutation", "expected", "make"), BAD_SPECS)
-def test_a_bad_spec_fails_before_ray_with_its_key_path(no_ray, tmp_path, mutation, expected, make):
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize(("mutation", "expected", "make", "given"), BAD_SPECS)
+def test_a_bad_spec_fails_before_ray_with_its_key_path(no_ray, tmp_path, mutation, expected, make, given):
+    """Exit 2, the key path on an error line, no traceback, Ray never started, and nothing written: the
+    folder (the cwd, holding the spec's output_dir, study.db and the default ./mlflow.db) is as it was."""
     make_files(tmp_path, make)
-    path = write_spec(tmp_path, mutate(mutation, tmp_path))
-    result = run_cli(["sweep", str(path)])
+    if given.folder:
+        path = tmp_path / "spec.yaml"
+        path.mkdir()
+    elif given.raw is not None:
+        path = tmp_path / "spec.yaml"
+        path.write_bytes(RAW[given.raw.decode()](tmp_path) if given.raw.decode() in RAW else given.raw)
+    else:
+        path = write_spec(tmp_path, mutate(mutation, tmp_path))
+    before = _tree(tmp_path)
+    result = run_cli(["sweep", str(path), *[a for o in given.overrides for a in ("--set", o)]])
     assert result.exit_code == 2, f"exit {result.exit_code} ({result.exception!r}):\n{result.output}"
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # a handled error, no traceback
+    assert "Traceback" not in result.output
     key, *mentions = expected
     assert has_error_line(result.output, key), result.output
     for text in mentions:
         assert text in result.output, result.output
+    assert _tree(tmp_path) == before, f"written before the spec was accepted: {_tree(tmp_path) - before}"
+    assert not Path("pwned").exists()
 
 
 def test_bad_spec_table_is_large_enough():
-    assert len(BAD_SPECS) >= 55
+    assert len(BAD_SPECS) >= 95 + 20
+
+
+def test_validate_checks_every_file_even_after_an_unreadable_one(no_ray, tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    missing = tmp_path / "missing.yaml"
+    duplicate = tmp_path / "duplicate.yaml"
+    duplicate.write_bytes(_duplicate_section(tmp_path))
+    good = write_spec(tmp_path, mutate({}, tmp_path), "good.yaml")
+    result = run_cli(["validate", str(binary), str(folder), str(missing), str(duplicate), str(good)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    for path, message in ((binary, "not UTF-8"), (folder, "is a directory"), (missing, "no such file"),
+                          (duplicate, "sweep: given twice")):
+        assert f"{path}: 1 error(s)" in result.output and message in result.output, result.output
+    assert f"{good}: ok" in result.output
 
 
 def test_validate_lists_every_schema_error_of_one_file(no_ray, tmp_path):

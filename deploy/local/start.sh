@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Start, on 127.0.0.1 only, a Ray head with token authentication ON and an MLflow tracking server
-# (sqlite store, local artifacts), to try the cluster workflow (`ray job submit ... deptune sweep`) on one
-# machine. Then `source deploy/local/env.sh`; stop both with deploy/local/stop.sh.
+# Start, on 127.0.0.1 only, a Ray head with token authentication ON and an MLflow tracking server with
+# basic authentication ON (MLflow's basic-auth app; sqlite store, local artifacts), to try the cluster
+# workflow (`ray job submit ... deptune sweep`) on one machine. Then `source deploy/local/env.sh`; stop
+# both with deploy/local/stop.sh. Every secret is generated into the state folder (0700), each file 0600:
+# auth_token (Ray), mlflow_credentials (MLFLOW_TRACKING_USERNAME/PASSWORD, the MLflow admin user),
+# mlflow_auth.ini (the auth app's config) and mlflow_secret_key (Flask's session/CSRF key).
 #
-#   DEPTUNE_LOCAL_DIR   state folder: pids, logs, token, mlflow.db, artifacts (default deploy/local/.state)
+#   DEPTUNE_LOCAL_DIR   state folder: pids, logs, secrets, mlflow.db, artifacts (default deploy/local/.state)
 #   DEPTUNE_PYTHON      the Python whose `ray` and `mlflow` run (default .venv/bin/python, else python3)
 #   DEPTUNE_RAY_PORT DEPTUNE_RAY_DASHBOARD_PORT DEPTUNE_RAY_CLIENT_PORT DEPTUNE_RAY_AGENT_PORT
 #   DEPTUNE_MLFLOW_PORT DEPTUNE_RAY_NUM_CPUS DEPTUNE_START_TIMEOUT_S
@@ -30,6 +33,30 @@ if [[ ! -s "$state/auth_token" ]]; then
     (umask 077 && "$DEPTUNE_PYTHON" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$state/auth_token")
 fi
 
+# MLflow's admin user (the only user: unauthenticated requests get 401, and other users nothing) and the
+# auth app's settings, made once per state folder. The head's processes (Ray job drivers, trials) get the
+# credentials from its environment, so a submission never carries them in its runtime env.
+if [[ ! -s "$state/mlflow_credentials" ]]; then
+    (umask 077 && "$DEPTUNE_PYTHON" -c 'import secrets; print(f"MLFLOW_TRACKING_USERNAME=deptune\nMLFLOW_TRACKING_PASSWORD={secrets.token_urlsafe(24)}")' >"$state/mlflow_credentials")
+fi
+if [[ ! -s "$state/mlflow_secret_key" ]]; then
+    (umask 077 && "$DEPTUNE_PYTHON" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$state/mlflow_secret_key")
+fi
+# shellcheck source=/dev/null
+mlflow_user="$(. "$state/mlflow_credentials" && echo "$MLFLOW_TRACKING_USERNAME")"
+# shellcheck source=/dev/null
+mlflow_password="$(. "$state/mlflow_credentials" && echo "$MLFLOW_TRACKING_PASSWORD")"
+(umask 077 && cat >"$state/mlflow_auth.ini" <<EOT
+[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = sqlite:///$state/mlflow_auth.db
+admin_username = $mlflow_user
+admin_password = $mlflow_password
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+EOT
+)
+chmod 600 "$state/auth_token" "$state/mlflow_credentials" "$state/mlflow_secret_key" "$state/mlflow_auth.ini"
+
 # Ray's own temp dir: short (unix socket paths are limited to 107 bytes) and private to this head, so
 # its `ray_current_cluster` file never sends another local `ray.init()` to this cluster.
 ray_tmp="$(mktemp -d /tmp/deptune-ray.XXXXXX)"
@@ -42,6 +69,7 @@ echo "$ray_tmp" >"$state/ray_tmp"
 # Started from the state folder: jobs submitted without --working-dir run in Ray's cwd, and a `ray/` folder
 # there (e.g. /tmp/ray, Ray's default temp dir) would shadow the ray package in `python -c` entrypoints.
 (cd "$state" && exec env -u RAY_ADDRESS -u RAY_AUTH_TOKEN RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$state/auth_token" \
+    MLFLOW_TRACKING_USERNAME="$mlflow_user" MLFLOW_TRACKING_PASSWORD="$mlflow_password" \
     RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 \
     setsid "$ray_bin" start --head --block \
     --node-ip-address=127.0.0.1 --port="$DEPTUNE_RAY_PORT" \
@@ -53,9 +81,12 @@ echo "$ray_tmp" >"$state/ray_tmp"
     >"$state/ray.log" 2>&1 </dev/null) &
 echo $! >"$state/ray.pid"
 
-# MLflow: sqlite store and proxied local artifacts (the cluster uses PostgreSQL and S3: deploy/mlflow/).
+# MLflow: sqlite store and proxied local artifacts (the cluster uses PostgreSQL and S3: deploy/mlflow/),
+# behind the basic-auth app: every request needs the admin's credentials.
 mkdir -p "$state/mlartifacts"
-(cd "$state" && exec setsid "$mlflow_bin" server --host 127.0.0.1 --port "$DEPTUNE_MLFLOW_PORT" \
+(cd "$state" && exec env MLFLOW_AUTH_CONFIG_PATH="$state/mlflow_auth.ini" \
+    MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$state/mlflow_secret_key")" \
+    setsid "$mlflow_bin" server --app-name basic-auth --host 127.0.0.1 --port "$DEPTUNE_MLFLOW_PORT" \
     --backend-store-uri "sqlite:///$state/mlflow.db" \
     --serve-artifacts --artifacts-destination "$state/mlartifacts" \
     --workers 1 >"$state/mlflow.log" 2>&1 </dev/null) &
@@ -68,15 +99,17 @@ RAY_CLIENT_ADDRESS=ray://127.0.0.1:$DEPTUNE_RAY_CLIENT_PORT
 MLFLOW_TRACKING_URI=http://127.0.0.1:$DEPTUNE_MLFLOW_PORT
 EOT
 
-# Ready = the Jobs API answers an authenticated request and MLflow's REST API answers.
-if ! DEPTUNE_STATE="$state" "$DEPTUNE_PYTHON" - "$DEPTUNE_RAY_DASHBOARD_PORT" "$DEPTUNE_MLFLOW_PORT" \
+# Ready = the Jobs API and MLflow's REST API both answer an authenticated request.
+if ! DEPTUNE_STATE="$state" MLFLOW_USER="$mlflow_user" MLFLOW_PASSWORD="$mlflow_password" "$DEPTUNE_PYTHON" - "$DEPTUNE_RAY_DASHBOARD_PORT" "$DEPTUNE_MLFLOW_PORT" \
         "${DEPTUNE_START_TIMEOUT_S:-120}" "$(cat "$state/ray.pid")" "$(cat "$state/mlflow.pid")" <<'PY'
-import os, sys, time, urllib.request
+import base64, os, sys, time, urllib.request
 dash, mlflow, timeout, ray_pid, mlflow_pid = sys.argv[1:]
 token = open(os.path.join(os.environ["DEPTUNE_STATE"], "auth_token")).read().strip()
+basic = base64.b64encode(f"{os.environ['MLFLOW_USER']}:{os.environ['MLFLOW_PASSWORD']}".encode()).decode()
 checks = {
     "ray": (f"http://127.0.0.1:{dash}/api/jobs/", {"Authorization": f"Bearer {token}"}, int(ray_pid)),
-    "mlflow": (f"http://127.0.0.1:{mlflow}/api/2.0/mlflow/experiments/search?max_results=1", {}, int(mlflow_pid)),
+    "mlflow": (f"http://127.0.0.1:{mlflow}/api/2.0/mlflow/experiments/search?max_results=1",
+               {"Authorization": f"Basic {basic}"}, int(mlflow_pid)),
 }
 deadline = time.monotonic() + float(timeout)
 while checks and time.monotonic() < deadline:
@@ -102,5 +135,5 @@ then
 fi
 
 echo "Ray head:  http://127.0.0.1:$DEPTUNE_RAY_DASHBOARD_PORT (token auth on; token in $state/auth_token)"
-echo "MLflow:    http://127.0.0.1:$DEPTUNE_MLFLOW_PORT (sqlite:///$state/mlflow.db)"
+echo "MLflow:    http://127.0.0.1:$DEPTUNE_MLFLOW_PORT (basic auth on; user $mlflow_user, credentials in $state/mlflow_credentials; sqlite:///$state/mlflow.db)"
 echo "Next:      source $(dirname "${BASH_SOURCE[0]}")/env.sh"

@@ -195,7 +195,10 @@ def model_config(backbone: BackboneConfig, online: bool = False) -> dict[str, An
     if config_file.is_file():
         return json.loads(config_file.read_text())
     from huggingface_hub import try_to_load_from_cache  # light, unlike transformers: validate stays fast
-    cached = try_to_load_from_cache(backbone.name, "config.json", revision=backbone.revision)
+    try:
+        cached = try_to_load_from_cache(backbone.name, "config.json", revision=backbone.revision)
+    except ValueError:  # HFValidationError: not a hub repo id (e.g. a local path that does not exist)
+        cached = None
     if isinstance(cached, str):
         return json.loads(Path(cached).read_text())
     if not online:

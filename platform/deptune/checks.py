@@ -8,13 +8,15 @@ Torch-free (except the GPU count of this machine, read only when a local Ray is 
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from deptune.backbones import family_of, hidden_size, model_config, position_limit
 from deptune.methods.config import is_registry_uri
 from deptune.methods.record import ADAPTER_FILES, CONFIG_FILE, read_record
-from deptune.spec_base import SpecError
+from deptune.spec_base import IntRange, SpecError
 from deptune.sweep.config import TRAINING_METRICS, SweepSpec
 from deptune.sweep.space import SearchPlan, plan_search
 from deptune.tasks.config import TaskConfig
@@ -31,9 +33,11 @@ class Checked:
     plan: SearchPlan | None  # a sweep spec's search plan (None for a run or source spec, or d unknown offline)
 
 
-def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False, online: bool = False) -> Checked:
+def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False, online: bool = False,
+          local: bool = False) -> Checked:
     """Raise a `SpecError` listing every problem; `local_cluster`: the run will start a Ray on this
-    machine; `online`: the backbone's config may be read from the hub (a run about to start needs d)."""
+    machine; `local`: it runs in this process (`--local`); `online`: the backbone's config may be read
+    from the hub (a run about to start needs d)."""
     if isinstance(spec, SourceSpec):
         errors = [e for i, task in enumerate(spec.source_tasks) for e in _task_errors(task, f"source_tasks.{i}")]
         if errors:
@@ -51,12 +55,100 @@ def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False, 
     errors += _positions(spec, config)
     if isinstance(spec, SweepSpec):
         errors += _objectives(spec)
-    if local_cluster:
-        from deptune.cluster.fit import exceeds_this_machine
-        errors += exceeds_this_machine(spec, spec.sweep.driver_cpus if isinstance(spec, SweepSpec) else 0.0)
+        if plan is not None:
+            errors += enqueue_errors(spec, plan)
+    errors += _writable("train.output_dir", spec.train.output_dir)
+    if spec.train.storage_path and "://" not in spec.train.storage_path:
+        errors += _writable("train.storage_path", Path(spec.train.storage_path))
+    if local_cluster or local:
+        from deptune.cluster.fit import exceeds_this_machine, local_gpus
+        if local_cluster:
+            errors += exceeds_this_machine(spec, spec.sweep.driver_cpus if isinstance(spec, SweepSpec) else 0.0)
+        if spec.train.device == "cuda" and local_gpus() == 0:
+            errors.append("train.device: cuda, but this machine has no CUDA GPU; use auto or cpu, or pass "
+                          "--address to run on a cluster that has one")
     if errors:
         raise SpecError(source, errors)
     return Checked(d, plan)
+
+
+PSEUDO_FILESYSTEMS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "securityfs",
+                      "tracefs", "configfs", "efivarfs", "bpf", "pstore", "mqueue", "fusectl", "hugetlbfs"}
+
+
+def _writable(key: str, path: Path) -> list[str]:
+    """A folder the run will create must be creatable: its nearest existing ancestor is a writable folder
+    on a real file system (not a regular file, not /proc or /sys). Nothing is created here."""
+    path = Path(path).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return [f"{key}: {path} cannot be created: {existing} is a file, not a folder"]
+    if (fs := _filesystem(existing)) in PSEUDO_FILESYSTEMS:
+        return [f"{key}: {path} is on the {fs} pseudo file system ({_mount_point(existing)}); choose a real folder"]
+    if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+        return [f"{key}: {path} cannot be created: {existing} is not writable"]
+    if existing == path and not os.access(path, os.W_OK | os.X_OK):
+        return [f"{key}: {path} is not writable"]
+    return []
+
+
+def _mounts() -> list[tuple[Path, str]]:
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:  # not Linux: no pseudo file systems to refuse
+        return []
+    return [(Path(f[1].replace("\\040", " ")), f[2]) for f in (line.split() for line in lines) if len(f) > 2]
+
+
+def _mount_point(path: Path) -> Path:
+    resolved = path.resolve()
+    return max((m for m, _ in _mounts() if resolved == m or m in resolved.parents), key=lambda m: len(m.parts),
+               default=Path("/"))
+
+
+def _filesystem(path: Path) -> str | None:
+    point = _mount_point(path)
+    return next((fs for m, fs in reversed(_mounts()) if m == point), None)
+
+
+def enqueue_errors(spec: SweepSpec, plan: SearchPlan) -> list[str]:
+    """Each `sweep.enqueue` point is a configuration the search could sample: its keys are searched
+    dimensions, its values lie in their ranges (on the step grid), and what it derives (DePT's rank under
+    the budget) exists."""
+    errors = []
+    for i, point in enumerate(spec.sweep.enqueue):
+        key = f"sweep.enqueue.{i}"
+        point_errors = [f"{key}.{name}: {problem}" for name, value in point.items()
+                        if (problem := _point_value_error(plan, name, value))]
+        if not point_errors:
+            values = {k: v for k, v in plan.dimensions.items() if isinstance(v, int)} | dict(point)
+            values.setdefault("prompt_length", getattr(plan.prompt_length, "low", plan.prompt_length))
+            try:
+                plan.method.derived(values, plan.hidden_size)
+            except ValueError as exc:
+                point_errors.append(f"{key}: {exc}")
+        errors += point_errors
+    return errors
+
+
+def _point_value_error(plan: SearchPlan, name: str, value: object) -> str | None:
+    dim = plan.dimensions.get(name)
+    if dim is None:
+        return f"not searched by this spec (searched: {', '.join(plan.searched) or 'nothing'})"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    if isinstance(dim, int):
+        return None if value == dim else f"{value} but the spec fixes {name} at {dim}"
+    if isinstance(dim, IntRange):
+        if value != int(value):
+            return f"{value} is not an integer"
+        if not dim.low <= value <= dim.high or (int(value) - dim.low) % dim.step:
+            return f"{value} is outside the searched range {dim.low}-{dim.high}" + (
+                f" (step {dim.step})" if dim.step != 1 else "")
+        return None
+    if not dim.low <= value <= dim.high:
+        return f"{value:g} is outside the searched range {dim.low:g}-{dim.high:g}"
+    return None
 
 
 def _task_errors(task: TaskConfig, key: str) -> list[str]:
@@ -116,7 +208,9 @@ def _positions(spec: RunSpec, config: dict | None) -> list[str]:
     total = prompt + spec.method.max_length + answer
     if total <= limit:
         return []
-    key = "search.prompt_length.high" if prompt != spec.method.prompt_length else "method.max_length"
+    alone_too_long = spec.method.max_length + answer + 1 > limit  # even a 1-token prompt would not fit
+    key = "search.prompt_length.high" if prompt != spec.method.prompt_length and not alone_too_long \
+        else "method.max_length"
     return [f"{key}: prompt ({prompt}) + method.max_length ({spec.method.max_length})"
             + (f" + train.max_target_length ({answer})" if answer else "")
             + f" = {total} positions, but {spec.backbone.name} has {limit}; shorten the prompt or max_length"]

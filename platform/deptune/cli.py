@@ -10,18 +10,26 @@ from typing import Annotated
 import typer
 
 from deptune.methods.config import is_registry_uri
-from deptune.spec_base import SpecError
+from deptune.spec_base import SpecError, redact
 from deptune.specs import load_run_spec, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Hyperparameter search for Decomposed Prompt Tuning (DePT) on Ray.")
+
+@app.callback()
+def _main() -> None:
+    """Hyperparameter search for Decomposed Prompt Tuning (DePT) on Ray."""
+    from deptune.spec_base import redact_logs
+    redact_logs()  # no log line of this process shows a password, whoever logs it
+
 
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a spec key: key.path=value")]
 
 
 @app.command()
 def validate(files: Annotated[list[Path], typer.Argument(help="spec files")]) -> None:
-    """Check spec files without starting Ray; exit 2 listing every error with its key path."""
+    """Check spec files without starting Ray; exit 2 listing every error with its key path. Every file is
+    checked, whatever an earlier one held."""
     from deptune import checks
     failed = False
     for path in files:
@@ -30,10 +38,13 @@ def validate(files: Annotated[list[Path], typer.Argument(help="spec files")]) ->
             checks.check(spec, str(path))
             typer.echo(f"{path}: ok")
             for warning in getattr(spec, "warnings", list)():
-                typer.echo(f"{path}: warning: {warning}", err=True)
+                typer.echo(f"{path}: warning: {redact(warning)}", err=True)
         except SpecError as exc:
             failed = True
-            typer.echo(str(exc), err=True)
+            typer.echo(redact(str(exc)), err=True)
+        except OSError as exc:  # a data file the checks read vanished or is unreadable
+            failed = True
+            typer.echo(f"{path}: 1 error(s)\n  <file>: {redact(str(exc))}", err=True)
     if failed:
         raise typer.Exit(2) from None
 
@@ -57,9 +68,9 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
             from deptune.tracking.store import resolve_uri
             run_spec = localize_sources(run_spec, resolve_uri(tracking_uri), str(spec))
         checks.check(run_spec, str(spec), local_cluster=not (local or address or os.environ.get("RAY_ADDRESS")),
-                     online=True)
+                     online=True, local=local)
     except SpecError as exc:
-        typer.echo(str(exc), err=True)
+        typer.echo(redact(str(exc)), err=True)
         raise typer.Exit(2) from None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
@@ -98,7 +109,7 @@ def mpt_source(spec: Annotated[Path, typer.Argument(help="a source spec YAML (ba
         source_spec = load_spec(spec, overrides, kind=SourceSpec)
         checks.check(source_spec, str(spec))
     except SpecError as exc:
-        typer.echo(str(exc), err=True)
+        typer.echo(redact(str(exc)), err=True)
         raise typer.Exit(2) from None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from deptune.train.multitask import train_source
@@ -131,10 +142,10 @@ def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_s
         sweep_spec = localize_sources(sweep_spec, resolve_uri(sweep_spec.tracking.uri), str(spec))
         checked = checks.check(sweep_spec, str(spec), local_cluster=not address, online=True)
     except SpecError as exc:
-        typer.echo(str(exc), err=True)
+        typer.echo(redact(str(exc)), err=True)
         raise typer.Exit(2) from None
     for warning in sweep_spec.warnings():
-        typer.echo(f"warning: {warning}", err=True)
+        typer.echo(f"warning: {redact(warning)}", err=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not address:
         from deptune.cluster import local as local_ray
@@ -145,10 +156,10 @@ def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_s
     try:
         outcome = run_sweep(sweep_spec, str(spec), resume=resume, address=address, plan=checked.plan)
     except SpecError as exc:
-        typer.echo(str(exc), err=True)
+        typer.echo(redact(str(exc)), err=True)
         raise typer.Exit(2) from None
     except SweepLocked as exc:
-        typer.echo(str(exc), err=True)
+        typer.echo(redact(str(exc)), err=True)
         raise typer.Exit(3) from None
     metrics = [o.metric for o in sweep_spec.sweep.objectives]
     if outcome.resumed_nothing:
@@ -159,7 +170,7 @@ def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_s
         render_pareto(outcome.pareto, metrics)
     from deptune.sweep.study import storage_url
     typer.echo(f"\nexecution {outcome.execution.number} ({outcome.execution.name}) in {time.perf_counter() - started:.0f} s"
-               f"\nstudy: {outcome.study.study_name} in {storage_url(sweep_spec).split('@')[-1]}"
+               f"\nstudy: {outcome.study.study_name} in {redact(storage_url(sweep_spec))}"
                f"\nRay Tune results: {outcome.experiment_path}")
     best = _best_adapter(outcome.study)
     if best:
@@ -174,7 +185,7 @@ def _echo_tracking(tracking, spec) -> None:
     if tracking is None:
         return
     from deptune.tracking.store import resolve_uri
-    typer.echo(f"MLflow: {resolve_uri(spec.tracking.uri)}, parent run {tracking.parent_run_id}")
+    typer.echo(f"MLflow: {redact(resolve_uri(spec.tracking.uri))}, parent run {tracking.parent_run_id}")
     if tracking.promotion is not None:
         p = tracking.promotion
         typer.echo(f"registered {p.uri}: " + (f"now models:/{p.model}@champion ({p.reason})" if p.champion
@@ -182,7 +193,7 @@ def _echo_tracking(tracking, spec) -> None:
     if tracking.not_logged:
         typer.echo("not yet in MLflow (kept on disk; the next sweep or `deptune sync` sends them):", err=True)
         for line in tracking.not_logged:
-            typer.echo(f"  {line}", err=True)
+            typer.echo(f"  {redact(line)}", err=True)
 
 
 @app.command()
@@ -198,7 +209,7 @@ def report(experiment: Annotated[str, typer.Argument(help="MLflow experiment (a 
     try:
         render_experiment(resolve_uri(uri), experiment, metric, mode, top)
     except LookupError as exc:
-        typer.echo(str(exc), err=True)
+        typer.echo(redact(str(exc)), err=True)
         raise typer.Exit(2) from None
 
 
@@ -246,7 +257,7 @@ def sync(folder: Annotated[Path, typer.Argument(help="a journal folder a sweep n
     from deptune.tracking.store import resolve_uri
     left = flush_all(folder, resolve_uri(uri))
     for line in left:
-        typer.echo(line, err=True)
+        typer.echo(redact(line), err=True)
     typer.echo("all journals sent" if not left else f"{len(left)} journal(s) still hold writes")
     if left:
         raise typer.Exit(1)

@@ -5,16 +5,115 @@ Everything here is plain pydantic: `deptune validate` reads specs without import
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, model_validator
+from pydantic import (BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationInfo, field_validator,
+                      model_validator)
+
+MASK = "***"
+"""What a secret becomes, as in SQLAlchemy's `URL.render_as_string(hide_password=True)`."""
+
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*):(?P<password>[^\s/'\"]*)@")
+_QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_?key|access_?key|"
+                           r"sslpassword)=)[^&;#\s'\"]+")
+SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "RAY_AUTH_TOKEN", "MLFLOW_AUTH_ADMIN_PASSWORD",
+              "PGPASSWORD")
+"""Environment variables whose values are secrets wherever they turn up."""
+
+
+def redact(text: str) -> str:
+    """`text` (a URL, a message, a whole spec file) with every secret masked: the password of any
+    `scheme://user:password@host` URL, secret query values (`?password=`, `&token=`), and the values of
+    `SECRET_ENV`. The one redaction of the platform: everything printed, logged, tagged or stored goes
+    through it. Over-masking is the safe side: a password with a raw '@' masks up to its last '@'."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
+    text = _QUERY_SECRET.sub(lambda m: f"{m['head']}{MASK}", text)
+    for name in SECRET_ENV:
+        if len(secret := os.environ.get(name, "")) >= 4:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """(`url` without its password, user, password): the password, when there is one, is for the
+    environment (MLFLOW_TRACKING_PASSWORD, PGPASSWORD), never for data that is pickled or stored. An
+    http(s) URL loses its user too (basic auth comes from the environment); a database URL keeps it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, parts.username, None
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.netloc.rpartition("@")[0].split(":", 1)[0]
+    keep = f"{user}@" if user and parts.scheme not in ("http", "https") else ""
+    return urlunsplit(parts._replace(netloc=keep + host)), unquote(user), unquote(parts.password)
+
+
+def redact_logs() -> None:
+    """Every log record this process makes is redacted when it is made (MLflow's, Ray's and ours alike),
+    whichever handler prints it."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacts", False):
+        return
+
+    def redacted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 -- a malformed record is logging's to report, as it was
+            return record
+        if (masked := redact(message)) != message:
+            record.msg, record.args = masked, None
+        return record
+
+    redacted.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacted)
+
+
+def private_dir(path: Path) -> Path:
+    """`path` created if missing (parents too) and made 0700: folders where secrets or the runs' records
+    land are this user's only."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def _kinds(annotation: Any) -> set[type]:
+    """The plain types a field's annotation accepts (through Optional, unions, Annotated and Literal)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _kinds(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_kinds(a) for a in typing.get_args(annotation)))
+    if origin is typing.Literal:
+        return {type(v) for v in typing.get_args(annotation)}
+    return {annotation} if isinstance(annotation, type) else {object}
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors, values are validated (defaults too), and a parsed spec is frozen."""
+    """Unknown keys are errors, values are validated (defaults too), and a parsed spec is frozen. Numbers
+    are finite, an integer is never a boolean or a string (`trials: true` is not 1), a boolean is
+    `true` or `false` only."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_ints_and_bools(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        kinds = _kinds(field.annotation) - {type(None)} if field is not None else {object}
+        if kinds == {bool} and not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
+            raise ValueError(f"expected a number, got {str(value).lower()}")
+        if kinds == {int} and isinstance(value, str):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -8,6 +8,7 @@ file is; every problem becomes a 'key.path: message' line of one `SpecError`.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -51,29 +52,110 @@ def parse_spec(data: Any, source: str = "<spec>", kind: type[StrictModel] | None
         raise SpecError(source, [_error_line(e) for e in exc.errors()]) from None
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """`key.path=value` overrides (value parsed as YAML), e.g. train.steps=50."""
+def apply_overrides(data: Any, overrides: list[str]) -> Any:
+    """`key.path=value` overrides (value parsed as YAML, no tags beyond the safe ones), e.g. train.steps=50;
+    every problem is a `SpecError` naming the key path."""
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SpecError("--set", [f"{item!r}: expected key.path=value"])
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
+        if not sep or not key or "" in key.split("."):
+            raise SpecError("--set", [f"--set: {item!r}: expected key.path=value"])
+        if not isinstance(data, dict):
+            raise SpecError("--set", [f"<root>: the spec is not a mapping of sections; --set {key} cannot apply"])
+        node, *parents, leaf = data, *key.split(".")
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                where = ".".join(parents[:depth + 1])
+                raise SpecError("--set", [f"{key}: {where} is {type(node).__name__} {node!r}, not a section"])
+        try:
+            node[leaf] = _load_yaml(raw)
+        except yaml.YAMLError as exc:
+            raise SpecError("--set", [f"{key}: the value is not plain YAML ({_yaml_problem(exc)})"]) from None
     return data
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None, kind: type[StrictModel] | None = None) -> Any:
-    """The spec in `path`; `kind=RunSpec` on a sweep spec gives its base run (run checks only)."""
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no python tags), but a key given twice is an error: the safe loader keeps
+    the last silently, dropping the keys of an earlier section."""
+
+
+def _duplicates(node: yaml.Node, path: str = "") -> list[str]:
+    """'key.path: given twice (lines a and b)' for every mapping key repeated in the YAML tree."""
+    errors: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            dotted = f"{path}.{key}" if path else str(key)
+            if key is not None and key != "<<":
+                if key in seen:
+                    errors.append(f"{dotted}: given twice (lines {seen[key]} and {key_node.start_mark.line + 1})")
+                seen.setdefault(key, key_node.start_mark.line + 1)
+            errors += _duplicates(value_node, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            errors += _duplicates(item, f"{path}.{i}" if path else str(i))
+    return errors
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if errors := _duplicates(node):
+            raise _DuplicateKeys(errors)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+class _DuplicateKeys(yaml.YAMLError):
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: what PyYAML found and where."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def read_spec_data(path: str | Path) -> Any:
+    """The YAML data of a spec file; an unreadable file, non-UTF-8 bytes, bad YAML or a repeated key is a
+    `SpecError` naming the file or the key."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise SpecError(str(path), ["<file>: is a directory, not a spec file"])
+    if not path.exists():
         raise SpecError(str(path), ["<file>: no such file"])
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(str(path), [f"<file>: cannot be read ({exc.strerror or type(exc).__name__})"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [f"<file>: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                                    f"{exc.start}); save the spec as UTF-8"]) from None
+    try:
+        return _load_yaml(text)
+    except _DuplicateKeys as exc:
+        raise SpecError(str(path), exc.errors) from None
     except yaml.YAMLError as exc:
-        raise SpecError(str(path), [f"<yaml>: {exc}"]) from None
+        raise SpecError(str(path), [f"<yaml>: {_yaml_problem(exc)}"]) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None, kind: type[StrictModel] | None = None,
+              data: Any = None) -> Any:
+    """The spec in `path` (or its already read `data`); `kind=RunSpec` on a sweep spec gives its base run
+    (run checks only)."""
+    path = Path(path)
+    data = copy.deepcopy(data) if data is not None else read_spec_data(path)
+    data = {} if data is None else data
     if overrides:
         data = apply_overrides(data, overrides)
     if isinstance(data, dict) and any(k in data for k in SWEEP_SECTIONS) and isinstance(data.get("study", {}), dict):
@@ -84,8 +166,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, kind: type[S
 def load_run_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[RunSpec | SourceSpec, str | None]:
     """What `deptune train` runs: a run spec as it is, a sweep spec's base run (with run checks only: the
     sweep's own settings do not apply); and the tracking URI a sweep spec names (for models:/ sources)."""
-    path = Path(path)
-    spec = load_spec(path, overrides, kind=RunSpec)
-    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    data = read_spec_data(path)
+    spec = load_spec(path, overrides, kind=RunSpec, data=data)
     tracking = data.get("tracking") if isinstance(data, dict) else None
-    return spec, tracking.get("uri") if isinstance(tracking, dict) else None
+    uri = tracking.get("uri") if isinstance(tracking, dict) else None
+    return spec, uri if isinstance(uri, str) else None

@@ -8,8 +8,10 @@ then think its address is 127.0.0.1.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import warnings
+from pathlib import Path
 
 LOCAL_RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray listener on 127.0.0.1
@@ -34,6 +36,26 @@ def apply() -> None:
         os.environ.setdefault(key, value)
 
 
+def private_ray_token() -> Path | None:
+    """The token a local Ray 2.60 reads (and, when missing, writes with the umask's mode, 0644) at
+    ~/.ray/auth_token: made here first, 0600 in a 0700 folder, and an existing one made private. Nothing
+    to do when the token comes from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH or token auth is off."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token" or os.environ.get("RAY_AUTH_TOKEN") \
+            or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return None
+    path = Path.home() / ".ray" / "auth_token"
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.parent.chmod(0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        path.chmod(0o600)
+        return path
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))  # what Ray's own generator makes: 256 random bits
+    return path
+
+
 def connect(address: str | None = None) -> bool:
     """Join `address` / $RAY_ADDRESS, or start a local Ray on 127.0.0.1. True if we started it.
 
@@ -47,6 +69,7 @@ def connect(address: str | None = None) -> bool:
         ray.init(address=address)
         return False
     apply()  # the CLI applied it before importing ray; this covers library callers' env vars
+    private_ray_token()
     # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls: without it a
     # run whose controller is killed (a trial ASHA stops) keeps its workers' CPUs until Ray shuts down.
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", log_to_driver=True)

@@ -15,6 +15,9 @@ from deptune.spec_base import FloatRange, IntRange, Range, StrictModel
 from deptune.tracking.config import TrackingConfig
 from deptune.train.spec import RunSpec
 
+MAX_TRIALS = 100_000
+"""More trials than one execution can run (Tune keeps every trial of an execution in its driver)."""
+
 SWEEP_SECTIONS = ("search", "sweep", "study", "tracking")
 
 TRAINING_METRICS = ("objective", "train_loss", "step_time_s", "tokens_per_s", "peak_memory_mb", "eval_latency_ms")
@@ -53,8 +56,8 @@ class SchedulerConfig(StrictModel):
 
 
 class SweepConfig(StrictModel):
-    trials: PositiveInt = Field(8, description="trials each execution adds to the study")
-    max_concurrent: PositiveInt = Field(1, description="trials running at once (each uses `resources`)")
+    trials: PositiveInt = Field(8, le=MAX_TRIALS, description="trials each execution adds to the study")
+    max_concurrent: PositiveInt = Field(1, le=MAX_TRIALS, description="trials running at once (each uses `resources`)")
     objective: Objective = Objective()
     second_objective: Objective | None = Field(None, description="optional, e.g. {metric: step_time_s, mode: min}: "
                                                                  "a multi-objective search and its Pareto front")
@@ -73,7 +76,7 @@ class SweepConfig(StrictModel):
 
 
 class StudyConfig(StrictModel):
-    name: str | None = Field(None, description="Optuna study name (default: the spec file's stem)")
+    name: str | None = Field(None, min_length=1, description="Optuna study name (default: the spec file's stem)")
     storage: str | None = Field(None, description="RDB URL (sqlite:///..., postgresql://...); default "
                                                   "$DEPTUNE_STUDY_STORAGE, else sqlite next to the run")
 

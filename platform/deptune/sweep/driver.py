@@ -28,7 +28,7 @@ from deptune.cluster.fit import check_fits
 from deptune.cluster.local import connect
 from deptune.methods.registry import snapshot
 from deptune.registry.promotion import LOCK_ENV
-from deptune.spec_base import SpecError, absolute_paths
+from deptune.spec_base import SpecError, absolute_paths, redact, split_credentials
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.searcher import FailureReasons, StudySearcher
 from deptune.sweep.space import SearchPlan, plan_search
@@ -74,6 +74,25 @@ def prepare(spec: SweepSpec, source: str, plan: SearchPlan | None = None) -> tup
     return plan, storage_url(spec), tracking_uri
 
 
+def credentials_to_env(spec: SweepSpec) -> SweepSpec:
+    """The spec with passwords moved out of its URLs into this process's environment, where MLflow
+    (MLFLOW_TRACKING_USERNAME / _PASSWORD) and libpq (PGPASSWORD) read them: what the driver then hands
+    on (Tune's pickled searcher and tuner state, trial arguments, journals, MLflow's printed run URLs)
+    holds no secret. A local Ray inherits the environment; on a cluster the nodes need the tracking
+    credentials in theirs (deploy/: from Secrets). Only PostgreSQL study URLs are split (other dialects
+    have no such variable)."""
+    update = {}
+    tracking_uri, user, password = split_credentials(resolve_uri(spec.tracking.uri))
+    if password is not None and tracking_uri.startswith(("http://", "https://")):
+        os.environ.update(MLFLOW_TRACKING_USERNAME=user or "", MLFLOW_TRACKING_PASSWORD=password)
+        update["tracking"] = spec.tracking.model_copy(update={"uri": tracking_uri})
+    study_url, _, password = split_credentials(storage_url(spec))
+    if password is not None and study_url.startswith("postgresql"):
+        os.environ["PGPASSWORD"] = password
+        update["study"] = spec.study.model_copy(update={"storage": study_url})
+    return spec.model_copy(update=update) if update else spec
+
+
 class SweepLocked(RuntimeError):
     """Another execution of the same study is running (a scheduled sweep fired while the last one runs)."""
 
@@ -85,7 +104,10 @@ def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False, add
     address = address or os.environ.get("RAY_ADDRESS")
     for key, value in local_ray.TRAIN_ENV.items():  # before Ray starts: trial actors inherit the environment
         os.environ.setdefault(key, value)
+    # MLflow prints each run's URL, userinfo (a password) included, on stdout: not in a sweep's output
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     spec = localize_sources(absolute_paths(spec, Path.cwd()), resolve_uri(spec.tracking.uri), source)
+    spec = credentials_to_env(spec)
     plan, url, tracking_uri = prepare(spec, source, plan)
     storage_db = open_storage(url, source)
     study = load_study(spec, storage_db)
@@ -95,7 +117,7 @@ def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False, add
             return _run_execution(spec, source, resume, address, plan, url, tracking_uri, storage_db, study)
     except locks.LockHeld:
         raise SweepLocked(f"another execution of study {study.study_name!r} is running (its lock is held in "
-                          f"{lock_url.split('@')[-1]}); this one did not start") from None
+                          f"{redact(lock_url)}); this one did not start") from None
 
 
 def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | None, plan: SearchPlan, url: str,

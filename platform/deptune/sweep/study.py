@@ -19,7 +19,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from deptune.spec_base import SpecError
+from deptune.spec_base import SpecError, redact
 from deptune.sweep.config import SEARCH_KEYS, SweepSpec
 
 LEARNING_RATES = tuple(k for k in SEARCH_KEYS if k.startswith("lr_"))
@@ -40,23 +40,16 @@ def storage_url(spec: SweepSpec) -> str:
 
 def open_storage(url: str, source: str = "<spec>") -> RDBStorage:
     """Connect (and create the schema) now, so a bad URL fails before any Ray work."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    elif "://" not in url:
-        raise SpecError(source, [f"study.storage: {url!r} is not a database URL (sqlite:///path, postgresql://...)"])
+    if "://" not in url:
+        raise SpecError(source, [f"study.storage: {redact(url)!r} is not a database URL (sqlite:///path, "
+                                 f"postgresql://...)"])
     try:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
     except Exception as exc:  # sqlalchemy raises many kinds; the message is what the user needs
-        raise SpecError(source, [f"study.storage: cannot open {_redact(url)}: {str(exc).splitlines()[0]}"]) from None
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a URL before it reaches a log."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpecError(source, [f"study.storage: cannot open {redact(url)}: {redact(first)}"]) from None
 
 
 def directions(spec: SweepSpec) -> list[str]:

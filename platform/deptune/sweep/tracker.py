@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from deptune.spec_base import private_dir, redact
 from deptune.sweep.config import SEARCH_KEYS, SweepSpec
 from deptune.sweep.leaderboard import ranked_rows
 from deptune.sweep.study import Execution, spec_hash
@@ -56,7 +56,8 @@ class SweepTracker:
                  plan: SearchPlan | None = None) -> None:
         self.spec, self.uri, self.execution, self.study, self.plan = spec, uri, execution, study, plan
         self.experiment_id = ensure_experiment(uri, spec.tracking.experiment or study.study_name)
-        self.journal_dir = (spec.train.output_dir / "mlflow-journal" / execution.name).resolve()
+        # the journals hold every write before MLflow has it: this user's only
+        self.journal_dir = private_dir((spec.train.output_dir / "mlflow-journal").resolve()) / execution.name
         self.parent = RunJournal(journal_path(self.journal_dir, "parent"), uri)
         self.tags = {f"{TAG}sweep": execution.name, f"{TAG}study": study.study_name,
                      f"{TAG}execution": str(execution.number), f"{TAG}git_commit": git_commit(),
@@ -80,7 +81,9 @@ class SweepTracker:
             if spec_file and Path(spec_file).is_file():
                 folder = self.journal_dir / "parent-files" / "spec"
                 folder.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(spec_file, folder / Path(spec_file).name)
+                # the spec as written, but with its secrets (a study URL's password, ...) masked
+                text = Path(spec_file).read_text(encoding="utf-8")
+                (folder / Path(spec_file).name).write_text(redact(text), encoding="utf-8")
                 self.parent.artifacts(folder, "spec")
         else:
             self.parent.tags({f"{TAG}resumed": "true"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from deptune.spec_base import SpecError
+from deptune.spec_base import SpecError, redact
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -33,7 +33,14 @@ def artifact_location(uri: str) -> str | None:
 
 
 def check_reachable(uri: str, source: str) -> None:
-    """A quick read against the store: a server that is down or a bad URI is a spec error, before Ray."""
+    """A quick read against the store: a server that is down or a bad URI is a spec error, before Ray.
+    A sqlite store that does not exist yet is not created here (only its folder is checked): nothing is
+    written before the whole spec is accepted. Messages show the URI redacted."""
+    shown = redact(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        if problem := _uncreatable(Path(uri.removeprefix("sqlite:///"))):
+            raise SpecError(source, [f"tracking.uri: cannot open the MLflow store {shown}: {problem}"])
+        return
     if uri.startswith(("http://", "https://")):
         import requests
         try:
@@ -41,18 +48,30 @@ def check_reachable(uri: str, source: str) -> None:
                                     params={"max_results": 1}, timeout=5,
                                     auth=_basic_auth())
         except requests.RequestException as exc:
-            raise SpecError(source, [f"tracking.uri: MLflow at {uri} cannot be reached ({type(exc).__name__}); "
+            raise SpecError(source, [f"tracking.uri: MLflow at {shown} cannot be reached ({type(exc).__name__}); "
                                      f"start the server or fix tracking.uri / $MLFLOW_TRACKING_URI"]) from None
         if response.status_code != 200:
-            raise SpecError(source, [f"tracking.uri: MLflow at {uri} answered HTTP {response.status_code}: "
-                                     f"{response.text[:200]}"])
+            hint = (" (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+                    if response.status_code in (401, 403) else "")
+            raise SpecError(source, [f"tracking.uri: MLflow at {shown} answered HTTP {response.status_code}{hint}: "
+                                     f"{redact(response.text[:200])}"])
         return
     try:
         from mlflow import MlflowClient
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 -- sqlalchemy/mlflow raise many kinds; the message is what matters
-        raise SpecError(source, [f"tracking.uri: cannot open the MLflow store {uri}: "
-                                 f"{str(exc).splitlines()[0][:300]}"]) from None
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise SpecError(source, [f"tracking.uri: cannot open the MLflow store {shown}: {redact(first)}"]) from None
+
+
+def _uncreatable(path: Path) -> str | None:
+    """Why a file at `path` could not be created (its nearest existing ancestor is no writable folder)."""
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK) or str(existing.resolve()).startswith(("/proc", "/sys")):
+        return f"{existing} is not writable"
+    return None
 
 
 def _basic_auth() -> tuple[str, str] | None:

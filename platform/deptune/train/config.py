@@ -9,6 +9,9 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 
 from deptune.spec_base import StrictModel
 
+MAX_STEPS = 10**9
+"""More optimizer steps than any run makes (and well inside every int64 counter Ray, Optuna and MLflow keep)."""
+
 
 class ResourcesConfig(StrictModel):
     """What one training run (one sweep trial) asks of the Ray cluster."""
@@ -52,18 +55,18 @@ class ResourcesConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    steps: PositiveInt = Field(1000, description="optimizer steps")
+    steps: PositiveInt = Field(1000, le=MAX_STEPS, description="optimizer steps")
     batch_size: PositiveInt = Field(32, description="global batch size (examples per optimizer step)")
     eval_batch_size: PositiveInt = 64
     lr_prompt: PositiveFloat = Field(0.3, description="learning rate of the soft prompt")
     lr_lowrank: PositiveFloat = Field(1e-4, description="learning rate of the low-rank factors (DePT's A and B, "
                                                         "MPT's u and v)")
     lr_head: PositiveFloat = Field(1e-3, description="learning rate of an encoder's classification head")
-    warmup_steps: NonNegativeInt = Field(100, description="linear warm-up, then linear decay to 0")
+    warmup_steps: NonNegativeInt = Field(100, le=MAX_STEPS, description="linear warm-up, then linear decay to 0")
     adam_eps: PositiveFloat = 1e-6
     weight_decay: NonNegativeFloat = 0.0
     max_grad_norm: PositiveFloat = 1.0
-    eval_every: PositiveInt = Field(100, description="evaluate (and keep the best adapter) every K steps and at the last")
+    eval_every: PositiveInt = Field(100, le=MAX_STEPS, description="evaluate (and keep the best adapter) every K steps and at the last")
     max_target_length: PositiveInt = Field(8, description="tokens of the verbalised label")
     max_new_tokens: PositiveInt = Field(20, description="greedy generation length at evaluation")
     seed: int = 42

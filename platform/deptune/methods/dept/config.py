@@ -56,6 +56,9 @@ class DePTConfig(PromptConfig):
         m = ranges.get("prompt_length")
         if self.budget is None or not isinstance(m, IntRange):
             return []
+        if self.budget < 3:  # m >= 1 and rank 1 need (l - m) d >= s + d > d, so l - m >= 2
+            return [f"method.budget: l={self.budget} cannot hold a prompt and a rank-1 pair at any hidden size "
+                    f"(needs l >= 3)"]
         if m.low >= self.budget:
             return [f"method.budget: l={self.budget} is below every searched m ({m.low}-{m.high}); DePT needs "
                     f"m < l to leave room for the low-rank pair"]
