@@ -109,7 +109,9 @@ def test_config_is_strict_with_key_paths(tmp_path):
             parse_spec({**base, "method": method})
     good = {"backbone": {"name": "tiny-bert"}, "source_tasks": [{"name": t} for t in SOURCES],
             "method": {"name": "mpt"}, "train": {"batch_size": 16}}
-    for change, message in [({"train": {"batch_size": 15}}, "train.batch_size: 15 must be divisible by the 2"),
+    for change, message in [({"train": {"batch_size": 15}, "mixing": {"strategy": "balanced"}},
+                             "train.batch_size: 15 must be divisible by the 2"),
+                            ({"distill": {"kl_weight": 1.0}}, "distill.kl_weight: replaced by distill.weight"),
                             ({"method": {"name": "dept", "rank": 2}}, "method.name: the source stage trains mpt"),
                             ({"source_tasks": [{"name": "synthetic_a"}] * 2}, "source_tasks.1.name"),
                             ({"method": {"name": "mpt", "init_from": str(tmp_path)}}, "method.init_from")]:
@@ -223,7 +225,7 @@ def test_shipped_source_spec_and_mpt_sweep_validate_and_search_lrs_at_fixed_l():
     assert isinstance(source_spec_, SourceSpec) and source_spec_.method.prompt_length == 100
     checks.check(source_spec_, "source")
     sweep = load_spec(ROOT / "search_spaces/rte_mpt_fewshot.yaml")
-    assert sweep.task.k_shot == 32 and sweep.method.name == "mpt"
+    assert sweep.task.few_shot.k == 32 and sweep.task.few_shot.per == "total" and sweep.method.name == "mpt"
     plan, errors = plan_search(sweep, 768)
     assert not errors and plan.prompt_length == 100 and plan.rank == 1
     assert plan.adapter_params(100, 1) == 77_668
@@ -237,10 +239,10 @@ def test_shipped_source_spec_and_mpt_sweep_validate_and_search_lrs_at_fixed_l():
 
 
 def test_k_shot_takes_k_examples_per_class():
-    splits = load_splits(TaskConfig(name="synthetic", synthetic_size=200, k_shot=5))
+    splits = load_splits(TaskConfig(name="synthetic", synthetic_size=200, few_shot={"k": 5, "per": "class"}))
     assert sorted(e.target for e in splits.train) == ["0"] * 5 + ["1"] * 5
-    with pytest.raises(ValueError, match="task.k_shot: 500 examples per class"):
-        load_splits(TaskConfig(name="synthetic", synthetic_size=200, k_shot=500))
+    with pytest.raises(ValueError, match="task.few_shot.k: 500 examples per class"):
+        load_splits(TaskConfig(name="synthetic", synthetic_size=200, few_shot={"k": 500, "per": "class"}))
 
 
 def test_cli_runs_the_source_stage(tmp_path):
@@ -254,7 +256,8 @@ def test_cli_runs_the_source_stage(tmp_path):
     result = CliRunner().invoke(app, ["mpt-source", str(path)])
     assert result.exit_code == 0, result.output
     assert "source adapter:" in result.output and (tmp_path / "source" / "best" / CONFIG_FILE).is_file()
-    bad = CliRunner().invoke(app, ["mpt-source", str(path), "--set", "train.batch_size=15"])
+    bad = CliRunner().invoke(app, ["mpt-source", str(path), "--set", "train.batch_size=15",
+                                   "--set", "mixing.strategy=balanced"])
     assert bad.exit_code == 2
 
 

@@ -29,7 +29,7 @@ def randperm(n: int, seed: int = 42) -> list[int]:
 
 def test_registry_names_all_tasks_and_rejects_unknown():
     assert TASK_NAMES == ("synthetic", "synthetic_a", "synthetic_b", "cola", "sst2", "mrpc", "qqp", "stsb", "mnli",
-                          "qnli", "rte", "boolq", "cb", "multirc", "wic", "wsc")
+                          "qnli", "rte", "boolq", "cb", "multirc", "wic", "wsc", "squad", "record")
     with pytest.raises(ValueError, match="unknown task 'rtee'.*valid tasks: synthetic, synthetic_a"):
         get_task("rtee")
 
@@ -71,10 +71,19 @@ def test_format_matches_dept(name, row, source, target):
     assert get_task(name).format(row) == Example(source=source, target=target)
 
 
-@pytest.mark.parametrize(("score", "target"), [(2.5, "2.4"), (3.85, "3.8"), (0.1, "0.0"), (5.0, "5.0"), (0, "0.0")])
-def test_stsb_target_is_nearest_fifth(score, target):
+# The official code's STS-B target, `str(round_stsb_target(label))` = str(np.round((label * 5) / 5, decimals=1)),
+# written out for a table of labels: the 0.1 grid (its docstring's "nearest 0.2" is not what it computes), with
+# numpy's rounding (halves to even on the scaled value: 1.15 -> 1.2 where Python's round gives 1.1).
+STSB_OFFICIAL = [(2.5, "2.5"), (3.85, "3.8"), (0.1, "0.1"), (5.0, "5.0"), (0, "0.0"), (4.75, "4.8"), (2.25, "2.2"),
+                 (1.15, "1.2"), (0.05, "0.0"), (3.333, "3.3"), (4.666, "4.7"), (0.25, "0.2"), (3.8, "3.8"),
+                 (1.4, "1.4"), (0.6, "0.6"), (2.8, "2.8"), (4.2, "4.2"), (3.2, "3.2")]
+
+
+@pytest.mark.parametrize(("score", "target"), STSB_OFFICIAL)
+def test_stsb_target_equals_the_official_code(score, target):
     row = {"sentence1": "a", "sentence2": "b", "label": score}
-    assert get_task("stsb").format(row).target == target  # np.round semantics: halves go to even
+    assert get_task("stsb").format(row).target == target
+    assert str(np.round((score * 5) / 5, decimals=1)) == target  # the official expression itself
 
 
 def test_wsc_span_after_pronoun_and_regex_characters():
@@ -145,7 +154,7 @@ def test_stsb_constant_or_nan_prediction_scores_zero_not_nan():
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_perfect_predictions_score_one_as_plain_floats(name):
     task = get_task(name)
-    targets = ["1.0", "2.6", "4.2"] if task.is_regression else list(task.label_names) * 2
+    targets = ["1.0", "2.6", "4.2"] if task.is_regression else list(task.label_names) * 2 or ["Denver", "a cat"]
     result = task.compute_metrics(targets, targets)
     assert list(result) == list(task.metric_names)
     assert all(type(v) is float for v in result.values())
@@ -242,7 +251,7 @@ def test_mnli_and_stsb_glue_headers(tmp_path):
         write_csv(stsb / file, header, [f"{i}\tmain-captions\tMSRvid\t2012test\t1\tnone\tnone\tA {i}.\tB.\t3.{i}00"
                                         for i in range(4)])
     splits = load_splits(TaskConfig(name="stsb", data_dir=stsb))
-    assert [e.target for e in splits.train] == ["3.0", "3.2", "3.2", "3.2"]  # 3.1 and 3.3: halves to even
+    assert [e.target for e in splits.train] == ["3.0", "3.1", "3.2", "3.3"]  # the official code's 0.1 grid
 
 
 def test_glue_dir_rejects_superglue_and_missing_files(tmp_path):
