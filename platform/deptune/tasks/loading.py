@@ -83,22 +83,26 @@ def few_shot_class(task: Any, example: Example) -> str:
 def few_shot_total(train: Sequence[Example], cfg: FewShotConfig, task: Any) -> list[Example]:
     """k examples in all, drawn as the official DePT train.py draws `k_shot_example`: walk the train split in
     the order of `datasets.Dataset.shuffle(seed)` (numpy's `default_rng(seed).permutation`), take an example
-    while its class has fewer than k // n_classes, and let the last slot take any class. Extractive QA has no
-    classes: the first k of the shuffle. Too few examples is an error."""
+    while its class has fewer than k // n_classes, and let the last slot take any class. Where k % n_classes
+    is 2 or more (CB at k = 32) the official loop stops at k // n_classes * n_classes examples (30) because only
+    slot k opens; here the last k % n_classes slots open, so the draw is its 30 plus the next two of the shuffle,
+    exactly k. Extractive QA has no classes: the first k of the shuffle. Too few examples is an error."""
     import numpy as np  # deferred, as torch below
 
     order = np.random.default_rng(cfg.seed).permutation(len(train)).tolist()
     if not task.label_names and not task.is_regression:
         chosen = order[:cfg.k]
     else:
-        per_class = cfg.k // (2 if task.is_regression else len(task.label_names))
+        n_classes = 2 if task.is_regression else len(task.label_names)
+        per_class = cfg.k // n_classes
+        open_from = cfg.k - max(1, cfg.k - per_class * n_classes)  # the official code: k - 1
         counts: dict[str, int] = {}
         chosen = []
         for i in order:
             if len(chosen) == cfg.k:
                 break
             label = few_shot_class(task, train[i])
-            if counts.get(label, 0) < per_class or len(chosen) == cfg.k - 1:
+            if counts.get(label, 0) < per_class or len(chosen) >= open_from:
                 counts[label] = counts.get(label, 0) + 1
                 chosen.append(i)
     if len(chosen) < cfg.k:

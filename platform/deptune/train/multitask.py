@@ -117,7 +117,7 @@ def train_student(spec: SourceSpec, teacher_dirs: dict[str, Path], reporter=prin
             items = [source.train[i] for i in indices]
             batch = {key: v.to(device) for key, v in train_batch(items, backbone, source.task.is_regression).items()}
             with autocast:
-                terms = _task_terms(student, k, source, batch, spec)
+                terms = task_terms(student, k, source, batch, spec)
             total = mpt_source_loss(terms["loss"], terms["kl"], terms["mse"], spec.distill.weight)
             (total * len(indices) / cfg.batch_size).backward()
             window.add(source.task.name, {key: v.item() for key, v in terms.items()}, len(indices))
@@ -177,7 +177,7 @@ def _use_head(model: PromptModel, head: dict[str, torch.Tensor]) -> None:
             param.copy_(head[name])
 
 
-def _task_terms(student: MPTModel, k: int, source: SourceTask, batch: dict, spec: SourceSpec) -> dict[str, torch.Tensor]:
+def task_terms(student: MPTModel, k: int, source: SourceTask, batch: dict, spec: SourceSpec) -> dict[str, torch.Tensor]:
     """Task k's mean task loss (L_PLM), L_logits and L_hidden on its part of the step (teacher without dropout)."""
     _use_head(student, source.head)
     labels = None if student.family == "encoder" else batch["labels"]  # encoders: the loss is ours, not HF's
