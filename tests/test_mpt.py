@@ -272,3 +272,84 @@ def test_source_stage_runs_on_the_generative_families(tmp_path, backbone):
     assert all(report[f"{term}_{t}"] >= 0 for term in ("loss", "kl", "mse") for t in SOURCES)
     model = load_adapter(load_backbone(BackboneConfig(name=backbone)), result.adapter_dir)
     assert model.prefix_task_cols.shape == (2, 8, 1)
+
+
+# ----- the paper's source stage: proportional mixing, one lambda, encoder + decoder hidden states ----------
+def test_proportional_mixing_draws_tasks_in_proportion_to_their_capped_sizes():
+    from deptune.train.data import MixtureBatches, mixing_rates
+    sizes = [1_000, 3_000, 400_000]  # the third is capped at 8,000
+    rates = mixing_rates(sizes, size_cap=8_000)
+    assert rates == pytest.approx([1 / 12, 3 / 12, 8 / 12])
+    mixture = MixtureBatches(sizes, batch_size=32, seed=5, rates=rates)
+    steps = [mixture.indices(step) for step in range(2_000)]
+    drawn = [sum(len(step[k]) for step in steps) for k in range(3)]
+    assert sum(drawn) == 2_000 * 32 and all(sum(map(len, step)) == 32 for step in steps)
+    for count, rate in zip(drawn, rates):
+        assert count / sum(drawn) == pytest.approx(rate, abs=0.01)
+    first = [i for step in steps for i in step[0]][:1_000]
+    assert sorted(first) == list(range(1_000))  # a task's examples come as epochs of its own shuffle
+    again = MixtureBatches(sizes, batch_size=32, seed=5, rates=rates)
+    assert [again.indices(s) for s in (0, 1, 2)] == steps[:3] and again.indices(1) == steps[1]  # seeded, replayable
+    assert mixing_rates(sizes, None) == pytest.approx([s / sum(sizes) for s in sizes])  # no cap: raw sizes
+    balanced = MixtureBatches(sizes, batch_size=32, seed=5)
+    assert [len(part) for part in balanced.indices(0)] == [10, 10, 10]
+
+
+def test_the_mpt_loss_equals_a_hand_computed_value_on_a_tiny_t5(tmp_path):
+    """L_PLM + lambda * (L_logits + L_hidden): cross-entropy over label tokens, KL(teacher || student) over them,
+    and the hidden-state MSE of the encoder's input tokens plus that of the decoder's target tokens."""
+    from deptune.train.loss import mpt_source_loss
+    from deptune.train.multitask import SourceTask, task_terms
+    from deptune.tasks import get_task
+    from deptune.train.data import encode, train_batch
+    from deptune.tasks.base import Example
+    bb = load_backbone(BackboneConfig(name="tiny-t5"))
+    torch.manual_seed(0)
+    teacher = build_model(bb, PromptTuningConfig(prompt_length=3, max_length=32, init="random")).eval()
+    student = build_model(bb, MPTConfig(prompt_length=3, max_length=32, source_tasks=SOURCES, init="random"))
+    with torch.no_grad():
+        student.prefix_task_cols.normal_()
+    task = get_task("synthetic_a")
+    items = encode([Example("sentence: good day", "1"), Example("sentence: a bad sad day it was", "0")], bb, task,
+                   32, 8)
+    batch = train_batch(items, bb)
+    spec = source_spec(tmp_path, backbone="tiny-t5")
+    source = SourceTask(task, items, items, teacher, {})
+    for module in bb.model.modules():  # no dropout (task_terms trains the student), so both forwards agree
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif isinstance(getattr(module, "dropout", None), float):  # T5's attention dropout is functional
+            module.dropout = 0.0
+    terms = task_terms(student, 1, source, batch, spec)
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    with torch.no_grad():
+        t_out = teacher(ids, mask, labels=labels, output_hidden_states=True)
+        with student.for_task(1):
+            s_out = student(ids, mask, labels=labels, output_hidden_states=True)
+    keep = labels != -100
+    n_tokens = int(keep.sum())
+    ce = sum(-torch.log_softmax(s_out.logits[b, t], -1)[labels[b, t]]
+             for b in range(2) for t in range(labels.shape[1]) if keep[b, t]) / n_tokens
+    kl = sum((torch.softmax(t_out.logits[b, t], -1) * (torch.log_softmax(t_out.logits[b, t], -1)
+                                                      - torch.log_softmax(s_out.logits[b, t], -1))).sum()
+             for b in range(2) for t in range(labels.shape[1]) if keep[b, t]) / n_tokens
+    enc_s, enc_t = s_out.encoder_last_hidden_state[:, 3:], t_out.encoder_last_hidden_state[:, 3:]
+    enc = sum(((enc_s[b, t] - enc_t[b, t]) ** 2).mean() for b in range(2) for t in range(ids.shape[1])
+              if mask[b, t]) / int(mask.sum())
+    dec_s, dec_t = s_out.decoder_hidden_states[-1], t_out.decoder_hidden_states[-1]
+    dec = sum(((dec_s[b, t] - dec_t[b, t]) ** 2).mean() for b in range(2) for t in range(labels.shape[1])
+              if keep[b, t]) / n_tokens
+    torch.testing.assert_close(terms["loss"].detach(), ce, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["kl"].detach(), kl, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(terms["mse"].detach(), enc + dec, rtol=1e-5, atol=1e-7)
+    assert dec > 0 and enc > 0  # both stacks count
+    total = mpt_source_loss(terms["loss"], terms["kl"], terms["mse"], 0.5).detach()
+    torch.testing.assert_close(total, ce + 0.5 * (kl + enc + dec), rtol=1e-5, atol=1e-6)
+
+
+def test_the_source_stage_reports_its_mixture_and_the_paper_metric(source):
+    last = source.history[-1]
+    assert last["mix_synthetic_a"] + last["mix_synthetic_b"] == pytest.approx(1.0)
+    assert 0.35 < last["mix_synthetic_a"] < 0.65  # equal sizes: about half each
+    assert last["paper_metric"] == pytest.approx((last["eval_synthetic_a_accuracy"]
+                                                  + last["eval_synthetic_b_accuracy"]) / 2)
