@@ -154,8 +154,7 @@ def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session |
             report.update({f"test_{k}": v for k, v in test.items()}, test_paper_metric=test[task.paper_metric])
         history.append(report)
         _checkpoint_and_report(session, report, improved, model, optimizer, scheduler, progress, backbone, task)
-    test = {k[5:]: v for k, v in history[-1].items() if k.startswith("test_") and k != "test_paper_metric"} \
-        if history else {}
+    test = {k[5:]: v for k, v in history[-1].items() if k.startswith("test_")} if history else {}
     best_dir = getattr(session, "best_dir", None)
     return TrainResult(progress.best_step, progress.best_metrics, test, best_dir, model.trainable_parameter_count(),
                        history)
