@@ -300,7 +300,7 @@ def test_the_mpt_loss_equals_a_hand_computed_value_on_a_tiny_t5(tmp_path):
     and the hidden-state MSE of the encoder's input tokens plus that of the decoder's target tokens."""
     from deptune.train.loss import mpt_source_loss
     from deptune.train.multitask import SourceTask, task_terms
-    from deptune.tasks import get_task
+    from deptune.tasks.registry import get_task
     from deptune.train.data import encode, train_batch
     from deptune.tasks.base import Example
     bb = load_backbone(BackboneConfig(name="tiny-t5"))

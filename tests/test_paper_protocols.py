@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from deptune.config import SourceSpec, load_spec, parse_spec
-from deptune.methods import DePTConfig, PromptTuningConfig, build_model
-from deptune.models import BackboneConfig, load_backbone
+from deptune.backbones import BackboneConfig, load_backbone
+from deptune.methods.adapters import build_model
+from deptune.methods.dept.config import DePTConfig
+from deptune.methods.prompt_tuning.config import PromptTuningConfig
+from deptune.specs import load_spec, parse_spec
+from deptune.train.spec import SourceSpec
 from deptune.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
