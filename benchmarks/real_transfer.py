@@ -2,8 +2,9 @@
 
 Source stage (once): MPT's (a PT teacher per source task, then P* and one (u, v) per task distilled on the
 task-balanced SST-2 + CoLA mixture) and a DePT adapter trained on SST-2 (DePT's transfer is single-source).
-Target: RTE with k training examples per class (drawn per seed from RTE's train split), the same steps for
-every method, then accuracy on RTE's whole dev split (277). Four starts, side by side, several seeds:
+Target: RTE with k training examples in all (`task.few_shot: {k, per: total}`, DePT's k, drawn per seed from
+RTE's train split as the official code draws them), the same steps for every method, then accuracy on RTE's
+whole dev split (277). Four starts, side by side, several seeds:
 MPT from the source adapter (P* ⊙ mean(u) mean(v)^T) vs PT from scratch (same l) vs DePT from the SST-2
 DePT adapter (prompt, A, B) vs DePT from scratch (same m, r).
 
@@ -11,7 +12,11 @@ Heads: an encoder's classification head is never transferred. A source head maps
 SST-2's or CoLA's labels; RTE's labels mean something else, so every target run trains a fresh head
 (lr_head), and the comparison isolates what the prompt (and A, B) carry.
 
-    python benchmarks/real_transfer.py --data ../shared/data/glue      # ~15-20 min on 2 CPU cores
+    python benchmarks/real_transfer.py --data ../shared/data/glue --starts mpt pt   # a subset of the starts
+
+Measured 2026-12-01 on 2 CPU cores shared with other jobs (load 4-6): --source-steps 100 --source-samples 1000
+--target-steps 40 took ~10 min for the source stage and 1.5-2 min per target run; at that budget the sources
+barely learn (SST-2 0.56, CoLA MCC 0) and every RTE start stays at chance (0.49-0.52; majority 0.527).
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from pathlib import Path
 from deptune.specs import parse_spec
 from deptune.train.loop import train
 from deptune.train.multitask import train_source
+
+
+STARTS = ("mpt", "pt", "dept", "dept-scratch")
 
 
 def minilm_path() -> str:
@@ -75,7 +83,8 @@ def target_run(args: argparse.Namespace, method: dict, seed: int, name: str, **t
     spec = parse_spec({
         "backbone": {"name": minilm_path()},
         "task": {"name": "rte", "files": {"train": str(rte / "train.tsv"), "validation": str(rte / "dev.tsv"),
-                                           "test": str(rte / "dev.tsv")}, "k_shot": args.k, "split_seed": seed},
+                                           "test": str(rte / "dev.tsv")},
+                 "few_shot": {"k": args.k, "per": "total", "seed": seed}},
         "method": {**method, "max_length": args.max_length},
         "train": train_settings(args, args.target_steps, args.out / "target" / f"{name}-{seed}", seed=seed,
                                 **train_extra),
@@ -102,7 +111,7 @@ def main() -> None:
     parser.add_argument("--source-eval-samples", type=int, default=200)
     parser.add_argument("--source-steps", type=int, default=200, help="steps of each teacher, the MPT student "
                                                                        "and the DePT source")
-    parser.add_argument("--k", type=int, default=16, help="RTE training examples per class")
+    parser.add_argument("--k", type=int, default=32, help="RTE training examples in all (DePT's k)")
     parser.add_argument("--target-steps", type=int, default=60)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=16)
@@ -112,27 +121,31 @@ def main() -> None:
     parser.add_argument("--lr-vectors", type=float, default=1e-2, help="MPT's u and v (train.lr_lowrank of mpt)")
     parser.add_argument("--lr-head", type=float, default=5e-3)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_transfer"))
+    parser.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS),
+                        help="which target starts to run (a source stage runs only for the starts that need it)")
     args = parser.parse_args()
     for folder in ("SST-2", "CoLA", "RTE"):
         if not (args.data / folder / "train.tsv").is_file():
             parser.error(f"no GLUE {folder} folder under {args.data} (expected {folder}/train.tsv); pass --data")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
-    mpt_dir, dept_dir = mpt_source(args), dept_source(args)
+    mpt_dir = mpt_source(args) if "mpt" in args.starts else None
+    dept_dir = dept_source(args) if "dept" in args.starts else None
     source_seconds = time.perf_counter() - started
     starts = {
-        "MPT from SST-2+CoLA (avg u,v)": ({"name": "mpt", "prompt_length": args.prompt_length,
-                                           "init_from": str(mpt_dir)}, {"lr_lowrank": args.lr_vectors}),
-        "PT from scratch": ({"name": "prompt_tuning", "prompt_length": args.prompt_length}, {}),
-        "DePT from SST-2 DePT": (dept_method(args, init_from=str(dept_dir)), {}),
-        "DePT from scratch": (dept_method(args), {}),
+        "mpt": ("MPT from SST-2+CoLA (avg u,v)", {"name": "mpt", "prompt_length": args.prompt_length,
+                                                  "init_from": str(mpt_dir)}, {"lr_lowrank": args.lr_vectors}),
+        "pt": ("PT from scratch", {"name": "prompt_tuning", "prompt_length": args.prompt_length}, {}),
+        "dept": ("DePT from SST-2 DePT", dept_method(args, init_from=str(dept_dir)), {}),
+        "dept-scratch": ("DePT from scratch", dept_method(args), {}),
     }
+    starts = {name: (method, extra) for key, (name, method, extra) in starts.items() if key in args.starts}
     rows = {}
     for name, (method, extra) in starts.items():
         runs = [target_run(args, method, seed, name.split()[0].lower() + str(len(rows)), **extra) for seed in args.seeds]
         rows[name] = runs
         print(f"  {name}: " + " ".join(f"{r['accuracy']:.4f}" for r in runs), flush=True)
-    print(f"\nall-MiniLM-L6-v2, few-shot RTE: k={args.k} per class from train (drawn per seed), "
+    print(f"\nall-MiniLM-L6-v2, few-shot RTE: k={args.k} in all from train (drawn per seed), "
           f"{args.target_steps} steps of {args.batch_size}, s={args.max_length}, l={args.prompt_length} "
           f"(DePT m={args.dept_prompt_length}), accuracy on the whole dev split (277), seeds {args.seeds}; "
           f"source stage {source_seconds:.0f} s ({args.source_samples} examples per source task, "

@@ -178,8 +178,9 @@ def test_prompt_inits():
     bb = load_backbone(BackboneConfig(name="tiny-t5"))
     emb = bb.model.get_input_embeddings().weight
     text = build_model(bb, PromptTuningConfig(prompt_length=5, init="text", init_text="good bad"))
-    ids = bb.tokenizer("good bad", add_special_tokens=False)["input_ids"]
-    torch.testing.assert_close(text.prompt_embeddings.detach(), emb[[ids[0], ids[1], ids[0], ids[1], ids[0]]])
+    ids = bb.tokenizer("good bad")["input_ids"]  # the official code's tokenisation: T5's </s> kept
+    assert len(ids) == 3 and ids[-1] == bb.tokenizer.eos_token_id
+    torch.testing.assert_close(text.prompt_embeddings.detach(), emb[[ids[0], ids[1], ids[2], ids[0], ids[1]]])
     sampled = build_model(bb, PromptTuningConfig(prompt_length=5, init="sample_vocab")).prompt_embeddings.detach()
     assert all(any(torch.equal(row, v) for v in emb) for row in sampled)
     torch.manual_seed(0)

@@ -109,7 +109,9 @@ def test_config_is_strict_with_key_paths(tmp_path):
             parse_spec({**base, "method": method})
     good = {"backbone": {"name": "tiny-bert"}, "source_tasks": [{"name": t} for t in SOURCES],
             "method": {"name": "mpt"}, "train": {"batch_size": 16}}
-    for change, message in [({"train": {"batch_size": 15}}, "train.batch_size: 15 must be divisible by the 2"),
+    for change, message in [({"train": {"batch_size": 15}, "mixing": {"strategy": "balanced"}},
+                             "train.batch_size: 15 must be divisible by the 2"),
+                            ({"distill": {"kl_weight": 1.0}}, "distill.kl_weight: replaced by distill.weight"),
                             ({"method": {"name": "dept", "rank": 2}}, "method.name: the source stage trains mpt"),
                             ({"source_tasks": [{"name": "synthetic_a"}] * 2}, "source_tasks.1.name"),
                             ({"method": {"name": "mpt", "init_from": str(tmp_path)}}, "method.init_from")]:
@@ -223,7 +225,7 @@ def test_shipped_source_spec_and_mpt_sweep_validate_and_search_lrs_at_fixed_l():
     assert isinstance(source_spec_, SourceSpec) and source_spec_.method.prompt_length == 100
     checks.check(source_spec_, "source")
     sweep = load_spec(ROOT / "search_spaces/rte_mpt_fewshot.yaml")
-    assert sweep.task.k_shot == 32 and sweep.method.name == "mpt"
+    assert sweep.task.few_shot.k == 32 and sweep.task.few_shot.per == "total" and sweep.method.name == "mpt"
     plan, errors = plan_search(sweep, 768)
     assert not errors and plan.prompt_length == 100 and plan.rank == 1
     assert plan.adapter_params(100, 1) == 77_668
@@ -237,10 +239,10 @@ def test_shipped_source_spec_and_mpt_sweep_validate_and_search_lrs_at_fixed_l():
 
 
 def test_k_shot_takes_k_examples_per_class():
-    splits = load_splits(TaskConfig(name="synthetic", synthetic_size=200, k_shot=5))
+    splits = load_splits(TaskConfig(name="synthetic", synthetic_size=200, few_shot={"k": 5, "per": "class"}))
     assert sorted(e.target for e in splits.train) == ["0"] * 5 + ["1"] * 5
-    with pytest.raises(ValueError, match="task.k_shot: 500 examples per class"):
-        load_splits(TaskConfig(name="synthetic", synthetic_size=200, k_shot=500))
+    with pytest.raises(ValueError, match="task.few_shot.k: 500 examples per class"):
+        load_splits(TaskConfig(name="synthetic", synthetic_size=200, few_shot={"k": 500, "per": "class"}))
 
 
 def test_cli_runs_the_source_stage(tmp_path):
@@ -254,7 +256,8 @@ def test_cli_runs_the_source_stage(tmp_path):
     result = CliRunner().invoke(app, ["mpt-source", str(path)])
     assert result.exit_code == 0, result.output
     assert "source adapter:" in result.output and (tmp_path / "source" / "best" / CONFIG_FILE).is_file()
-    bad = CliRunner().invoke(app, ["mpt-source", str(path), "--set", "train.batch_size=15"])
+    bad = CliRunner().invoke(app, ["mpt-source", str(path), "--set", "train.batch_size=15",
+                                   "--set", "mixing.strategy=balanced"])
     assert bad.exit_code == 2
 
 
@@ -269,3 +272,84 @@ def test_source_stage_runs_on_the_generative_families(tmp_path, backbone):
     assert all(report[f"{term}_{t}"] >= 0 for term in ("loss", "kl", "mse") for t in SOURCES)
     model = load_adapter(load_backbone(BackboneConfig(name=backbone)), result.adapter_dir)
     assert model.prefix_task_cols.shape == (2, 8, 1)
+
+
+# ----- the paper's source stage: proportional mixing, one lambda, encoder + decoder hidden states ----------
+def test_proportional_mixing_draws_tasks_in_proportion_to_their_capped_sizes():
+    from deptune.train.data import MixtureBatches, mixing_rates
+    sizes = [1_000, 3_000, 400_000]  # the third is capped at 8,000
+    rates = mixing_rates(sizes, size_cap=8_000)
+    assert rates == pytest.approx([1 / 12, 3 / 12, 8 / 12])
+    mixture = MixtureBatches(sizes, batch_size=32, seed=5, rates=rates)
+    steps = [mixture.indices(step) for step in range(2_000)]
+    drawn = [sum(len(step[k]) for step in steps) for k in range(3)]
+    assert sum(drawn) == 2_000 * 32 and all(sum(map(len, step)) == 32 for step in steps)
+    for count, rate in zip(drawn, rates):
+        assert count / sum(drawn) == pytest.approx(rate, abs=0.01)
+    first = [i for step in steps for i in step[0]][:1_000]
+    assert sorted(first) == list(range(1_000))  # a task's examples come as epochs of its own shuffle
+    again = MixtureBatches(sizes, batch_size=32, seed=5, rates=rates)
+    assert [again.indices(s) for s in (0, 1, 2)] == steps[:3] and again.indices(1) == steps[1]  # seeded, replayable
+    assert mixing_rates(sizes, None) == pytest.approx([s / sum(sizes) for s in sizes])  # no cap: raw sizes
+    balanced = MixtureBatches(sizes, batch_size=32, seed=5)
+    assert [len(part) for part in balanced.indices(0)] == [10, 10, 10]
+
+
+def test_the_mpt_loss_equals_a_hand_computed_value_on_a_tiny_t5(tmp_path):
+    """L_PLM + lambda * (L_logits + L_hidden): cross-entropy over label tokens, KL(teacher || student) over them,
+    and the hidden-state MSE of the encoder's input tokens plus that of the decoder's target tokens."""
+    from deptune.train.loss import mpt_source_loss
+    from deptune.train.multitask import SourceTask, task_terms
+    from deptune.tasks.registry import get_task
+    from deptune.train.data import encode, train_batch
+    from deptune.tasks.base import Example
+    bb = load_backbone(BackboneConfig(name="tiny-t5"))
+    torch.manual_seed(0)
+    teacher = build_model(bb, PromptTuningConfig(prompt_length=3, max_length=32, init="random")).eval()
+    student = build_model(bb, MPTConfig(prompt_length=3, max_length=32, source_tasks=SOURCES, init="random"))
+    with torch.no_grad():
+        student.prefix_task_cols.normal_()
+    task = get_task("synthetic_a")
+    items = encode([Example("sentence: good day", "1"), Example("sentence: a bad sad day it was", "0")], bb, task,
+                   32, 8)
+    batch = train_batch(items, bb)
+    spec = source_spec(tmp_path, backbone="tiny-t5")
+    source = SourceTask(task, items, items, teacher, {})
+    for module in bb.model.modules():  # no dropout (task_terms trains the student), so both forwards agree
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        elif isinstance(getattr(module, "dropout", None), float):  # T5's attention dropout is functional
+            module.dropout = 0.0
+    terms = task_terms(student, 1, source, batch, spec)
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    with torch.no_grad():
+        t_out = teacher(ids, mask, labels=labels, output_hidden_states=True)
+        with student.for_task(1):
+            s_out = student(ids, mask, labels=labels, output_hidden_states=True)
+    keep = labels != -100
+    n_tokens = int(keep.sum())
+    ce = sum(-torch.log_softmax(s_out.logits[b, t], -1)[labels[b, t]]
+             for b in range(2) for t in range(labels.shape[1]) if keep[b, t]) / n_tokens
+    kl = sum((torch.softmax(t_out.logits[b, t], -1) * (torch.log_softmax(t_out.logits[b, t], -1)
+                                                      - torch.log_softmax(s_out.logits[b, t], -1))).sum()
+             for b in range(2) for t in range(labels.shape[1]) if keep[b, t]) / n_tokens
+    enc_s, enc_t = s_out.encoder_last_hidden_state[:, 3:], t_out.encoder_last_hidden_state[:, 3:]
+    enc = sum(((enc_s[b, t] - enc_t[b, t]) ** 2).mean() for b in range(2) for t in range(ids.shape[1])
+              if mask[b, t]) / int(mask.sum())
+    dec_s, dec_t = s_out.decoder_hidden_states[-1], t_out.decoder_hidden_states[-1]
+    dec = sum(((dec_s[b, t] - dec_t[b, t]) ** 2).mean() for b in range(2) for t in range(labels.shape[1])
+              if keep[b, t]) / n_tokens
+    torch.testing.assert_close(terms["loss"].detach(), ce, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["kl"].detach(), kl, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(terms["mse"].detach(), enc + dec, rtol=1e-5, atol=1e-7)
+    assert dec > 0 and enc > 0  # both stacks count
+    total = mpt_source_loss(terms["loss"], terms["kl"], terms["mse"], 0.5).detach()
+    torch.testing.assert_close(total, ce + 0.5 * (kl + enc + dec), rtol=1e-5, atol=1e-6)
+
+
+def test_the_source_stage_reports_its_mixture_and_the_paper_metric(source):
+    last = source.history[-1]
+    assert last["mix_synthetic_a"] + last["mix_synthetic_b"] == pytest.approx(1.0)
+    assert 0.35 < last["mix_synthetic_a"] < 0.65  # equal sizes: about half each
+    assert last["paper_metric"] == pytest.approx((last["eval_synthetic_a_accuracy"]
+                                                  + last["eval_synthetic_b_accuracy"]) / 2)

@@ -29,7 +29,7 @@ def randperm(n: int, seed: int = 42) -> list[int]:
 
 def test_registry_names_all_tasks_and_rejects_unknown():
     assert TASK_NAMES == ("synthetic", "synthetic_a", "synthetic_b", "cola", "sst2", "mrpc", "qqp", "stsb", "mnli",
-                          "qnli", "rte", "boolq", "cb", "multirc", "wic", "wsc")
+                          "qnli", "rte", "boolq", "cb", "multirc", "wic", "wsc", "squad", "record")
     with pytest.raises(ValueError, match="unknown task 'rtee'.*valid tasks: synthetic, synthetic_a"):
         get_task("rtee")
 
@@ -71,10 +71,19 @@ def test_format_matches_dept(name, row, source, target):
     assert get_task(name).format(row) == Example(source=source, target=target)
 
 
-@pytest.mark.parametrize(("score", "target"), [(2.5, "2.4"), (3.85, "3.8"), (0.1, "0.0"), (5.0, "5.0"), (0, "0.0")])
-def test_stsb_target_is_nearest_fifth(score, target):
+# The official code's STS-B target, `str(round_stsb_target(label))` = str(np.round((label * 5) / 5, decimals=1)),
+# written out for a table of labels: the 0.1 grid (its docstring's "nearest 0.2" is not what it computes), with
+# numpy's rounding (halves to even on the scaled value: 1.15 -> 1.2 where Python's round gives 1.1).
+STSB_OFFICIAL = [(2.5, "2.5"), (3.85, "3.8"), (0.1, "0.1"), (5.0, "5.0"), (0, "0.0"), (4.75, "4.8"), (2.25, "2.2"),
+                 (1.15, "1.2"), (0.05, "0.0"), (3.333, "3.3"), (4.666, "4.7"), (0.25, "0.2"), (3.8, "3.8"),
+                 (1.4, "1.4"), (0.6, "0.6"), (2.8, "2.8"), (4.2, "4.2"), (3.2, "3.2")]
+
+
+@pytest.mark.parametrize(("score", "target"), STSB_OFFICIAL)
+def test_stsb_target_equals_the_official_code(score, target):
     row = {"sentence1": "a", "sentence2": "b", "label": score}
-    assert get_task("stsb").format(row).target == target  # np.round semantics: halves go to even
+    assert get_task("stsb").format(row).target == target
+    assert str(np.round((score * 5) / 5, decimals=1)) == target  # the official expression itself
 
 
 def test_wsc_span_after_pronoun_and_regex_characters():
@@ -145,7 +154,7 @@ def test_stsb_constant_or_nan_prediction_scores_zero_not_nan():
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_perfect_predictions_score_one_as_plain_floats(name):
     task = get_task(name)
-    targets = ["1.0", "2.6", "4.2"] if task.is_regression else list(task.label_names) * 2
+    targets = ["1.0", "2.6", "4.2"] if task.is_regression else list(task.label_names) * 2 or ["Denver", "a cat"]
     result = task.compute_metrics(targets, targets)
     assert list(result) == list(task.metric_names)
     assert all(type(v) is float for v in result.values())
@@ -242,7 +251,7 @@ def test_mnli_and_stsb_glue_headers(tmp_path):
         write_csv(stsb / file, header, [f"{i}\tmain-captions\tMSRvid\t2012test\t1\tnone\tnone\tA {i}.\tB.\t3.{i}00"
                                         for i in range(4)])
     splits = load_splits(TaskConfig(name="stsb", data_dir=stsb))
-    assert [e.target for e in splits.train] == ["3.0", "3.2", "3.2", "3.2"]  # 3.1 and 3.3: halves to even
+    assert [e.target for e in splits.train] == ["3.0", "3.1", "3.2", "3.3"]  # the official code's 0.1 grid
 
 
 def test_glue_dir_rejects_superglue_and_missing_files(tmp_path):
@@ -375,3 +384,152 @@ def test_synthetic_only_from_builtin_and_builtin_only_synthetic(tmp_path):
         load_splits(TaskConfig(name="rte", source="builtin"))
     with pytest.raises(ValueError, match="built-in source serves only"):
         load_splits(TaskConfig(name="synthetic", source="hub"))
+
+
+# --- the paper's metric beside the selection metric --------------------------------------------------
+
+def test_every_task_names_the_metric_the_papers_table_reports():
+    paper = {name: get_task(name).paper_metric for name in TASK_NAMES}
+    assert paper["cb"] == "accuracy" and get_task("cb").metric_names[0] == "f1_multiclass"  # selects on F1
+    assert paper["cola"] == "matthews_correlation" and paper["stsb"] == "pearson" and paper["multirc"] == "f1"
+    assert {paper[t] for t in ("sst2", "mrpc", "qqp", "mnli", "qnli", "rte", "boolq", "wic", "wsc")} == {"accuracy"}
+    assert paper["squad"] == "f1" and paper["record"] == "f1"
+    assert all(paper[name] in get_task(name).metric_names for name in TASK_NAMES)
+
+
+# --- few-shot: k in all (DePT/FewGLUE) or k per class ------------------------------------------------
+
+def official_k_shot(targets: list[str], k: int, seed: int, n_classes: int) -> list[int]:
+    """The official DePT train.py draw, written out on a real `datasets.Dataset` (its shuffle included)."""
+    shuffled = datasets.Dataset.from_dict({"i": list(range(len(targets))), "target": targets}).shuffle(seed=seed)
+    counts, per_class, chosen = {}, k // n_classes, []
+    for data in shuffled:
+        if sum(counts.values()) == k:
+            break
+        label = data["target"]
+        if counts.get(label, 0) < per_class or sum(counts.values()) == k - 1:
+            counts[label] = counts.get(label, 0) + 1
+            chosen.append(data["i"])
+    return chosen
+
+
+def cb_rows(n: int) -> list[dict]:
+    labels = ["entailment", "contradiction", "neutral"]
+    return [{"premise": f"P {i}.", "hypothesis": f"H {i}.", "label": labels[(i * 7) % 5 % 3], "idx": i}
+            for i in range(n)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def cb_files(tmp_path: Path, n_train: int = 60) -> dict:
+    return {"train": str(write_jsonl(tmp_path / "train.jsonl", cb_rows(n_train))),
+            "validation": str(write_jsonl(tmp_path / "val.jsonl", cb_rows(8)))}
+
+
+@pytest.mark.parametrize("k", [4, 16, 32])
+def test_total_k_draws_exactly_k_as_the_official_code(tmp_path, k):
+    files = cb_files(tmp_path)
+    full = load_splits(TaskConfig(name="cb", files=files))
+    for seed in (0, 42):
+        drawn = load_splits(TaskConfig(name="cb", files=files, few_shot={"k": k, "per": "total", "seed": seed}))
+        assert len(drawn.train) == k
+        expected = official_k_shot([e.target for e in full.train], k, seed, n_classes=3)
+        if k == 32:  # the official loop stops at 30 (only slot 32 is open); the last two slots open here
+            assert len(expected) == 30
+        assert drawn.train[:len(expected)] == [full.train[i] for i in expected]  # the same examples, same order
+        again = load_splits(TaskConfig(name="cb", files=files, few_shot={"k": k, "per": "total", "seed": seed}))
+        assert again.train == drawn.train and drawn.validation == full.validation  # reproducible; eval untouched
+        counts = sorted(sum(e.target == c for e in drawn.train) for c in ("0", "1", "2"))
+        assert counts[0] >= k // 3 and sum(counts) == k  # balanced up to the open last slot
+    other = load_splits(TaskConfig(name="cb", files=files, few_shot={"k": k, "per": "total", "seed": 1}))
+    assert other.train != drawn.train
+
+
+def test_per_class_k_draws_k_of_every_class_reproducibly(tmp_path):
+    files = cb_files(tmp_path)
+    cfg = TaskConfig(name="cb", files=files, few_shot={"k": 5, "per": "class", "seed": 3})
+    drawn = load_splits(cfg)
+    assert sorted(e.target for e in drawn.train) == ["0"] * 5 + ["1"] * 5 + ["2"] * 5
+    assert load_splits(cfg).train == drawn.train
+    assert load_splits(cfg.model_copy(update={"few_shot": cfg.few_shot.model_copy(update={"seed": 4})})).train \
+        != drawn.train
+    with pytest.raises(ValueError, match="task.few_shot.k: 100 examples in all, but the train split yields only"):
+        load_splits(TaskConfig(name="cb", files=files, few_shot={"k": 100, "per": "total"}))
+
+
+def test_stsb_total_k_balances_the_two_bins_of_the_official_code():
+    from deptune.tasks.config import FewShotConfig
+    from deptune.tasks.loading import few_shot_total
+    train = [Example("s", f"{v:.1f}") for v in [0.4, 4.0, 1.0, 3.0, 2.5, 2.6, 0.0, 5.0] * 3]
+    drawn = few_shot_total(train, FewShotConfig(k=6, per="total", seed=0), get_task("stsb"))
+    bins = ["0" if float(e.target) <= 2.5 else "1" for e in train]  # the official code's STS-B classes
+    assert drawn == [train[i] for i in official_k_shot(bins, 6, 0, n_classes=2)]
+
+
+def test_the_old_k_shot_name_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"task.k_shot: renamed.*few_shot: \{k: 32, per: class\}.*per: total"):
+        TaskConfig(name="rte", k_shot=32)
+    with pytest.raises(ValueError, match="per"):
+        TaskConfig(name="rte", few_shot={"k": 32})  # what k counts must be said
+
+
+# --- SQuAD and ReCoRD ----------------------------------------------------------------------------------
+
+SQUAD_ROWS = [
+    {"id": "a", "title": "T", "context": "Denver (the Broncos) won Super Bowl 50.", "question": "Who won?",
+     "answers": {"text": ["Denver", "the Broncos"], "answer_start": [0, 8]}},
+    {"id": "b", "title": "T", "context": "It was in Santa Clara.", "question": "Where was it?",
+     "answers": {"text": ["Santa Clara"], "answer_start": [10]}},
+]
+RECORD_ROWS = [
+    {"passage": "A penguin swims.\n@highlight\nBirds can swim", "query": "A @placeholder is a bird.",
+     "entities": ["penguin", "pigeon", "potato"], "answers": ["penguin", "pigeon"], "idx": {"passage": 0}},
+    {"passage": "Paris is big.", "query": "@placeholder is a city.", "entities": ["Paris"], "answers": ["Paris"],
+     "idx": {"passage": 1}},
+]
+
+
+def test_squad_formats_as_the_official_code_and_scores_the_best_answer():
+    squad = get_task("squad")
+    example = squad.format(SQUAD_ROWS[0])
+    assert example.source == "question: Who won ?  context: Denver ( the Broncos ) won Super Bowl 50 . "
+    assert example.target == "Denver" and example.answers == ("Denver", "the Broncos")
+    scores = squad.compute_metrics(["the broncos!", "Santa", "nothing"],
+                                   [example.reference, "Santa Clara", "Santa Clara"])
+    # em: "broncos" matches "the Broncos" after normalising; f1: 1, 2*(1*0.5)/1.5 = 2/3, 0
+    assert scores == {"em": pytest.approx(1 / 3), "f1": pytest.approx((1 + 2 / 3 + 0) / 3)}
+    assert list(scores) == ["em", "f1"]
+
+
+def test_record_makes_one_example_per_answer_and_scores_against_all():
+    record = get_task("record")
+    examples = record.format_all(RECORD_ROWS[0])
+    assert [e.target for e in examples] == ["penguin", "pigeon"]
+    assert examples[0].source == ("record query: A @placeholder is a bird. entities: penguin, pigeon, potato "
+                                  "passage: A penguin swims. Birds can swim")
+    assert record.compute_metrics(["pigeon", "potato"], [e.reference for e in examples]) == {"f1": 0.5, "em": 0.5}
+    assert record.format_all({**RECORD_ROWS[1], "answers": []})[0].target == "<unk>"
+
+
+@pytest.mark.parametrize(("name", "rows", "per_row"), [("squad", SQUAD_ROWS, [1, 1]), ("record", RECORD_ROWS, [2, 1])])
+def test_qa_tasks_load_from_small_files(tmp_path, name, rows, per_row):
+    files = {role: str(write_jsonl(tmp_path / f"{role}.jsonl", rows)) for role in ("train", "validation", "test")}
+    splits = load_splits(TaskConfig(name=name, files=files))
+    assert len(splits.train) == len(splits.validation) == len(splits.test) == sum(per_row)
+    assert splits.train[0] == get_task(name).format(rows[0])
+    perfect = get_task(name).compute_metrics([e.target for e in splits.test], [e.reference for e in splits.test])
+    assert all(v == 1.0 for v in perfect.values())
+
+
+def test_record_splits_count_rows_so_an_answers_copies_stay_together(tmp_path):
+    rows = [{**RECORD_ROWS[0], "query": f"Q{i} @placeholder."} for i in range(1003)]  # 2 answers each
+    files = {"train": str(write_jsonl(tmp_path / "train.jsonl", rows)),
+             "validation": str(write_jsonl(tmp_path / "val.jsonl", RECORD_ROWS))}
+    splits = load_splits(TaskConfig(name="record", files=files))
+    assert len(splits.validation) == 2000 and len(splits.train) == 6  # 1,000 rows held out, 3 left, 2 copies each
+    held_out = {e.source for e in splits.validation}
+    assert not held_out & {e.source for e in splits.train} and len(held_out) == 1000
+    assert len(splits.test) == 3  # the official validation: 2 + 1 answers

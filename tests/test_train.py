@@ -87,8 +87,10 @@ def test_global_batches_are_deterministic_and_split_exactly_across_workers():
         assert sorted(shards[0] + shards[1]) == sorted(one[step]) and len(shards[0]) == 4
     assert len(set(sum(one[:12], []))) == 96  # one epoch: no repeats
     assert one[12] != one[0]  # a new epoch reshuffles
-    with pytest.raises(ValueError, match="fewer than train.batch_size=8"):
-        GlobalBatches(size=5, batch_size=8, seed=0)
+    small = GlobalBatches(size=5, batch_size=8, seed=0)  # a set smaller than the batch: all of it every step
+    assert [sorted(small.indices(step)) for step in range(3)] == [[0, 1, 2, 3, 4]] * 3
+    with pytest.raises(ValueError, match="fewer than the 8 workers"):
+        small.indices(0, 0, 8)
 
 
 def test_spec_errors_name_every_key(tmp_path):

@@ -45,7 +45,9 @@ class PromptModel(nn.Module):
             return torch.randn(n, emb.shape[1])
         if config.init == "sample_vocab":
             return emb[torch.randint(0, emb.shape[0], (n,))].clone()
-        ids = backbone.tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
+        # As the official DePT code (and PEFT's prompt tuning): `tokenizer(text)`, special tokens kept (T5's </s>,
+        # BERT's [CLS] ... [SEP]), tiled or cut to n rows.
+        ids = backbone.tokenizer(config.init_text)["input_ids"]
         if not ids:
             raise ValueError("init_text tokenises to nothing")
         return emb[torch.tensor(ids).repeat(n // len(ids) + 1)[:n]].clone()

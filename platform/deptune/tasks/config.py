@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
@@ -19,9 +19,21 @@ class DataFiles(StrictModel):
     test: Path | None = None
 
 
+class FewShotConfig(StrictModel):
+    """Train on k examples of the train split. `per` says what k counts, and has no default on purpose:
+    DePT's and FewGLUE's "k-shot" is k in all (`per: total`), while `per: class` takes k of every class."""
+
+    k: PositiveInt = Field(description="training examples: in all (per: total) or of each class (per: class)")
+    per: Literal["total", "class"] = Field(
+        description="total: k over all classes, drawn as the official DePT code draws them (a seeded shuffle, "
+                    "then up to k // n_classes per class, the last slot open to any class); class: k per class")
+    seed: int = Field(42, description="the draw's seed (the official code draws with the run's seed, 42 in its "
+                                      "scripts); vary it for several draws")
+
+
 class TaskConfig(StrictModel):
     name: str = Field(description="registered task: synthetic (synthetic_a, synthetic_b), cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, "
-                                  "boolq, cb, multirc, wic, wsc")
+                                  "boolq, cb, multirc, wic, wsc, squad, record")
     source: Literal["auto", "hub", "glue_dir", "files", "builtin"] = "auto"
     hub_id: str | None = Field(None, description="override the hub dataset (default nyu-mll/glue, aps/super_glue)")
     data_dir: Path | None = Field(None, description="a GLUE-layout folder holding train.tsv and dev.tsv")
@@ -29,8 +41,8 @@ class TaskConfig(StrictModel):
     columns: dict[str, str] = Field(default_factory=dict, description="task field -> column name in the files")
     max_train_samples: PositiveInt | None = None
     max_eval_samples: PositiveInt | None = None
-    k_shot: PositiveInt | None = Field(None, description="few-shot: train on k examples per class of the train "
-                                                          "split (drawn with split_seed); validation and test as usual")
+    few_shot: FewShotConfig | None = Field(None, description="few-shot: train on k drawn examples of the train "
+                                                             "split; validation and test as usual")
     validation_split: Literal["paper", "whole"] = Field(
         "paper", description="paper: DePT's split rule (small tasks halve the validation file into validation "
                              "and test; large tasks hold 1,000 training examples out as validation and test on "
@@ -38,6 +50,16 @@ class TaskConfig(StrictModel):
                              "and the test split is files.test (none without it: no test scores)")
     split_seed: int = 42
     synthetic_size: PositiveInt = 2000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_k_shot(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "k_shot" in data:
+            k = data["k_shot"]
+            raise ValueError(f"task.k_shot: renamed, because k was per class where DePT's and FewGLUE's k is the "
+                             f"total; write task.few_shot: {{k: {k}, per: class}} for the old meaning ({k} of each "
+                             f"class) or {{k: {k}, per: total}} for {k} examples in all")
+        return data
 
     @field_validator("name")
     @classmethod

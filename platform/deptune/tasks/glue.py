@@ -3,8 +3,12 @@
 Reference: ZhengxiangShi/DePT `src/tasks.py` (inherited from ATTEMPT / compacter) and `src/metrics.py`.
 - Source: "field1: text1 field2: text2 ...", the field names being the hub's column names, no task prefix
   (DePT's `add_prefix` defaults to False). Target: the hub's label id as a string ("0", "1", "2").
-- STS-B is regression: the score rounded to the nearest 0.2 as a string ("3.8").
-- metric_names[0] is what DePT selects checkpoints by (`TASK_TO_METRICS[task][0]` in its train.py).
+- STS-B is regression: the score rounded to one decimal as a string ("3.7"), the official code's
+  `np.round((label * 5) / 5, decimals=1)` (its docstring says "nearest 0.2", but the expression, which
+  produced the paper's numbers, rounds to the 0.1 grid; numpy's halves-to-even rounding kept).
+- metric_names[0] is what DePT selects checkpoints by (`TASK_TO_METRICS[task][0]` in its train.py);
+  paper_metric is what Table 1 reports (Matthews corr. for CoLA, Pearson for STS-B, F1 for MultiRC,
+  accuracy for every other task, CB included), shown beside the selection metric.
 - split_rule is DePT's: "small" tasks halve the official validation set into validation/test, "large"
   tasks hold 1,000 training rows out as validation and test on the official validation set, "given"
   (MNLI, in neither of DePT's lists) uses validation_mismatched to select and validation_matched to test.
@@ -42,6 +46,13 @@ class TextTask:
     official_splits: Mapping[str, str] = field(
         default_factory=lambda: {"train": "train", "validation": "validation"})
     is_regression: bool = False
+    paper_metric: str = ""  # default: metric_names[0]
+
+    def __post_init__(self) -> None:
+        if not self.paper_metric:
+            object.__setattr__(self, "paper_metric", self.metric_names[0])
+        if self.paper_metric not in self.metric_names:
+            raise ValueError(f"{self.name}: paper_metric {self.paper_metric!r} is not one of {self.metric_names}")
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -55,6 +66,10 @@ class TextTask:
         row = self.prepare(row) if self.prepare else row
         source = " ".join(f"{name}: {row[name]}" for name in self.inputs)
         return Example(source=source, target=self.verbalise(row["label"]))
+
+    def format_all(self, row: Mapping[str, Any]) -> list[Example]:
+        """The examples of one row (one here; ReCoRD makes one per answer)."""
+        return [self.format(row)]
 
     def verbalise(self, label: Any) -> str:
         """The target string of a raw label (an id, a bool, a digit string or a class name)."""
@@ -79,8 +94,10 @@ def _as_int(text: str) -> int | None:
 
 
 def stsb_target(score: Any) -> str:
-    """STS-B's score rounded to the nearest 0.2 (T5's 26-way verbaliser), e.g. 3.85 -> "3.8"."""
-    return f"{round(float(score) * 5) / 5:.1f}"
+    """STS-B's score as the official DePT code writes it: `str(np.round((label * 5) / 5, decimals=1))`, i.e.
+    rounded to one decimal with numpy's halves-to-even (3.85 -> "3.8", 2.25 -> "2.2", 1.15 -> "1.2")."""
+    import numpy as np  # deferred: only STS-B needs it
+    return f"{float(np.round((float(score) * 5) / 5, decimals=1)):.1f}"
 
 
 def remove_markup(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -127,7 +144,8 @@ TASKS: tuple[TextTask, ...] = (
     TextTask("boolq", ("question", "passage"), BINARY, ("accuracy",), "small", (SUPER_GLUE_HUB, "boolq"),
              class_names=BOOL_CLASSES),
     TextTask("cb", ("premise", "hypothesis"), ("0", "1", "2"), ("f1_multiclass", "accuracy"), "small",
-             (SUPER_GLUE_HUB, "cb"), class_names=("entailment", "contradiction", "neutral")),
+             (SUPER_GLUE_HUB, "cb"), class_names=("entailment", "contradiction", "neutral"),
+             paper_metric="accuracy"),
     TextTask("multirc", ("question", "answer", "paragraph"), BINARY, ("f1",), "small",
              (SUPER_GLUE_HUB, "multirc"), class_names=BOOL_CLASSES, prepare=remove_markup),
     TextTask("wic", ("sentence1", "sentence2", "word"), BINARY, ("accuracy",), "small",

@@ -5,6 +5,8 @@ formatter serves all sources; `make_splits` then applies DePT's split rule (see 
 with its exact shuffle (`torch.randperm` seeded with `split_seed`), so the halves and hold-outs are the
 very examples the paper used. `max_train_samples`/`max_eval_samples` truncate each split afterwards as
 DePT's `n_obs` does: the first n of an already shuffled split, else n drawn by the same seeded shuffle.
+Splitting and truncation count rows, as DePT does before it formats: a ReCoRD row with three answers
+stays three examples on the same side. `task.few_shot` then draws the few-shot training set.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from deptune.tasks.base import Example, TaskSplits
-from deptune.tasks.config import TaskConfig
+from deptune.tasks.config import FewShotConfig, TaskConfig
 from deptune.tasks.glue import TASKS, TextTask
+from deptune.tasks.qa import QA_TASKS, QATask
 from deptune.tasks.synthetic import SYNTHETIC_TASKS
 
 Row = Mapping[str, Any]
 Official = Mapping[str, tuple[str, Sequence[Row]]]  # role -> (where the rows came from, rows)
 LARGE_VALIDATION_SIZE = 1000  # DePT: "1K examples from the training set as validation"
-BENCHMARK: dict[str, TextTask] = {t.name: t for t in TASKS}
+BenchmarkTask = TextTask | QATask
+BENCHMARK: dict[str, BenchmarkTask] = {t.name: t for t in (*TASKS, *QA_TASKS)}
 
 
 @dataclass(frozen=True)
@@ -62,23 +66,65 @@ def load_splits(cfg: TaskConfig) -> TaskSplits:
         task = benchmark_task(cfg.name)
         readers = {"hub": _hub_rows, "glue_dir": _glue_dir_rows, "files": _files_rows}
         splits = make_splits(task, readers[source](cfg, task), cfg)
-    return few_shot(splits, cfg.k_shot, cfg.split_seed) if cfg.k_shot else splits
+    if cfg.few_shot is None:
+        return splits
+    task = _SYNTHETIC.get(cfg.name) or BENCHMARK[cfg.name]
+    draw = few_shot_total if cfg.few_shot.per == "total" else few_shot_per_class
+    return TaskSplits(train=draw(splits.train, cfg.few_shot, task), validation=splits.validation, test=splits.test)
 
 
-def few_shot(splits: TaskSplits, k: int, seed: int) -> TaskSplits:
-    """k training examples per class (label string), drawn by the seeded shuffle; too few is an error."""
+def few_shot_class(task: Any, example: Example) -> str:
+    """The class a few-shot draw balances: the label; STS-B's score binned at 2.5 as the official code does."""
+    if task.is_regression:
+        return "0" if float(example.target) <= 2.5 else "1"
+    return example.target
+
+
+def few_shot_total(train: Sequence[Example], cfg: FewShotConfig, task: Any) -> list[Example]:
+    """k examples in all, drawn as the official DePT train.py draws `k_shot_example`: walk the train split in
+    the order of `datasets.Dataset.shuffle(seed)` (numpy's `default_rng(seed).permutation`), take an example
+    while its class has fewer than k // n_classes, and let the last slot take any class. Where k % n_classes
+    is 2 or more (CB at k = 32) the official loop stops at k // n_classes * n_classes examples (30) because only
+    slot k opens; here the last k % n_classes slots open, so the draw is its 30 plus the next two of the shuffle,
+    exactly k. Extractive QA has no classes: the first k of the shuffle. Too few examples is an error."""
+    import numpy as np  # deferred, as torch below
+
+    order = np.random.default_rng(cfg.seed).permutation(len(train)).tolist()
+    if not task.label_names and not task.is_regression:
+        chosen = order[:cfg.k]
+    else:
+        n_classes = 2 if task.is_regression else len(task.label_names)
+        per_class = cfg.k // n_classes
+        open_from = cfg.k - max(1, cfg.k - per_class * n_classes)  # the official code: k - 1
+        counts: dict[str, int] = {}
+        chosen = []
+        for i in order:
+            if len(chosen) == cfg.k:
+                break
+            label = few_shot_class(task, train[i])
+            if counts.get(label, 0) < per_class or len(chosen) >= open_from:
+                counts[label] = counts.get(label, 0) + 1
+                chosen.append(i)
+    if len(chosen) < cfg.k:
+        raise ValueError(f"task.few_shot.k: {cfg.k} examples in all, but the train split yields only {len(chosen)}")
+    return [train[i] for i in chosen]
+
+
+def few_shot_per_class(train: Sequence[Example], cfg: FewShotConfig, task: Any) -> list[Example]:
+    """k examples of every class, drawn by the seeded torch shuffle, in a shuffled order; too few is an error."""
+    if not task.label_names and not task.is_regression:
+        raise ValueError(f"task.few_shot.per: {task.name} has no classes; use per: total")
     by_class: dict[str, list[Example]] = {}
-    for i in permutation(len(splits.train), seed):
-        by_class.setdefault(splits.train[i].target, []).append(splits.train[i])
-    short = {label: len(rows) for label, rows in by_class.items() if len(rows) < k}
+    for i in permutation(len(train), cfg.seed):
+        by_class.setdefault(few_shot_class(task, train[i]), []).append(train[i])
+    short = {label: len(rows) for label, rows in by_class.items() if len(rows) < cfg.k}
     if short:
-        raise ValueError(f"task.k_shot: {k} examples per class, but the train split has only {short}")
-    train = [e for label in sorted(by_class) for e in by_class[label][:k]]
-    return TaskSplits(train=[train[i] for i in permutation(len(train), seed)], validation=splits.validation,
-                      test=splits.test)
+        raise ValueError(f"task.few_shot.k: {cfg.k} examples per class, but the train split has only {short}")
+    chosen = [e for label in sorted(by_class) for e in by_class[label][:cfg.k]]
+    return [chosen[i] for i in permutation(len(chosen), cfg.seed)]
 
 
-def benchmark_task(name: str) -> TextTask:
+def benchmark_task(name: str) -> BenchmarkTask:
     if name not in BENCHMARK:
         raise ValueError(f"unknown task {name!r}; valid tasks: synthetic, {', '.join(BENCHMARK)}")
     return BENCHMARK[name]
@@ -98,18 +144,18 @@ def _builtin_splits(cfg: TaskConfig) -> TaskSplits:
 
 @dataclass(frozen=True)
 class _Part:
-    """A split: `examples` in `order` (None: the official split as given, in file order)."""
+    """A split: the rows' examples in `order` (None: the official split as given, in file order)."""
 
-    examples: list[Example]
+    rows: list[list[Example]]  # one list per row (ReCoRD: an example per answer)
     order: list[int] | None = None
 
     def take(self, n: int | None, seed: int) -> list[Example]:
+        """The examples of the first n rows of the order (DePT's `n_obs` counts rows)."""
         order = self.order
         if order is None and n is not None:
-            order = permutation(len(self.examples), seed)
-        if order is None:
-            return list(self.examples)
-        return [self.examples[i] for i in order[:n]]
+            order = permutation(len(self.rows), seed)
+        rows = self.rows if order is None else [self.rows[i] for i in order[:n]]
+        return [e for row in rows for e in row]
 
 
 def permutation(n: int, seed: int) -> list[int]:
@@ -119,18 +165,18 @@ def permutation(n: int, seed: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def make_splits(task: TextTask, official: Official, cfg: TaskConfig) -> TaskSplits:
+def make_splits(task: BenchmarkTask, official: Official, cfg: TaskConfig) -> TaskSplits:
     """Format the official splits, apply the task's split rule, then the sample limits."""
     if "validation" not in official:
         raise ValueError(f"{task.name}: no validation data (give task.files.validation)")
-    formatted = {role: format_rows(task, rows, where) for role, (where, rows) in official.items()}
+    formatted = {role: format_row_groups(task, rows, where) for role, (where, rows) in official.items()}
     parts = _partition(task, formatted, cfg.split_seed, cfg.validation_split == "whole")
     return TaskSplits(train=parts["train"].take(cfg.max_train_samples, cfg.split_seed),
                       validation=parts["validation"].take(cfg.max_eval_samples, cfg.split_seed),
                       test=parts["test"].take(cfg.max_eval_samples, cfg.split_seed))
 
 
-def _partition(task: TextTask, splits: Mapping[str, list[Example]], seed: int,
+def _partition(task: BenchmarkTask, splits: Mapping[str, list[list[Example]]], seed: int,
                whole_validation: bool = False) -> dict[str, _Part]:
     train, validation = splits["train"], splits["validation"]
     if whole_validation:  # `task.validation_split: whole`: the files as given, no test split made up
@@ -152,20 +198,25 @@ def _partition(task: TextTask, splits: Mapping[str, list[Example]], seed: int,
                      f"(official: {', '.join(task.official_splits.values())})")
 
 
-def format_rows(task: TextTask, rows: Sequence[Row], where: str) -> list[Example]:
-    """Every row as an Example; a bad row is an error naming its origin and index (0-based data row)."""
-    examples = []
+def format_rows(task: BenchmarkTask, rows: Sequence[Row], where: str) -> list[Example]:
+    """Every row's examples; a bad row is an error naming its origin and index (0-based data row)."""
+    return [e for group in format_row_groups(task, rows, where) for e in group]
+
+
+def format_row_groups(task: BenchmarkTask, rows: Sequence[Row], where: str) -> list[list[Example]]:
+    """The examples of each row (one, or ReCoRD's one per answer), row by row."""
+    groups = []
     for i, row in enumerate(rows):
         try:
-            examples.append(task.format(row))
+            groups.append(task.format_all(row))
         except (ValueError, TypeError) as err:
             raise ValueError(f"{where}, row {i}: {err}") from err
-    return examples
+    return groups
 
 
 # --- sources -----------------------------------------------------------------------------------------
 
-def _hub_rows(cfg: TaskConfig, task: TextTask) -> Official:
+def _hub_rows(cfg: TaskConfig, task: BenchmarkTask) -> Official:
     import datasets  # deferred: heavy, and only this source needs it
 
     dataset_id = cfg.hub_id or task.hub[0]
@@ -173,7 +224,7 @@ def _hub_rows(cfg: TaskConfig, task: TextTask) -> Official:
     return hub_official(task, loaded, f"{dataset_id}/{task.hub[1]}")
 
 
-def hub_official(task: TextTask, loaded: Mapping[str, Sequence[Row]], name: str) -> Official:
+def hub_official(task: BenchmarkTask, loaded: Mapping[str, Sequence[Row]], name: str) -> Official:
     """The official splits of a loaded `DatasetDict` (or any mapping of split name -> rows)."""
     missing = [s for s in task.official_splits.values() if s not in loaded]
     if missing:
@@ -181,7 +232,7 @@ def hub_official(task: TextTask, loaded: Mapping[str, Sequence[Row]], name: str)
     return {role: (f"{name}:{split}", loaded[split]) for role, split in task.official_splits.items()}
 
 
-def _glue_dir_rows(cfg: TaskConfig, task: TextTask) -> Official:
+def _glue_dir_rows(cfg: TaskConfig, task: BenchmarkTask) -> Official:
     if task.name not in GLUE_LAYOUTS:
         raise ValueError(f"task.data_dir reads GLUE's TSV layout, which has no {task.name!r}; "
                          "use source 'hub' or 'files'")
@@ -199,7 +250,7 @@ def _glue_dir_rows(cfg: TaskConfig, task: TextTask) -> Official:
     return official
 
 
-def _files_rows(cfg: TaskConfig, task: TextTask) -> Official:
+def _files_rows(cfg: TaskConfig, task: BenchmarkTask) -> Official:
     if cfg.files is None:
         raise ValueError("source 'files' needs task.files")
     unknown = sorted(set(cfg.columns) - set(task.fields))
@@ -221,7 +272,7 @@ def _rename(row: Row, mapping: Mapping[str, str]) -> dict[str, Any]:
     return {name: row.get(column) for name, column in mapping.items()}
 
 
-def _check_columns(path: Path, task: TextTask, present: Sequence[str], mapping: Mapping[str, str]) -> None:
+def _check_columns(path: Path, task: BenchmarkTask, present: Sequence[str], mapping: Mapping[str, str]) -> None:
     missing = [f"{column!r}" + (f" (task field {name!r})" if column != name else "")
                for name, column in mapping.items() if column not in present]
     if missing:
@@ -282,7 +333,7 @@ def data_errors(cfg: TaskConfig) -> list[str]:
     return _glue_dir_errors(cfg, task) if source == "glue_dir" else _files_errors(cfg, task)
 
 
-def _glue_dir_errors(cfg: TaskConfig, task: TextTask) -> list[str]:
+def _glue_dir_errors(cfg: TaskConfig, task: BenchmarkTask) -> list[str]:
     if cfg.data_dir is None:
         return ["data_dir: source 'glue_dir' needs task.data_dir"]
     if not Path(cfg.data_dir).is_dir():
@@ -299,7 +350,7 @@ def _glue_dir_errors(cfg: TaskConfig, task: TextTask) -> list[str]:
     return errors
 
 
-def _files_errors(cfg: TaskConfig, task: TextTask) -> list[str]:
+def _files_errors(cfg: TaskConfig, task: BenchmarkTask) -> list[str]:
     if cfg.files is None:
         return ["files: source 'files' needs task.files (train and validation)"]
     unknown = sorted(set(cfg.columns) - set(task.fields))
@@ -324,7 +375,7 @@ def _files_errors(cfg: TaskConfig, task: TextTask) -> list[str]:
     return errors
 
 
-def _header_errors(path: Path, task: TextTask, mapping: Mapping[str, str]) -> list[str]:
+def _header_errors(path: Path, task: BenchmarkTask, mapping: Mapping[str, str]) -> list[str]:
     """The columns the first line of a file names, against the task's fields (mapped by task.columns)."""
     try:
         present = read_header(path)

@@ -26,6 +26,7 @@ WORDS = POSITIVE_WORDS + NEGATIVE_WORDS + FILLER_WORDS
 class SyntheticSentiment:
     label_names = ("0", "1")
     metric_names = ("accuracy", "f1")
+    paper_metric = "accuracy"
     is_regression = False
 
     def __init__(self, name: str = "synthetic", positive: Sequence[str] = POSITIVE_WORDS,

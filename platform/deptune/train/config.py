@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
@@ -94,9 +94,31 @@ class TrainConfig(StrictModel):
 
 
 class DistillConfig(StrictModel):
-    """MPT's source stage: task loss + kl_weight * KL(teacher || student) + mse_weight * MSE(hidden states)."""
+    """MPT's source-stage objective (Wang et al., 2023): L_PLM + weight * (L_logits + L_hidden), one lambda for
+    both distillation terms as the paper writes it. L_logits is KL(teacher || student) of the output
+    distributions; L_hidden the MSE of the last-layer hidden states (encoder and decoder for seq2seq)."""
 
-    kl_weight: NonNegativeFloat = Field(1.0, description="KL between the teacher's and the student's output "
-                                                         "distributions")
-    mse_weight: NonNegativeFloat = Field(1.0, description="MSE between their last-layer hidden states of the input")
+    weight: NonNegativeFloat = Field(1.0, description="lambda: the weight of L_logits + L_hidden beside the task "
+                                                      "loss L_PLM")
     temperature: PositiveFloat = Field(1.0, description="softmax temperature of the KL term")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_lambda(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ({"kl_weight", "mse_weight"} & set(data)):
+            key = "kl_weight" if "kl_weight" in data else "mse_weight"
+            raise ValueError(f"distill.{key}: replaced by distill.weight, the paper's one lambda in "
+                             f"L_PLM + lambda * (L_logits + L_hidden)")
+        return data
+
+
+class MixingConfig(StrictModel):
+    """How MPT's source stage mixes its tasks into each batch."""
+
+    strategy: Literal["proportional", "balanced"] = Field(
+        "proportional", description="proportional: each example's task drawn in proportion to the tasks' "
+                                    "(capped) training sizes, examples-proportional mixing as the MPT paper; "
+                                    "balanced: batch_size / K examples of every task each step")
+    size_cap: PositiveInt | None = Field(
+        2 ** 19, description="proportional: a task counts as at most this many examples (T5's K = 2^19 = "
+                             "524,288; above every GLUE source); null: no cap")

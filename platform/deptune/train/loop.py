@@ -142,15 +142,16 @@ def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session |
         latency_ms = 1000 * (time.perf_counter() - started) / max(len(splits.validation), 1)
         objective = metrics[task.metric_names[0]]
         improved = progress.improve(step, objective, metrics, model)
-        report = {"step": float(step), "objective": objective, **{f"eval_{k}": v for k, v in metrics.items()},
+        report = {"step": float(step), "objective": objective, "paper_metric": metrics[task.paper_metric],
+                  **{f"eval_{k}": v for k, v in metrics.items()},
                   **window.flush(), "eval_latency_ms": latency_ms, "peak_memory_mb": peak_memory_mb(device),
                   "trainable_params": float(model.trainable_parameter_count()),
                   "best_objective": progress.best_objective, "best_step": float(progress.best_step),
                   **{k: float(v) for k, v in sizes.items()}}
         if step == cfg.steps and cfg.evaluate_test and splits.test:
             test_items = shared.split("test", task, s, cfg.max_target_length).all()
-            report.update({f"test_{k}": v for k, v in _score_best(model, backbone, task, test_items, progress,
-                                                                  cfg, device, autocast).items()})
+            test = _score_best(model, backbone, task, test_items, progress, cfg, device, autocast)
+            report.update({f"test_{k}": v for k, v in test.items()}, test_paper_metric=test[task.paper_metric])
         history.append(report)
         _checkpoint_and_report(session, report, improved, model, optimizer, scheduler, progress, backbone, task)
     test = {k[5:]: v for k, v in history[-1].items() if k.startswith("test_")} if history else {}

@@ -1,10 +1,11 @@
 """Summed losses and their item counts, so the mean is over the global batch whatever the worker split;
-and the distillation terms of MPT's source stage."""
+and the terms of MPT's source stage, L_PLM + lambda * (L_logits + L_hidden)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -45,9 +46,14 @@ def scored(model: PromptModel, logits: Tensor, labels: Tensor) -> tuple[Tensor, 
 
 def distillation_terms(model: PromptModel, student, teacher, labels: Tensor, attention_mask: Tensor,
                        temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """(KL, MSE), each a mean: KL(teacher || student) of the scored output distributions (times T^2), and
-    the MSE between the last-layer hidden states of the real input tokens (seq2seq: the encoder's).
-    Teacher and student prompts have the same length, so the input tokens sit at the same positions."""
+    """(L_logits, L_hidden) of MPT's source stage, each a mean.
+
+    L_logits: KL(teacher || student) of the scored output distributions, times T^2 (regression: the MSE of
+    the predicted values). L_hidden: the MSE between teacher's and student's last-layer hidden states over
+    the real input tokens (prompt positions excluded: both prompts have length l, so the input sits at the
+    same positions); seq2seq adds the same MSE over the decoder's target tokens, so encoder and decoder
+    both count (each a mean over its own tokens and dimensions).
+    """
     s_logits, _ = scored(model, student.logits, labels)
     t_logits, _ = scored(model, teacher.logits, labels)
     if s_logits.shape[-1] == 1:  # regression: match the predicted values
@@ -56,11 +62,25 @@ def distillation_terms(model: PromptModel, student, teacher, labels: Tensor, att
         kl = F.kl_div(F.log_softmax(s_logits / temperature, -1), F.log_softmax(t_logits / temperature, -1),
                       log_target=True, reduction="batchmean") * temperature ** 2
     l = model.config.prompt_length
-    s_hidden, t_hidden = (last_hidden(model, out)[:, l:l + attention_mask.shape[1]] for out in (student, teacher))
-    mask = attention_mask.unsqueeze(-1).to(s_hidden.dtype)
-    mse = ((s_hidden.float() - t_hidden.float()) ** 2 * mask).sum() / (mask.sum() * s_hidden.shape[-1])
-    return kl, mse
+    hidden = masked_mse(last_hidden(model, student)[:, l:l + attention_mask.shape[1]],
+                        last_hidden(model, teacher)[:, l:l + attention_mask.shape[1]], attention_mask)
+    if model.family == "seq2seq":
+        hidden = hidden + masked_mse(student.decoder_hidden_states[-1], teacher.decoder_hidden_states[-1],
+                                     labels != IGNORE_INDEX)
+    return kl, hidden
+
+
+def masked_mse(student: Tensor, teacher: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the masked-in positions and the hidden dimensions of (student - teacher)^2."""
+    weight = mask.unsqueeze(-1).to(torch.float32)
+    return ((student.float() - teacher.float()) ** 2 * weight).sum() / (weight.sum() * student.shape[-1]).clamp(min=1)
+
+
+def mpt_source_loss(task_loss: Tensor, logits_loss: Tensor, hidden_loss: Tensor, weight: float) -> Tensor:
+    """The MPT paper's source-stage objective: L_PLM + lambda * (L_logits + L_hidden)."""
+    return task_loss + weight * (logits_loss + hidden_loss)
 
 
 def last_hidden(model: PromptModel, out) -> Tensor:
+    """The last layer's hidden states of the input side: the encoder's (seq2seq), else the model's."""
     return out.encoder_last_hidden_state if model.family == "seq2seq" else out.hidden_states[-1]

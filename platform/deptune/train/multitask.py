@@ -1,9 +1,12 @@
 """MPT's source stage (Wang et al., 2023): distil per-task teachers into one shared prompt.
 
 1. Each source task gets a vanilla-PT teacher (l tokens), trained by the ordinary loop.
-2. A student MPT adapter (P* and one (u_k, v_k) per task) trains on the task-balanced mixture: every step
-   takes batch_size / K examples of each task k and minimises, per task, the task loss
-   + kl_weight * KL(teacher_k || student_k) + mse_weight * MSE(hidden states), averaged over the tasks.
+2. A student MPT adapter (P* and one (u_k, v_k) per task) trains on the multitask mixture. As the paper:
+   examples-proportional mixing (each of the batch_size examples of a step comes from task k with
+   probability min(n_k, cap) / sum_j min(n_j, cap); `mixing.strategy: balanced` takes batch_size / K of each
+   instead), and the loss L_PLM + lambda * (L_logits + L_hidden): the task loss, KL(teacher_k || student_k)
+   and the MSE of the last-layer hidden states (encoder and decoder for seq2seq), each task's part of the
+   step weighted by its share of the batch's examples.
 3. The best student (mean of the tasks' first validation metrics, never the loss) is the source adapter:
    P*, every (u, v) and the list of source tasks, in `<train.output_dir>/best`.
 
@@ -33,10 +36,10 @@ from deptune.backbones import Backbone, load_backbone
 from deptune.tasks.base import Task
 from deptune.tasks.registry import get_task
 from deptune.tasks.loading import load_splits
-from deptune.train.data import GlobalBatches, encode, train_batch
+from deptune.train.data import Encoded, MixtureBatches, encode, mixing_rates, train_batch
 from deptune.train.evaluate import evaluate
 from deptune.train.loop import make_optimizer, resolve_device, seed_everything, train
-from deptune.train.loss import distillation_terms, item_count, task_loss_sum
+from deptune.train.loss import distillation_terms, item_count, mpt_source_loss, task_loss_sum
 from deptune.train.session import print_reporter
 
 
@@ -45,11 +48,10 @@ class SourceTask:
     """One source task as the student stage sees it."""
 
     task: Task
-    train: list
-    validation: list
+    train: list[Encoded]
+    validation: list[Encoded]
     teacher: PromptModel
     head: dict[str, torch.Tensor]  # the teacher's classification head (encoders), swapped in for this task
-    batches: GlobalBatches
 
 
 @dataclass
@@ -103,27 +105,33 @@ def train_student(spec: SourceSpec, teacher_dirs: dict[str, Path], reporter=prin
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if device.type == "cuda" and cfg.precision in ("auto", "bf16") else nullcontext())
+    mixture = make_mixture(spec, [len(source.train) for source in sources])
     best_dir, history, window = cfg.output_dir / "best", [], _Terms()
     best_step, best_objective, best_metrics = -1, float("-inf"), {}
     for step in range(1, cfg.steps + 1):
         started = time.perf_counter()
-        for k, source in enumerate(sources):
-            items = [source.train[i] for i in source.batches.indices(step - 1)]
+        parts = mixture.indices(step - 1)
+        for k, (source, indices) in enumerate(zip(sources, parts)):
+            if not indices:  # the draw gave this task no example this step
+                continue
+            items = [source.train[i] for i in indices]
             batch = {key: v.to(device) for key, v in train_batch(items, backbone, source.task.is_regression).items()}
             with autocast:
-                terms = _task_terms(student, k, source, batch, spec)
-            total = terms["loss"] + spec.distill.kl_weight * terms["kl"] + spec.distill.mse_weight * terms["mse"]
-            (total / len(sources)).backward()
-            window.add(source.task.name, {key: v.item() for key, v in terms.items()})
+                terms = task_terms(student, k, source, batch, spec)
+            total = mpt_source_loss(terms["loss"], terms["kl"], terms["mse"], spec.distill.weight)
+            (total * len(indices) / cfg.batch_size).backward()
+            window.add(source.task.name, {key: v.item() for key, v in terms.items()}, len(indices))
         torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         window.seconds += time.perf_counter() - started
+        window.steps += 1
         if step % cfg.eval_every and step != cfg.steps:
             continue
         report = {"step": float(step), **window.flush(), **_evaluate(student, backbone, sources, cfg, device, autocast)}
-        report["objective"] = sum(report[f"eval_{s.task.name}_{s.task.metric_names[0]}"] for s in sources) / len(sources)
+        report["objective"] = _mean(report, sources, lambda t: t.metric_names[0])
+        report["paper_metric"] = _mean(report, sources, lambda t: t.paper_metric)
         improved = report["objective"] > best_objective
         if improved:
             best_step, best_objective = step, report["objective"]
@@ -134,6 +142,17 @@ def train_student(spec: SourceSpec, teacher_dirs: dict[str, Path], reporter=prin
     return SourceResult(best_dir, teacher_dirs, best_step, best_metrics, history)
 
 
+def make_mixture(spec: SourceSpec, sizes: list[int]) -> MixtureBatches:
+    """The step-by-step task mixture of the source stage (`mixing`)."""
+    rates = None if spec.mixing.strategy == "balanced" else mixing_rates(sizes, spec.mixing.size_cap)
+    return MixtureBatches(sizes, spec.train.batch_size, spec.train.seed, rates)
+
+
+def _mean(report: dict[str, float], sources: list[SourceTask], metric) -> float:
+    """The mean over the tasks of each task's `metric(task)` validation score."""
+    return sum(report[f"eval_{s.task.name}_{metric(s.task)}"] for s in sources) / len(sources)
+
+
 def _source_task(spec: SourceSpec, index: int, backbone: Backbone, teacher_dir: Path,
                  device: torch.device) -> SourceTask:
     task_cfg, cfg = spec.source_tasks[index], spec.train
@@ -142,10 +161,8 @@ def _source_task(spec: SourceSpec, index: int, backbone: Backbone, teacher_dir: 
     s = spec.method.max_length
     teacher = load_adapter(backbone, teacher_dir).to(device)
     head = {k: v.to(device) for k, v in read_tensors(teacher_dir).items() if k in teacher.head_names}
-    per_task = cfg.batch_size // len(spec.source_tasks)
     return SourceTask(task, encode(splits.train, backbone, task, s, cfg.max_target_length),
-                      encode(splits.validation, backbone, task, s, cfg.max_target_length), teacher, head,
-                      GlobalBatches(len(splits.train), per_task, cfg.seed + index))
+                      encode(splits.validation, backbone, task, s, cfg.max_target_length), teacher, head)
 
 
 def _head_params(model: PromptModel, head: dict[str, torch.Tensor]) -> list[torch.nn.Parameter]:
@@ -160,8 +177,8 @@ def _use_head(model: PromptModel, head: dict[str, torch.Tensor]) -> None:
             param.copy_(head[name])
 
 
-def _task_terms(student: MPTModel, k: int, source: SourceTask, batch: dict, spec: SourceSpec) -> dict[str, torch.Tensor]:
-    """Task k's mean task loss, KL and MSE on its part of the step (teacher without dropout)."""
+def task_terms(student: MPTModel, k: int, source: SourceTask, batch: dict, spec: SourceSpec) -> dict[str, torch.Tensor]:
+    """Task k's mean task loss (L_PLM), L_logits and L_hidden on its part of the step (teacher without dropout)."""
     _use_head(student, source.head)
     labels = None if student.family == "encoder" else batch["labels"]  # encoders: the loss is ours, not HF's
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -189,25 +206,27 @@ def _evaluate(student: MPTModel, backbone: Backbone, sources: list[SourceTask], 
 
 
 class _Terms:
-    """Per-task means of the loss terms since the last evaluation."""
+    """Per-task means of the loss terms since the last evaluation, and each task's share of the examples."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.counts: dict[str, int] = {}
+        self.examples: dict[str, int] = {}
         self.seconds, self.steps = 0.0, 0
 
-    def add(self, task: str, terms: dict[str, float]) -> None:
+    def add(self, task: str, terms: dict[str, float], examples: int) -> None:
         for name, value in terms.items():
             key = f"{name}_{task}"
             self.sums[key] = self.sums.get(key, 0.0) + value
             self.counts[key] = self.counts.get(key, 0) + 1
+        self.examples[task] = self.examples.get(task, 0) + examples
 
     def flush(self) -> dict[str, float]:
         out = {key: total / self.counts[key] for key, total in self.sums.items()}
         losses = [v for k, v in out.items() if k.startswith("loss_")]
         out["train_loss"] = sum(losses) / max(len(losses), 1)
-        n = max(next(iter(self.counts.values()), 1), 1)
-        out["step_time_s"] = self.seconds / n
+        seen = max(sum(self.examples.values()), 1)
+        out.update({f"mix_{task}": n / seen for task, n in self.examples.items()})
+        out["step_time_s"] = self.seconds / max(self.steps, 1)
         self.__init__()
         return out
-

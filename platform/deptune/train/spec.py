@@ -11,7 +11,7 @@ from deptune.methods.mpt.config import MPTConfig
 from deptune.methods.registry import MethodConfig
 from deptune.spec_base import StrictModel
 from deptune.tasks.config import TaskConfig
-from deptune.train.config import DistillConfig, ResourcesConfig, TrainConfig
+from deptune.train.config import DistillConfig, MixingConfig, ResourcesConfig, TrainConfig
 
 
 class RunSpec(StrictModel):
@@ -36,17 +36,19 @@ class RunSpec(StrictModel):
 
 class SourceSpec(StrictModel):
     """MPT's source stage (`deptune mpt-source`): a vanilla-PT teacher per source task (`teacher` settings),
-    then P* and one (u, v) per task trained on the task-balanced mixture with the task loss plus
-    distillation from the teachers (`train` and `distill` settings). In-process, one device."""
+    then P* and one (u, v) per task trained on the multitask mixture (`mixing`: examples-proportional by
+    default) with L_PLM + lambda * (L_logits + L_hidden) (`train` and `distill` settings). In-process, one device."""
 
     backbone: BackboneConfig
     source_tasks: list[TaskConfig] = Field(min_length=1, description="the source tasks, each with its data")
     method: MethodConfig
     teacher: TrainConfig = Field(TrainConfig(), description="each teacher's training run (vanilla PT, l tokens)")
-    train: TrainConfig = Field(TrainConfig(), description="the multitask stage; batch_size is split evenly "
-                                                         "across the tasks; the source adapter lands in "
-                                                         "output_dir/best, the teachers in output_dir/teachers")
+    train: TrainConfig = Field(TrainConfig(), description="the multitask stage; batch_size examples per step, "
+                                                         "mixed across the tasks as `mixing` says; the source "
+                                                         "adapter lands in output_dir/best, the teachers in "
+                                                         "output_dir/teachers")
     distill: DistillConfig = DistillConfig()
+    mixing: MixingConfig = MixingConfig()
 
     @model_validator(mode="after")
     def _balanced_and_fresh(self) -> "SourceSpec":
@@ -56,9 +58,10 @@ class SourceSpec(StrictModel):
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise ValueError(f"source_tasks.{i}.name: {name} is already a source task; give each task once")
-        if self.train.batch_size % len(names):
+        if self.mixing.strategy == "balanced" and self.train.batch_size % len(names):
             raise ValueError(f"train.batch_size: {self.train.batch_size} must be divisible by the {len(names)} "
-                             f"source tasks (each step takes the same number of examples from each)")
+                             f"source tasks (each step takes the same number of examples from each: "
+                             f"mixing.strategy balanced)")
         if self.method.init_from is not None:
             raise ValueError("method.init_from: the source stage starts fresh; init_from is for target runs")
         if self.method.source_tasks and self.method.source_tasks != names:
