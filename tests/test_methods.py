@@ -1,4 +1,4 @@
-"""DePT and PT semantics (DESIGN §2) on tiny offline backbones of every family."""
+"""DePT and PT semantics on tiny offline backbones of every family."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MPT (DESIGN §2): P* ⊙ (u_k v_k^T), the multitask source stage, transfer to a target; DePT's transfer
+"""MPT: P* ⊙ (u_k v_k^T), the multitask source stage, transfer to a target; DePT's transfer
 side by side. Tiny offline backbones and the built-in synthetic tasks (synthetic_a, synthetic_b: polarity
 over half of the polar words each; their union is synthetic, the related target)."""
 

@@ -32,7 +32,7 @@ _tool() {  # the console script next to DEPTUNE_PYTHON, else the one on PATH
     if [[ -x "$bin" ]]; then echo "$bin"; else command -v "$1"; fi
 }
 
-# Loopback only, no telemetry (DESIGN.md §8): Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when imported.
+# Loopback only, no telemetry: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when imported.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
 
 _alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
