@@ -31,6 +31,7 @@ class Promotion:
     champion: bool  # the alias now points at this version
     previous: str | None  # the champion version before
     reason: str
+    run_id: str | None = None  # the trial run whose adapter it is
 
     @property
     def uri(self) -> str:
