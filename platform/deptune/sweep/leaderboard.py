@@ -12,8 +12,8 @@ from deptune.tracking.tables import fmt, wide_console
 
 
 def ranked_rows(study: optuna.Study, metrics: list[str] | None = None) -> list[dict]:
-    """Completed trials best first, then pruned (by their last value), then failed; one column per
-    objective, named after its metric."""
+    """Completed trials best first, then pruned (by their best value before the stop), then failed; one
+    column per objective, named after its metric."""
     metrics = metrics or ["objective", *(f"objective_{i + 1}" for i in range(1, len(study.directions)))]
     sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
     trials = study.get_trials(deepcopy=False)
@@ -22,7 +22,7 @@ def ranked_rows(study: optuna.Study, metrics: list[str] | None = None) -> list[d
         if t.state == TrialState.COMPLETE:
             return (0, -sign * t.values[0])
         if t.state == TrialState.PRUNED and t.intermediate_values:
-            return (1, -sign * t.intermediate_values[max(t.intermediate_values)])
+            return (1, -sign * (max if sign > 0 else min)(t.intermediate_values.values()))
         return (2, t.number)
 
     return [trial_row(t, metrics, sign > 0) for t in sorted(trials, key=key)]

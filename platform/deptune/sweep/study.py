@@ -140,8 +140,8 @@ def trial_row(trial: FrozenTrial, metrics: tuple[str, ...] | list[str] = ("objec
     trial had GPUs)."""
     attrs = trial.user_attrs
     values = list(trial.values) if trial.values else [None] * len(metrics)
-    if trial.values is None and trial.intermediate_values:
-        values[0] = (max if maximize else min)(trial.intermediate_values.values())
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:  # Optuna stores the last one as its value
+        values = [(max if maximize else min)(trial.intermediate_values.values()), *[None] * (len(metrics) - 1)]
     costs = {"cpu_seconds": attrs.get("cpu_seconds"), "wall_seconds": attrs.get("wall_seconds"),
              **({"gpu_seconds": attrs["gpu_seconds"]} if attrs.get("gpu_seconds") else {})}
     return {"number": trial.number, "state": trial.state.name, "execution": attrs.get("execution"),

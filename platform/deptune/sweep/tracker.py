@@ -54,9 +54,9 @@ BEST_RUN_TAG = f"{TAG}best_run_id"
 def best_value(trial: FrozenTrial, maximize: bool) -> tuple[float | None, int | None]:
     """What the study ranks a trial on: its value, or a stopped trial's best intermediate value; and the
     step it came from."""
-    if trial.values:
+    if trial.state == TrialState.COMPLETE:
         return trial.values[0], trial.user_attrs.get("best_step")
-    if not trial.intermediate_values:
+    if not trial.intermediate_values:  # (a pruned trial's value in Optuna is its last intermediate one)
         return None, None
     step = (max if maximize else min)(trial.intermediate_values, key=trial.intermediate_values.get)
     return trial.intermediate_values[step], step
