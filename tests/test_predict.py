@@ -48,7 +48,8 @@ def predict(*args: str) -> subprocess.CompletedProcess:
 def test_the_model_is_saved_from_code_with_safetensors_and_no_pickle(rte_model):
     files = [p.relative_to(rte_model).as_posix() for p in rte_model.rglob("*") if p.is_file()]
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
-    assert any(f.endswith("adapter_model.safetensors") for f in files) and "model_code.py" in {Path(f).name for f in files}
+    assert any(f.endswith("adapter_model.safetensors") for f in files)
+    assert "model_code.py" in {Path(f).name for f in files}
     assert "model_code_path" in (rte_model / "MLmodel").read_text()
 
 

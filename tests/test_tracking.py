@@ -165,7 +165,8 @@ def test_runs_statuses_params_metrics_and_tags_through_the_rest_api(server, swep
     good, _ = children["0"]
     assert {p["key"]: p["value"] for p in good["data"]["params"]}["trainable_params"] == str(12 * 32 + 32 * 2 + 2)
     history = requests.get(f"{server}/api/2.0/mlflow/metrics/get-history", timeout=10,
-                           params={"run_id": good["info"]["run_id"], "metric_key": "objective_per_eval"}).json()["metrics"]
+                           params={"run_id": good["info"]["run_id"],
+                                   "metric_key": "objective_per_eval"}).json()["metrics"]
     assert [h["step"] for h in history] == [8, 16, 24]
     metrics = {m["key"] for m in good["data"]["metrics"]}
     assert {"objective_per_eval", "best_objective", "best_step", "eval_accuracy", "train_loss", "tokens_per_s",
@@ -345,7 +346,8 @@ def test_leaderboard_has_a_column_per_objective_and_runs_that_exist(server, swep
     for row in board.to_dict("records"):
         run = client.get_run(row["run_id"])  # exists
         assert run.info.run_name == row["run_name"] and run.data.tags["deptune.state"] == row["state"]
-        assert row["adapter_uri"] == f"{run.info.artifact_uri}/adapter" and row["adapter_uri"].startswith("mlflow-artifacts:")
+        assert row["adapter_uri"] == f"{run.info.artifact_uri}/adapter"
+        assert row["adapter_uri"].startswith("mlflow-artifacts:")
         trial = trials[row["number"]]
         if trial.state == TrialState.COMPLETE:
             assert row["train_loss"] == pytest.approx(trial.values[0])
@@ -362,19 +364,22 @@ def test_plots_are_built_from_every_trial_that_reported(server, swept):
     _, outcome = swept
     def figure(name):
         return json.loads(Path(mlflow.artifacts.download_artifacts(
-            run_id=outcome.tracking.parent_run_id, artifact_path=f"plots/{name}.json", tracking_uri=server)).read_text())
+            run_id=outcome.tracking.parent_run_id, artifact_path=f"plots/{name}.json",
+            tracking_uri=server)).read_text())
     history = {t.get("name"): t for t in figure("optimization_history")["data"]}
     assert len(history["train_loss"]["x"]) == 2 and sorted(history["train_loss"]["x"]) == [0, 2]
     assert history["stopped early (best value before the stop)"]["x"] == [2]
     pruned = outcome.study.trials[2]
-    assert history["stopped early (best value before the stop)"]["y"] == [pytest.approx(min(pruned.intermediate_values.values()))]
+    best_before_stop = min(pruned.intermediate_values.values())
+    assert history["stopped early (best value before the stop)"]["y"] == [pytest.approx(best_before_stop)]
     lines = [t for t in figure("parallel_coordinate")["data"] if t.get("mode") == "lines"]
     assert len(lines) == 2
     slices = figure("slice")
     titles = {v["title"]["text"] for k, v in slices["layout"].items() if k.startswith("xaxis") and "title" in v}
     assert {"rank", "trial_state", "lr_prompt", "prompt_length"} <= titles, titles
     assert all(len(t["x"]) == 2 for t in slices["data"] if t.get("mode") == "markers" and "x" in t)
-    log_axes = {v["title"]["text"] for k, v in slices["layout"].items() if k.startswith("xaxis") and v.get("type") == "log"}
+    log_axes = {v["title"]["text"] for k, v in slices["layout"].items()
+                if k.startswith("xaxis") and v.get("type") == "log"}
     assert {"lr_prompt", "lr_lowrank", "lr_head"} <= log_axes
     html = Path(mlflow.artifacts.download_artifacts(run_id=outcome.tracking.parent_run_id,
                                                     artifact_path="plots/optuna_plots.html", tracking_uri=server))
@@ -405,7 +410,8 @@ print(json.dumps({{'files': files, 'labels': list(out['label']), 'mlmodel': (loc
     fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert fresh.returncode == 0, fresh.stderr
     found = json.loads(fresh.stdout.strip().splitlines()[-1])
-    assert not [f for f in found["files"] if f.endswith((".pkl", ".pickle"))] and "python_model.pkl" not in found["files"]
+    assert not [f for f in found["files"] if f.endswith((".pkl", ".pickle"))]
+    assert "python_model.pkl" not in found["files"]
     assert "model_code_path" in found["mlmodel"] and "python_model.pkl" not in found["mlmodel"]
     assert any(f.endswith("adapter/adapter_model.safetensors") for f in found["files"])
     cli = subprocess.run([sys.executable, "-m", "deptune.cli", "predict", promotion.uri, "--uri", server,
