@@ -307,8 +307,9 @@ def test_trial_runs_show_the_best_objective_and_the_studys_state(server, swept):
         elif trial.state == TrialState.PRUNED:
             assert run.info.run_name == f"trial-{trial.number:03d} (stopped early)"
             assert "not a failure" in tags["mlflow.note.content"]
-            assert metrics["best_objective"] == pytest.approx(min(curve))
-            assert metrics["best_objective"] <= min(trial.intermediate_values.values()) + 1e-9
+            # the study's value, even if rank 0 logged an evaluation after ASHA's stop
+            assert metrics["best_objective"] == pytest.approx(min(trial.intermediate_values.values()))
+            assert min(curve) <= metrics["best_objective"]
         else:
             assert run.info.run_name == f"trial-{trial.number:03d} (failed)" and "best_objective" not in metrics
         for key in ("cpu_seconds", "accelerator_seconds"):  # summaries: one point at step 0

@@ -29,7 +29,7 @@ from deptune.tracking.journal import RunJournal, flush_all, journal_path
 from deptune.tracking.plots import write_plots
 from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import storage_url
-from deptune.tracking.store import TAG, ensure_experiment
+from deptune.tracking.store import TAG, ensure_experiment, save_trials_view, trials_view_state
 from deptune.tracking.trial import (NOTE_TAG, STATE_TAG, SUMMARY_STEP, TrialTracking, run_params,
                                     trial_key)
 
@@ -94,6 +94,18 @@ class SweepTracker:
                      f"{TAG}spec_hash": spec_hash(spec), f"{TAG}dataset_fingerprint": dataset_fingerprint(spec.task)}
         self.metrics = [o.metric for o in spec.sweep.objectives]
         self.maximize = spec.sweep.objective.mode == "max"
+        self.view = self._save_view()
+
+    def _save_view(self) -> str | None:
+        """The experiment's saved runs-table view of its trials (see `tracking.store.save_trials_view`)."""
+        searched = list(self.plan.dimensions) if self.plan else list(SEARCH_KEYS)
+        columns = ["prompt_length", "rank", *[k for k in searched if k.startswith("lr_")], "trainable_params"]
+        state = trials_view_state(columns, ["best_objective", "best_step", "cpu_seconds"], [STATE_TAG],
+                                  "best_objective", ascending=not self.maximize)
+        try:
+            return save_trials_view(self.uri, self.experiment_id, state)
+        except Exception:  # noqa: BLE001 -- a convenience of the UI; the sweep does not depend on it
+            return None
 
     def open_parent(self, spec_file: str | None) -> str | None:
         """Create (or, on --resume, find) the execution's parent run; its id once the server took it."""
@@ -139,6 +151,9 @@ class SweepTracker:
                  f"of {self.spec.method.name} on {self.spec.task.name} with {self.spec.backbone.name}, ranked on "
                  f"{sweep.objective.metric} ({sweep.objective.mode}). Sampler seed {self.execution.seed} "
                  f"(derived from sweep.seed {sweep.seed} and the execution number, so executions differ)."]
+        if self.view:
+            lines.append(f"[Trials, best first]({self.view}) (the runs table's Views menu: *deptune: trials, "
+                         f"best first*).")
         if best is not None:
             trial, run_id = best
             link = f"[trial-{trial.number:03d}](#/experiments/{self.experiment_id}/runs/{run_id})" if run_id \
@@ -175,6 +190,11 @@ class SweepTracker:
                       "mlflow.runName": name + SUFFIX[trial.state],
                       NOTE_TAG: describe(trial, self.maximize, self.spec.sweep.objective.metric),
                       **({f"{TAG}reason": reason} if reason else {})})
+        value, step = best_value(trial, self.maximize)
+        if value is not None:  # the study's word, logged at the last possible step so the runs table shows it:
+            # rank 0 may have logged an evaluation or two after ASHA's stop, which the study never saw
+            journal.metrics({"best_objective": value, **({"best_step": step} if step is not None else {})},
+                            self.spec.train.steps)
         costs = {k: trial.user_attrs[k] for k in ("cpu_seconds", "gpu_seconds", "wall_seconds")
                  if trial.user_attrs.get(k) or (k != "gpu_seconds" and k in trial.user_attrs)}
         if costs:
