@@ -397,7 +397,8 @@ def test_a_registered_version_loads_from_code_in_a_fresh_process_without_pickles
     assert version.model_id in (None, logged.model_id)  # (the server's REST answer may leave model_id out)
     assert logged.name == f"{promotion.model}-trial-{outcome.study.best_trial.number:03d}"
     assert logged.name in version.description and version.tags["deptune.logged_model"] == logged.model_id
-    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": promotion.model, "version": promotion.version}]
+    links = json.loads(logged.tags["mlflow.modelVersions"])
+    assert [(v["name"], str(v["version"])) for v in links] == [(promotion.model, promotion.version)]
     texts = ["the movie was good great", "awful bad day", "a cold dull song"]
     script = f"""
 import json, sys, mlflow, mlflow.pyfunc, pandas as pd

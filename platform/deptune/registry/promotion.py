@@ -75,7 +75,7 @@ def promote(run_id: str, model: str, metric: str = "objective", mode: str = "max
 def _register(client: MlflowClient, run, model: str, task: str, tags: dict[str, str]) -> str:
     """The pyfunc (backbone + adapter) as a logged model of the run, named after the registered model and
     the run, then a new registered version linked both ways (the version's model_id, the logged model's
-    `mlflow.modelVersions` tag, as `mlflow.register_model` does)."""
+    `mlflow.modelVersions` tag, which the server sets, or else this does as `mlflow.register_model`)."""
     from mlflow.artifacts import download_artifacts
     run_id, experiment_id = run.info.run_id, run.info.experiment_id
     with tempfile.TemporaryDirectory(prefix="deptune-promote-") as tmp:
@@ -102,8 +102,11 @@ def _register(client: MlflowClient, run, model: str, task: str, tags: dict[str, 
                     f"the frozen backbone plus the run's best adapter (safetensors), as an MLflow pyfunc "
                     f"loaded from code.")
     found = client.get_logged_model(logged.model_id).tags.get("mlflow.modelVersions")
-    versions = (json.loads(found) if found else []) + [{"name": model, "version": created.version}]
-    client.set_logged_model_tags(logged.model_id, {"mlflow.modelVersions": json.dumps(versions)})
+    versions = json.loads(found) if found else []
+    if not any((v.get("name"), str(v.get("version"))) == (model, str(created.version)) for v in versions):
+        # a server that did not link them itself (3.17 does, given model_id)
+        client.set_logged_model_tags(logged.model_id, {"mlflow.modelVersions": json.dumps(
+            versions + [{"name": model, "version": created.version}])})
     return created.version
 
 
