@@ -59,7 +59,8 @@ def mlflow_metrics(metrics: dict[str, float], objective: str = "objective", mode
             best = float(value)
             curves["best_step"] = float(metrics["step"])
         curves["best_objective"] = best
-    return curves, summary, best
+    headline = {k: curves.pop(k) for k in ("best_objective", "best_step") if k in curves}
+    return {**headline, **curves}, summary, best  # first logged: the UI's compare view picks it by default
 
 
 def trial_key(tracking: TrialTracking, ray_trial_id: str) -> dict[str, str]:
