@@ -6,6 +6,7 @@ writes while the server is away."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -164,12 +165,14 @@ def test_runs_statuses_params_metrics_and_tags_through_the_rest_api(server, swep
     good, _ = children["0"]
     assert {p["key"]: p["value"] for p in good["data"]["params"]}["trainable_params"] == str(12 * 32 + 32 * 2 + 2)
     history = requests.get(f"{server}/api/2.0/mlflow/metrics/get-history", timeout=10,
-                           params={"run_id": good["info"]["run_id"], "metric_key": "objective"}).json()["metrics"]
+                           params={"run_id": good["info"]["run_id"],
+                                   "metric_key": "objective_per_eval"}).json()["metrics"]
     assert [h["step"] for h in history] == [8, 16, 24]
     metrics = {m["key"] for m in good["data"]["metrics"]}
-    assert {"objective", "eval_accuracy", "train_loss", "tokens_per_s", "step_time_s", "peak_memory_mb",
-            "accelerator_seconds"} <= metrics
-    killed = MlflowClient(server).get_metric_history(children["2"][0]["info"]["run_id"], "objective")
+    assert {"objective_per_eval", "best_objective", "best_step", "eval_accuracy", "train_loss", "tokens_per_s",
+            "step_time_s", "peak_memory_mb", "accelerator_seconds", "cpu_seconds"} <= metrics
+    assert "objective" not in metrics and "gpu_seconds" not in metrics  # a CPU sweep: no GPU-seconds
+    killed = MlflowClient(server).get_metric_history(children["2"][0]["info"]["run_id"], "objective_per_eval")
     assert [m.step for m in killed][:2] == [8, 16]  # its curve up to the stop (rank 0 may log one more
     # evaluation before Ray Train's controller, polling every 0.5 s, ends the worker)
 
@@ -276,3 +279,146 @@ def test_the_journal_keeps_writes_while_the_server_is_away(mlflow_server, tmp_pa
     assert [(m.step, m.value) for m in client.get_metric_history(journal.run_id, "objective")] == \
         [(1, 0.5), (2, 0.6), (3, 0.7)]
     assert client.get_run(journal.run_id).info.status == "FINISHED"
+
+
+def trial_runs(server: str, experiment: str) -> dict[int, object]:
+    client = MlflowClient(server)
+    found = client.get_experiment_by_name(experiment)
+    return {int(r.data.tags["deptune.optuna_trial"]): r
+            for r in client.search_runs([found.experiment_id], "tags.`deptune.role` = 'trial'")}
+
+
+def test_trial_runs_show_the_best_objective_and_the_studys_state(server, swept):
+    """The headline metric is what the study ranked (the best train loss and its step), not the last
+    evaluation; ASHA stops read PRUNED (tag, name, description), apart from failures."""
+    _, outcome = swept
+    client, runs = MlflowClient(server), trial_runs(server, "tracked")
+    for trial in outcome.study.get_trials():
+        run = runs[trial.number]
+        tags, metrics = run.data.tags, run.data.metrics
+        assert tags["deptune.state"] == trial.state.name and tags["deptune.optuna_state"] == trial.state.name
+        assert trial.state.name in tags["mlflow.note.content"]
+        curve = [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        if trial.state == TrialState.COMPLETE:
+            assert run.info.run_name == f"trial-{trial.number:03d}"
+            assert metrics["best_objective"] == pytest.approx(trial.values[0]) == pytest.approx(min(curve))
+            assert metrics["best_step"] == trial.user_attrs["best_step"]
+            assert len(curve) == 3
+        elif trial.state == TrialState.PRUNED:
+            assert run.info.run_name == f"trial-{trial.number:03d} (stopped early)"
+            assert "not a failure" in tags["mlflow.note.content"]
+            # the study's value, even if rank 0 logged an evaluation after ASHA's stop
+            assert metrics["best_objective"] == pytest.approx(min(trial.intermediate_values.values()))
+            assert min(curve) <= metrics["best_objective"]
+        else:
+            assert run.info.run_name == f"trial-{trial.number:03d} (failed)" and "best_objective" not in metrics
+        for key in ("cpu_seconds", "accelerator_seconds"):  # summaries: one point at step 0
+            if key in metrics:
+                assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0]
+    pruned = client.search_runs([runs[0].info.experiment_id], "tags.`deptune.state` = 'PRUNED'")
+    assert [r.data.tags["deptune.optuna_trial"] for r in pruned] == ["2"]
+
+
+def test_parent_links_the_best_trial_and_logs_the_effective_search(server, swept):
+    spec, outcome = swept
+    client, runs = MlflowClient(server), trial_runs(server, "tracked")
+    parent = client.get_run(outcome.tracking.parent_run_id)
+    best = outcome.study.best_trial
+    assert parent.data.tags["deptune.best_run_id"] == runs[best.number].info.run_id
+    assert parent.data.tags["deptune.best_trial"] == str(best.number)
+    link = f"[trial-{best.number:03d}](#/experiments/{parent.info.experiment_id}/runs/{runs[best.number].info.run_id})"
+    assert link in parent.data.tags["mlflow.note.content"]
+    search = json.loads(parent.data.params["search"])
+    assert search["prompt_length"] == {"low": 2, "high": 10, "step": 2, "log": False}
+    assert search["lr_prompt"]["log"] is True and search["rank"] == "derived from prompt_length and the budget"
+    assert parent.data.params["sweep_seed"] == "0" and parent.data.params["sampler_seed"] == str(outcome.execution.seed)
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "best_objective")] == [0]
+    assert "gpu_seconds" not in parent.data.metrics
+
+
+def test_leaderboard_has_a_column_per_objective_and_runs_that_exist(server, swept):
+    _, outcome = swept
+    client = MlflowClient(server)
+    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=outcome.tracking.parent_run_id,
+                                                            artifact_path="leaderboard.csv", tracking_uri=server))
+    assert "values" not in board.columns and "adapter" not in board.columns and "gpu_seconds" not in board.columns
+    assert {"train_loss", "run_id", "run_name", "state", "adapter_uri", "registered_model"} <= set(board.columns)
+    trials = {t.number: t for t in outcome.study.get_trials()}
+    for row in board.to_dict("records"):
+        run = client.get_run(row["run_id"])  # exists
+        assert run.info.run_name == row["run_name"] and run.data.tags["deptune.state"] == row["state"]
+        assert row["adapter_uri"] == f"{run.info.artifact_uri}/adapter"
+        assert row["adapter_uri"].startswith("mlflow-artifacts:")
+        trial = trials[row["number"]]
+        if trial.state == TrialState.COMPLETE:
+            assert row["train_loss"] == pytest.approx(trial.values[0])
+        elif trial.state == TrialState.PRUNED:
+            assert row["train_loss"] == pytest.approx(min(trial.intermediate_values.values()))
+    registered = board.dropna(subset=["registered_model"])
+    assert list(registered["registered_model"]) == [outcome.tracking.promotion.uri]
+    assert list(registered["number"]) == [outcome.study.best_trial.number]
+
+
+def test_plots_are_built_from_every_trial_that_reported(server, swept):
+    """2 of 3 trials reported (one finished, one stopped by ASHA; the diverged one never evaluated): each plot's
+    data holds both, the stopped one marked, rank among the dimensions."""
+    _, outcome = swept
+    def figure(name):
+        return json.loads(Path(mlflow.artifacts.download_artifacts(
+            run_id=outcome.tracking.parent_run_id, artifact_path=f"plots/{name}.json",
+            tracking_uri=server)).read_text())
+    history = {t.get("name"): t for t in figure("optimization_history")["data"]}
+    assert len(history["train_loss"]["x"]) == 2 and sorted(history["train_loss"]["x"]) == [0, 2]
+    assert history["stopped early (best value before the stop)"]["x"] == [2]
+    pruned = outcome.study.trials[2]
+    best_before_stop = min(pruned.intermediate_values.values())
+    assert history["stopped early (best value before the stop)"]["y"] == [pytest.approx(best_before_stop)]
+    lines = [t for t in figure("parallel_coordinate")["data"] if t.get("mode") == "lines"]
+    assert len(lines) == 2
+    slices = figure("slice")
+    titles = {v["title"]["text"] for k, v in slices["layout"].items() if k.startswith("xaxis") and "title" in v}
+    assert {"rank", "trial_state", "lr_prompt", "prompt_length"} <= titles, titles
+    assert all(len(t["x"]) == 2 for t in slices["data"] if t.get("mode") == "markers" and "x" in t)
+    log_axes = {v["title"]["text"] for k, v in slices["layout"].items()
+                if k.startswith("xaxis") and v.get("type") == "log"}
+    assert {"lr_prompt", "lr_lowrank", "lr_head"} <= log_axes
+    html = Path(mlflow.artifacts.download_artifacts(run_id=outcome.tracking.parent_run_id,
+                                                    artifact_path="plots/optuna_plots.html", tracking_uri=server))
+    assert "2 trials reported: 1 completed, 1 stopped early" in html.read_text()
+    assert "Parameter importances need at least 10 completed trials; this study has 1." in html.read_text()
+
+
+def test_a_registered_version_loads_from_code_in_a_fresh_process_without_pickles(server, swept, tmp_path):
+    _, outcome = swept
+    promotion = outcome.tracking.promotion
+    client = MlflowClient(server)
+    version = client.get_model_version(promotion.model, promotion.version)
+    logged = client.get_logged_model(version.tags["deptune.logged_model"])
+    assert version.model_id in (None, logged.model_id)  # (the server's REST answer may leave model_id out)
+    assert logged.name == f"{promotion.model}-trial-{outcome.study.best_trial.number:03d}"
+    assert logged.name in version.description and version.tags["deptune.logged_model"] == logged.model_id
+    links = json.loads(logged.tags["mlflow.modelVersions"])
+    assert [(v["name"], str(v["version"])) for v in links] == [(promotion.model, promotion.version)]
+    texts = ["the movie was good great", "awful bad day", "a cold dull song"]
+    script = f"""
+import json, sys, mlflow, mlflow.pyfunc, pandas as pd
+from pathlib import Path
+mlflow.set_tracking_uri({server!r})
+local = Path(mlflow.artifacts.download_artifacts({promotion.uri!r}, dst_path={str(tmp_path / 'm')!r}))
+files = [p.relative_to(local).as_posix() for p in local.rglob('*') if p.is_file()]
+model = mlflow.pyfunc.load_model({promotion.uri!r})
+out = model.predict(pd.DataFrame({{'sentence': {texts!r}}}))
+print(json.dumps({{'files': files, 'labels': list(out['label']), 'mlmodel': (local / 'MLmodel').read_text()}}))
+"""
+    fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    found = json.loads(fresh.stdout.strip().splitlines()[-1])
+    assert not [f for f in found["files"] if f.endswith((".pkl", ".pickle"))]
+    assert "python_model.pkl" not in found["files"]
+    assert "model_code_path" in found["mlmodel"] and "python_model.pkl" not in found["mlmodel"]
+    assert any(f.endswith("adapter/adapter_model.safetensors") for f in found["files"])
+    cli = subprocess.run([sys.executable, "-m", "deptune.cli", "predict", promotion.uri, "--uri", server,
+                          *(arg for t in texts for arg in ("--text", t))], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert [line.split("\t")[1] for line in cli.stdout.strip().splitlines()] == found["labels"]
+    assert [line.split("\t")[2] for line in cli.stdout.strip().splitlines()] == texts

@@ -214,22 +214,34 @@ def report(experiment: Annotated[str, typer.Argument(help="MLflow experiment (a 
 
 
 @app.command()
-def predict(model_uri: Annotated[str, typer.Argument(help="e.g. models:/deptune-sst2-dept@champion")],
-            text: Annotated[list[str], typer.Option("--text", help="an input text (repeat for several)")],
-            column: Annotated[list[str] | None, typer.Option(
-                "--column", help="for tasks with several inputs: column=value, repeated per column")] = None,
+def predict(model_uri: Annotated[str, typer.Argument(help="e.g. models:/deptune-rte-dept@champion")],
+            text: Annotated[list[str] | None, typer.Option(
+                "--text", help="a text of the task's first column (repeat for several rows)")] = None,
+            inputs: Annotated[list[str] | None, typer.Option(
+                "--input", help="COLUMN=TEXT, one per text column of the task (e.g. --input sentence1=... "
+                                "--input sentence2=...); repeat a column for more rows")] = None,
+            file: Annotated[Path | None, typer.Option(
+                "--file", help="a .csv/.tsv/.jsonl file of rows with the task's columns")] = None,
             uri: Annotated[str | None, typer.Option(help="tracking URI")] = None) -> None:
-    """Predict labels with a registered adapter (backbone + adapter as an MLflow pyfunc)."""
-    import mlflow.pyfunc
-    import pandas as pd
+    """Predict labels with a registered adapter, loaded once for every row: prints the class name, the
+    verbalised label and the row's texts, tab-separated."""
+    from deptune.registry.predict import (InputError, Predictor, check_columns, model_columns, rows_from_file,
+                                          rows_from_options)
     from deptune.tracking.store import resolve_uri
-    mlflow.set_tracking_uri(resolve_uri(uri))
-    model = mlflow.pyfunc.load_model(model_uri)
-    first = model.metadata.get_input_schema().input_names()[0]
-    extra = dict(item.split("=", 1) for item in (column or []))
-    frame = pd.DataFrame([{first: t, **extra} for t in text])
-    for value, label in zip(text, model.predict(frame)["label"]):
-        typer.echo(f"{label}\t{value}")
+    if file is not None and (text or inputs):
+        typer.echo("give rows either as --text/--input or as --file, not both", err=True)
+        raise typer.Exit(2)
+    tracking_uri = resolve_uri(uri)
+    try:
+        columns = model_columns(model_uri, tracking_uri)
+        rows = rows_from_file(file) if file is not None else rows_from_options(columns, text or [], inputs or [])
+        check_columns(rows, columns)
+    except (InputError, OSError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    result = Predictor.load(model_uri, tracking_uri).predict(rows)
+    for row in result.to_dict("records"):
+        typer.echo("\t".join([str(row["label_name"]), str(row["label"]), *(str(row[c]) for c in columns)]))
 
 
 @app.command()

@@ -7,6 +7,7 @@ racing cannot both read the old champion and both win.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from deptune import locks
 from deptune.tracking.store import TAG
+from deptune.tracking.trial import RENAMED
 from deptune.registry.pyfunc import ADAPTER, input_columns, save_pyfunc
 
 CHAMPION = "champion"
@@ -31,6 +33,7 @@ class Promotion:
     champion: bool  # the alias now points at this version
     previous: str | None  # the champion version before
     reason: str
+    run_id: str | None = None  # the trial run whose adapter it is
 
     @property
     def uri(self) -> str:
@@ -44,7 +47,10 @@ def default_lock_url() -> str:
 
 
 def best_value(client: MlflowClient, run_id: str, metric: str, mode: str) -> float:
-    history = [m.value for m in client.get_metric_history(run_id, metric)]
+    """The run's best value of `metric` over its evaluations (`objective` is logged as objective_per_eval)."""
+    history = [m.value for m in client.get_metric_history(run_id, RENAMED.get(metric, metric))]
+    if not history:
+        history = [m.value for m in client.get_metric_history(run_id, metric)]
     if not history:
         raise ValueError(f"run {run_id} has no metric {metric!r}")
     return max(history) if mode == "max" else min(history)
@@ -57,18 +63,21 @@ def promote(run_id: str, model: str, metric: str = "objective", mode: str = "max
     run = client.get_run(run_id)
     value = best_value(client, run_id, metric, mode)
     task = run.data.params.get("task", "")
-    version = _register(client, run_id, run.info.experiment_id, model, task, {
+    version = _register(client, run, model, task, {
         **(lineage or {}), f"{TAG}run_id": run_id, f"{TAG}metric": metric, f"{TAG}metric_value": repr(value),
         f"{TAG}mode": mode, f"{TAG}task": task, f"{TAG}backbone": run.data.params.get("backbone", ""),
         **{k: v for k, v in run.data.tags.items() if k.startswith(TAG) and k != f"{TAG}role"}})
     with locks.exclusive(f"champion:{model}", lock_url or default_lock_url(), wait_s=120):
-        return _maybe_crown(client, model, version, value, metric, mode, task)
+        crowned = _maybe_crown(client, model, version, value, metric, mode, task)
+    return Promotion(**{**crowned.__dict__, "run_id": run_id})
 
 
-def _register(client: MlflowClient, run_id: str, experiment_id: str, model: str, task: str,
-              tags: dict[str, str]) -> str:
-    """The pyfunc (backbone + adapter) as a logged model of the run, then a new registered version."""
+def _register(client: MlflowClient, run, model: str, task: str, tags: dict[str, str]) -> str:
+    """The pyfunc (backbone + adapter) as a logged model of the run, named after the registered model and
+    the run, then a new registered version linked both ways (the version's model_id, the logged model's
+    `mlflow.modelVersions` tag, which the server sets, or else this does as `mlflow.register_model`)."""
     from mlflow.artifacts import download_artifacts
+    run_id, experiment_id = run.info.run_id, run.info.experiment_id
     with tempfile.TemporaryDirectory(prefix="deptune-promote-") as tmp:
         adapter = Path(download_artifacts(run_id=run_id, artifact_path=ADAPTER, dst_path=f"{tmp}/a",
                                           tracking_uri=client.tracking_uri))
@@ -76,8 +85,8 @@ def _register(client: MlflowClient, run_id: str, experiment_id: str, model: str,
                                        tracking_uri=client.tracking_uri))
         example = {column: [f"an example {column}"] for column in input_columns(task)}
         local = save_pyfunc(Path(tmp) / "model", adapter, spec, example)
-        logged = client.create_logged_model(experiment_id, name="adapter", source_run_id=run_id,
-                                            tags={f"{TAG}task": task})
+        logged = client.create_logged_model(experiment_id, name=f"{model}-{run.info.run_name}".replace(" ", "-"),
+                                            source_run_id=run_id, tags={f"{TAG}task": task})
         client.log_model_artifacts(logged.model_id, str(local))
         client.finalize_logged_model(logged.model_id, "READY")
     try:
@@ -86,8 +95,18 @@ def _register(client: MlflowClient, run_id: str, experiment_id: str, model: str,
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    created = client.create_model_version(model, source=logged.artifact_location, run_id=run_id, tags=tags,
-                                          model_id=logged.model_id)
+    created = client.create_model_version(
+        model, source=logged.artifact_location, run_id=run_id, tags={**tags, f"{TAG}logged_model": logged.model_id},
+        model_id=logged.model_id,
+        description=f"Logged model `{logged.name}` ({logged.model_id}) of run {run.info.run_name} ({run_id}): "
+                    f"the frozen backbone plus the run's best adapter (safetensors), as an MLflow pyfunc "
+                    f"loaded from code.")
+    found = client.get_logged_model(logged.model_id).tags.get("mlflow.modelVersions")
+    versions = json.loads(found) if found else []
+    if not any((v.get("name"), str(v.get("version"))) == (model, str(created.version)) for v in versions):
+        # a server that did not link them itself (3.17 does, given model_id)
+        client.set_logged_model_tags(logged.model_id, {"mlflow.modelVersions": json.dumps(
+            versions + [{"name": model, "version": created.version}])})
     return created.version
 
 

@@ -1,9 +1,13 @@
 """The registered model: an MLflow pyfunc that loads the frozen backbone (hub name and revision, a local
-folder, or a tiny offline one) plus the adapter, and maps the task's text columns to label predictions."""
+folder, or a tiny offline one) plus the adapter, and maps the task's text columns to label predictions.
+
+It is saved as models-from-code (`model_code.py` is the `python_model`), never pickled: loading a
+registered adapter runs the installed deptune's code on the adapter's safetensors and the run's spec."""
 
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -17,6 +21,27 @@ from deptune.train.spec import RunSpec
 ADAPTER = "adapter"
 SPEC = "spec"
 OUTPUT = "label"
+NAME = "label_name"
+CODE = Path(__file__).with_name("model_code.py")
+
+
+@contextmanager
+def quiet_transformers():
+    """Transformers' load report off: loading an encoder's backbone says its head is "MISSING ... newly
+    initialized", true of the backbone alone and wrong for the model: the adapter's head is loaded next."""
+    from transformers.utils import logging as hf_logging
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def label_names(task) -> dict[str, str]:
+    """Verbalised label -> the task's class name ("1" -> "not_entailment" for RTE); itself without names."""
+    names = getattr(task, "class_names", ()) or ()
+    return {label: (names[i] if i < len(names) else label) for i, label in enumerate(task.label_names)}
 
 
 def input_columns(task_name: str) -> list[str]:
@@ -37,9 +62,11 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         from deptune.train.loop import resolve_device
         self.spec = RunSpec.model_validate_json(Path(context.artifacts[SPEC]).read_text())
         self.task = get_task(self.spec.task.name)
-        self.backbone = load_backbone(self.spec.backbone, num_labels=max(1, len(self.task.label_names)))
+        with quiet_transformers():
+            self.backbone = load_backbone(self.spec.backbone, num_labels=max(1, len(self.task.label_names)))
         self.device = resolve_device(self.spec.train)
         self.model = load_adapter(self.backbone, context.artifacts[ADAPTER]).to(self.device).eval()
+        self.names = label_names(self.task)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from deptune.train.data import encode
@@ -53,7 +80,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
                        self.spec.train.max_target_length)
         labels = predict(self.model, self.backbone, self.task, items, self.spec.train.eval_batch_size,
                          self.spec.train.max_new_tokens, self.device)
-        return pd.DataFrame({OUTPUT: labels})
+        return pd.DataFrame({OUTPUT: labels, NAME: [self.names.get(label, label) for label in labels]})
 
 
 def save_pyfunc(path: Path, adapter_dir: Path, spec_file: Path, example: dict[str, list[str]]) -> Path:
@@ -61,9 +88,9 @@ def save_pyfunc(path: Path, adapter_dir: Path, spec_file: Path, example: dict[st
     shutil.rmtree(path, ignore_errors=True)
     columns = list(example)
     signature = ModelSignature(inputs=Schema([ColSpec("string", c) for c in columns]),
-                               outputs=Schema([ColSpec("string", OUTPUT)]))
+                               outputs=Schema([ColSpec("string", OUTPUT), ColSpec("string", NAME)]))
     mlflow.pyfunc.save_model(
-        str(path), python_model=AdapterModel(), artifacts={ADAPTER: str(adapter_dir), SPEC: str(spec_file)},
+        str(path), python_model=str(CODE), artifacts={ADAPTER: str(adapter_dir), SPEC: str(spec_file)},
         signature=signature, input_example=pd.DataFrame(example),
         pip_requirements=[f"deptune=={__version__}", "torch", "transformers", "safetensors", "pandas"])
     return path

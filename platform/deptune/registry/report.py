@@ -30,12 +30,13 @@ def render_experiment(uri: str, experiment: str, metric: str = "objective", mode
     runs = trial_runs(uri, experiment, metric, mode)
     table = Table(title=f"{experiment}: {len(runs)} trial runs in {uri}")
     score = "best objective" if metric == "objective" else metric
-    for column in ("run", "sweep", "status", "m", "r", score, "lr_prompt", "lr_lowrank", "lr_head", "trainable",
-                   "accelerator-s"):
-        table.add_column(column, justify="left" if column in ("run", "sweep", "status") else "right")
+    for column in ("run", "sweep", "status", "state", "m", "r", score, "lr_prompt", "lr_lowrank", "lr_head",
+                   "trainable", "accelerator-s"):
+        table.add_column(column, justify="left" if column in ("run", "sweep", "status", "state") else "right")
     for run in runs[:top]:
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
         table.add_row(run.info.run_name, tags.get(f"{TAG}sweep", "-"), run.info.status,
+                      tags.get(f"{TAG}state", "-"),
                       params.get("prompt_length", "-"), params.get("rank", "-"), fmt(_score(metrics, metric)),
                       _number(params.get("lr_prompt")), _number(params.get("lr_lowrank")), _number(params.get("lr_head")),
                       fmt(int(metrics["trainable_params"])) if "trainable_params" in metrics else "-",

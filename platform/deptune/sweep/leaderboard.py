@@ -11,8 +11,10 @@ from deptune.sweep.study import LEARNING_RATES, trial_row
 from deptune.tracking.tables import fmt, wide_console
 
 
-def ranked_rows(study: optuna.Study) -> list[dict]:
-    """Completed trials best first, then pruned (by their last value), then failed."""
+def ranked_rows(study: optuna.Study, metrics: list[str] | None = None) -> list[dict]:
+    """Completed trials best first, then pruned (by their best value before the stop), then failed; one
+    column per objective, named after its metric."""
+    metrics = metrics or ["objective", *(f"objective_{i + 1}" for i in range(1, len(study.directions)))]
     sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
     trials = study.get_trials(deepcopy=False)
 
@@ -20,26 +22,27 @@ def ranked_rows(study: optuna.Study) -> list[dict]:
         if t.state == TrialState.COMPLETE:
             return (0, -sign * t.values[0])
         if t.state == TrialState.PRUNED and t.intermediate_values:
-            return (1, -sign * t.intermediate_values[max(t.intermediate_values)])
+            return (1, -sign * (max if sign > 0 else min)(t.intermediate_values.values()))
         return (2, t.number)
 
-    return [trial_row(t) for t in sorted(trials, key=key)]
+    return [trial_row(t, metrics, sign > 0) for t in sorted(trials, key=key)]
 
 
 def render(study: optuna.Study, metrics: list[str], top: int = 10, console: Console | None = None) -> None:
     console = console or wide_console()
-    rows = ranked_rows(study)
+    rows = ranked_rows(study, metrics)
     counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     table = Table(title=f"study {study.study_name}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n))
     rates = [k for k in LEARNING_RATES if any(r[k] is not None for r in rows)]  # every searched rate
-    for column in ("#", "exec", "state", "m", "r", *metrics, *rates, "best step", "trainable", "CPU-s", "GPU-s"):
+    gpus = any(r.get("gpu_seconds") for r in rows)
+    for column in ("#", "exec", "state", "m", "r", *metrics, *rates, "best step", "trainable", "CPU-s",
+                   *(["GPU-s"] if gpus else [])):
         table.add_column(column, justify="right" if column not in ("state",) else "left")
     for row in rows[:top]:
-        values = row["values"] or [None] * len(metrics)
         table.add_row(str(row["number"]), fmt(row["execution"]), row["state"], fmt(row["prompt_length"]),
-                      fmt(row["rank"]), *(fmt(v) for v in values), *(fmt(row[k]) for k in rates),
+                      fmt(row["rank"]), *(fmt(row[m]) for m in metrics), *(fmt(row[k]) for k in rates),
                       fmt(row["best_step"]), fmt(row["trainable_params"]), fmt(row["cpu_seconds"]),
-                      fmt(row["gpu_seconds"]))
+                      *([fmt(row.get("gpu_seconds"))] if gpus else []))
     console.print(table)
     failed = [r for r in rows if r["state"] == "FAIL"]
     for row in failed[:5]:

@@ -133,16 +133,23 @@ def wait_for_study(url: str, name: str, timeout_s: float = 30.0) -> optuna.Study
             time.sleep(0.5)
 
 
-def trial_row(trial: FrozenTrial) -> dict[str, Any]:
-    """One leaderboard row: the trial's state, parameters, derived rank, values and costs."""
+def trial_row(trial: FrozenTrial, metrics: tuple[str, ...] | list[str] = ("objective",),
+              maximize: bool = True) -> dict[str, Any]:
+    """One leaderboard row: the trial's state, parameters, derived rank, one column per objective (a stopped
+    trial's best intermediate value, its state says it did not finish) and costs (GPU-seconds only when the
+    trial had GPUs)."""
     attrs = trial.user_attrs
+    values = list(trial.values) if trial.values else [None] * len(metrics)
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:  # Optuna stores the last one as its value
+        values = [(max if maximize else min)(trial.intermediate_values.values()), *[None] * (len(metrics) - 1)]
+    costs = {"cpu_seconds": attrs.get("cpu_seconds"), "wall_seconds": attrs.get("wall_seconds"),
+             **({"gpu_seconds": attrs["gpu_seconds"]} if attrs.get("gpu_seconds") else {})}
     return {"number": trial.number, "state": trial.state.name, "execution": attrs.get("execution"),
             "prompt_length": attrs.get("prompt_length"), "rank": attrs.get("rank"),
             **{key: trial.params.get(key) for key in LEARNING_RATES},
-            "values": list(trial.values) if trial.values else None, "best_step": attrs.get("best_step"),
+            **dict(zip(metrics, values)), "best_step": attrs.get("best_step"),
             "last_step": attrs.get("last_step"), "adapter_params": attrs.get("adapter_params"),
-            "trainable_params": attrs.get("trainable_params"), "cpu_seconds": attrs.get("cpu_seconds"),
-            "gpu_seconds": attrs.get("gpu_seconds"), "adapter": attrs.get("adapter_path"),
+            "trainable_params": attrs.get("trainable_params"), **costs,
             "reason": attrs.get("fail_reason") or attrs.get("stop_reason")}
 
 

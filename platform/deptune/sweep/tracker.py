@@ -2,7 +2,9 @@
 leaderboard, plots, summary and the registered best adapter.
 
 Trials write their own child runs (`tracking.trial`); the driver closes each one as the study records it:
-COMPLETE -> FINISHED, PRUNED (stopped by ASHA) -> KILLED, FAIL -> FAILED with the reason as a tag.
+COMPLETE -> FINISHED, PRUNED (stopped by ASHA) -> KILLED, FAIL -> FAILED with the reason as a tag. MLflow's
+statuses are fixed and show KILLED like a failure, so every trial run also carries the study's state as
+the tag `deptune.state` (filter `tags.deptune.state = 'PRUNED'`), in its name and in its description.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from deptune.tracking.journal import RunJournal, flush_all, journal_path
 from deptune.tracking.plots import write_plots
 from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import storage_url
-from deptune.tracking.store import TAG, ensure_experiment
-from deptune.tracking.trial import TrialTracking, run_params, trial_key
+from deptune.tracking.store import TAG, ensure_experiment, save_trials_view, trials_view_state
+from deptune.tracking.trial import (NOTE_TAG, STATE_TAG, SUMMARY_STEP, TrialTracking, run_params,
+                                    trial_key)
 
 STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
@@ -42,6 +45,33 @@ def git_commit() -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+SUFFIX = {TrialState.COMPLETE: "", TrialState.PRUNED: " (stopped early)", TrialState.FAIL: " (failed)"}
+BEST_RUN_TAG = f"{TAG}best_run_id"
+
+
+def best_value(trial: FrozenTrial, maximize: bool) -> tuple[float | None, int | None]:
+    """What the study ranks a trial on: its value, or a stopped trial's best intermediate value; and the
+    step it came from."""
+    if trial.state == TrialState.COMPLETE:
+        return trial.values[0], trial.user_attrs.get("best_step")
+    if not trial.intermediate_values:  # (a pruned trial's value in Optuna is its last intermediate one)
+        return None, None
+    step = (max if maximize else min)(trial.intermediate_values, key=trial.intermediate_values.get)
+    return trial.intermediate_values[step], step
+
+
+def describe(trial: FrozenTrial, maximize: bool, metric: str) -> str:
+    """A trial run's description: what the study says happened, in words."""
+    value, step = best_value(trial, maximize)
+    best = f"best {metric} {value:.4g} at step {step}" if value is not None else f"no {metric} reported"
+    if trial.state == TrialState.COMPLETE:
+        return f"**COMPLETE**: trained to the end; {best}."
+    if trial.state == TrialState.PRUNED:
+        return (f"**PRUNED** (not a failure): {trial.user_attrs.get('stop_reason', 'stopped early')}; {best} "
+                f"before the stop.")
+    return f"**FAIL**: {trial.user_attrs.get('fail_reason', 'the trial failed')}; {best}."
 
 
 @dataclass
@@ -62,22 +92,28 @@ class SweepTracker:
         self.tags = {f"{TAG}sweep": execution.name, f"{TAG}study": study.study_name,
                      f"{TAG}execution": str(execution.number), f"{TAG}git_commit": git_commit(),
                      f"{TAG}spec_hash": spec_hash(spec), f"{TAG}dataset_fingerprint": dataset_fingerprint(spec.task)}
+        self.metrics = [o.metric for o in spec.sweep.objectives]
+        self.maximize = spec.sweep.objective.mode == "max"
+        self.view = self._save_view()
+
+    def _save_view(self) -> str | None:
+        """The experiment's saved runs-table view of its trials (see `tracking.store.save_trials_view`)."""
+        searched = list(self.plan.dimensions) if self.plan else list(SEARCH_KEYS)
+        columns = ["prompt_length", "rank", *[k for k in searched if k.startswith("lr_")], "trainable_params"]
+        state = trials_view_state(columns, ["best_objective", "best_step", "cpu_seconds"], [STATE_TAG],
+                                  "best_objective", ascending=not self.maximize)
+        try:
+            return save_trials_view(self.uri, self.experiment_id, state)
+        except Exception:  # noqa: BLE001 -- a convenience of the UI; the sweep does not depend on it
+            return None
 
     def open_parent(self, spec_file: str | None) -> str | None:
         """Create (or, on --resume, find) the execution's parent run; its id once the server took it."""
         if not self.parent.path.exists():
             self.parent.start(self.experiment_id, self.execution.name, find_by={f"{TAG}sweep": self.execution.name,
                                                                               f"{TAG}role": "sweep"},
-                              tags={**self.tags, f"{TAG}role": "sweep"})
-            params = {k: v for k, v in run_params(self.spec.base_run()).items() if k not in SEARCH_KEYS}
-            sweep = self.spec.sweep
-            self.parent.params({**params, "trials": sweep.trials, "max_concurrent": sweep.max_concurrent,
-                                "objective": f"{sweep.objective.metric}:{sweep.objective.mode}",
-                                "second_objective": (f"{sweep.second_objective.metric}:{sweep.second_objective.mode}"
-                                                     if sweep.second_objective else None),
-                                "scheduler": sweep.scheduler.name, "grace_period": self.spec.grace_period,
-                                "sampler_seed": self.execution.seed,
-                                "search": json.dumps(self.plan.effective_search()) if self.plan else None})
+                              tags={**self.tags, f"{TAG}role": "sweep", NOTE_TAG: self._note(None)})
+            self.parent.params(self._parent_params())
             if spec_file and Path(spec_file).is_file():
                 folder = self.journal_dir / "parent-files" / "spec"
                 folder.mkdir(parents=True, exist_ok=True)
@@ -89,10 +125,50 @@ class SweepTracker:
             self.parent.tags({f"{TAG}resumed": "true"})
         return self.parent.run_id
 
+    def _parent_params(self) -> dict:
+        """The sweep's settings as they took effect: the searched dimensions with defaults filled in (what
+        is derived, like DePT's r under a budget, is said so), the spec's seed and the execution's
+        sampler seed derived from it."""
+        params = {k: v for k, v in run_params(self.spec.base_run()).items() if k not in SEARCH_KEYS}
+        sweep = self.spec.sweep
+        search = self.plan.effective_search() if self.plan else None
+        if search is not None and "rank" not in search and self.plan.rank is None \
+                and getattr(self.spec.method, "budget", None):
+            search["rank"] = "derived from prompt_length and the budget"
+        return {**params, "trials": sweep.trials, "max_concurrent": sweep.max_concurrent,
+                "objective": f"{sweep.objective.metric}:{sweep.objective.mode}",
+                "second_objective": (f"{sweep.second_objective.metric}:{sweep.second_objective.mode}"
+                                     if sweep.second_objective else None),
+                "scheduler": sweep.scheduler.name, "grace_period": self.spec.grace_period,
+                "sweep_seed": sweep.seed, "sampler_seed": self.execution.seed,
+                "startup_trials": sweep.startup_trials,
+                "search": json.dumps(search) if search is not None else None}
+
+    def _note(self, best: tuple[FrozenTrial, str | None] | None) -> str:
+        """The parent run's description: what the execution is, and a link to its best trial's run."""
+        sweep = self.spec.sweep
+        lines = [f"Execution {self.execution.number} of study `{self.study.study_name}`: {sweep.trials} trials "
+                 f"of {self.spec.method.name} on {self.spec.task.name} with {self.spec.backbone.name}, ranked on "
+                 f"{sweep.objective.metric} ({sweep.objective.mode}). Sampler seed {self.execution.seed} "
+                 f"(derived from sweep.seed {sweep.seed} and the execution number, so executions differ)."]
+        if self.view:
+            lines.append(f"[Trials, best first]({self.view}) (the runs table's Views menu: *deptune: trials, "
+                         f"best first*).")
+        if best is not None:
+            trial, run_id = best
+            link = f"[trial-{trial.number:03d}](#/experiments/{self.experiment_id}/runs/{run_id})" if run_id \
+                else f"trial-{trial.number:03d}"
+            lines.append(f"Best trial: {link}, {sweep.objective.metric} = {trial.values[0]:.4g}.")
+        return "\n\n".join(lines)
+
     def trial_tracking(self) -> TrialTracking:
+        objective = self.spec.sweep.objective
         return TrialTracking(uri=self.uri, experiment_id=self.experiment_id, parent_run_id=self.parent.run_id or "",
-                             journal_dir=str(self.journal_dir), tags={**self.tags,
-                                                                      "mlflow.parentRunId": self.parent.run_id or ""})
+                             journal_dir=str(self.journal_dir), objective=objective.metric, mode=objective.mode,
+                             tags={**self.tags, "mlflow.parentRunId": self.parent.run_id or ""})
+
+    def _final_journal(self, trial: FrozenTrial) -> RunJournal:
+        return RunJournal(journal_path(self.journal_dir, f"{trial.user_attrs['ray_trial_id']}.final"), self.uri)
 
     def finish_trial(self, trial: FrozenTrial) -> None:
         """Close the trial's child run with the study's verdict (creating it if the trial never got to)."""
@@ -100,81 +176,118 @@ class SweepTracker:
         if ray_id is None or trial.state not in STATUS or not self.parent.run_id:
             return
         tracking = self.trial_tracking()
-        journal = RunJournal(journal_path(self.journal_dir, f"{ray_id}.final"), self.uri)
+        journal = self._final_journal(trial)
         if journal.path.exists():
             return
-        journal.start(self.experiment_id, f"trial-{trial.number:03d}", find_by=trial_key(tracking, ray_id),
+        name = f"trial-{trial.number:03d}"
+        journal.start(self.experiment_id, name, find_by=trial_key(tracking, ray_id),
                       tags={**tracking.tags, f"{TAG}role": "trial", f"{TAG}optuna_trial": str(trial.number)})
         if not journal_path(self.journal_dir, ray_id).exists():  # rank 0 never started: the run is ours
             journal.params({"prompt_length": trial.user_attrs.get("prompt_length"),
                             "rank": trial.user_attrs.get("rank"), **trial.params})
         reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("stop_reason")
-        journal.tags({f"{TAG}optuna_state": trial.state.name, **({f"{TAG}reason": reason} if reason else {})})
+        journal.tags({f"{TAG}optuna_state": trial.state.name, STATE_TAG: trial.state.name,
+                      "mlflow.runName": name + SUFFIX[trial.state],
+                      NOTE_TAG: describe(trial, self.maximize, self.spec.sweep.objective.metric),
+                      **({f"{TAG}reason": reason} if reason else {})})
+        value, step = best_value(trial, self.maximize)
+        if value is not None:  # the study's word, logged at the last possible step so the runs table shows it:
+            # rank 0 may have logged an evaluation or two after ASHA's stop, which the study never saw
+            journal.metrics({"best_objective": value, **({"best_step": step} if step is not None else {})},
+                            self.spec.train.steps)
         costs = {k: trial.user_attrs[k] for k in ("cpu_seconds", "gpu_seconds", "wall_seconds")
-                 if k in trial.user_attrs}
+                 if trial.user_attrs.get(k) or (k != "gpu_seconds" and k in trial.user_attrs)}
         if costs:
             costs["accelerator_seconds"] = costs.get("gpu_seconds") or costs.get("cpu_seconds", 0.0)
-            journal.metrics(costs, int(trial.user_attrs.get("last_step", 0)))
+            journal.metrics(costs, SUMMARY_STEP)
         journal.end(STATUS[trial.state])
 
     def finish(self, interrupted: bool) -> SweepOutcomeTracking:
-        """Close every trial, write the parent's leaderboard, plots and summary, register the best adapter."""
+        """Close every trial, register the best adapter, then write the parent's link to the best trial,
+        leaderboard, plots and summary."""
         mine = [t for t in self.study.get_trials(deepcopy=False)
                 if t.user_attrs.get("execution") == self.execution.number]
         for trial in mine:
             self.finish_trial(trial)
+        best = self._best(mine)
         promotion, problems = None, []
-        if not interrupted and self.spec.tracking.register_best:
+        if not interrupted and self.spec.tracking.register_best and best is not None:
             try:
-                promotion = self._register_best(mine)
+                promotion = self._register(best)
             except Exception as exc:  # noqa: BLE001 -- the sweep's results stand; registration can be redone
                 problems.append(f"registering the best adapter failed ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); redo it with "
                                 f"`deptune promote RUN_ID --model ...`")
-        self._parent_files()
+        if best is not None:
+            run_id = self._final_journal(best).run_id
+            self.parent.tags({BEST_RUN_TAG: run_id or "", f"{TAG}best_trial": str(best.number),
+                              NOTE_TAG: self._note((best, run_id))})
+        self._parent_files(mine, promotion)
         self._summary(mine, promotion)
         self.parent.end("KILLED" if interrupted else "FINISHED")
         return SweepOutcomeTracking(self.parent.run_id or "", promotion,
                                     problems + flush_all(self.journal_dir, self.uri))
 
-    def _register_best(self, trials: list[FrozenTrial]) -> registry.Promotion | None:
+    def _best(self, trials: list[FrozenTrial]) -> FrozenTrial | None:
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         if not complete:
             return None
-        objective = self.spec.sweep.objective
-        best = (max if objective.mode == "max" else min)(complete, key=lambda t: t.values[0])
-        run_id = RunJournal(journal_path(self.journal_dir, f"{best.user_attrs['ray_trial_id']}.final"), self.uri).run_id
+        return (max if self.maximize else min)(complete, key=lambda t: t.values[0])
+
+    def _register(self, best: FrozenTrial) -> registry.Promotion | None:
+        run_id = self._final_journal(best).run_id
         if run_id is None:
             return None
+        objective = self.spec.sweep.objective
         name = self.spec.tracking.registered_model or f"deptune-{self.spec.task.name}-{self.spec.method.name}"
         lock_url = os.environ.get(registry.LOCK_ENV) or storage_url(self.spec)
         return registry.promote(run_id, name, metric=objective.metric, mode=objective.mode, uri=self.uri,
                                 lock_url=lock_url, lineage={f"{TAG}optuna_value": repr(best.values[0])})
 
-    def _parent_files(self) -> None:
+    def _rows(self, trials: list[FrozenTrial], promotion: registry.Promotion | None) -> list[dict]:
+        """The leaderboard of this execution: one column per objective, each trial's MLflow run (id, name)
+        and where its adapter is in MLflow (the artifact URI; the registered version for the best)."""
+        from mlflow import MlflowClient
+        client, mine = MlflowClient(tracking_uri=self.uri), {t.number: t for t in trials}
+        rows = []
+        for row in ranked_rows(self.study, self.metrics):
+            trial = mine.get(row["number"])
+            if trial is None or "ray_trial_id" not in trial.user_attrs:
+                continue
+            run_id = self._final_journal(trial).run_id
+            run = client.get_run(run_id) if run_id else None
+            registered = promotion.uri if promotion and run and promotion.run_id == run_id else None
+            rows.append({"number": row.pop("number"), "state": row.pop("state"),
+                         "run_name": run.info.run_name if run else None, "run_id": run_id, **row,
+                         "adapter_uri": f"{run.info.artifact_uri}/adapter" if run else None,
+                         "registered_model": registered})
+        return rows
+
+    def _parent_files(self, trials: list[FrozenTrial], promotion: registry.Promotion | None) -> None:
         folder = self.journal_dir / "parent-files" / "results"
         folder.mkdir(parents=True, exist_ok=True)
-        rows = ranked_rows(self.study)
+        rows = self._rows(trials, promotion)
         if rows:
             with (folder / "leaderboard.csv").open("w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
-        write_plots(self.study, folder / "plots")
+        write_plots(self.study, folder / "plots", self.metrics)
         self.parent.artifacts(folder, None)
 
     def _summary(self, trials: list[FrozenTrial], promotion: registry.Promotion | None) -> None:
         counts = {state: sum(t.state == state for t in trials) for state in STATUS}
         summary = {"trials_completed": counts[TrialState.COMPLETE], "trials_stopped": counts[TrialState.PRUNED],
                    "trials_failed": counts[TrialState.FAIL],
-                   "cpu_seconds": sum(t.user_attrs.get("cpu_seconds", 0.0) for t in trials),
-                   "gpu_seconds": sum(t.user_attrs.get("gpu_seconds", 0.0) for t in trials)}
-        summary["accelerator_seconds"] = summary["gpu_seconds"] or summary["cpu_seconds"]
-        complete = [t.values[0] for t in trials if t.state == TrialState.COMPLETE]
-        if complete:
-            summary["best_objective"] = (max if self.spec.sweep.objective.mode == "max" else min)(complete)
-        self.parent.metrics(summary, self.execution.number)
+                   "cpu_seconds": sum(t.user_attrs.get("cpu_seconds", 0.0) for t in trials)}
+        gpu = sum(t.user_attrs.get("gpu_seconds", 0.0) for t in trials)
+        if gpu:
+            summary["gpu_seconds"] = gpu
+        summary["accelerator_seconds"] = gpu or summary["cpu_seconds"]
+        best = self._best(trials)
+        if best is not None:
+            summary["best_objective"] = best.values[0]
+        self.parent.metrics(summary, SUMMARY_STEP)
         if promotion is not None:
             self.parent.tags({f"{TAG}registered_version": promotion.uri,
                               f"{TAG}champion": str(promotion.champion).lower()})
-

@@ -91,3 +91,33 @@ def ensure_experiment(uri: str, name: str) -> str:
     if experiment is None or KIND_TAG not in experiment.tags:  # the UI's runs table, not its GenAI overview
         client.set_experiment_tag(experiment_id, KIND_TAG, "custom_model_development")
     return experiment_id
+
+
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the MLflow UI's saved views (3.15+): one experiment tag each
+TRIALS_VIEW = "deptune-trials"
+
+
+def trials_view_state(columns: list[str], metrics: list[str], tags: list[str], order_by: str,
+                      ascending: bool) -> dict:
+    """The runs table the UI opens with `?viewStateShareKey=deptune-trials` (or from its Views menu): the
+    trials only, flat, best first, with the columns that matter. Column keys are the UI's own
+    (params.`m`, metrics.`best_objective`, tags.`deptune.state`)."""
+    selected = ([f"params.`{c}`" for c in columns] + [f"metrics.`{m}`" for m in metrics]
+                + [f"tags.`{t}`" for t in tags])
+    return {"searchFilter": f"tags.`{TAG}role` = 'trial'", "orderByKey": f"metrics.`{order_by}`",
+            "orderByAsc": ascending, "startTime": "ALL", "lifecycleFilter": "Active",
+            "selectedColumns": selected, "columnOrder": [], "runsExpanded": {}}
+
+
+def save_trials_view(uri: str, experiment_id: str, state: dict, name: str = "deptune: trials, best first") -> str:
+    """Store `state` as the experiment's saved view `deptune-trials` (MLflow cannot set an experiment's
+    default columns; a saved view is one click away, in the runs table's Views menu). The tag's format is
+    the UI's, not a documented API: a UI that reads it differently just ignores it. Returns the view's
+    URL fragment."""
+    import json
+    import time
+    from mlflow import MlflowClient
+    envelope = {"name": name, "createdAt": int(time.time() * 1000), "state": json.dumps(state)}
+    MlflowClient(tracking_uri=uri).set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + TRIALS_VIEW,
+                                                      json.dumps(envelope))
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={TRIALS_VIEW}"

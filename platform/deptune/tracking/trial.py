@@ -3,6 +3,7 @@ where they are made, on whichever node that is. Every write goes through the run
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,18 @@ from deptune.tracking.journal import RunJournal, journal_path
 from deptune.tracking.store import TAG
 
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
+STATE_TAG = f"{TAG}state"  # COMPLETE | PRUNED | FAIL: what the study says (MLflow's run statuses are fixed)
 ONCE = ("trainable_params", "examples_train", "examples_validation", "examples_test")
 """Reported with every evaluation, logged once as params (trainable_params also stays a metric)."""
+PER_EVAL = "objective_per_eval"
+"""The MLflow name of the objective at each evaluation: `best_objective` (the best so far, what the study
+ranks) is the headline metric, the per-evaluation curve sits beside it under this name. Tune, ASHA and
+the study still see the reported `objective`."""
+SUMMARY_STEP = 0
+"""End-of-run figures (test scores, seconds) are logged once at step 0: a run summary (the UI draws a
+single-point metric as a bar), not a lone point at the last training step."""
+RENAMED = {"objective": PER_EVAL}
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,30 @@ class TrialTracking:
     parent_run_id: str
     journal_dir: str
     tags: dict[str, str]  # the execution's: sweep, study, git commit, spec hash, dataset fingerprint
+    objective: str = "objective"  # the sweep's objective metric (as trials report it) and its mode
+    mode: str = "max"
+
+
+def mlflow_metrics(metrics: dict[str, float], objective: str = "objective", mode: str = "max",
+                   best: float | None = None) -> tuple[dict[str, float], dict[str, float], float | None]:
+    """An evaluation's report as MLflow names it: (curves at the step, end-of-run summary, best so far).
+
+    `best_objective`/`best_step` are the best value of the sweep's objective so far (the loop's own when the
+    objective is the task's first metric); `objective` becomes `objective_per_eval`; test scores are summary."""
+    curves = {RENAMED.get(k, k): v for k, v in metrics.items()
+              if k not in ("step", "best_objective", "best_step") and k not in ONCE[1:] and not k.startswith("test_")}
+    summary = {k: v for k, v in metrics.items() if k.startswith("test_")}
+    value = metrics.get(objective)
+    if objective == "objective" and "best_objective" in metrics:
+        best = float(metrics["best_objective"])
+        curves.update(best_objective=best, best_step=float(metrics["best_step"]))
+    elif value is not None and math.isfinite(value):
+        if best is None or (value > best if mode == "max" else value < best):
+            best = float(value)
+            curves["best_step"] = float(metrics["step"])
+        curves["best_objective"] = best
+    headline = {k: curves.pop(k) for k in ("best_objective", "best_step") if k in curves}
+    return {**headline, **curves}, summary, best  # first logged: the UI's compare view picks it by default
 
 
 def trial_key(tracking: TrialTracking, ray_trial_id: str) -> dict[str, str]:
@@ -51,12 +86,14 @@ class TrialTracker:
         self.folder = Path(tracking.journal_dir) / ray_trial_id
         self.journal = RunJournal(journal_path(tracking.journal_dir, ray_trial_id), tracking.uri)
         self.counted = self.journal.path.exists()  # trainable_params is logged once, at the first evaluation
+        self.objective, self.mode, self.best = tracking.objective, tracking.mode, None
         if self.journal.path.exists():  # a restarted worker group: the run exists (or is journaled)
             return
         name = f"trial-{optuna_trial:03d}" if optuna_trial is not None else f"trial-{ray_trial_id}"
         self.journal.start(tracking.experiment_id, name, find_by=trial_key(tracking, ray_trial_id),
                            tags={**tracking.tags, f"{TAG}role": "trial", f"{TAG}optuna_trial": str(optuna_trial),
-                                 f"{TAG}backbone_revision": spec.backbone.revision or "default"})
+                                 f"{TAG}backbone_revision": spec.backbone.revision or "default",
+                                 STATE_TAG: "RUNNING", NOTE_TAG: f"{name}: running"})
         self.journal.params(run_params(spec))
         spec_dir = self.folder / "spec"
         spec_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +105,10 @@ class TrialTracker:
         if not self.counted and "trainable_params" in metrics:  # known once the model and data are loaded
             self.journal.params({k: int(metrics[k]) for k in ONCE if k in metrics})
             self.counted = True
-        self.journal.metrics({k: v for k, v in metrics.items() if k != "step" and k not in ONCE[1:]}, step)
+        curves, summary, self.best = mlflow_metrics(metrics, self.objective, self.mode, self.best)
+        self.journal.metrics(curves, step)
+        if summary:
+            self.journal.metrics(summary, SUMMARY_STEP)
         if adapter_dir is not None:  # a copy that outlives the checkpoint folder until it is sent
             kept = self.folder / "adapter"
             shutil.rmtree(kept, ignore_errors=True)
