@@ -81,7 +81,7 @@ def test_every_method_sweeps_on_every_family(ray_cluster, tmp_path, method, fami
         logged = run.data.params
         assert logged["method"] == method
         assert ("lr_lowrank" in logged) == (method != "prompt_tuning")  # MPT's u, v train at lr_lowrank too
-        assert client.get_metric_history(run.info.run_id, "objective")
+        assert client.get_metric_history(run.info.run_id, "objective_per_eval")
 
 
 # ----- a method defined here ----------------------------------------------------------------------------

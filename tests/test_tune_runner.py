@@ -38,7 +38,8 @@ def spec(tmp_path: Path, *, steps: int = 12, trials: int = 2, enqueue: list | No
         "backbone": {"name": backbone, "tiny": {"hidden_size": 32, "max_positions": 64}},  # dropout on
         "task": {"name": "synthetic", "synthetic_size": 300},
         "method": {"name": "dept", "prompt_length": 4, "budget": 8, "max_length": 24},
-        "search": {"prompt_length": {"low": 2, "high": 6, "step": 2}},
+        "search": {"prompt_length": {"low": 2, "high": 6, "step": 2}, "lr_prompt": {"low": 1e-9, "high": 1.0},
+                   "lr_lowrank": {"low": 1e-9, "high": 1.0}},  # wide: the enqueued points must lie inside
         "train": {"steps": steps, "batch_size": 16, "eval_every": 4, "warmup_steps": 1, "lr_head": 0.05,
                   "output_dir": str(tmp_path), "evaluate_test": False},
         "resources": {"workers": 1, "cpus_per_worker": 1.0, **resources},
@@ -122,12 +123,14 @@ def test_trials_share_one_actor_and_memory_does_not_grow(ray_cluster, tmp_path):
 def test_asha_stops_a_trial_mid_training_and_the_next_trial_reuses_its_actor(ray_cluster, tmp_path):
     good = {"prompt_length": 4, "lr_prompt": 0.5, "lr_lowrank": 1e-2}
     still = {"prompt_length": 4, "lr_prompt": 1e-9, "lr_lowrank": 1e-9}  # learns nothing
-    sweep = spec(tmp_path, steps=24, trials=3, enqueue=[good, still, good],
+    later = {**good, "prompt_length": 6}  # an enqueued duplicate of `good` would be skipped
+    sweep = spec(tmp_path, steps=24, trials=3, enqueue=[good, still, later],
                  scheduler={"name": "asha", "grace_period": 8, "reduction_factor": 2})
     outcome = run_sweep(sweep)
     trials = load_study(sweep, open_storage(storage_url(sweep))).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
-    assert max(trials[1].intermediate_values) < 24
+    assert [t.state for t in trials[:2]] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert max(trials[1].intermediate_values) < 24 and trials[2].params == later
+    assert trials[2].state in (TrialState.COMPLETE, TrialState.PRUNED) and trials[2].intermediate_values
     results = tune_results(sweep, outcome.execution.name)
     assert len({rows[0]["pid"] for rows in results.values()}) == 1  # the stopped trial's actor ran the next
 
