@@ -89,7 +89,7 @@ def test_searcher_records_complete_pruned_and_failed_trials(tmp_path, storage_of
     study = load_study(spec, storage)
     execution = start_execution(spec, study)
     plan, _ = plan_search(spec, 64)
-    searcher = StudySearcher(spec, plan.suggest, study.study_name, storage,
+    searcher = StudySearcher(spec, plan, study.study_name, storage_url(spec),
                              optuna.samplers.TPESampler(seed=execution.seed, n_startup_trials=2), execution.number)
     for trial_id in ("done", "stopped", "broken", "nan", "last-rung"):
         assert set(searcher.suggest(trial_id)) >= {"prompt_length", "rank", "lr_prompt", "lr_lowrank"}
@@ -138,7 +138,7 @@ def test_executions_derive_seeds_resume_checks_the_spec_and_orphans_close(tmp_pa
     trial = study.ask()
     trial.set_user_attr("execution", 2)
     assert [t.number for t in orphans(study, second)] == [trial.number]
-    assert close_orphans(study, second, "driver died") == 1
+    assert close_orphans(study, storage, second, "driver died") == 1
     frozen = load_study(spec, storage).trials[trial.number]
     assert frozen.state == TrialState.FAIL and frozen.user_attrs["fail_reason"] == "driver died"
     other = spec.model_copy(update={"sweep": spec.sweep.model_copy(
