@@ -67,7 +67,7 @@ class StudySearcher(Searcher):
         self.runs: dict[str, list[list[float]]] = {}  # per run of the trial: [start (epoch s), seconds]
         self.done: set[str] = set()
         self.awaiting_reason: set[str] = set()
-        self.stopping: dict[str, float] = {}  # stopped by the scheduler, told after STOP_GRACE_S
+        self.stopping: dict[str, tuple[float, int]] = {}  # stopped (when, at which step), told after STOP_GRACE_S
         self.on_finished: Callable[[FrozenTrial], None] | None = None  # e.g. close its MLflow run
         self._study: optuna.Study | None = None
         self._trials: dict[int, optuna.Trial] = {}
@@ -128,8 +128,10 @@ class StudySearcher(Searcher):
         if result and "step" in result:  # a result the scheduler stopped on never reached on_trial_result
             self.on_trial_result(trial_id, result)
         steps = [r["step"] for r in self._scored(trial_id)]
-        if steps and max(steps) < self.total_steps and self.journal_dir:
-            self.stopping.setdefault(trial_id, time.time())  # its workers may log one more evaluation
+        if steps and max(steps) < self.total_steps:  # stopped (ASHA, the time budget): PRUNED, told once its
+            self.stopping.setdefault(trial_id, (time.time(), max(steps)))  # workers can log no more
+            if not self.journal_dir:
+                self._settle(trial_id)
         else:
             self._settle(trial_id)
 
@@ -165,7 +167,7 @@ class StudySearcher(Searcher):
 
     def settle_stopped(self, grace_s: float = STOP_GRACE_S) -> None:
         """Tell the study about trials stopped at least `grace_s` ago (their workers are gone by then)."""
-        for trial_id, since in list(self.stopping.items()):
+        for trial_id, (since, _) in list(self.stopping.items()):
             if time.time() - since >= grace_s:
                 self._settle(trial_id)
 
@@ -176,7 +178,7 @@ class StudySearcher(Searcher):
             self.fail(trial_id, "the trial raised an error (see the Tune trial's error.txt)")
 
     def _settle(self, trial_id: str, reason: str | None = None) -> None:
-        self.stopping.pop(trial_id, None)
+        _, stopped_at = self.stopping.pop(trial_id, (None, None))
         if self._frozen(trial_id).state.is_finished():  # told by an execution that was then interrupted
             self.done.add(trial_id)
             return
@@ -187,8 +189,8 @@ class StudySearcher(Searcher):
             self._finish(trial_id, TrialState.FAIL, reason=reason)
         elif not rows:
             self._finish(trial_id, TrialState.FAIL, reason="no evaluation was reported")
-        elif max(r["step"] for r in rows) < self.total_steps:
-            last = max(r["step"] for r in rows)
+        elif stopped_at is not None or max(r["step"] for r in rows) < self.total_steps:
+            last = stopped_at or max(r["step"] for r in rows)
             self._trial(trial_id).set_user_attr(
                 "stop_reason", f"stopped at step {last} of {self.total_steps} (ASHA or the time budget)")
             self._finish(trial_id, TrialState.PRUNED)
