@@ -12,10 +12,12 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "platform" / "deptune"
+PUBLIC_UNDERSCORED = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}  # namedtuple's documented API
 
 
 def _private(name: str) -> bool:
-    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__")) and \
+        name not in PUBLIC_UNDERSCORED
 
 
 def _own_names(cls: ast.ClassDef) -> set[str]:

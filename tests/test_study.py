@@ -89,7 +89,7 @@ def test_budget_defaults_and_infeasible_ranges(tmp_path):
 
 
 def test_searcher_records_complete_pruned_and_failed_trials(tmp_path, storage_of):
-    spec, storage = storage_of(sweep_spec(tmp_path))
+    spec, storage = storage_of(sweep_spec(tmp_path, resources={"runner": "train"}))  # a Tune driver + its worker
     study = load_study(spec, storage)
     execution = start_execution(spec, study)
     plan, _ = plan_search(spec, 64)

@@ -30,7 +30,7 @@ def sweep_spec(tmp_path) -> SweepSpec:
                    "lr_lowrank": {"low": 1e-9, "high": 1.0}, "lr_head": {"low": 1e-9, "high": 1.0}},
         "train": {"steps": 24, "batch_size": 16, "eval_every": 8, "warmup_steps": 2, "output_dir": str(tmp_path),
                   "evaluate_test": False},
-        "resources": {"workers": 1, "cpus_per_worker": 1.5},
+        "resources": {"workers": 1, "cpus_per_worker": 1.5, "runner": "train"},  # a Ray Train worker to kill
         "sweep": {"trials": 2, "max_concurrent": 1, "driver_cpus": 0.25, "enqueue": [GOOD, FROZEN],
                   "objective": {"metric": "train_loss", "mode": "min"},
                   "scheduler": {"name": "asha", "grace_period": 8, "reduction_factor": 2}},

@@ -38,7 +38,7 @@ from deptune.cluster.fit import run_demand
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import open_storage, storage_trial_id
-from deptune.sweep.trainable import OPTUNA_TRIAL_KEY
+from deptune.sweep.trainable import DIVERGED, OPTUNA_TRIAL_KEY
 from deptune.tracking.journal import RunJournal, journal_path
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class StudySearcher(Searcher):
         self.journal_dir = journal_dir  # rank 0's MLflow journals: what each trial logged
         self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self.history: dict[str, list[dict[str, Any]]] = {}  # every evaluation, once per step
-        self.runs: dict[str, list[list[float]]] = {}  # per run of the trial: [start (epoch s), seconds]
+        self.runs: dict[str, list[list[float]]] = {}  # per run of the trial: see `_time`
         self.done: set[str] = set()
         self.awaiting_reason: set[str] = set()
         self.stopping: dict[str, tuple[float, int]] = {}  # stopped (when, at which step), told after STOP_GRACE_S
@@ -116,6 +116,8 @@ class StudySearcher(Searcher):
         if trial_id in self.done or trial_id not in self.numbers or "step" not in result:
             return
         self._time(trial_id, result)
+        if result.get(DIVERGED) is not None:  # a notice, not an evaluation
+            return
         self._add(trial_id, {k: result.get(k) for k in (*(m for m, _ in self.objectives), "step",
                                                         CHECKPOINT_PATH_KEY, "trainable_params")})
 
@@ -127,6 +129,9 @@ class StudySearcher(Searcher):
             return
         if result and "step" in result:  # a result the scheduler stopped on never reached on_trial_result
             self.on_trial_result(trial_id, result)
+        if result and result.get(DIVERGED) is not None:  # ended on purpose: a retry would diverge again
+            self.fail(trial_id, divergence_reason(result))
+            return
         steps = [r["step"] for r in self._scored(trial_id)]
         if steps and max(steps) < self.total_steps:  # stopped (ASHA, the time budget): PRUNED, told once its
             self.stopping.setdefault(trial_id, (time.time(), max(steps)))  # workers can log no more
@@ -213,31 +218,34 @@ class StudySearcher(Searcher):
                 trial.report(float(value), row["step"])
 
     def _time(self, trial_id: str, result: dict) -> None:
-        """The trial's current run: when it started and how long it has run (Tune's clock restarts with a
-        resumed trial)."""
-        seconds = float(result.get("time_total_s") or 0.0)
+        """Add the result's seconds to the trial's current run (a restarted worker group's re-reported steps
+        cost time too; a resumed trial's Tune clock may restart or continue from its checkpoint)."""
         runs = self.runs.setdefault(trial_id, [[]])
         if not runs[-1]:
-            runs[-1] = [float(result.get("timestamp") or time.time()) - seconds, seconds]
-        runs[-1][1] = max(runs[-1][1], seconds)
+            runs[-1] = [0.0, 0.0, 0.0]  # last result's time (epoch s), seconds so far, last time_total_s
+        run, total = runs[-1], float(result.get("time_total_s") or 0.0)
+        step = result.get("time_this_iter_s")
+        run[1] += float(step) if step is not None else max(total - run[2], 0.0)
+        run[0], run[2] = float(result.get("timestamp") or time.time()), total
 
     def _backfill(self, trial_id: str) -> None:
-        """Add what rank 0 journaled for MLflow but Tune never delivered; its time extends the run it
-        happened in."""
+        """Add what rank 0 journaled for MLflow but Tune never delivered; the time it took extends the
+        current run."""
         if not self.journal_dir:
             return
         path = journal_path(self.journal_dir, trial_id)
         if not path.is_file():
             return
+        logged = RunJournal(path, "").logged_metrics()
         have = {r["step"] for r in self.history.get(trial_id, [])}
-        for step, metrics in sorted(RunJournal(path, "").logged_metrics().items()):
-            when = metrics["timestamp_ms"] / 1000
-            runs = [r for r in self.runs.setdefault(trial_id, [[]]) if r and r[0] <= when] or [None]
-            if runs[-1] is not None:
-                runs[-1][1] = max(runs[-1][1], when - runs[-1][0])
+        for step, metrics in sorted(logged.items()):
             if step not in have:
                 self._add(trial_id, {**{m: metrics.get(m) for m, _ in self.objectives}, "step": step,
                                      "trainable_params": metrics.get("trainable_params")})
+        run = (self.runs.get(trial_id) or [[]])[-1]
+        latest = max((m["timestamp_ms"] / 1000 for m in logged.values()), default=0.0)
+        if run and latest > run[0]:
+            run[1], run[0] = run[1] + latest - run[0], latest
 
     def _scored(self, trial_id: str) -> list[dict[str, Any]]:
         return [r for r in self.history.get(trial_id, []) if _finite(r.get(self.objectives[0][0]))]
@@ -278,6 +286,12 @@ class StudySearcher(Searcher):
         self.done.add(trial_id)
         if self.on_finished is not None:
             self.on_finished(self._frozen(trial_id))
+
+
+def divergence_reason(result: dict) -> str:
+    config = result.get("config") or {}
+    rates = ", ".join(f"{k}={v:g}" for k, v in config.items() if k.startswith("lr_") and isinstance(v, float))
+    return f"training diverged: non-finite loss at step {int(result[DIVERGED])}" + (f" ({rates})" if rates else "")
 
 
 def _finite(value: Any) -> bool:
