@@ -31,7 +31,8 @@ def spec_file(tmp_path: Path) -> Path:
         "search": {"prompt_length": {"low": 2, "high": 10, "step": 2}},
         "train": {"steps": 40, "batch_size": 16, "eval_every": 10, "warmup_steps": 2, "lr_head": 0.01,
                   "output_dir": str(tmp_path / "run"), "evaluate_test": False},
-        "resources": {"workers": 1, "cpus_per_worker": 1.5},
+        # a Ray Train run per trial: long enough (~15 s) to be killed mid-trial (an in-actor trial takes ~1 s)
+        "resources": {"workers": 1, "cpus_per_worker": 1.5, "runner": "train"},
         "sweep": {"trials": 3, "max_concurrent": 1, "driver_cpus": 0.25, "scheduler": {"name": "fifo"}},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     }
