@@ -21,6 +21,7 @@ from deptune.sweep.searcher import StudySearcher, summarise_error
 from deptune.methods.budget import largest_prompt_length
 from deptune.tracking.journal import RunJournal, journal_path
 from deptune.tracking.store import ensure_experiment
+from deptune.tracking.trial import PER_EVAL
 from deptune.sweep.space import plan_search
 from deptune.sweep.study import (close_orphans, last_execution, load_study, open_storage, orphans,
                                  start_execution, storage_url)
@@ -180,7 +181,7 @@ def test_a_restored_searcher_continues_its_trials_with_what_was_logged_meanwhile
         if not journal.path.exists():
             journal.start(experiment, trial_id, find_by={"deptune.ray_trial_id": trial_id}, tags={})
         for step in steps:
-            journal.metrics({"objective": step / 100, "trainable_params": 1100}, step)
+            journal.metrics({PER_EVAL: step / 100, "trainable_params": 1100}, step)  # MLflow's name
 
     experiment = ensure_experiment(f"sqlite:///{tmp_path / 'mlflow.db'}", study.study_name)
     first = searcher()

@@ -19,6 +19,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from studies import study_trials
 
+from deptune.tracking.trial import PER_EVAL
+
 pytestmark = pytest.mark.slow
 DEPTUNE = [sys.executable, "-m", "deptune.cli"]
 
@@ -108,7 +110,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert roles == [("sweep", "FINISHED")] + [("trial", "FINISHED")] * 3  # one parent, resumed, and its trials
     for run in (r for r in runs if r.data.tags["deptune.role"] == "trial"):
         trial = trials[int(run.data.tags["deptune.optuna_trial"])]
-        history = client.get_metric_history(run.info.run_id, "objective")
+        history = client.get_metric_history(run.info.run_id, PER_EVAL)
         assert sorted(m.step for m in history) == sorted(trial.intermediate_values) == [10, 20, 30, 40]
         if trial.number in interrupted:  # its cost: both runs, not the resumed one alone
             before = [m.timestamp / 1000 for m in history if m.timestamp / 1000 < killed_at]

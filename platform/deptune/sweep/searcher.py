@@ -40,6 +40,7 @@ from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import open_storage, storage_trial_id
 from deptune.sweep.trainable import DIVERGED, OPTUNA_TRIAL_KEY
 from deptune.tracking.journal import RunJournal, journal_path
+from deptune.tracking.trial import RENAMED, SUMMARY_STEP
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # added to a report by Tune's TuneReportCallback
@@ -236,7 +237,9 @@ class StudySearcher(Searcher):
         path = journal_path(self.journal_dir, trial_id)
         if not path.is_file():
             return
-        logged = RunJournal(path, "").logged_metrics()
+        logged = {step: {k: metrics.get(RENAMED.get(k, k)) for k in (*(m for m, _ in self.objectives),
+                                                                      "trainable_params", "timestamp_ms")}
+                  for step, metrics in RunJournal(path, "").logged_metrics().items() if step != SUMMARY_STEP}
         have = {r["step"] for r in self.history.get(trial_id, [])}
         for step, metrics in sorted(logged.items()):
             if step not in have:
