@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
+import time
 import uuid
 
 import optuna
@@ -17,6 +19,9 @@ from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.searcher import StudySearcher, summarise_error
 from deptune.methods.budget import largest_prompt_length
+from deptune.tracking.journal import RunJournal, journal_path
+from deptune.tracking.store import ensure_experiment
+from deptune.tracking.trial import PER_EVAL
 from deptune.sweep.space import plan_search
 from deptune.sweep.study import (close_orphans, last_execution, load_study, open_storage, orphans,
                                  start_execution, storage_url)
@@ -85,11 +90,11 @@ def test_budget_defaults_and_infeasible_ranges(tmp_path):
 
 
 def test_searcher_records_complete_pruned_and_failed_trials(tmp_path, storage_of):
-    spec, storage = storage_of(sweep_spec(tmp_path))
+    spec, storage = storage_of(sweep_spec(tmp_path, resources={"runner": "train"}))  # a Tune driver + its worker
     study = load_study(spec, storage)
     execution = start_execution(spec, study)
     plan, _ = plan_search(spec, 64)
-    searcher = StudySearcher(spec, plan.suggest, study.study_name, storage,
+    searcher = StudySearcher(spec, plan, study.study_name, storage_url(spec),
                              optuna.samplers.TPESampler(seed=execution.seed, n_startup_trials=2), execution.number)
     for trial_id in ("done", "stopped", "broken", "nan", "last-rung"):
         assert set(searcher.suggest(trial_id)) >= {"prompt_length", "rank", "lr_prompt", "lr_lowrank"}
@@ -138,7 +143,7 @@ def test_executions_derive_seeds_resume_checks_the_spec_and_orphans_close(tmp_pa
     trial = study.ask()
     trial.set_user_attr("execution", 2)
     assert [t.number for t in orphans(study, second)] == [trial.number]
-    assert close_orphans(study, second, "driver died") == 1
+    assert close_orphans(study, storage, second, "driver died") == 1
     frozen = load_study(spec, storage).trials[trial.number]
     assert frozen.state == TrialState.FAIL and frozen.user_attrs["fail_reason"] == "driver died"
     other = spec.model_copy(update={"sweep": spec.sweep.model_copy(
@@ -154,3 +159,64 @@ def test_unreachable_study_storage_is_a_spec_error():
     with pytest.raises(SpecError) as info:
         open_storage("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
     assert "secret" not in str(info.value)
+
+
+def test_a_restored_searcher_continues_its_trials_with_what_was_logged_meanwhile(tmp_path):
+    """--resume: Tune pickles the searcher and restores it into another object; evaluations rank 0 journaled
+    for MLflow while the driver was dead join the study, the run's cost adds up, and a trial ASHA stopped is
+    told (with the evaluation it logged in flight) once its grace period is over."""
+    spec = sweep_spec(tmp_path, train={"steps": 40})
+    url = storage_url(spec)
+    study = load_study(spec, open_storage(url))
+    execution = start_execution(spec, study)
+    plan, _ = plan_search(spec, 64)
+    journals = tmp_path / "journals"
+
+    def searcher() -> StudySearcher:
+        return StudySearcher(spec, plan, study.study_name, url, optuna.samplers.TPESampler(seed=execution.seed),
+                             execution.number, journal_dir=str(journals))
+
+    def logged(trial_id: str, steps) -> None:  # what rank 0's TrialTracker writes, through the real journal
+        journal = RunJournal(journal_path(journals, trial_id), f"sqlite:///{tmp_path / 'mlflow.db'}")
+        if not journal.path.exists():
+            journal.start(experiment, trial_id, find_by={"deptune.ray_trial_id": trial_id}, tags={})
+        for step in steps:
+            journal.metrics({PER_EVAL: step / 100, "trainable_params": 1100}, step)  # MLflow's name
+
+    experiment = ensure_experiment(f"sqlite:///{tmp_path / 'mlflow.db'}", study.study_name)
+    first = searcher()
+    first.suggest("resumed")
+    now = time.time()
+    for step in (10, 20):
+        logged("resumed", [step])
+        first.on_trial_result("resumed", {"step": step, "objective": step / 100, "time_total_s": step,
+                                          "timestamp": now - 100 + step})
+    first.save(str(tmp_path / "searcher.pkl"))
+    logged("resumed", [30])  # after Tune's last snapshot: the driver died before this reached it
+
+    told = []
+    second = pickle.loads(pickle.dumps(searcher()))  # as Tune's tuner.pkl holds it
+    second.on_finished = told.append
+    second.restore(str(tmp_path / "searcher.pkl"))
+    assert sorted(load_study(spec, open_storage(url)).trials[0].intermediate_values) == [10, 20, 30]
+    logged("resumed", [30, 40])  # the resumed run re-trains 30 from its step-20 checkpoint: logged once
+    second.on_trial_result("resumed", {"step": 30, "objective": 0.3, "time_total_s": 3.0, "timestamp": time.time()})
+    second.on_trial_complete("resumed", {"step": 40, "objective": 0.4, "time_total_s": 6.0,
+                                         "timestamp": time.time()})
+    trial = load_study(spec, open_storage(url)).trials[0]
+    assert trial.state == TrialState.COMPLETE and trial.values == [0.4] and [t.number for t in told] == [0]
+    assert trial.intermediate_values == {10: 0.1, 20: 0.2, 30: 0.3, 40: 0.4}
+    assert trial.user_attrs["wall_seconds"] == pytest.approx(100 + 6, abs=3)  # both runs
+    journal = RunJournal(journal_path(journals, "resumed"), "")
+    assert sorted(journal.logged_metrics()) == [10, 20, 30, 40]
+
+    second.suggest("stopped")
+    logged("stopped", [10])
+    second.on_trial_complete("stopped", {"step": 10, "objective": 0.1, "time_total_s": 1.0, "timestamp": time.time()})
+    logged("stopped", [20])  # in flight when ASHA stopped it
+    second.settle_stopped()
+    assert load_study(spec, open_storage(url)).trials[1].state == TrialState.RUNNING  # within its grace period
+    second.settle_stopped(grace_s=0.0)
+    stopped = load_study(spec, open_storage(url)).trials[1]
+    assert stopped.state == TrialState.PRUNED and sorted(stopped.intermediate_values) == [10, 20]
+    assert "stopped at step 10 of 40" in stopped.user_attrs["stop_reason"]  # where ASHA stopped it

@@ -3,12 +3,21 @@
 Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported, so `apply()` must run before the first
 `import ray` of the process. Never apply it on a driver that joins a multi-node cluster: the driver would
 then think its address is 127.0.0.1.
+
+A local Ray dies with the process that started it: Ray fate-shares its GCS, raylet and dashboard with the
+driver (PR_SET_PDEATHSIG), but the raylet's two agents (`ray::DashboardAgent`, `ray::RuntimeEnvAgent`)
+outlive a SIGKILLed driver by a minute or more (they wait on the dead GCS). `connect` starts a reaper in
+its own session (this file run as a script, standard library only) that kills whatever of the local Ray
+is left once the driver is gone, however it died, and exits as soon as Ray is shut down.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import select
+import signal
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -73,4 +82,70 @@ def connect(address: str | None = None) -> bool:
     # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls: without it a
     # run whose controller is killed (a trial ASHA stops) keeps its workers' CPUs until Ray shuts down.
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", log_to_driver=True)
+    _start_reaper()
     return True
+
+
+_REAPERS: list[subprocess.Popen] = []  # their stdin pipes stay open for as long as this process lives
+POLL_S = 2.0
+
+
+def _start_reaper() -> None:
+    if not Path("/proc").is_dir():  # the reaper reads Linux's process table
+        return
+    _REAPERS.append(subprocess.Popen([sys.executable, "-I", __file__, str(os.getpid())], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, start time): the start time tells a process from a later one reusing its pid."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):  # gone meanwhile
+                continue
+            table[int(entry.name)] = (int(fields[1]), fields[19])
+    return table
+
+
+def descendants(root: int, table: dict[int, tuple[int, str]]) -> dict[int, str]:
+    """Every process below `root` (Ray's GCS and raylet, the raylet's agents and workers), with start times."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = {}, list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found[pid] = table[pid][1]
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _reap(driver: int) -> None:
+    """Keep track of the driver's descendants until EOF on stdin (the driver's end, even by SIGKILL), then
+    kill those still alive; exit early once the local Ray has been shut down (its first processes gone)."""
+    known = descendants(driver, _process_table())
+    known.pop(os.getpid(), None)
+    first = dict(known)
+    while True:
+        ready, _, _ = select.select([sys.stdin], [], [], POLL_S)
+        if ready and not os.read(sys.stdin.fileno(), 1024):
+            break
+        table = _process_table()
+        if not any(table.get(pid, (0, None))[1] == started for pid, started in first.items()):
+            return
+        known.update(descendants(driver, table))
+        known.pop(os.getpid(), None)
+    table = _process_table()
+    for pid, started in known.items():
+        if table.get(pid, (0, None))[1] == started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                continue
+
+
+if __name__ == "__main__":
+    _reap(int(sys.argv[1]))

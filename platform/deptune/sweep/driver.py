@@ -30,7 +30,7 @@ from deptune.methods.registry import snapshot
 from deptune.registry.promotion import LOCK_ENV
 from deptune.spec_base import SpecError, absolute_paths, redact, split_credentials
 from deptune.sweep.config import SweepSpec
-from deptune.sweep.searcher import FailureReasons, StudySearcher
+from deptune.sweep.searcher import StudyEvents, StudySearcher
 from deptune.sweep.space import SearchPlan, plan_search
 from deptune.sweep.study import (Execution, close_orphans, last_execution, load_study, open_storage,
                                  pareto_front, start_execution, storage_url)
@@ -143,7 +143,7 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
         if resume:
             tuner = _restored_tuner(spec, execution, storage, tracker.trial_tracking())
         else:
-            tuner = _new_tuner(spec, plan, study, storage_db, execution, storage, tracker)
+            tuner = _new_tuner(spec, plan, study, url, execution, storage, tracker)
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state for --resume stays fresh
         # a trial that fails before its first evaluation must be recorded as failed, not stop the sweep
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -155,7 +155,7 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
         path = os.path.join(storage, execution.name)
         interrupted = bool(_unfinished_trials(path))
         if not interrupted:
-            close_orphans(study, execution, "the trial did not finish before its execution ended")
+            close_orphans(study, storage_db, execution, "the trial did not finish before its execution ended")
         return SweepOutcome(study=study, execution=execution, experiment_path=path, interrupted=interrupted,
                             errors=len(results.errors), tracking=tracker.finish(interrupted))
     finally:
@@ -226,13 +226,14 @@ def _run_config(spec: SweepSpec, execution: Execution, storage: str, callbacks: 
                           verbose=1)
 
 
-def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, storage_db, execution: Execution,
+def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, url: str, execution: Execution,
                storage: str, tracker: SweepTracker) -> tune.Tuner:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=execution.seed, n_startup_trials=spec.sweep.startup_trials,
                                              multivariate=True, constant_liar=spec.sweep.max_concurrent > 1)
-    searcher = StudySearcher(spec, plan.suggest, study.study_name, storage_db, sampler, execution.number)
+    searcher = StudySearcher(spec, plan, study.study_name, url, sampler, execution.number,
+                             journal_dir=tracker.trial_tracking().journal_dir)
     searcher.on_finished = tracker.finish_trial  # each child run is closed as soon as the study records it
     primary = spec.sweep.objective
     if spec.sweep.scheduler.name == "asha":
@@ -248,7 +249,7 @@ def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, storage_d
                                     max_concurrent_trials=spec.sweep.max_concurrent,
                                     time_budget_s=spec.sweep.time_budget_s,
                                     reuse_actors=spec.resources.trial_runner == "tune"),
-        run_config=_run_config(spec, execution, storage, [FailureReasons(searcher)]),
+        run_config=_run_config(spec, execution, storage, [StudyEvents(searcher)]),
     )
 
 

@@ -1,168 +1,294 @@
-"""Ray Tune's OptunaSearch, recording what a trial really did in the persistent study.
+"""A Ray Tune searcher of our own over Optuna's ask/tell, recording what a trial really did in the study.
 
-OptunaSearch alone tells Optuna a trial stopped by ASHA is COMPLETE with its truncated last score (which
-misleads TPE), reports intermediate values by Tune iteration, and never says why a trial failed. Here:
+Ray's OptunaSearch tells Optuna a trial stopped by ASHA is COMPLETE with its truncated score (which
+misleads TPE), reports intermediate values by Tune iteration and never says why a trial failed; adapting
+it meant reading its private attributes. Here, on public APIs only (`Searcher`, `study.ask`/`tell`,
+`Trial.report`/`set_user_attr`, the storage's public methods):
 - intermediate values are reported at the training step, so pruned trials carry their curves;
 - a trial that stops before `train.steps` is PRUNED, one that errors is FAIL with the reason as a user
-  attribute, a finished one is COMPLETE with its best objective over the run (the adapter kept is the
-  best step's) and, in a multi-objective sweep, the mean of the second metric over its evaluations;
-- every trial records m, r, its parameter counts, best step, adapter path and CPU/GPU-seconds.
+  attribute, a finished one (or one stopped on the last rung) is COMPLETE with its best objective (the
+  adapter kept is the best step's) and, in a multi-objective sweep, the mean of the second metric over
+  its evaluations;
+- every trial records m, r, its parameter counts, best step, adapter path and CPU/GPU-seconds over all
+  its runs (a trial resumed after a driver kill adds its second run to its first).
+
+A trial's record is whole across restarts: before a trial is told, and for every trial when Tune restores
+the searcher (`--resume`), the evaluations its rank-0 MLflow logger journaled but Tune never delivered
+(reported while the driver was dead, or in flight when ASHA stopped it) are added to the study, so the
+study and the MLflow run hold the same steps. A stopped trial is told a few seconds after the stop, once
+nothing more can arrive.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
+import pickle
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from ray import tune
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
+from deptune.cluster.fit import run_demand
 from deptune.sweep.config import SweepSpec
+from deptune.sweep.space import SearchPlan
+from deptune.sweep.study import open_storage, storage_trial_id
 from deptune.sweep.trainable import DIVERGED, OPTUNA_TRIAL_KEY
+from deptune.tracking.journal import RunJournal, journal_path
+from deptune.tracking.trial import RENAMED, SUMMARY_STEP
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # added to a report by Tune's TuneReportCallback
+STOP_GRACE_S = 5.0
+"""How long after ASHA's stop a trial's workers may still log an evaluation (the actor is killed after)."""
+LIVE = ("_study", "_storage", "_trials")  # the study connection: opened again after unpickling
 
 
-class StudySearcher(OptunaSearch):
-    def __init__(self, spec: SweepSpec, space, study_name: str, storage, sampler, execution: int) -> None:
-        objectives = spec.sweep.objectives
-        metric = [o.metric for o in objectives]
-        mode = [o.mode for o in objectives]
-        super().__init__(space=space, metric=metric if len(metric) > 1 else metric[0],
-                         mode=mode if len(mode) > 1 else mode[0], sampler=sampler, study_name=study_name,
-                         storage=storage)
-        self.objectives = [(o.metric, o.mode) for o in objectives]
+class StudySearcher(Searcher):
+    """Tune's searcher for one execution of the study. Its state (`get_state`) is plain data, saved by Tune
+    every few seconds and restored by `--resume`; the study connection and the finish hook are live."""
+
+    def __init__(self, spec: SweepSpec, plan: SearchPlan, study_name: str, storage_url: str,
+                 sampler: optuna.samplers.BaseSampler, execution: int, journal_dir: str | None = None) -> None:
+        primary = spec.sweep.objective
+        super().__init__(metric=primary.metric, mode=primary.mode)
+        self.objectives = [(o.metric, o.mode) for o in spec.sweep.objectives]
         self.total_steps = spec.train.steps
+        self.demand = run_demand(spec.base_run(), spec.sweep.driver_cpus)
+        self.plan, self.study_name, self.storage_url, self.sampler = plan, study_name, storage_url, sampler
         self.execution = execution
-        res = spec.resources
-        self.cpus = spec.sweep.driver_cpus + res.workers * res.cpus_per_worker
-        self.gpus = res.workers * res.gpus_per_worker
-        self.history: dict[str, list[dict[str, Any]]] = {}
+        self.journal_dir = journal_dir  # rank 0's MLflow journals: what each trial logged
+        self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+        self.history: dict[str, list[dict[str, Any]]] = {}  # every evaluation, once per step
+        self.runs: dict[str, list[list[float]]] = {}  # per run of the trial: see `_time`
+        self.done: set[str] = set()
         self.awaiting_reason: set[str] = set()
-        self.on_finished: Callable[[optuna.trial.FrozenTrial], None] | None = None  # e.g. close its MLflow run
+        self.stopping: dict[str, tuple[float, int]] = {}  # stopped (when, at which step), told after STOP_GRACE_S
+        self.on_finished: Callable[[FrozenTrial], None] | None = None  # e.g. close its MLflow run
+        self._study: optuna.Study | None = None
+        self._trials: dict[int, optuna.Trial] = {}
+
+    # ----- live objects (never pickled) -----------------------------------------------------------------
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self._storage = open_storage(self.storage_url)
+            self._study = optuna.load_study(study_name=self.study_name, storage=self._storage, sampler=self.sampler)
+        return self._study
+
+    def _trial(self, trial_id: str) -> optuna.Trial:
+        number = self.numbers[trial_id]
+        if number not in self._trials:  # asked by an execution that was then interrupted
+            self._trials[number] = optuna.Trial(self.study, storage_trial_id(self._storage, self.study_name, number))
+        return self._trials[number]
+
+    def _frozen(self, trial_id: str) -> FrozenTrial:
+        """The trial as the storage has it now (another execution may have finished it)."""
+        return self.study.get_trials(deepcopy=False)[self.numbers[trial_id]]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in LIVE}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._study, self._trials = None, {}
 
     # ----- Tune's Searcher interface ---------------------------------------------------------------------
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
+        return True  # the space is the plan's (define-by-run) and the objectives the spec's
+
     def suggest(self, trial_id: str) -> dict | None:
-        seen = sum(1 for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished())
-        config = super().suggest(trial_id)
-        if not isinstance(config, dict):  # None (wait) or Searcher.FINISHED
-            return config
-        trial = self._ot_trials[trial_id]
+        seen = sum(1 for t in self.study.get_trials(deepcopy=False) if t.state.is_finished())
+        trial = self.study.ask()  # an enqueued point first, else the sampler's
+        self._trials[trial.number] = trial
+        config = self.plan.suggest(trial)
         trial.set_user_attr("ray_trial_id", trial_id)
         trial.set_user_attr("execution", self.execution)
         trial.set_user_attr("seen_trials", seen)  # finished trials the sampler could learn from
+        self.numbers[trial_id] = trial.number
         return {**config, OPTUNA_TRIAL_KEY: trial.number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or "step" not in result:
+        if trial_id in self.done or trial_id not in self.numbers or "step" not in result:
             return
-        self.history.setdefault(trial_id, []).append(
-            {k: result.get(k) for k in (*(m for m, _ in self.objectives), "step", "time_total_s",
-                                        CHECKPOINT_PATH_KEY, "trainable_params")})
-        value = result.get(self.objectives[0][0])
-        if len(self.objectives) == 1 and _finite(value):
-            trial = self._ot_trials[trial_id]
-            if int(result["step"]) not in self._study_trial(trial).intermediate_values:
-                trial.report(float(value), int(result["step"]))
+        self._time(trial_id, result)
+        if result.get(DIVERGED) is not None:  # a notice, not an evaluation
+            return
+        self._add(trial_id, {k: result.get(k) for k in (*(m for m, _ in self.objectives), "step",
+                                                        CHECKPOINT_PATH_KEY, "trainable_params")})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self.done or trial_id not in self.numbers:
             return
-        if error:  # the reason arrives with the trial in `FailureReasons.on_trial_error`
+        if error:  # the reason arrives with the trial in `StudyEvents.on_trial_error`
             self.awaiting_reason.add(trial_id)
             return
+        if result and "step" in result:  # a result the scheduler stopped on never reached on_trial_result
+            self.on_trial_result(trial_id, result)
         if result and result.get(DIVERGED) is not None:  # ended on purpose: a retry would diverge again
             self.fail(trial_id, divergence_reason(result))
             return
-        seen = self.history.get(trial_id, [])
-        if result and "step" in result and not any(r["step"] == result["step"] for r in seen):
-            self.on_trial_result(trial_id, result)  # a result the scheduler stopped on never reached on_trial_result
-        trial = self._ot_trials[trial_id]
-        if self._study_trial(trial).state.is_finished():  # told by an execution that was then interrupted
-            self._completed_trials.add(trial_id)
-            return
-        self._record_costs(trial_id)
-        rows = [r for r in self.history.get(trial_id, []) if _finite(r.get(self.objectives[0][0]))]
-        if not rows:
-            self._finish(trial_id, TrialState.FAIL, reason="no evaluation was reported")
-        elif max(r["step"] for r in rows) < self.total_steps:
-            trial.set_user_attr("stop_reason", f"stopped at step {int(rows[-1]['step'])} of {self.total_steps} "
-                                               f"(ASHA or the time budget)")
-            self._finish(trial_id, TrialState.PRUNED)
+        steps = [r["step"] for r in self._scored(trial_id)]
+        if steps and max(steps) < self.total_steps:  # stopped (ASHA, the time budget): PRUNED, told once its
+            self.stopping.setdefault(trial_id, (time.time(), max(steps)))  # workers can log no more
+            if not self.journal_dir:
+                self._settle(trial_id)
         else:
-            self._finish(trial_id, TrialState.COMPLETE, values=self._values(rows))
+            self._settle(trial_id)
 
     def save(self, checkpoint_path: str) -> None:
-        """Tune pickles the searcher every few seconds; the finish hook (live state) stays out of it."""
-        hook, self.on_finished = self.on_finished, None
-        try:
-            super().save(checkpoint_path)
-        finally:
-            self.on_finished = hook
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.get_state(), handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """`--resume`: continue the same Optuna trials. Their workers died with the driver: what they logged
+        meanwhile joins the record now, and the next result of each starts a new run (cost adds up)."""
+        with open(checkpoint_path, "rb") as handle:
+            self.set_state(pickle.load(handle))
+        for trial_id in set(self.numbers) - self.done:
+            self._backfill(trial_id)
+            self.runs.setdefault(trial_id, []).append([])  # a run of its own from the next result
+        self.flush()
+
+    def get_state(self) -> dict[str, Any]:
+        state = self.__getstate__()
+        state.pop("on_finished")  # live (the driver's tracker); a restored searcher keeps its own
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__setstate__(state)
 
     # ----- ours ------------------------------------------------------------------------------------------
     def fail(self, trial_id: str, reason: str) -> None:
         """Record a failed trial with its reason (called once Tune knows the trial's error)."""
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self.done or trial_id not in self.numbers:
             return
         self.awaiting_reason.discard(trial_id)
-        if self._study_trial(self._ot_trials[trial_id]).state.is_finished():
-            self._completed_trials.add(trial_id)
-            return
-        self._record_costs(trial_id)
-        self._finish(trial_id, TrialState.FAIL, reason=reason)
+        self._settle(trial_id, reason=reason)
+
+    def settle_stopped(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Tell the study about trials stopped at least `grace_s` ago (their workers are gone by then)."""
+        for trial_id, (since, _) in list(self.stopping.items()):
+            if time.time() - since >= grace_s:
+                self._settle(trial_id)
 
     def flush(self) -> None:
+        """At the end of the experiment (or a restore): nothing more arrives for any trial."""
+        self.settle_stopped(0.0)
         for trial_id in list(self.awaiting_reason):
             self.fail(trial_id, "the trial raised an error (see the Tune trial's error.txt)")
 
+    def _settle(self, trial_id: str, reason: str | None = None) -> None:
+        _, stopped_at = self.stopping.pop(trial_id, (None, None))
+        if self._frozen(trial_id).state.is_finished():  # told by an execution that was then interrupted
+            self.done.add(trial_id)
+            return
+        self._backfill(trial_id)
+        self._record_costs(trial_id)
+        rows = self._scored(trial_id)
+        if reason is not None:
+            self._finish(trial_id, TrialState.FAIL, reason=reason)
+        elif not rows:
+            self._finish(trial_id, TrialState.FAIL, reason="no evaluation was reported")
+        elif stopped_at is not None or max(r["step"] for r in rows) < self.total_steps:
+            last = stopped_at or max(r["step"] for r in rows)
+            self._trial(trial_id).set_user_attr(
+                "stop_reason", f"stopped at step {last} of {self.total_steps} (ASHA or the time budget)")
+            self._finish(trial_id, TrialState.PRUNED)
+        else:
+            self._finish(trial_id, TrialState.COMPLETE, values=self._values(rows))
+
+    def _add(self, trial_id: str, row: dict[str, Any]) -> None:
+        """One evaluation, once per step (a restarted worker group re-reports the steps after its
+        checkpoint), reported at its training step."""
+        row = {**row, "step": int(row["step"])}
+        rows = self.history.setdefault(trial_id, [])
+        if any(r["step"] == row["step"] for r in rows):
+            return
+        rows.append(row)
+        rows.sort(key=lambda r: r["step"])
+        value = row.get(self.objectives[0][0])
+        if len(self.objectives) == 1 and _finite(value):  # Optuna keeps no curves for several objectives
+            trial = self._trial(trial_id)
+            if row["step"] not in self._frozen(trial_id).intermediate_values:
+                trial.report(float(value), row["step"])
+
+    def _time(self, trial_id: str, result: dict) -> None:
+        """Add the result's seconds to the trial's current run (a restarted worker group's re-reported steps
+        cost time too; a resumed trial's Tune clock may restart or continue from its checkpoint)."""
+        runs = self.runs.setdefault(trial_id, [[]])
+        if not runs[-1]:
+            runs[-1] = [0.0, 0.0, 0.0]  # last result's time (epoch s), seconds so far, last time_total_s
+        run, total = runs[-1], float(result.get("time_total_s") or 0.0)
+        step = result.get("time_this_iter_s")
+        run[1] += float(step) if step is not None else max(total - run[2], 0.0)
+        run[0], run[2] = float(result.get("timestamp") or time.time()), total
+
+    def _backfill(self, trial_id: str) -> None:
+        """Add what rank 0 journaled for MLflow but Tune never delivered; the time it took extends the
+        current run."""
+        if not self.journal_dir:
+            return
+        path = journal_path(self.journal_dir, trial_id)
+        if not path.is_file():
+            return
+        logged = {step: {k: metrics.get(RENAMED.get(k, k)) for k in (*(m for m, _ in self.objectives),
+                                                                      "trainable_params", "timestamp_ms")}
+                  for step, metrics in RunJournal(path, "").logged_metrics().items() if step != SUMMARY_STEP}
+        have = {r["step"] for r in self.history.get(trial_id, [])}
+        for step, metrics in sorted(logged.items()):
+            if step not in have:
+                self._add(trial_id, {**{m: metrics.get(m) for m, _ in self.objectives}, "step": step,
+                                     "trainable_params": metrics.get("trainable_params")})
+        run = (self.runs.get(trial_id) or [[]])[-1]
+        latest = max((m["timestamp_ms"] / 1000 for m in logged.values()), default=0.0)
+        if run and latest > run[0]:
+            run[1], run[0] = run[1] + latest - run[0], latest
+
+    def _scored(self, trial_id: str) -> list[dict[str, Any]]:
+        return [r for r in self.history.get(trial_id, []) if _finite(r.get(self.objectives[0][0]))]
+
     def _values(self, rows: list[dict[str, Any]]) -> list[float]:
         metric, mode = self.objectives[0]
-        best = (max if mode == "max" else min)(float(r[metric]) for r in rows)
-        values = [best]
+        values = [(max if mode == "max" else min)(float(r[metric]) for r in rows)]
         for metric, _ in self.objectives[1:]:
             seen = [float(r[metric]) for r in rows if _finite(r.get(metric))]
             values.append(sum(seen) / len(seen) if seen else math.nan)
         return values
 
     def _record_costs(self, trial_id: str) -> None:
-        trial, rows = self._ot_trials[trial_id], self.history.get(trial_id, [])
+        rows = self.history.get(trial_id, [])
         if not rows:
             return
-        metric, mode = self.objectives[0]
-        scored = [r for r in rows if _finite(r.get(metric))]
+        trial, metric, mode = self._trial(trial_id), *self.objectives[0]
+        scored = self._scored(trial_id)
         best = (max if mode == "max" else min)(scored, key=lambda r: float(r[metric])) if scored else None
-        wall = float(rows[-1].get("time_total_s") or 0.0)
-        trial.set_user_attr("last_step", int(rows[-1]["step"]))
+        wall = sum(run[1] for run in self.runs.get(trial_id, []) if run)
+        trial.set_user_attr("last_step", rows[-1]["step"])
         trial.set_user_attr("wall_seconds", round(wall, 2))
-        trial.set_user_attr("cpu_seconds", round(wall * self.cpus, 2))
-        trial.set_user_attr("gpu_seconds", round(wall * self.gpus, 2))
-        if rows[-1].get("trainable_params") is not None:
-            trial.set_user_attr("trainable_params", int(rows[-1]["trainable_params"]))
+        trial.set_user_attr("cpu_seconds", round(wall * self.demand["CPU"], 2))
+        trial.set_user_attr("gpu_seconds", round(wall * self.demand["GPU"], 2))
+        counted = [r["trainable_params"] for r in rows if r.get("trainable_params") is not None]
+        if counted:
+            trial.set_user_attr("trainable_params", int(counted[-1]))
         if best is not None:
-            trial.set_user_attr("best_step", int(best["step"]))
+            trial.set_user_attr("best_step", best["step"])
             if best.get(CHECKPOINT_PATH_KEY):
                 trial.set_user_attr("adapter_path", best[CHECKPOINT_PATH_KEY])
 
     def _finish(self, trial_id: str, state: TrialState, values: list[float] | None = None,
                 reason: str | None = None) -> None:
-        trial = self._ot_trials[trial_id]
         if reason:
-            trial.set_user_attr("fail_reason", reason[:2000])
-        self._ot_study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
-        self._completed_trials.add(trial_id)
+            self._trial(trial_id).set_user_attr("fail_reason", reason[:2000])
+        self.study.tell(self.numbers[trial_id], values if state == TrialState.COMPLETE else None, state=state)
+        self.done.add(trial_id)
         if self.on_finished is not None:
-            self.on_finished(self._study_trial(trial))
-
-    def _study_trial(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
-        """The trial as the storage has it now (another execution may have finished it)."""
-        return self._ot_study.get_trials(deepcopy=False)[trial.number]
+            self.on_finished(self._frozen(trial_id))
 
 
 def divergence_reason(result: dict) -> str:
@@ -172,12 +298,13 @@ def divergence_reason(result: dict) -> str:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-class FailureReasons(tune.Callback):
-    """Hands each failed trial's error to the searcher: Tune tells the searcher a trial errored before it
-    tells callbacks why."""
+class StudyEvents(tune.Callback):
+    """Tune's events the searcher needs besides its own: each failed trial's error (Tune tells the searcher
+    a trial errored before it tells callbacks why), the passing time (stopped trials are told after a
+    grace period) and the experiment's end."""
 
     def __init__(self, searcher: StudySearcher) -> None:
         self.searcher = searcher
@@ -186,6 +313,12 @@ class FailureReasons(tune.Callback):
         error_file = trial.error_file  # written on the driver before callbacks run; storage gets it later
         text = Path(error_file).read_text() if error_file and Path(error_file).is_file() else ""
         self.searcher.fail(trial.trial_id, summarise_error(text) if text else "the trial raised an error")
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        self.searcher.settle_stopped()
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self.searcher.flush()
 
 
 def summarise_error(error: BaseException | str) -> str:

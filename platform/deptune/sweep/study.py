@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from deptune.spec_base import SpecError, redact
@@ -113,24 +112,17 @@ def orphans(study: optuna.Study, execution: Execution) -> list[FrozenTrial]:
             if t.user_attrs.get("execution") == execution.number]
 
 
-def close_orphans(study: optuna.Study, execution: Execution, reason: str) -> int:
+def storage_trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
+    """The storage's id of trial `number` (what `optuna.Trial(study, id)` takes), from public storage calls."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
+def close_orphans(study: optuna.Study, storage: BaseStorage, execution: Execution, reason: str) -> int:
     stale = orphans(study, execution)
     for trial in stale:
-        optuna.Trial(study, trial._trial_id).set_user_attr("fail_reason", reason)
+        storage.set_trial_user_attr(storage_trial_id(storage, study.study_name, trial.number), "fail_reason", reason)
         study.tell(trial.number, state=TrialState.FAIL)
     return len(stale)
-
-
-def wait_for_study(url: str, name: str, timeout_s: float = 30.0) -> optuna.Study:
-    """Load a study another process is creating (tests, benchmarks)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return optuna.load_study(study_name=name, storage=url)
-        except KeyError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def trial_row(trial: FrozenTrial, metrics: tuple[str, ...] | list[str] = ("objective",),

@@ -69,6 +69,15 @@ class RunJournal:
     def run_id(self) -> str | None:
         return self._state().get("run_id")
 
+    def logged_metrics(self) -> dict[int, dict[str, float]]:
+        """Every metric point journaled (sent or not), by step, the first write of a step winning, with the
+        write's time (ms) under "timestamp_ms": what the run's history holds or will hold once sent."""
+        steps: dict[int, dict[str, float]] = {}
+        for op in self._ops():
+            if op["op"] == "metrics" and op["step"] not in steps:
+                steps[op["step"]] = {**op["metrics"], "timestamp_ms": op["timestamp"]}
+        return steps
+
     def pending(self) -> int:
         return len(self._ops()) - self._state().get("sent", 0)
 

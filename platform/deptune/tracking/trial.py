@@ -87,6 +87,7 @@ class TrialTracker:
         self.journal = RunJournal(journal_path(tracking.journal_dir, ray_trial_id), tracking.uri)
         self.counted = self.journal.path.exists()  # trainable_params is logged once, at the first evaluation
         self.objective, self.mode, self.best = tracking.objective, tracking.mode, None
+        self.logged = set(self.journal.logged_metrics())  # a restart re-reports steps after its checkpoint
         if self.journal.path.exists():  # a restarted worker group: the run exists (or is journaled)
             return
         name = f"trial-{optuna_trial:03d}" if optuna_trial is not None else f"trial-{ray_trial_id}"
@@ -102,6 +103,9 @@ class TrialTracker:
 
     def log_evaluation(self, metrics: dict[str, float], adapter_dir: Path | None) -> None:
         step = int(metrics["step"])
+        if step in self.logged:  # retrained after a restart from an earlier checkpoint: logged once already
+            return
+        self.logged.add(step)
         if not self.counted and "trainable_params" in metrics:  # known once the model and data are loaded
             self.journal.params({k: int(metrics[k]) for k in ONCE if k in metrics})
             self.counted = True
