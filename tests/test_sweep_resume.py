@@ -25,16 +25,20 @@ pytestmark = pytest.mark.slow
 DEPTUNE = [sys.executable, "-m", "deptune.cli"]
 
 
-def spec_file(tmp_path: Path) -> Path:
+# per runner: (steps, eval_every) that make a trial last long enough (~15 s) to be killed mid-trial
+LENGTHS = {"train": (40, 10), "tune": (2000, 500)}
+
+
+def spec_file(tmp_path: Path, runner: str) -> Path:
+    steps, every = LENGTHS[runner]
     spec = {
         "backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 32, "dropout": 0.0}},
         "task": {"name": "synthetic", "synthetic_size": 300},
         "method": {"name": "dept", "prompt_length": 4, "budget": 12, "max_length": 32},
         "search": {"prompt_length": {"low": 2, "high": 10, "step": 2}},
-        "train": {"steps": 40, "batch_size": 16, "eval_every": 10, "warmup_steps": 2, "lr_head": 0.01,
+        "train": {"steps": steps, "batch_size": 16, "eval_every": every, "warmup_steps": 2, "lr_head": 0.01,
                   "output_dir": str(tmp_path / "run"), "evaluate_test": False},
-        # a Ray Train run per trial: long enough (~15 s) to be killed mid-trial (an in-actor trial takes ~1 s)
-        "resources": {"workers": 1, "cpus_per_worker": 1.5, "runner": "train"},
+        "resources": {"workers": 1, "cpus_per_worker": 1.5, "runner": runner},
         "sweep": {"trials": 3, "max_concurrent": 1, "driver_cpus": 0.25, "scheduler": {"name": "fifo"}},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     }
@@ -67,8 +71,11 @@ def live_processes_of_group(pgid: int) -> list[str]:
     return found
 
 
-def test_resume_after_the_driver_is_killed(tmp_path):
-    path = spec_file(tmp_path)
+@pytest.mark.parametrize("runner", ["tune", "train"])
+def test_resume_after_the_driver_is_killed(tmp_path, runner):
+    path = spec_file(tmp_path, runner)
+    steps, every = LENGTHS[runner]
+    evaluations = list(range(every, steps + 1, every))
     url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     env = {**os.environ, "RAY_ADDRESS": ""}
     driver = subprocess.Popen([*DEPTUNE, "sweep", str(path)], env=env, stdout=subprocess.DEVNULL,
@@ -102,7 +109,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert {t.number: t.datetime_complete for t in trials if t.number in finished} == finished  # not re-run
     for number in interrupted:  # the trial running at the kill was continued, not replaced
         assert trials[number].state == TrialState.COMPLETE
-        assert sorted(trials[number].intermediate_values) == [10, 20, 30, 40]
+        assert sorted(trials[number].intermediate_values) == evaluations
     assert {t.user_attrs["execution"] for t in trials} == {1}
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("resumable").experiment_id])
@@ -111,7 +118,7 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     for run in (r for r in runs if r.data.tags["deptune.role"] == "trial"):
         trial = trials[int(run.data.tags["deptune.optuna_trial"])]
         history = client.get_metric_history(run.info.run_id, PER_EVAL)
-        assert sorted(m.step for m in history) == sorted(trial.intermediate_values) == [10, 20, 30, 40]
+        assert sorted(m.step for m in history) == sorted(trial.intermediate_values) == evaluations
         if trial.number in interrupted:  # its cost: both runs, not the resumed one alone
             before = [m.timestamp / 1000 for m in history if m.timestamp / 1000 < killed_at]
             after = [m.timestamp / 1000 for m in history if m.timestamp / 1000 >= killed_at]
