@@ -32,7 +32,9 @@ def render(study: optuna.Study, metrics: list[str], top: int = 10, console: Cons
     console = console or wide_console()
     rows = ranked_rows(study, metrics)
     counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-    table = Table(title=f"study {study.study_name}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n))
+    runners = sorted({r["runner"] for r in rows if r.get("runner")})
+    table = Table(title=f"study {study.study_name}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
+                  + (f" (runner: {', '.join(runners)})" if runners else ""))
     rates = [k for k in LEARNING_RATES if any(r[k] is not None for r in rows)]  # every searched rate
     gpus = any(r.get("gpu_seconds") for r in rows)
     for column in ("#", "exec", "state", "m", "r", *metrics, *rates, "best step", "trainable", "CPU-s",

@@ -62,6 +62,7 @@ class StudySearcher(Searcher):
         self.demand = run_demand(spec.base_run(), spec.sweep.driver_cpus)
         self.plan, self.study_name, self.storage_url, self.sampler = plan, study_name, storage_url, sampler
         self.execution = execution
+        self.runner = spec.resources.trial_runner  # where trials train: recorded on each (leaderboard, report)
         self.journal_dir = journal_dir  # rank 0's MLflow journals: what each trial logged
         self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self.history: dict[str, list[dict[str, Any]]] = {}  # every evaluation, once per step
@@ -109,6 +110,7 @@ class StudySearcher(Searcher):
         config = self.plan.suggest(trial)
         trial.set_user_attr("ray_trial_id", trial_id)
         trial.set_user_attr("execution", self.execution)
+        trial.set_user_attr("runner", self.runner)
         trial.set_user_attr("seen_trials", seen)  # finished trials the sampler could learn from
         self.numbers[trial_id] = trial.number
         return {**config, OPTUNA_TRIAL_KEY: trial.number}

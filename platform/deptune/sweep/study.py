@@ -137,6 +137,7 @@ def trial_row(trial: FrozenTrial, metrics: tuple[str, ...] | list[str] = ("objec
     costs = {"cpu_seconds": attrs.get("cpu_seconds"), "wall_seconds": attrs.get("wall_seconds"),
              **({"gpu_seconds": attrs["gpu_seconds"]} if attrs.get("gpu_seconds") else {})}
     return {"number": trial.number, "state": trial.state.name, "execution": attrs.get("execution"),
+            "runner": attrs.get("runner"),
             "prompt_length": attrs.get("prompt_length"), "rank": attrs.get("rank"),
             **{key: trial.params.get(key) for key in LEARNING_RATES},
             **dict(zip(metrics, values)), "best_step": attrs.get("best_step"),

@@ -45,10 +45,6 @@ class RunJournal:
         self._record({"op": "start", "experiment_id": experiment_id, "run_name": run_name, "find_by": find_by,
                       "tags": {**tags, **find_by}})
 
-    def attach(self, run_id: str) -> None:
-        """Write to an existing run (a resumed sweep's parent)."""
-        self._save_state({**self._state(), "run_id": run_id})
-
     def params(self, params: dict[str, Any]) -> None:
         self._record({"op": "params", "params": {k: str(v) for k, v in params.items() if v is not None}})
 

@@ -76,7 +76,8 @@ def run_params(spec: RunSpec) -> dict[str, Any]:
     return {**method.logged_params(), **{key: getattr(train, key) for key in rates},
             "task": spec.task.name, "backbone": spec.backbone.name,
             "backbone_revision": spec.backbone.revision or "default", "seed": train.seed,
-            "batch_size": train.batch_size, "steps": train.steps, "workers": spec.resources.workers}
+            "batch_size": train.batch_size, "steps": train.steps, "workers": spec.resources.workers,
+            "runner": spec.resources.trial_runner}
 
 
 class TrialTracker:
