@@ -26,7 +26,7 @@ DEPTUNE = [sys.executable, "-m", "deptune.cli"]
 
 
 # per runner: (steps, eval_every) that make a trial last long enough (~15 s) to be killed mid-trial
-LENGTHS = {"train": (40, 10), "tune": (2000, 500)}
+LENGTHS = {"train": (40, 10), "tune": (6000, 1500)}
 
 
 def spec_file(tmp_path: Path, runner: str) -> Path:
