@@ -69,8 +69,6 @@ class PromptModel(nn.Module):
 
     def transfer_from(self, directory: Path) -> None:
         """Start from a source-task adapter: its method tensors, never its head (another task's labels)."""
-        from deptune.methods.io import load_adapter_tensors
-        from deptune.methods.record import read_record  # io imports the method registry
         method = read_record(directory).method
         if method != self.config.name:
             raise ValueError(f"method.init_from: {directory} holds a {method} adapter; a {self.config.name} run "

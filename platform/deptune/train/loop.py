@@ -34,7 +34,7 @@ from deptune.tasks.loading import load_splits
 from deptune.train.checkpoint import Progress, load_checkpoint, rng_state, save_checkpoint
 from deptune.train.cache import ProcessCache, Shared
 from deptune.train.config import TrainConfig
-from deptune.train.data import Encoded, GlobalBatches, encode, train_batch
+from deptune.train.data import Encoded, GlobalBatches, train_batch
 from deptune.train.evaluate import evaluate
 from deptune.train.loss import item_count, loss_sum
 from deptune.train.session import (LocalSession, Reporter, Session, all_gather, all_reduce_sum,
