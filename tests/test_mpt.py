@@ -253,10 +253,10 @@ def test_cli_runs_the_source_stage(tmp_path):
     data["train"].update(eval_every=2, warmup_steps=1)
     path = tmp_path / "source.yaml"
     path.write_text(yaml.safe_dump(data))
-    result = CliRunner().invoke(app, ["mpt-source", str(path)])
+    result = CliRunner().invoke(app, ["mpt-source", str(path), "--local"])
     assert result.exit_code == 0, result.output
     assert "source adapter:" in result.output and (tmp_path / "source" / "best" / CONFIG_FILE).is_file()
-    bad = CliRunner().invoke(app, ["mpt-source", str(path), "--set", "train.batch_size=15",
+    bad = CliRunner().invoke(app, ["mpt-source", str(path), "--local", "--set", "train.batch_size=15",
                                    "--set", "mixing.strategy=balanced"])
     assert bad.exit_code == 2
 

@@ -125,3 +125,106 @@ def test_running_the_same_spec_twice_trains_twice(ray_cluster, tmp_path):
     second = run_on_ray(spec)  # not a resume of the first run's storage
     assert [h["step"] for h in first.history] == [h["step"] for h in second.history] == [1, 2]
     assert (tmp_path / "best" / "adapter_model.safetensors").is_file() and second.trainable_params > 0
+
+
+# ----- MPT's source stage on Ray Train: the same loop, so the same data parallelism and restarts ----------------
+SOURCES = ["synthetic_a", "synthetic_b"]
+
+
+def source_data(tmp_path: Path, workers: int = 1, steps: int = 6) -> dict:
+    fast = {"batch_size": 16, "warmup_steps": 1, "lr_prompt": 0.3, "lr_lowrank": 0.05, "lr_head": 0.05,
+            "evaluate_test": False}
+    return {
+        "backbone": {"name": "tiny-bert", "tiny": {"dropout": 0.0}},
+        "source_tasks": [{"name": t, "synthetic_size": 200} for t in SOURCES],
+        "method": {"name": "mpt", "prompt_length": 4, "max_length": 32},
+        "teacher": {**fast, "steps": 4, "eval_every": 4},
+        "train": {**fast, "steps": steps, "eval_every": 3, "output_dir": str(tmp_path / "source")},
+        # lambda 0: the task loss is a per-example mean, so 2 ranks sum exactly to 1 (the hidden-state MSE is a
+        # per-token mean, which a split batch only approximates)
+        "distill": {"weight": 0.0},
+        "resources": {"workers": workers},
+    }
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """Both source tasks' teachers, trained once in this process."""
+    from deptune.train.multitask import train_teacher
+    spec = parse_spec(source_data(tmp_path_factory.mktemp("teachers")))
+    return {task: train_teacher(spec, i, lambda m, d: None) for i, task in enumerate(spec.task_names)}
+
+
+def fit_student_on_ray(spec, teacher_dirs, name):
+    from deptune.cluster.trainer import _student_worker, fit as fit_run
+    return fit_run(spec, name, loop=_student_worker,
+                   extra={"teachers": {task: str(path) for task, path in teacher_dirs.items()}})
+
+
+@pytest.fixture(scope="module")
+def two_workers(ray_cluster, teachers, tmp_path_factory):
+    """The student on 2 gloo workers, uninterrupted."""
+    root = tmp_path_factory.mktemp("two")
+    return fit_student_on_ray(parse_spec(source_data(root, workers=2)), teachers, "student-two"), root
+
+
+def test_the_mpt_student_on_two_gloo_workers_matches_the_in_process_one(two_workers, teachers, tmp_path):
+    from deptune.methods.io import read_tensors
+    from deptune.train.multitask import train_student
+    alone = train_student(parse_spec(source_data(tmp_path / "alone")), teachers, reporter=lambda m, d: None)
+    two, root = two_workers
+    a, b = read_tensors(alone.adapter_dir), read_tensors(two.adapter_dir)
+    assert a.keys() == b.keys() == {"prompt_embeddings", "prefix_task_cols", "prefix_task_rows"}
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert [r["step"] for r in two.history] == [r["step"] for r in alone.history] == [3, 6]
+    for row in two.history:
+        assert {f"{term}_{task}" for term in ("loss", "kl", "mse", "mix") for task in SOURCES} <= row.keys()
+        assert row["paper_metric"] == pytest.approx(sum(row[f"eval_{t}_accuracy"] for t in SOURCES) / 2)
+    assert two.best_metrics == alone.best_metrics
+    assert_checkpoint_is_small(two.history, root)
+
+
+def assert_checkpoint_is_small(history, root: Path) -> None:
+    adapter = root / "source" / "best" / "adapter_model.safetensors"
+    assert adapter.is_file() and adapter.stat().st_size < 20_000 and history[-1]["trainable_params"] > 0
+
+
+def test_a_killed_mpt_student_worker_resumes_from_its_last_checkpoint(ray_cluster, two_workers, teachers, tmp_path):
+    from deptune.methods.io import read_tensors
+    clean, _ = two_workers
+    ray_cluster.write_text("1 3")  # rank 1 dies right after reporting step 3
+    killed = fit_student_on_ray(parse_spec(source_data(tmp_path / "killed", workers=2)), teachers, "student-killed")
+    assert not ray_cluster.exists()  # the fault fired
+    assert [r["step"] for r in killed.history] == [3, 6]  # continued after step 3's checkpoint, not from 0
+    a, b = read_tensors(clean.adapter_dir), read_tensors(killed.adapter_dir)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_the_cli_runs_the_source_stage_on_ray_and_its_name_resumes_it(ray_cluster, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+    from deptune.cli import app
+    from deptune.methods.record import read_record
+    from deptune.train.multitask import finished_teacher, teacher_run
+    data = source_data(tmp_path, steps=3)
+    data["train"]["eval_every"] = 3
+    path = tmp_path / "source.yaml"
+    path.write_text(yaml.safe_dump(data))
+    first = CliRunner().invoke(app, ["mpt-source", str(path), "--name", "stage-a"])
+    assert first.exit_code == 0, first.output
+    assert "(Ray Train, 1 worker(s))" in first.output and first.output.count("[mpt-source] teacher") == 2
+    best = tmp_path / "source" / "best"
+    record = read_record(best)
+    assert record.method == "mpt" and record.method_config["source_tasks"] == SOURCES
+    teacher_files = {t: tmp_path / "source" / "teachers" / t / "best" / "adapter_model.safetensors" for t in SOURCES}
+    written = {t: f.stat().st_mtime_ns for t, f in teacher_files.items()}
+    again = CliRunner().invoke(app, ["mpt-source", str(path), "--name", "stage-a"])  # as after a driver death
+    assert again.exit_code == 0, again.output
+    assert "[mpt-source] teacher" not in again.output  # both teachers finished: kept, not retrained
+    assert {t: f.stat().st_mtime_ns for t, f in teacher_files.items()} == written
+    assert "source adapter:" in again.output and "best step 3" in again.output
+    spec = parse_spec(data)  # another stage's name (or none: a fresh, timestamped one) retrains them
+    assert [finished_teacher(teacher_run(spec, i), "stage-b") for i in range(2)] == [None, None]
+    assert finished_teacher(teacher_run(spec, 0), "stage-a") == teacher_files[SOURCES[0]].parent

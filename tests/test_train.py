@@ -135,7 +135,8 @@ def test_data_problems_fail_before_the_backbone_loads(tmp_path):
 def test_scoring_the_best_adapter_leaves_the_current_one_in_place():
     from deptune.tasks.registry import get_task
     from deptune.train.checkpoint import Progress
-    from deptune.train.loop import _score_best
+    from deptune.train.evaluate import evaluate
+    from deptune.train.loop import score_best
 
     bb = load_backbone(BackboneConfig(name="tiny-bert"))
     model = build_model(bb, DePTConfig(prompt_length=4, rank=2, max_length=32))
@@ -147,9 +148,16 @@ def test_scoring_the_best_adapter_leaves_the_current_one_in_place():
     task = get_task("synthetic")
     examples = encode(task.splits(50, 0).test, bb, task, 32, 8)
     assert not torch.equal(progress.best_adapter["lora_embedding_B"], current["lora_embedding_B"])
-    best_metrics = _score_best(model, bb, task, examples, progress, spec_for_scoring(), torch.device("cpu"),
-                               torch.autocast("cpu", enabled=False))
+    cfg, seen = spec_for_scoring(), {}
+
+    def score():
+        seen.update({k: v.detach().clone() for k, v in model.adapter_tensors().items()})
+        return evaluate(model, bb, task, examples, cfg.eval_batch_size, cfg.max_new_tokens, torch.device("cpu"))
+
+    best_metrics = score_best(model, progress, score)
     assert set(best_metrics) == {"accuracy", "f1"}
+    for key, value in seen.items():  # scored with the best tensors in place
+        torch.testing.assert_close(value, progress.best_adapter[key], rtol=0, atol=0)
     for key, value in model.adapter_tensors().items():
         torch.testing.assert_close(value, current[key], rtol=0, atol=0)
 

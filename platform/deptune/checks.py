@@ -40,6 +40,7 @@ def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False, 
     from the hub (a run about to start needs d)."""
     if isinstance(spec, SourceSpec):
         errors = [e for i, task in enumerate(spec.source_tasks) for e in _task_errors(task, f"source_tasks.{i}")]
+        errors += _writable("train.output_dir", spec.train.output_dir) + _runs_here(spec, local_cluster, local)
         if errors:
             raise SpecError(source, errors)
         return Checked(None, None)
@@ -60,16 +61,24 @@ def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False, 
     errors += _writable("train.output_dir", spec.train.output_dir)
     if spec.train.storage_path and "://" not in spec.train.storage_path:
         errors += _writable("train.storage_path", Path(spec.train.storage_path))
-    if local_cluster or local:
-        from deptune.cluster.fit import exceeds_this_machine, local_gpus
-        if local_cluster:
-            errors += exceeds_this_machine(spec, spec.sweep.driver_cpus if isinstance(spec, SweepSpec) else 0.0)
-        if spec.train.device == "cuda" and local_gpus() == 0:
-            errors.append("train.device: cuda, but this machine has no CUDA GPU; use auto or cpu, or pass "
-                          "--address to run on a cluster that has one")
+    errors += _runs_here(spec, local_cluster, local)
     if errors:
         raise SpecError(source, errors)
     return Checked(d, plan)
+
+
+def _runs_here(spec: RunSpec | SourceSpec, local_cluster: bool, local: bool) -> list[str]:
+    """What this machine lacks for a run that starts a Ray on it (`local_cluster`) or runs in this process."""
+    if not (local_cluster or local):
+        return []
+    from deptune.cluster.fit import exceeds_this_machine, local_gpus
+    errors = []
+    if local_cluster:
+        errors += exceeds_this_machine(spec, spec.sweep.driver_cpus if isinstance(spec, SweepSpec) else 0.0)
+    if spec.train.device == "cuda" and local_gpus() == 0:
+        errors.append("train.device: cuda, but this machine has no CUDA GPU; use auto or cpu, or pass "
+                      "--address to run on a cluster that has one")
+    return errors
 
 
 PSEUDO_FILESYSTEMS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "securityfs",

@@ -99,24 +99,39 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
 
 @app.command("mpt-source")
 def mpt_source(spec: Annotated[Path, typer.Argument(help="a source spec YAML (backbone, source_tasks, method: mpt, "
-                                                        "teacher, train, distill)")],
-               overrides: SetOption = None) -> None:
-    """MPT's source stage, in this process: a PT teacher per source task, then P* and each task's (u, v)
-    distilled on the task-balanced mixture; prints where the source adapter is."""
+                                                        "teacher, train, distill, mixing, resources)")],
+               overrides: SetOption = None,
+               local: Annotated[bool, typer.Option("--local", help="run in this process, without Ray")] = False,
+               address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, "
+                                                                "else a local Ray on 127.0.0.1)")] = None,
+               name: Annotated[str | None, typer.Option(help="the stage's Ray run name; an earlier stage's name "
+                                                             "resumes it: finished teachers are kept, the rest "
+                                                             "continue from their checkpoints")] = None) -> None:
+    """MPT's source stage on Ray Train (or --local): a PT teacher per source task, then P* and each task's
+    (u, v) distilled on the task mixture; prints where the source adapter is."""
     from deptune import checks
     from deptune.train.spec import SourceSpec
     try:
         source_spec = load_spec(spec, overrides, kind=SourceSpec)
-        checks.check(source_spec, str(spec))
+        checks.check(source_spec, str(spec), local_cluster=not (local or address or os.environ.get("RAY_ADDRESS")),
+                     local=local)
     except SpecError as exc:
         typer.echo(redact(str(exc)), err=True)
         raise typer.Exit(2) from None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from deptune.train.multitask import train_source
     started = time.perf_counter()
-    result = train_source(source_spec)
-    typer.echo(f"\nMPT source stage on {', '.join(source_spec.task_names)} with {source_spec.backbone.name}: "
-               f"{time.perf_counter() - started:.1f} s")
+    if local:
+        from deptune.train.multitask import train_source
+        result = train_source(source_spec)
+    else:
+        if not (address or os.environ.get("RAY_ADDRESS")):
+            from deptune.cluster import local as local_ray
+            local_ray.apply()  # before ray is imported
+        from deptune.cluster.trainer import run_source_on_ray
+        result = run_source_on_ray(source_spec, address, name)
+    where = "in-process" if local else f"Ray Train, {source_spec.resources.workers} worker(s)"
+    typer.echo(f"\nMPT source stage on {', '.join(source_spec.task_names)} with {source_spec.backbone.name} "
+               f"({where}): {time.perf_counter() - started:.1f} s")
     typer.echo(f"best step {result.best_step}: validation "
                + ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items()))
     typer.echo("teachers: " + ", ".join(f"{task} {path}" for task, path in result.teacher_dirs.items()))

@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import os
 
-from deptune.train.spec import RunSpec
+from deptune.train.spec import RunSpec, SourceSpec
 
 log = logging.getLogger(__name__)
 
 
-def run_demand(spec: RunSpec, driver_cpus: float = 0.0) -> dict[str, float]:
+def run_demand(spec: RunSpec | SourceSpec, driver_cpus: float = 0.0) -> dict[str, float]:
     """CPUs and GPUs one run holds while it trains: a sweep trial on Ray Train adds its Tune driver's CPUs;
     one that trains in its Tune actor (`resources.runner: tune`) is that actor alone."""
     res = spec.resources
@@ -19,7 +19,7 @@ def run_demand(spec: RunSpec, driver_cpus: float = 0.0) -> dict[str, float]:
     return {"CPU": driver + res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker}
 
 
-def exceeds_this_machine(spec: RunSpec, driver_cpus: float = 0.0) -> list[str]:
+def exceeds_this_machine(spec: RunSpec | SourceSpec, driver_cpus: float = 0.0) -> list[str]:
     """'key.path: message' lines when a run needs more than this machine has (a local Ray is its size)."""
     res, need = spec.resources, run_demand(spec, driver_cpus)
     driver_cpus = need["CPU"] - res.workers * res.cpus_per_worker
@@ -41,7 +41,7 @@ def local_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def check_fits(spec: RunSpec, driver_cpus: float = 0.0) -> None:
+def check_fits(spec: RunSpec | SourceSpec, driver_cpus: float = 0.0) -> None:
     """Fail before any worker starts when the cluster is too small (unless an autoscaler is awaited);
     `driver_cpus`: what a sweep trial's driver needs besides its workers."""
     import ray

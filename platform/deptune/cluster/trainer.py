@@ -1,8 +1,9 @@
-"""The loop as a Ray Train job: N DDP workers (gloo on CPU, NCCL on GPU), checkpoints in Ray storage,
-restarts from the latest checkpoint after a worker dies.
+"""The loop as a Ray Train job: N data-parallel workers (gloo on CPU, NCCL on GPU), checkpoints in Ray
+storage, restarts from the latest checkpoint after a worker dies.
 
-`build_trainer` is the embeddable piece: a Tune function trainable builds one per trial, adds a
-`TuneReportCallback`, and fits it. `run_on_ray` is `deptune train`'s driver around it.
+`build_trainer` is the embeddable piece: a sweep trial on `runner: train` builds one and fits it.
+`run_on_ray` is `deptune train`'s driver around it, `run_source_on_ray` `deptune mpt-source`'s: each
+teacher a run, then the multitask student, all resumable by the stage's name.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from deptune.cluster.fit import check_fits
 from deptune.cluster.local import connect
-from deptune.train.spec import RunSpec
+from deptune.train.spec import RunSpec, SourceSpec
 from deptune.methods.record import copy_adapter
 from deptune.methods.registry import restore, snapshot
 from deptune.train.session import print_reporter
 
 if TYPE_CHECKING:
     from deptune.train.loop import TrainResult
+    from deptune.train.multitask import SourceResult
 
 log = logging.getLogger(__name__)
 
@@ -105,21 +107,32 @@ def _worker(config: dict) -> dict:
     return {"diverged_at_step": result.diverged_at_step}
 
 
+def _student_worker(config: dict) -> dict:
+    """A rank of MPT's multitask student (`config["teachers"]`: each source task's teacher adapter)."""
+    from deptune.train.multitask import fit_student  # the Train controller unpickles this function
+    restore(config.get("methods") or {})
+    spec = SourceSpec.model_validate(config["spec"])
+    teachers = {task: Path(path) for task, path in config["teachers"].items()}
+    return {"diverged_at_step": fit_student(spec, teachers, RaySession()).diverged_at_step}
+
+
 def diverged_at_step(result: ray.train.Result) -> int | None:
     return (getattr(result, "return_value", None) or {}).get("diverged_at_step")
 
 
-def build_trainer(spec: RunSpec, name: str, storage: str | None = None,
+def build_trainer(spec: RunSpec | SourceSpec, name: str, storage: str | None = None,
                   callbacks: Sequence[ray.train.UserCallback] = (),
                   loop: Callable[[dict], None] | None = None,
-                  rank0_hook: Callable[[RunSpec], ReportHook] | None = None) -> TorchTrainer:
-    """A TorchTrainer running the loop (or `loop`, given {"spec": ...}) with the spec's resources,
+                  rank0_hook: Callable[[RunSpec], ReportHook] | None = None,
+                  extra: dict | None = None) -> TorchTrainer:
+    """A TorchTrainer running the loop (or `loop`, given {"spec": ..., **extra}) with the spec's resources,
     checkpoint retention and restarts; `rank0_hook(spec)` makes rank 0's report hook in the worker."""
     res, cfg = spec.resources, spec.train
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
     return TorchTrainer(
         loop or _worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "rank0_hook": rank0_hook, "methods": snapshot()},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "rank0_hook": rank0_hook, "methods": snapshot(),
+                           **(extra or {})},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -131,7 +144,7 @@ def build_trainer(spec: RunSpec, name: str, storage: str | None = None,
     )
 
 
-def training_error(spec: RunSpec, exc: Exception) -> RuntimeError:
+def training_error(spec: RunSpec | SourceSpec, exc: Exception) -> RuntimeError:
     """Ray Train's failure, said in the spec's terms."""
     res = spec.resources
     if isinstance(exc, ray.train.ControllerError):  # the worker group never started (or the controller broke)
@@ -148,20 +161,53 @@ def run_on_ray(spec: RunSpec, address: str | None = None, name: str | None = Non
     Ray Train resumes a run whose name already exists in storage: each call gets a fresh timestamped
     name unless `name` asks to continue one (say, after the driver died).
     """
-    name = name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     started = connect(address)
-    log_path = (spec.train.output_dir / "reports.jsonl").resolve()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.unlink(missing_ok=True)
     try:
         check_fits(spec)
-        try:
-            result = build_trainer(spec, name, callbacks=[ReportLog(log_path)]).fit()
-        except (ray.train.ControllerError, ray.train.WorkerGroupError) as exc:
-            raise training_error(spec, exc) from exc
+        return fit(spec, name or f"train-{time.strftime('%Y%m%d-%H%M%S')}", fresh=name is None)
     finally:
         if started:
             ray.shutdown()
+
+
+def run_source_on_ray(spec: SourceSpec, address: str | None = None, name: str | None = None) -> "SourceResult":
+    """MPT's source stage as Ray Train runs `<name>-teacher-<task>` and `<name>-student`. Given the `name` of an
+    earlier stage (its driver died), teachers it finished are kept and the rest resume from their checkpoints."""
+    from deptune.train.multitask import finished_teacher, mark_teacher_finished, source_result, teacher_run
+    stage = name or f"mpt-source-{time.strftime('%Y%m%d-%H%M%S')}"
+    started = connect(address)
+    try:
+        check_fits(spec)
+        teachers = {}
+        for i, task in enumerate(spec.task_names):
+            run = teacher_run(spec, i)
+            teachers[task] = finished_teacher(run, stage) if name else None
+            if teachers[task] is None:
+                print(f"[mpt-source] teacher {i + 1}/{len(spec.task_names)}: {task}", flush=True)
+                teachers[task] = fit(run, f"{stage}-teacher-{task}", fresh=name is None).adapter_dir
+                if teachers[task] is None:
+                    raise RuntimeError(f"the teacher of {task} left no checkpoint (run {stage}-teacher-{task})")
+                mark_teacher_finished(run, stage)
+        print(f"[mpt-source] student on {', '.join(spec.task_names)}", flush=True)
+        result = fit(spec, f"{stage}-student", fresh=name is None, loop=_student_worker,
+                     extra={"teachers": {task: str(path.resolve()) for task, path in teachers.items()}})
+    finally:
+        if started:
+            ray.shutdown()
+    return source_result(result, teachers, spec.train.output_dir / "best")
+
+
+def fit(spec: RunSpec | SourceSpec, name: str, fresh: bool = True, **trainer: object) -> "TrainResult":
+    """Fit one Ray Train run on the connected cluster: its best adapter lands in `<output_dir>/best`, its
+    reports in `<output_dir>/reports.jsonl` (appended to when the run resumes: `fresh` False)."""
+    log_path = (spec.train.output_dir / "reports.jsonl").resolve()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        log_path.unlink(missing_ok=True)
+    try:
+        result = build_trainer(spec, name, callbacks=[ReportLog(log_path)], **trainer).fit()
+    except (ray.train.ControllerError, ray.train.WorkerGroupError) as exc:
+        raise training_error(spec, exc) from exc
     if (step := diverged_at_step(result)) is not None:
         raise FloatingPointError(f"training diverged: non-finite loss at step {step}")
     best = result.get_best_checkpoint("objective", "max")
@@ -171,11 +217,12 @@ def run_on_ray(spec: RunSpec, address: str | None = None, name: str | None = Non
             copy_adapter(src, best_dir)
     from deptune.train.loop import TrainResult
     metrics = dict(result.metrics or {})
-    history = read_report_log(log_path)
-    best_row = max((r for r in history if "objective" in r), key=lambda r: (r["objective"], -r["step"]))
+    history = read_report_log(log_path) if log_path.is_file() else []
+    rows = [r for r in history if "objective" in r]
+    best_row = max(rows, key=lambda r: (r["objective"], -r["step"])) if rows else {}
     return TrainResult(
-        best_step=int(metrics.get("best_step", best_row["step"])),
-        best_metrics={k[5:]: v for k, v in best_row.items() if k.startswith("eval_")},
+        best_step=int(metrics.get("best_step", best_row.get("step", -1))),
+        best_metrics={k[5:]: v for k, v in best_row.items() if k.startswith("eval_") and k != "eval_latency_ms"},
         test_metrics={k[5:]: v for k, v in metrics.items() if k.startswith("test_")},
         adapter_dir=best_dir if best is not None else None,
         trainable_params=int(metrics.get("trainable_params", 0)), history=history)

@@ -1,10 +1,13 @@
-"""The one training loop: in a plain process (`deptune train --local`) and on every Ray Train worker.
+"""The one training loop: in a plain process (`--local`), in a Tune trial actor and on every Ray Train
+worker; for one task's run and for MPT's multitask source stage (a `Workload` each).
 
 Seed, load task + frozen backbone, wrap in the method, then optimise the adapter with one AdamW group per
 learning rate under linear warm-up/decay. Step k trains on global batch k whatever the worker count
-(each rank takes its slice, losses are normalised by the global item count). Every `eval_every` steps the
-validation split is scored across all ranks, the best adapter is kept by the task's first metric (never
-by loss), and the session gets the metrics plus a resumable checkpoint.
+(each rank takes its slice, losses are normalised by the global item count, and the adapter's gradients
+are summed across ranks by one all-reduce: kilobytes, so no DDP bucketing is needed, and a workload may
+run several forward passes a step, as MPT's per-task parts do). Every `eval_every` steps the validation
+split is scored across all ranks, the best adapter is kept by the objective (never the loss), and the
+session gets the metrics plus a resumable checkpoint.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from transformers import get_linear_schedule_with_warmup
 
 from deptune.train.spec import RunSpec
@@ -37,8 +41,8 @@ from deptune.train.config import TrainConfig
 from deptune.train.data import Encoded, GlobalBatches, train_batch
 from deptune.train.evaluate import evaluate
 from deptune.train.loss import item_count, loss_sum
-from deptune.train.session import (LocalSession, Reporter, Session, all_gather, all_reduce_sum,
-                                   broadcast_parameters, distributed, print_reporter)
+from deptune.train.session import (LocalSession, Reporter, Session, all_gather, all_reduce_gradients,
+                                   all_reduce_sum, broadcast_parameters, print_reporter)
 
 
 @dataclass
@@ -80,6 +84,102 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
+class Workload(Protocol):
+    """What the loop trains: one task (`TaskWorkload`) or MPT's source mixture (`train/multitask.py`).
+
+    The loop owns the optimizer, the schedule, the gradient all-reduce, divergence, evaluation timing, the
+    best adapter, checkpoints and reports; a workload owns its data, its loss and its scores."""
+
+    model: PromptModel
+    backbone: Backbone
+    adapter_task: str  # what a saved adapter is for (the checkpoint's `task`)
+    constants: dict[str, float]  # reported with every evaluation (the split sizes)
+
+    def backward(self, step: int, rank: int, world: int, device: torch.device, autocast) -> "StepLoss": ...
+
+    def evaluate(self, device: torch.device, autocast) -> "Scores": ...
+
+    def test(self, progress: Progress, device: torch.device, autocast) -> dict[str, float]: ...
+
+
+@dataclass
+class StepLoss:
+    """One step's backward pass on this rank: its part of the global mean loss (all-reduced by the loop),
+    its dataset tokens, and named terms to average between evaluations (this rank's values)."""
+
+    loss: float
+    tokens: int
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Scores:
+    """An evaluation: the objective that picks the best adapter, the paper's metric, every metric by name."""
+
+    objective: float
+    paper_metric: float
+    metrics: dict[str, float]
+
+
+class TaskWorkload:
+    """One task's run: its global batches in micro-batches, its validation (and test) split."""
+
+    def __init__(self, spec: RunSpec, rank: int, device: torch.device, cache: ProcessCache | None) -> None:
+        cfg = self.cfg = spec.train
+        self.task = get_task(spec.task.name)
+        self.adapter_task = self.task.name
+        self.shared = _load(spec, self.task, device, cache)
+        splits, self.backbone = self.shared.splits, self.shared.backbone
+        self.constants = {"examples_train": float(len(splits.train)),
+                          "examples_validation": float(len(splits.validation)),
+                          "examples_test": float(len(splits.test))}
+        if rank == 0:
+            print("[data] " + " ".join(f"{k.removeprefix('examples_')}={v:.0f}" for k, v in self.constants.items()),
+                  flush=True)
+        self.model = build_model(self.backbone, spec.method).to(device)
+        self.s = self.model.config.max_length
+        self.train_items = self.shared.split("train", self.task, self.s, cfg.max_target_length)
+        self.val_items = self.shared.split("validation", self.task, self.s, cfg.max_target_length).all()
+        self.batches = GlobalBatches(len(splits.train), cfg.batch_size, cfg.seed)
+
+    def backward(self, step: int, rank: int, world: int, device: torch.device, autocast) -> StepLoss:
+        """This rank's slice of global batch `step`, in micro-batches, normalised by the global item count."""
+        model, cfg = self.model, self.cfg
+        items = self.train_items.take(self.batches.indices(step - 1, rank, world))
+        n_micro = -(-len(items) // cfg.micro_batch_size) if cfg.micro_batch_size else 1
+        micro = [{k: v.to(device) for k, v in train_batch(items[i::n_micro], self.backbone,
+                                                          self.task.is_regression).items()} for i in range(n_micro)]
+        local_count = sum(item_count(b, model.family) for b in micro)
+        local_tokens = sum(dataset_tokens(b, model.family) for b in micro)
+        (global_count,) = all_reduce_sum([local_count], device)
+        local_loss = torch.zeros((), device=device)
+        for batch in micro:
+            with autocast:
+                total = loss_sum(model, batch)
+            (total / max(global_count, 1)).backward()
+            local_loss += total.detach()
+        return StepLoss(local_loss.item() / max(global_count, 1), local_tokens)
+
+    def evaluate(self, device: torch.device, autocast) -> Scores:
+        with autocast:
+            metrics = evaluate(self.model, self.backbone, self.task, self.val_items, self.cfg.eval_batch_size,
+                               self.cfg.max_new_tokens, device)
+        return Scores(metrics[self.task.metric_names[0]], metrics[self.task.paper_metric], metrics)
+
+    def test(self, progress: Progress, device: torch.device, autocast) -> dict[str, float]:
+        """The best adapter's test metrics (`train.evaluate_test`, a test split)."""
+        if not (self.cfg.evaluate_test and self.shared.splits.test):
+            return {}
+        items = self.shared.split("test", self.task, self.s, self.cfg.max_target_length).all()
+        test = score_best(self.model, progress, lambda: self._score(items, device, autocast))
+        return {**{f"test_{k}": v for k, v in test.items()}, "test_paper_metric": test[self.task.paper_metric]}
+
+    def _score(self, items: list[Encoded], device: torch.device, autocast) -> dict[str, float]:
+        with autocast:
+            return evaluate(self.model, self.backbone, self.task, items, self.cfg.eval_batch_size,
+                            self.cfg.max_new_tokens, device)
+
+
 def _load(spec: RunSpec, task: Task, device: torch.device, cache: ProcessCache | None) -> Shared:
     """The backbone and data: from the process's cache (a reused trial actor) or loaded for this run."""
     num_labels = max(1, len(task.label_names))
@@ -95,94 +195,63 @@ def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session |
     """Train one run; `cache` (a reused Tune trial actor's) supplies the frozen backbone and the data."""
     cfg = spec.train
     session = session or LocalSession(cfg.output_dir, resolve_device(cfg), reporter)
-    rank, world, device = session.rank, session.world_size, session.device
-    if cfg.batch_size % world:
-        raise ValueError(f"train.batch_size ({cfg.batch_size}) must be divisible by resources.workers ({world})")
+    if cfg.batch_size % session.world_size:
+        raise ValueError(f"train.batch_size ({cfg.batch_size}) must be divisible by resources.workers "
+                         f"({session.world_size})")
     seed_everything(cfg.seed)  # the same head and adapter init on every rank
-    task = get_task(spec.task.name)
-    shared = _load(spec, task, device, cache)
-    splits, backbone = shared.splits, shared.backbone
-    sizes = {"examples_train": len(splits.train), "examples_validation": len(splits.validation),
-             "examples_test": len(splits.test)}
-    if rank == 0:
-        print("[data] " + " ".join(f"{k.removeprefix('examples_')}={v}" for k, v in sizes.items()), flush=True)
-    model = build_model(backbone, spec.method).to(device)
+    return run_loop(TaskWorkload(spec, session.rank, session.device, cache), cfg, session)
+
+
+def run_loop(work: Workload, cfg: TrainConfig, session: Session) -> TrainResult:
+    """Optimise `work.model`'s adapter (seeded, built the same on every rank) for `cfg.steps` steps,
+    resuming from the session's checkpoint if it has one."""
+    rank, world, device, model = session.rank, session.world_size, session.device, work.model
     trainable = [p for p in model.parameters() if p.requires_grad]
     broadcast_parameters(trainable)
-    s = model.config.max_length
-    train_items = shared.split("train", task, s, cfg.max_target_length)
-    val_items = shared.split("validation", task, s, cfg.max_target_length).all()
-    batches = GlobalBatches(len(splits.train), cfg.batch_size, cfg.seed)
     optimizer = make_optimizer(model, cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
     torch.manual_seed(cfg.seed + 1000 * rank)  # dropout differs across ranks
     restore = session.restore_dir()
     progress = load_checkpoint(restore, model, optimizer, scheduler, rank, world) if restore else Progress()
-    forward = (DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                       forward_sync_buffers=False, init_sync=False) if distributed() else model)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if device.type == "cuda" and cfg.precision in ("auto", "bf16") else nullcontext())
     window, history = _Window(), []
     model.train()
     for step in range(progress.step + 1, cfg.steps + 1):
         window.start()
-        items = train_items.take(batches.indices(step - 1, rank, world))  # this rank's shard only
-        loss, tokens = _train_step(model, forward, backbone, task, items, optimizer, scheduler, cfg, device, autocast)
+        stats = work.backward(step, rank, world, device, autocast)
+        all_reduce_gradients(trainable)
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss, tokens = all_reduce_sum([stats.loss, stats.tokens], device)  # one device sync per step
         if not math.isfinite(loss):  # the same on every rank (all-reduced); retrying would diverge again
             session.report({"step": float(step), "diverged_at_step": float(step)}, None, False)
             return TrainResult(progress.best_step, progress.best_metrics, {}, None,
                                model.trainable_parameter_count(), history, diverged_at_step=step)
-        window.stop(loss, tokens)
+        window.stop(loss, int(tokens), stats.terms)
         progress.step = step
         if step % cfg.eval_every and step != cfg.steps:
             continue
         started = time.perf_counter()
-        with autocast:
-            metrics = evaluate(model, backbone, task, val_items, cfg.eval_batch_size, cfg.max_new_tokens, device)
-        latency_ms = 1000 * (time.perf_counter() - started) / max(len(splits.validation), 1)
-        objective = metrics[task.metric_names[0]]
-        improved = progress.improve(step, objective, metrics, model)
-        report = {"step": float(step), "objective": objective, "paper_metric": metrics[task.paper_metric],
-                  **{f"eval_{k}": v for k, v in metrics.items()},
+        scores = work.evaluate(device, autocast)
+        latency_ms = 1000 * (time.perf_counter() - started) / max(work.constants.get("examples_validation", 1), 1)
+        improved = progress.improve(step, scores.objective, scores.metrics, model)
+        report = {"step": float(step), "objective": scores.objective, "paper_metric": scores.paper_metric,
+                  **{f"eval_{k}": v for k, v in scores.metrics.items()},
                   **window.flush(), "eval_latency_ms": latency_ms, "peak_memory_mb": peak_memory_mb(device),
                   "trainable_params": float(model.trainable_parameter_count()),
                   "best_objective": progress.best_objective, "best_step": float(progress.best_step),
-                  **{k: float(v) for k, v in sizes.items()}}
-        if step == cfg.steps and cfg.evaluate_test and splits.test:
-            test_items = shared.split("test", task, s, cfg.max_target_length).all()
-            test = _score_best(model, backbone, task, test_items, progress, cfg, device, autocast)
-            report.update({f"test_{k}": v for k, v in test.items()}, test_paper_metric=test[task.paper_metric])
+                  **work.constants}
+        if step == cfg.steps:
+            report.update(work.test(progress, device, autocast))
         history.append(report)
-        _checkpoint_and_report(session, report, improved, model, optimizer, scheduler, progress, backbone, task)
+        _checkpoint_and_report(session, report, improved, model, optimizer, scheduler, progress, work)
     test = {k[5:]: v for k, v in history[-1].items() if k.startswith("test_")} if history else {}
     best_dir = getattr(session, "best_dir", None)
     return TrainResult(progress.best_step, progress.best_metrics, test, best_dir, model.trainable_parameter_count(),
                        history)
-
-
-def _train_step(model: PromptModel, forward, backbone: Backbone, task: Task, items: list[Encoded], optimizer,
-                scheduler, cfg: TrainConfig, device: torch.device, autocast) -> tuple[float, int]:
-    """One optimizer step over this rank's slice of the global batch, in micro-batches."""
-    n_micro = -(-len(items) // cfg.micro_batch_size) if cfg.micro_batch_size else 1
-    chunks = [items[i::n_micro] for i in range(n_micro)]
-    micro = [{k: v.to(device) for k, v in train_batch(c, backbone, task.is_regression).items()} for c in chunks]
-    local_count = sum(item_count(b, model.family) for b in micro)
-    local_tokens = sum(dataset_tokens(b, model.family) for b in micro)
-    global_count, global_tokens = all_reduce_sum([local_count, local_tokens], device)
-    scale = (torch.distributed.get_world_size() if distributed() else 1) / max(global_count, 1)  # DDP averages
-    local_loss = torch.zeros((), device=device)
-    for i, batch in enumerate(micro):
-        sync = nullcontext() if i == n_micro - 1 or forward is model else forward.no_sync()
-        with sync, autocast:
-            total = loss_sum(model, batch, forward)
-        (total * scale).backward()
-        local_loss += total.detach()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    (global_loss,) = all_reduce_sum([local_loss.item()], device)  # one device sync per step
-    return global_loss / max(global_count, 1), int(global_tokens)
 
 
 def dataset_tokens(batch: dict[str, torch.Tensor], family: str) -> int:
@@ -193,54 +262,58 @@ def dataset_tokens(batch: dict[str, torch.Tensor], family: str) -> int:
     return tokens
 
 
-def _score_best(model: PromptModel, backbone: Backbone, task: Task, items: list[Encoded], progress: Progress,
-                cfg: TrainConfig, device: torch.device, autocast) -> dict[str, float]:
-    """Test metrics of the best adapter; the current tensors are put back (the checkpoint must hold them)."""
+def score_best(model: PromptModel, progress: Progress, score: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """`score()` with the best adapter's tensors in place; the current ones are put back (the checkpoint must
+    hold them)."""
     tensors = model.adapter_tensors()
     current = {k: v.detach().clone() for k, v in tensors.items()}
     with torch.no_grad():
         for key, param in tensors.items():
             param.copy_(progress.best_adapter[key])
-        with autocast:
-            metrics = evaluate(model, backbone, task, items, cfg.eval_batch_size, cfg.max_new_tokens, device)
+        metrics = score()
         for key, param in tensors.items():
             param.copy_(current[key])
     return metrics
 
 
 def _checkpoint_and_report(session: Session, report: dict[str, float], improved: bool, model: PromptModel,
-                           optimizer, scheduler, progress: Progress, backbone: Backbone, task: Task) -> None:
+                           optimizer, scheduler, progress: Progress, work: Workload) -> None:
     """Rank 0 writes the checkpoint (every rank's RNG stream included); every rank reports."""
     rng_states = all_gather(rng_state())
     if session.rank != 0:
         session.report(report, None, improved)
         return
     with tempfile.TemporaryDirectory(prefix="deptune-ckpt-") as tmp:
-        save_checkpoint(Path(tmp), model, optimizer, scheduler, progress, rng_states, backbone.name,
-                        backbone.revision, task.name)
+        save_checkpoint(Path(tmp), model, optimizer, scheduler, progress, rng_states, work.backbone.name,
+                        work.backbone.revision, work.adapter_task)
         session.report(report, Path(tmp), improved)
 
 
 class _Window:
-    """Throughput since the last evaluation: dataset tokens/s (prompt tokens not counted), step time, loss."""
+    """Since the last evaluation: dataset tokens/s (prompt tokens not counted), step time, the mean loss and
+    the mean of each workload term over the steps that had it."""
 
     def __init__(self) -> None:
         self.losses: list[float] = []
         self.tokens = 0
         self.seconds = 0.0
+        self.terms: dict[str, list[float]] = {}
         self._t0 = 0.0
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
 
-    def stop(self, loss: float, tokens: int) -> None:
+    def stop(self, loss: float, tokens: int, terms: dict[str, float]) -> None:
         self.seconds += time.perf_counter() - self._t0
         self.losses.append(loss)
         self.tokens += tokens
+        for name, value in terms.items():
+            self.terms.setdefault(name, []).append(value)
 
     def flush(self) -> dict[str, float]:
         n = max(len(self.losses), 1)
         out = {"train_loss": sum(self.losses) / n, "step_time_s": self.seconds / n,
-               "tokens_per_s": self.tokens / self.seconds if self.seconds else 0.0}
+               "tokens_per_s": self.tokens / self.seconds if self.seconds else 0.0,
+               **{name: sum(values) / len(values) for name, values in self.terms.items()}}
         self.__init__()
         return out

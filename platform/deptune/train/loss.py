@@ -3,8 +3,6 @@ and the terms of MPT's source stage, L_PLM + lambda * (L_logits + L_hidden)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -20,9 +18,9 @@ def item_count(batch: dict[str, Tensor], family: str) -> int:
     return int((labels != IGNORE_INDEX).sum())
 
 
-def loss_sum(model: PromptModel, batch: dict[str, Tensor], forward: Callable | None = None) -> Tensor:
-    """Sum of per-item losses; `forward` is the model's DDP wrapper on a multi-worker run."""
-    out = (forward or model)(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+def loss_sum(model: PromptModel, batch: dict[str, Tensor]) -> Tensor:
+    """Sum of per-item losses."""
+    out = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
     return task_loss_sum(model, out.logits, batch["labels"])
 
 

@@ -75,6 +75,18 @@ def all_gather(obj: Any) -> list[Any]:
     return out
 
 
+def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Sum every rank's gradients of `params` in one collective (a parameter without a gradient counts as
+    zero: a workload's step need not touch every parameter on every rank)."""
+    if not distributed() or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    for param, chunk in zip(params, flat.split([p.numel() for p in params])):
+        param.grad = chunk.view_as(param).to(param.dtype)
+
+
 def broadcast_parameters(params: list[torch.nn.Parameter]) -> None:
     if distributed():
         for param in params:

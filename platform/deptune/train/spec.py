@@ -37,7 +37,8 @@ class RunSpec(StrictModel):
 class SourceSpec(StrictModel):
     """MPT's source stage (`deptune mpt-source`): a vanilla-PT teacher per source task (`teacher` settings),
     then P* and one (u, v) per task trained on the multitask mixture (`mixing`: examples-proportional by
-    default) with L_PLM + lambda * (L_logits + L_hidden) (`train` and `distill` settings). In-process, one device."""
+    default) with L_PLM + lambda * (L_logits + L_hidden) (`train` and `distill` settings). Each of these runs
+    is a Ray Train job with `resources` (or runs in this process: `deptune mpt-source --local`)."""
 
     backbone: BackboneConfig
     source_tasks: list[TaskConfig] = Field(min_length=1, description="the source tasks, each with its data")
@@ -49,6 +50,8 @@ class SourceSpec(StrictModel):
                                                          "output_dir/teachers")
     distill: DistillConfig = DistillConfig()
     mixing: MixingConfig = MixingConfig()
+    resources: ResourcesConfig = Field(ResourcesConfig(), description="the workers of each teacher's and the "
+                                                                      "student's Ray Train run")
 
     @model_validator(mode="after")
     def _balanced_and_fresh(self) -> "SourceSpec":
@@ -58,6 +61,10 @@ class SourceSpec(StrictModel):
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise ValueError(f"source_tasks.{i}.name: {name} is already a source task; give each task once")
+        for section in ("teacher", "train"):
+            if getattr(self, section).batch_size % self.resources.workers:
+                raise ValueError(f"{section}.batch_size: {getattr(self, section).batch_size} must be divisible by "
+                                 f"resources.workers ({self.resources.workers}): each rank takes an equal slice")
         if self.mixing.strategy == "balanced" and self.train.batch_size % len(names):
             raise ValueError(f"train.batch_size: {self.train.batch_size} must be divisible by the {len(names)} "
                              f"source tasks (each step takes the same number of examples from each: "
