@@ -202,29 +202,48 @@ def test_a_killed_mpt_student_worker_resumes_from_its_last_checkpoint(ray_cluste
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
-def test_the_cli_runs_the_source_stage_on_ray_and_its_name_resumes_it(ray_cluster, tmp_path):
+def test_the_cli_runs_the_source_stage_on_ray_and_its_name_resumes_it_after_a_driver_kill(ray_cluster, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
     import yaml
     from typer.testing import CliRunner
     from deptune.cli import app
     from deptune.methods.record import read_record
     from deptune.train.multitask import finished_teacher, teacher_run
-    data = source_data(tmp_path, steps=3)
-    data["train"]["eval_every"] = 3
+    data = source_data(tmp_path, steps=200)
+    data["train"]["eval_every"] = 20
     path = tmp_path / "source.yaml"
     path.write_text(yaml.safe_dump(data))
-    first = CliRunner().invoke(app, ["mpt-source", str(path), "--name", "stage-a"])
-    assert first.exit_code == 0, first.output
-    assert "(Ray Train, 1 worker(s))" in first.output and first.output.count("[mpt-source] teacher") == 2
-    best = tmp_path / "source" / "best"
-    record = read_record(best)
-    assert record.method == "mpt" and record.method_config["source_tasks"] == SOURCES
+    student_log = tmp_path / "source" / "reports.jsonl"
+    driver = subprocess.Popen(  # a driver on this cluster, SIGKILLed once the student has reported step 20
+        [str(Path(sys.executable).parent / "deptune"), "mpt-source", str(path), "--name", "stage-a",
+         "--address", ray.get_runtime_context().gcs_address],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None and not (
+            student_log.is_file() and any(json.loads(line)["step"] >= 20
+                                          for line in student_log.read_text().splitlines() if line)):
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    output = driver.communicate()[0]
+    assert driver.returncode == -signal.SIGKILL, output  # killed mid-student, not finished
+    assert output.count("[mpt-source] teacher") == 2 and "[mpt-source] student" in output
     teacher_files = {t: tmp_path / "source" / "teachers" / t / "best" / "adapter_model.safetensors" for t in SOURCES}
     written = {t: f.stat().st_mtime_ns for t, f in teacher_files.items()}
-    again = CliRunner().invoke(app, ["mpt-source", str(path), "--name", "stage-a"])  # as after a driver death
+    killed_at = max(json.loads(line)["step"] for line in student_log.read_text().splitlines() if line)
+    assert killed_at < 200
+    again = CliRunner().invoke(app, ["mpt-source", str(path), "--name", "stage-a"])  # the driver's name resumes it
     assert again.exit_code == 0, again.output
+    assert "(Ray Train, 1 worker(s))" in again.output and "source adapter:" in again.output
     assert "[mpt-source] teacher" not in again.output  # both teachers finished: kept, not retrained
     assert {t: f.stat().st_mtime_ns for t, f in teacher_files.items()} == written
-    assert "source adapter:" in again.output and "best step 3" in again.output
+    steps = [json.loads(line)["step"] for line in student_log.read_text().splitlines() if line]
+    assert steps == sorted(set(steps)) and steps[-1] == 200, steps  # from a checkpoint, not from step 0
+    record = read_record(tmp_path / "source" / "best")
+    assert record.method == "mpt" and record.method_config["source_tasks"] == SOURCES
     spec = parse_spec(data)  # another stage's name (or none: a fresh, timestamped one) retrains them
     assert [finished_teacher(teacher_run(spec, i), "stage-b") for i in range(2)] == [None, None]
     assert finished_teacher(teacher_run(spec, 0), "stage-a") == teacher_files[SOURCES[0]].parent
