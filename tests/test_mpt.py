@@ -114,7 +114,11 @@ def test_config_is_strict_with_key_paths(tmp_path):
                             ({"distill": {"kl_weight": 1.0}}, "distill.kl_weight: replaced by distill.weight"),
                             ({"method": {"name": "dept", "rank": 2}}, "method.name: the source stage trains mpt"),
                             ({"source_tasks": [{"name": "synthetic_a"}] * 2}, "source_tasks.1.name"),
-                            ({"method": {"name": "mpt", "init_from": str(tmp_path)}}, "method.init_from")]:
+                            ({"method": {"name": "mpt", "init_from": str(tmp_path)}}, "method.init_from"),
+                            ({"resources": {"workers": 3}, "teacher": {"batch_size": 18}},
+                             r"train.batch_size: 16 must be divisible by resources"),
+                            ({"resources": {"workers": 2}, "teacher": {"batch_size": 9}}, "teacher.batch_size: 9"),
+                            ({"resources": {"wrokers": 2}}, "resources.wrokers")]:
         with pytest.raises(SpecError, match=message):
             parse_spec({**good, **change})
 
