@@ -28,22 +28,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from deptune.methods.registry import Method, restore
 from deptune.train.spec import RunSpec
 from deptune.sweep.config import SEARCH_KEYS, SweepSpec
+from deptune.sweep.space import trial_run  # noqa: F401 -- where callers have found it
 from deptune.tracking.trial import TrackerHook, TrialTracking
 from deptune.cluster.trainer import build_trainer, diverged_at_step, training_error
 from deptune.train.cache import PROCESS_CACHE, release_trial_memory
 from deptune.train.loop import train
 
 OPTUNA_TRIAL_KEY = "optuna_trial"  # added to each config by the searcher: the study's trial number
-
-
-def trial_run(spec: SweepSpec, params: dict[str, Any]) -> RunSpec:
-    """The sweep's base run with the trial's values: method fields (m, r) go to the method section, the
-    learning rates to the train section."""
-    base = spec.base_run()
-    method = {k: v for k, v in params.items() if k in type(base.method).model_fields}
-    train = {k: v for k, v in params.items() if k in type(base.train).model_fields and k not in method}
-    return base.model_copy(update={"method": base.method.model_copy(update=method),
-                                   "train": base.train.model_copy(update=train)})
 
 
 DIVERGED = "diverged_at_step"
