@@ -2,13 +2,19 @@
 `deptune sweep` with `resources.runner: tune` (each trial in its reused Tune actor) and with
 `runner: train` (each trial a Ray Train run), side by side in one run.
 
-    .venv/bin/python benchmarks/sweep_overhead.py [--trials 8] [--steps 40] [--concurrent 1]
+    .venv/bin/python benchmarks/sweep_overhead.py [--trials 8] [--steps 40] [--concurrent 1] [--also-trials 2]
 
 All runs evaluate the same enqueued configurations in the same order (FIFO, no early stopping), so the
 difference is the platform: fixed cost per trial = (wall - training seconds of the plain loop) / trials,
 useful fraction = training seconds / wall. The sweeps include everything `deptune sweep` does (MLflow
 child runs, the parent's plots and leaderboard, registering the best adapter); the local Ray's start is
 shown apart (once per cluster, not per sweep). Runs a local Ray on 127.0.0.1 only.
+
+Two rows explain the rest. The same plain loop run as a fresh Python process (interpreter start and
+imports included, as a hand-written script pays them) shows what a new process costs before it trains,
+which every Tune trial actor pays once. And each runner's sweep is run a second time with the first
+`--also-trials` trials only, so that the cost on top of training splits into a part paid once per sweep
+and a marginal part per trial (both sweeps' extra seconds, solved for the two).
 """
 
 from __future__ import annotations
@@ -32,8 +38,7 @@ from rich.table import Table  # noqa: E402
 from deptune.specs import parse_spec  # noqa: E402
 from deptune.sweep.config import SweepSpec  # noqa: E402
 from deptune.backbones import hidden_size  # noqa: E402
-from deptune.sweep.space import plan_search  # noqa: E402
-from deptune.sweep.trainable import trial_run  # noqa: E402
+from deptune.sweep.space import plan_search, trial_run  # noqa: E402 -- Ray-free: the plain loop imports no Ray
 
 
 def spec_for(out: Path, trials: int, steps: int, concurrent: int, runner: str = "tune") -> SweepSpec:
@@ -76,6 +81,15 @@ def in_process(spec: SweepSpec) -> tuple[float, list[float]]:
     return time.perf_counter() - started, seconds
 
 
+def fresh_process(trials: int, steps: int) -> float:
+    """Seconds of the plain loop as a new Python process: interpreter start, imports, the loop."""
+    import subprocess
+    started = time.perf_counter()
+    subprocess.run([sys.executable, __file__, "--plain-only", "--trials", str(trials), "--steps", str(steps)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
 def on_ray(specs: list[SweepSpec]) -> tuple[list[float], float]:
     """Each spec's sweep on one local Ray; the walls, and how long Ray took to start."""
     import ray
@@ -92,6 +106,27 @@ def on_ray(specs: list[SweepSpec]) -> tuple[list[float], float]:
         return walls, ray_start
     finally:
         ray.shutdown()
+
+
+def split_cost(wall: float, short_wall: float, seconds: list[float], trials: int, short: int) -> tuple[float, float]:
+    """(per sweep, marginal per trial) seconds on top of training, from the same sweep at two trial counts
+    (the short one runs the first `short` trials of the long one, so its training is those trials')."""
+    extra, short_extra = wall - sum(seconds), short_wall - sum(seconds[:short])
+    marginal = (extra - short_extra) / (trials - short)
+    return extra - marginal * trials, marginal
+
+
+def split_table(runners: list[str], walls: list[float], short_walls: list[float], seconds: list[float],
+                trials: int, short: int) -> Table:
+    table = Table(title=f"the cost on top of training, split: the same sweep with {trials} and with {short} trials")
+    for column in ("runner", f"extra s ({trials} trials)", f"extra s ({short} trials)", "per sweep s",
+                   "marginal per trial s"):
+        table.add_column(column, justify="right")
+    for runner, wall, short_wall in zip(runners, walls, short_walls):
+        per_sweep, marginal = split_cost(wall, short_wall, seconds, trials, short)
+        table.add_row(f"runner: {runner}", f"{wall - sum(seconds):.1f}", f"{short_wall - sum(seconds[:short]):.1f}",
+                      f"{per_sweep:.1f}", f"{marginal:.2f}")
+    return table
 
 
 PROCESS_KINDS = {
@@ -129,26 +164,47 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--concurrent", type=int, default=1)
     parser.add_argument("--runners", default="tune,train", help="comma-separated: tune, train")
+    parser.add_argument("--also-trials", type=int, default=2,
+                        help="also run each sweep with its first N trials, to split the cost into per sweep and "
+                             "per trial (0: not)")
+    parser.add_argument("--fresh-plain", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the plain loop as a fresh Python process (start + imports included)")
+    parser.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)  # that fresh process
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.plain_only:
+        with tempfile.TemporaryDirectory(prefix="deptune-overhead-") as tmp:
+            in_process(spec_for(Path(tmp) / "plain", args.trials, args.steps, 1))
+        return
     runners = [r for r in args.runners.split(",") if r]
+    short = args.also_trials if 0 < args.also_trials < args.trials else 0
     with tempfile.TemporaryDirectory(prefix="deptune-overhead-") as tmp:
         plain_wall, train_seconds = in_process(spec_for(Path(tmp) / "plain", args.trials, args.steps, 1))
+        fresh_wall = fresh_process(args.trials, args.steps) if args.fresh_plain else None
         specs = [spec_for(Path(tmp) / r, args.trials, args.steps, args.concurrent, r) for r in runners]
+        specs += [spec_for(Path(tmp) / f"{r}-{short}", short, args.steps, args.concurrent, r)
+                  for r in runners if short]
         walls, ray_start = on_ray(specs)
+    walls, short_walls = walls[:len(runners)], walls[len(runners):]
     useful = sum(train_seconds)
     table = Table(title=f"{args.trials} trials x {args.steps} steps (tiny-bert, synthetic), "
                         f"{args.concurrent} at a time, 2-CPU box")
     for column in ("runner", "wall s", "per trial s", "fixed cost per trial s", "useful fraction", "vs plain"):
         table.add_column(column, justify="right")
-    for name, wall in [("in-process Optuna loop", plain_wall)] + [(f"deptune sweep, runner: {r}", w)
-                                                                  for r, w in zip(runners, walls)]:
+    rows = [("in-process Optuna loop", plain_wall)]
+    if fresh_wall is not None:
+        rows.append(("the same loop, fresh python (start + imports)", fresh_wall))
+    rows += [(f"deptune sweep, runner: {r}", w) for r, w in zip(runners, walls)]
+    for name, wall in rows:
         table.add_row(name, f"{wall:.1f}", f"{wall / args.trials:.2f}", f"{(wall - useful) / args.trials:.2f}",
                       f"{useful / wall:.0%}", f"{wall / plain_wall:.2f}x")
     console = Console(width=140)
     console.print(table)
     print(f"training inside the plain loop: {useful:.1f} s in all ({useful / args.trials:.2f} s a trial); "
           f"local Ray start (once per cluster, not counted above): {ray_start:.1f} s")
+    print("fixed cost per trial = (wall - plain training s) / trials; useful fraction = plain training s / wall")
+    if short:
+        console.print(split_table(runners, walls, short_walls, train_seconds, args.trials, short))
     if "train" not in runners:
         return
     costs = process_start_costs()

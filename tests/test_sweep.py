@@ -96,3 +96,59 @@ def test_failing_trials_are_recorded_and_a_multi_objective_sweep_has_a_pareto_fr
         return a.values[0] >= b.values[0] and a.values[1] <= b.values[1] and a.values != b.values
 
     assert not any(dominates(other, point) for point in front for other in completed)
+
+
+def test_trials_start_while_the_driver_opens_mlflow_and_log_under_its_parent_run(ray_cluster, tmp_path):
+    """The tracker opens on a thread while Tune starts the trial actors; the trials read the tracking it
+    publishes next to the Tune experiment, so their runs are the parent's children as before."""
+    from mlflow import MlflowClient
+    from deptune.tracking.trial import PublishedTracking
+    spec = make_spec(tmp_path, {"budget": 12}, {"prompt_length": {"low": 2, "high": 10, "step": 2}},
+                     {"trials": 2, "startup_trials": 2, "max_concurrent": 1})
+    outcome = run_sweep(spec)
+    parent = outcome.tracking.parent_run_id
+    published = PublishedTracking(f"{spec.train.ray_storage()}/{outcome.execution.name}-tracking.json").resolve()
+    assert published.parent_run_id == parent and published.tags["mlflow.parentRunId"] == parent
+    client = MlflowClient(tracking_uri=published.uri)
+    trials = client.search_runs([published.experiment_id], filter_string="tags.`deptune.role` = 'trial'")
+    assert len(trials) == 2 and {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent}
+    assert all(r.data.metrics.get("best_objective") is not None for r in trials)
+
+
+def test_a_tracker_that_cannot_open_ends_the_sweep_with_its_error(ray_cluster, tmp_path, monkeypatch):
+    from deptune.sweep.tracker import SweepTracker
+
+    def refuse(self, spec_file):
+        raise RuntimeError("the tracking server refused the parent run")
+
+    monkeypatch.setattr(SweepTracker, "open_parent", refuse)
+    spec = make_spec(tmp_path, {"budget": 12}, {"prompt_length": {"low": 2, "high": 10, "step": 2}},
+                     {"trials": 2, "startup_trials": 2, "max_concurrent": 1})
+    with pytest.raises(Exception) as raised:
+        run_sweep(spec)
+    chain, error = [], raised.value
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__ or error.__context__
+    assert any("refused the parent run" in text for text in chain), chain
+
+
+def test_an_opening_tracker_pickles_without_its_thread_and_builds_its_tracker_again(tmp_path):
+    """Tune pickles the searcher's finish hook with its state; restored, it builds the tracker from the
+    journals the first execution left."""
+    import pickle
+    from deptune.sweep.study import start_execution
+    from deptune.sweep.tracker import OpeningTracker
+    from deptune.tracking.trial import PublishedTracking
+    spec = make_spec(tmp_path, {"budget": 12}, {"prompt_length": {"low": 2, "high": 10, "step": 2}},
+                     {"trials": 2, "startup_trials": 2})
+    study = study_of(spec)
+    execution = start_execution(spec, study)
+    published = PublishedTracking(str(tmp_path / "ray" / f"{execution.name}-tracking.json"))
+    opening = OpeningTracker(spec, spec.tracking.uri, execution, study, None, None, published)
+    tracker = opening.get()
+    assert published.resolve() == tracker.trial_tracking() and tracker.parent.run_id
+    restored = pickle.loads(pickle.dumps(opening))
+    assert restored.error() is None
+    again = restored.get()
+    assert again is not tracker and again.parent.run_id == tracker.parent.run_id

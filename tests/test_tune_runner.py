@@ -89,6 +89,33 @@ def test_a_different_backbone_or_task_is_loaded_afresh(tmp_path):
     assert cache.loads == 3 and other_seed.splits.train
 
 
+def test_a_load_is_frozen_out_of_the_collector_and_a_trials_garbage_is_still_collected(tmp_path):
+    """What a backbone load leaves alive is frozen (`gc.freeze`): the collection after each trial scans only
+    what was made since, and still frees the trial's own reference cycles; `release` unfreezes."""
+    import gc
+    import weakref
+    from deptune.train.cache import release_trial_memory
+
+    class Node:
+        pass
+
+    gc.unfreeze()
+    cache, sweep = ProcessCache(), spec(tmp_path)
+    cache.checkout(sweep.backbone, sweep.task, 2, 42, torch.device("cpu"))
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    cycle = Node()
+    cycle.me = cycle  # a trial's garbage that only the cyclic collector frees
+    dead = weakref.ref(cycle)
+    del cycle
+    release_trial_memory(torch.device("cpu"))
+    assert dead() is None and gc.get_freeze_count() == frozen  # collected; the load stays frozen
+    cache.checkout(sweep.backbone, sweep.task, 2, 42, torch.device("cpu"))  # a hit: nothing more frozen
+    assert gc.get_freeze_count() == frozen
+    cache.release()
+    assert gc.get_freeze_count() == 0
+
+
 # ----- on Ray -----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,11 @@ from deptune.sweep.searcher import StudyEvents, StudySearcher
 from deptune.sweep.space import SearchPlan, plan_search
 from deptune.sweep.study import (Execution, close_orphans, last_execution, load_study, open_storage,
                                  pareto_front, start_execution, storage_url)
-from deptune.sweep.tracker import SweepOutcomeTracking, SweepTracker
+from deptune.sweep.tracker import OpeningTracker, SweepOutcomeTracking, SweepTracker, journal_dir_for
 from deptune.sweep.trainable import run_trial
 from deptune.tracking.sources import localize_sources
 from deptune.tracking.store import check_reachable, resolve_uri
-from deptune.tracking.trial import TrialTracking
+from deptune.tracking.trial import PublishedTracking, TrialTracking
 
 log = logging.getLogger(__name__)
 UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}
@@ -138,12 +138,14 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
             execution = start_execution(spec, study)
             for point in spec.sweep.enqueue:
                 study.enqueue_trial(point, skip_if_exists=True)
-        tracker = SweepTracker(spec, tracking_uri, execution, study, plan)
-        tracker.open_parent(source)
         if resume:
+            tracker = SweepTracker(spec, tracking_uri, execution, study, plan)
+            tracker.open_parent(source)
             tuner = _restored_tuner(spec, execution, storage, tracker.trial_tracking())
-        else:
-            tuner = _new_tuner(spec, plan, study, url, execution, storage, tracker)
+        else:  # MLflow opens while Tune starts the first trial actors (see OpeningTracker)
+            opening = OpeningTracker(spec, tracking_uri, execution, study, plan, source, PublishedTracking(
+                os.path.join(storage, f"{execution.name}-tracking.json")))
+            tuner = _new_tuner(spec, plan, study, url, execution, storage, opening)
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state for --resume stays fresh
         # a trial that fails before its first evaluation must be recorded as failed, not stop the sweep
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -152,6 +154,8 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
             results = tuner.fit()
         finally:
             sigterm.fitting = False
+        if not resume:
+            tracker = opening.get()
         path = os.path.join(storage, execution.name)
         interrupted = bool(_unfinished_trials(path))
         if not interrupted:
@@ -205,7 +209,7 @@ def _ship_methods() -> dict:
     return registered
 
 
-def _trainable(spec: SweepSpec, execution: Execution, storage: str, tracking: TrialTracking):
+def _trainable(spec: SweepSpec, execution: Execution, storage: str, tracking: TrialTracking | PublishedTracking):
     train_storage = os.path.join(storage, f"{execution.name}-train")
     fn = tune.with_parameters(run_trial, spec=spec, methods=_ship_methods(), train_storage=train_storage,
                               tracking=tracking)
@@ -227,14 +231,14 @@ def _run_config(spec: SweepSpec, execution: Execution, storage: str, callbacks: 
 
 
 def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, url: str, execution: Execution,
-               storage: str, tracker: SweepTracker) -> tune.Tuner:
+               storage: str, opening: OpeningTracker) -> tune.Tuner:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=execution.seed, n_startup_trials=spec.sweep.startup_trials,
                                              multivariate=True, constant_liar=spec.sweep.max_concurrent > 1)
     searcher = StudySearcher(spec, plan, study.study_name, url, sampler, execution.number,
-                             journal_dir=tracker.trial_tracking().journal_dir)
-    searcher.on_finished = tracker.finish_trial  # each child run is closed as soon as the study records it
+                             journal_dir=str(journal_dir_for(spec, execution)))
+    searcher.on_finished = opening.finish_trial  # each child run is closed as soon as the study records it
     primary = spec.sweep.objective
     if spec.sweep.scheduler.name == "asha":
         scheduler = ASHAScheduler(time_attr="step", metric=primary.metric, mode=primary.mode,
@@ -244,13 +248,24 @@ def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, url: str,
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
-        _trainable(spec, execution, storage, tracker.trial_tracking()),
+        _trainable(spec, execution, storage, opening.published),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.sweep.trials,
                                     max_concurrent_trials=spec.sweep.max_concurrent,
                                     time_budget_s=spec.sweep.time_budget_s,
                                     reuse_actors=spec.resources.trial_runner == "tune"),
-        run_config=_run_config(spec, execution, storage, [StudyEvents(searcher)]),
+        run_config=_run_config(spec, execution, storage, [StudyEvents(searcher), _TrackingOpened(opening)]),
     )
+
+
+class _TrackingOpened(tune.Callback):
+    """Ends the sweep (before any trial waits for long) if opening its MLflow tracking failed."""
+
+    def __init__(self, opening: OpeningTracker) -> None:
+        self.opening = opening
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        if (error := self.opening.error()) is not None:
+            raise error
 
 
 def _restored_tuner(spec: SweepSpec, execution: Execution, storage: str, tracking: TrialTracking) -> tune.Tuner:

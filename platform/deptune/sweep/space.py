@@ -13,6 +13,7 @@ from typing import Any
 from deptune.methods.config import Dimension, PromptConfig
 from deptune.spec_base import FloatRange, IntRange
 from deptune.sweep.config import SweepSpec
+from deptune.train.spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,13 @@ def plan_search(spec: SweepSpec, d: int) -> tuple[SearchPlan | None, list[str]]:
     if "lr_head" in ranges:  # the head is the backbone family's, whatever the method
         dims["lr_head"] = ranges["lr_head"]
     return SearchPlan(method=spec.method, hidden_size=d, dimensions=dims), []
+
+
+def trial_run(spec: SweepSpec, params: dict[str, Any]) -> RunSpec:
+    """The sweep's base run with the trial's values: method fields (m, r) go to the method section, the
+    learning rates to the train section."""
+    base = spec.base_run()
+    method = {k: v for k, v in params.items() if k in type(base.method).model_fields}
+    train = {k: v for k, v in params.items() if k in type(base.train).model_fields and k not in method}
+    return base.model_copy(update={"method": base.method.model_copy(update=method),
+                                   "train": base.train.model_copy(update=train)})

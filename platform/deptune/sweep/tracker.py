@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +31,8 @@ from deptune.tracking.plots import write_plots
 from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import storage_url
 from deptune.tracking.store import TAG, ensure_experiment, save_trials_view, trials_view_state
-from deptune.tracking.trial import (NOTE_TAG, STATE_TAG, SUMMARY_STEP, TrialTracking, run_params,
-                                    trial_key)
+from deptune.tracking.trial import (NOTE_TAG, STATE_TAG, SUMMARY_STEP, PublishedTracking, TrialTracking,
+                                    run_params, trial_key)
 
 STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
@@ -81,13 +82,18 @@ class SweepOutcomeTracking:
     not_logged: list[str] = field(default_factory=list)  # journals still holding writes, with their paths
 
 
+def journal_dir_for(spec: SweepSpec, execution: Execution) -> Path:
+    """Where an execution's MLflow journals live (the driver's and, on its node, the trials')."""
+    return private_dir((spec.train.output_dir / "mlflow-journal").resolve()) / execution.name
+
+
 class SweepTracker:
     def __init__(self, spec: SweepSpec, uri: str, execution: Execution, study: optuna.Study,
                  plan: SearchPlan | None = None) -> None:
         self.spec, self.uri, self.execution, self.study, self.plan = spec, uri, execution, study, plan
         self.experiment_id = ensure_experiment(uri, spec.tracking.experiment or study.study_name)
         # the journals hold every write before MLflow has it: this user's only
-        self.journal_dir = private_dir((spec.train.output_dir / "mlflow-journal").resolve()) / execution.name
+        self.journal_dir = journal_dir_for(spec, execution)
         self.parent = RunJournal(journal_path(self.journal_dir, "parent"), uri)
         self.tags = {f"{TAG}sweep": execution.name, f"{TAG}study": study.study_name,
                      f"{TAG}execution": str(execution.number), f"{TAG}git_commit": git_commit(),
@@ -291,3 +297,49 @@ class SweepTracker:
         if promotion is not None:
             self.parent.tags({f"{TAG}registered_version": promotion.uri,
                               f"{TAG}champion": str(promotion.champion).lower()})
+
+
+class OpeningTracker:
+    """The execution's tracker, opened on a thread (MLflow's import, its store, the experiment and the parent
+    run: seconds) while Tune starts the first trial actors, whose own start (a fresh process importing torch,
+    Ray Tune, transformers) takes longer; the trials read their tracking from `published` once it is there.
+    Whoever needs the tracker first waits for it. Pickled with Tune's state (the searcher's finish hook), it
+    keeps what builds the tracker again from the journals on disk, as `--resume` does."""
+
+    def __init__(self, spec: SweepSpec, uri: str, execution: Execution, study: optuna.Study,
+                 plan: SearchPlan | None, source: str | None, published: PublishedTracking) -> None:
+        self.args = (spec, uri, execution, study, plan)
+        self.source, self.published = source, published
+        self._tracker: SweepTracker | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._open, name="deptune-open-tracking", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> None:
+        try:
+            tracker = SweepTracker(*self.args)
+            tracker.open_parent(self.source)
+            self.published.publish(tracker.trial_tracking())
+            self._tracker = tracker
+        except BaseException as exc:  # noqa: BLE001 -- handed to whoever waits for the tracker
+            self._error = exc
+
+    def error(self) -> BaseException | None:
+        """The opening's error once it failed (None while it runs or after it succeeded)."""
+        return None if self._thread is not None and self._thread.is_alive() else self._error
+
+    def get(self) -> SweepTracker:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._tracker is None:  # unpickled (a restored Tune state): the journals say what was opened
+            self._tracker = SweepTracker(*self.args)
+        return self._tracker
+
+    def finish_trial(self, trial: FrozenTrial) -> None:
+        self.get().finish_trial(trial)
+
+    def __getstate__(self) -> dict:
+        return {"args": self.args, "source": self.source, "published": self.published, "_tracker": None,
+                "_error": None, "_thread": None}

@@ -28,22 +28,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from deptune.methods.registry import Method, restore
 from deptune.train.spec import RunSpec
 from deptune.sweep.config import SEARCH_KEYS, SweepSpec
-from deptune.tracking.trial import TrackerHook, TrialTracking
+from deptune.sweep.space import trial_run  # noqa: F401 -- where callers have found it
+from deptune.tracking.trial import PublishedTracking, TrackerHook, TrialTracking
 from deptune.cluster.trainer import build_trainer, diverged_at_step, training_error
 from deptune.train.cache import PROCESS_CACHE, release_trial_memory
 from deptune.train.loop import train
 
 OPTUNA_TRIAL_KEY = "optuna_trial"  # added to each config by the searcher: the study's trial number
-
-
-def trial_run(spec: SweepSpec, params: dict[str, Any]) -> RunSpec:
-    """The sweep's base run with the trial's values: method fields (m, r) go to the method section, the
-    learning rates to the train section."""
-    base = spec.base_run()
-    method = {k: v for k, v in params.items() if k in type(base.method).model_fields}
-    train = {k: v for k, v in params.items() if k in type(base.train).model_fields and k not in method}
-    return base.model_copy(update={"method": base.method.model_copy(update=method),
-                                   "train": base.train.model_copy(update=train)})
 
 
 DIVERGED = "diverged_at_step"
@@ -86,8 +77,10 @@ class TrialReport(TuneReportCallback):
 
 
 def run_trial(config: dict[str, Any], spec: SweepSpec, methods: dict[str, Method], train_storage: str,
-              tracking: TrialTracking | None = None) -> None:
+              tracking: TrialTracking | PublishedTracking | None = None) -> None:
     restore(methods)  # methods registered in the driver only (e.g. defined by a test) are known here too
+    if isinstance(tracking, PublishedTracking):  # the driver opened MLflow while this actor started
+        tracking = tracking.resolve()
     run = trial_run(spec, {k: v for k, v in config.items() if k in SEARCH_KEYS})
     trial_id = tune.get_context().get_trial_id()
     hook = TrackerHook(tracking, trial_id, config.get(OPTUNA_TRIAL_KEY)) if tracking else None

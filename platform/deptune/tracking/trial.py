@@ -3,8 +3,11 @@ where they are made, on whichever node that is. Every write goes through the run
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,46 @@ class TrialTracking:
     tags: dict[str, str]  # the execution's: sweep, study, git commit, spec hash, dataset fingerprint
     objective: str = "objective"  # the sweep's objective metric (as trials report it) and its mode
     mode: str = "max"
+
+
+@dataclass(frozen=True)
+class PublishedTracking:
+    """A sweep's `TrialTracking` that the driver publishes once its MLflow parent run is open, so that the
+    trial actors start (a fresh process's imports, seconds) while the driver opens MLflow, not after it.
+    The file lies next to the Tune experiment on Ray's storage (a local folder or any URI pyarrow opens),
+    where every node reads it; a trial waits for it when it first needs its tracking, once per process."""
+
+    path: str
+    timeout_s: float = 600.0
+
+    def publish(self, tracking: TrialTracking) -> None:
+        fs, path = _filesystem(self.path)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path + ".tmp") as handle:
+            handle.write(json.dumps(dataclasses.asdict(tracking)).encode())
+        fs.move(path + ".tmp", path)  # readers never see half a file
+
+    def resolve(self) -> TrialTracking:
+        if self.path not in _RESOLVED:
+            from pyarrow.fs import FileType
+            fs, path = _filesystem(self.path)
+            deadline = time.monotonic() + self.timeout_s
+            while fs.get_file_info(path).type == FileType.NotFound:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the sweep driver did not publish its MLflow tracking at {self.path} "
+                                       f"within {self.timeout_s:.0f} s")
+                time.sleep(0.05)
+            with fs.open_input_stream(path) as handle:
+                _RESOLVED[self.path] = TrialTracking(**json.loads(handle.read()))
+        return _RESOLVED[self.path]
+
+
+_RESOLVED: dict[str, TrialTracking] = {}  # this process's published trackings, by path
+
+
+def _filesystem(uri: str):
+    from pyarrow.fs import FileSystem
+    return FileSystem.from_uri(uri)
 
 
 def mlflow_metrics(metrics: dict[str, float], objective: str = "objective", mode: str = "max",
