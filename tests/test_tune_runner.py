@@ -24,7 +24,7 @@ from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.driver import run_sweep
 from deptune.sweep.study import load_study, open_storage, storage_url
-from deptune.sweep.trainable import trial_run
+from deptune.sweep.space import trial_run
 from deptune.train.cache import ProcessCache, frozen_digest
 from deptune.train.loop import train
 from deptune.train.session import LocalSession

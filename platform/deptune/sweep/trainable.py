@@ -28,7 +28,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from deptune.methods.registry import Method, restore
 from deptune.train.spec import RunSpec
 from deptune.sweep.config import SEARCH_KEYS, SweepSpec
-from deptune.sweep.space import trial_run  # noqa: F401 -- where callers have found it
+from deptune.sweep.space import trial_run
 from deptune.tracking.trial import PublishedTracking, TrackerHook, TrialTracking
 from deptune.cluster.trainer import build_trainer, diverged_at_step, training_error
 from deptune.train.cache import PROCESS_CACHE, release_trial_memory
