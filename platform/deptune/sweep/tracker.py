@@ -27,7 +27,7 @@ from deptune.sweep.study import Execution, spec_hash
 from deptune.tasks.loading import dataset_fingerprint
 from deptune.registry import promotion as registry
 from deptune.tracking.journal import RunJournal, flush_all, journal_path
-from deptune.tracking.plots import write_plots
+from deptune.tracking.plots import warm_imports, write_plots
 from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import storage_url
 from deptune.tracking.store import TAG, ensure_experiment, save_trials_view, trials_view_state
@@ -312,6 +312,7 @@ class OpeningTracker:
         self.source, self.published = source, published
         self._tracker: SweepTracker | None = None
         self._error: BaseException | None = None
+        self._ready: threading.Event | None = threading.Event()
         self._thread = threading.Thread(target=self._open, name="deptune-open-tracking", daemon=True)
         self._thread.start()
 
@@ -323,14 +324,20 @@ class OpeningTracker:
             self._tracker = tracker
         except BaseException as exc:  # noqa: BLE001 -- handed to whoever waits for the tracker
             self._error = exc
+        finally:
+            self._ready.set()
+        try:  # while the trials train: the end of the sweep draws its plots without waiting for the imports
+            warm_imports()
+        except Exception:  # noqa: BLE001 -- write_plots imports them again and says what is wrong
+            pass
 
     def error(self) -> BaseException | None:
         """The opening's error once it failed (None while it runs or after it succeeded)."""
-        return None if self._thread is not None and self._thread.is_alive() else self._error
+        return self._error if self._ready is None or self._ready.is_set() else None
 
     def get(self) -> SweepTracker:
-        if self._thread is not None:
-            self._thread.join()
+        if self._ready is not None:
+            self._ready.wait()
         if self._error is not None:
             raise self._error
         if self._tracker is None:  # unpickled (a restored Tune state): the journals say what was opened
@@ -342,4 +349,4 @@ class OpeningTracker:
 
     def __getstate__(self) -> dict:
         return {"args": self.args, "source": self.source, "published": self.published, "_tracker": None,
-                "_error": None, "_thread": None}
+                "_error": None, "_thread": None, "_ready": None}

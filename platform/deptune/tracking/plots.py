@@ -145,6 +145,16 @@ def _interactive(function: str, source: optuna.Study, kwargs: dict, stopped: tup
     return figure
 
 
+def warm_imports() -> None:
+    """Import the plotting libraries (about a second) ahead of `write_plots`, off the sweep's critical path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import optuna.visualization  # noqa: F401
+    import optuna.visualization.matplotlib  # noqa: F401
+    import plotly.graph_objects  # noqa: F401
+
+
 def write_plots(study: optuna.Study, folder: Path, metrics: list[str] | None = None) -> list[str]:
     """Write `<name>.png` and `<name>.json` (plotly's figure) per plot and `optuna_plots.html`; a plot the
     study cannot make yet is skipped, and the page says why importances are missing. Returns the names
