@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -49,6 +51,32 @@ def validate(files: Annotated[list[Path], typer.Argument(help="spec files")]) ->
         raise typer.Exit(2) from None
 
 
+@contextmanager
+def exit_on_spec_error() -> Iterator[None]:
+    """A spec's problems, each with its key path, and exit code 2: before any cluster time is spent."""
+    try:
+        yield
+    except SpecError as exc:
+        typer.echo(redact(str(exc)), err=True)
+        raise typer.Exit(2) from None
+
+
+def starts_local_ray(local: bool, address: str | None) -> bool:
+    """A run on Ray with no cluster named (`--address`, $RAY_ADDRESS) starts one on this machine."""
+    return not (local or address or os.environ.get("RAY_ADDRESS"))
+
+
+def prepare_ray(address: str | None) -> None:
+    """Before `import ray`: a local Ray must bind to 127.0.0.1 only (`deptune.cluster.local.apply`)."""
+    if starts_local_ray(False, address):
+        from deptune.cluster import local as local_ray
+        local_ray.apply()
+
+
+def where_it_ran(local: bool, workers: int) -> str:
+    return "in-process" if local else f"Ray Train, {workers} worker(s)"
+
+
 @app.command()
 def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task, method, train, resources)")],
           overrides: SetOption = None,
@@ -61,17 +89,13 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
     """Run one DePT / PT training configuration on Ray Train (or --local) and print its metrics."""
     from deptune import checks
     overrides = list(overrides or []) + ([f"resources.workers={workers}"] if workers else [])
-    try:
+    with exit_on_spec_error():
         run_spec, tracking_uri = load_run_spec(spec, overrides)  # a sweep spec trains its base run
         if is_registry_uri(run_spec.method.init_from):  # a registered source adapter
             from deptune.tracking.sources import localize_sources
             from deptune.tracking.store import resolve_uri
             run_spec = localize_sources(run_spec, resolve_uri(tracking_uri), str(spec))
-        checks.check(run_spec, str(spec), local_cluster=not (local or address or os.environ.get("RAY_ADDRESS")),
-                     online=True, local=local)
-    except SpecError as exc:
-        typer.echo(redact(str(exc)), err=True)
-        raise typer.Exit(2) from None
+        checks.check(run_spec, str(spec), local_cluster=starts_local_ray(local, address), online=True, local=local)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     if local:
@@ -81,13 +105,11 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
             typer.echo(f"training diverged: non-finite loss at step {result.diverged_at_step}", err=True)
             raise typer.Exit(1)
     else:
-        if not (address or os.environ.get("RAY_ADDRESS")):
-            from deptune.cluster import local as local_ray
-            local_ray.apply()  # before ray is imported
+        prepare_ray(address)
         from deptune.cluster.trainer import run_on_ray
         result = run_on_ray(run_spec, address, name)
     elapsed = time.perf_counter() - started
-    where = "in-process" if local else f"Ray Train, {run_spec.resources.workers} worker(s)"
+    where = where_it_ran(local, run_spec.resources.workers)
     typer.echo(f"\n{run_spec.method.name} on {run_spec.task.name} with {run_spec.backbone.name} ({where}): "
                f"{result.trainable_params:,} trainable parameters, {elapsed:.1f} s")
     typer.echo(f"best step {result.best_step}: validation "
@@ -111,25 +133,19 @@ def mpt_source(spec: Annotated[Path, typer.Argument(help="a source spec YAML (ba
     (u, v) distilled on the task mixture; prints where the source adapter is."""
     from deptune import checks
     from deptune.train.spec import SourceSpec
-    try:
+    with exit_on_spec_error():
         source_spec = load_spec(spec, overrides, kind=SourceSpec)
-        checks.check(source_spec, str(spec), local_cluster=not (local or address or os.environ.get("RAY_ADDRESS")),
-                     local=local)
-    except SpecError as exc:
-        typer.echo(redact(str(exc)), err=True)
-        raise typer.Exit(2) from None
+        checks.check(source_spec, str(spec), local_cluster=starts_local_ray(local, address), local=local)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     if local:
         from deptune.train.multitask import train_source
         result = train_source(source_spec)
     else:
-        if not (address or os.environ.get("RAY_ADDRESS")):
-            from deptune.cluster import local as local_ray
-            local_ray.apply()  # before ray is imported
+        prepare_ray(address)
         from deptune.cluster.trainer import run_source_on_ray
         result = run_source_on_ray(source_spec, address, name)
-    where = "in-process" if local else f"Ray Train, {source_spec.resources.workers} worker(s)"
+    where = where_it_ran(local, source_spec.resources.workers)
     typer.echo(f"\nMPT source stage on {', '.join(source_spec.task_names)} with {source_spec.backbone.name} "
                f"({where}): {time.perf_counter() - started:.1f} s")
     typer.echo(f"best step {result.best_step}: validation "
@@ -152,19 +168,14 @@ def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_s
     from deptune.tracking.sources import localize_sources
     from deptune.tracking.store import resolve_uri
     address = address or os.environ.get("RAY_ADDRESS")
-    try:
+    with exit_on_spec_error():
         sweep_spec = load_spec(spec, overrides, kind=SweepSpec)
         sweep_spec = localize_sources(sweep_spec, resolve_uri(sweep_spec.tracking.uri), str(spec))
-        checked = checks.check(sweep_spec, str(spec), local_cluster=not address, online=True)
-    except SpecError as exc:
-        typer.echo(redact(str(exc)), err=True)
-        raise typer.Exit(2) from None
+        checked = checks.check(sweep_spec, str(spec), local_cluster=starts_local_ray(False, address), online=True)
     for warning in sweep_spec.warnings():
         typer.echo(f"warning: {redact(warning)}", err=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not address:
-        from deptune.cluster import local as local_ray
-        local_ray.apply()  # before ray is imported
+    prepare_ray(address)
     from deptune.sweep.driver import SweepLocked, run_sweep
     from deptune.sweep.leaderboard import render, render_pareto
     started = time.perf_counter()
