@@ -263,6 +263,9 @@ def test_cli_runs_the_source_stage(tmp_path):
     bad = CliRunner().invoke(app, ["mpt-source", str(path), "--local", "--set", "train.batch_size=15",
                                    "--set", "mixing.strategy=balanced"])
     assert bad.exit_code == 2
+    diverged = CliRunner().invoke(app, ["mpt-source", str(path), "--local", "--set", "teacher.lr_prompt=1e30"])
+    assert diverged.exit_code == 1 and "diverged: non-finite loss at step" in diverged.output  # said, no traceback
+    assert "Traceback" not in diverged.output
 
 
 @pytest.mark.parametrize("backbone", ["tiny-t5", "tiny-gpt2"])

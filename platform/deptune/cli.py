@@ -61,6 +61,16 @@ def exit_on_spec_error() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+@contextmanager
+def exit_on_divergence() -> Iterator[None]:
+    """A run whose loss became non-finite: said in one line, exit code 1 (retrying would diverge again)."""
+    try:
+        yield
+    except FloatingPointError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+
+
 def starts_local_ray(local: bool, address: str | None) -> bool:
     """A run on Ray with no cluster named (`--address`, $RAY_ADDRESS) starts one on this machine."""
     return not (local or address or os.environ.get("RAY_ADDRESS"))
@@ -107,7 +117,8 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
     else:
         prepare_ray(address)
         from deptune.cluster.trainer import run_on_ray
-        result = run_on_ray(run_spec, address, name)
+        with exit_on_divergence():
+            result = run_on_ray(run_spec, address, name)
     elapsed = time.perf_counter() - started
     where = where_it_ran(local, run_spec.resources.workers)
     typer.echo(f"\n{run_spec.method.name} on {run_spec.task.name} with {run_spec.backbone.name} ({where}): "
@@ -138,13 +149,14 @@ def mpt_source(spec: Annotated[Path, typer.Argument(help="a source spec YAML (ba
         checks.check(source_spec, str(spec), local_cluster=starts_local_ray(local, address), local=local)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
-    if local:
-        from deptune.train.multitask import train_source
-        result = train_source(source_spec)
-    else:
-        prepare_ray(address)
-        from deptune.cluster.trainer import run_source_on_ray
-        result = run_source_on_ray(source_spec, address, name)
+    with exit_on_divergence():
+        if local:
+            from deptune.train.multitask import train_source
+            result = train_source(source_spec)
+        else:
+            prepare_ray(address)
+            from deptune.cluster.trainer import run_source_on_ray
+            result = run_source_on_ray(source_spec, address, name)
     where = where_it_ran(local, source_spec.resources.workers)
     typer.echo(f"\nMPT source stage on {', '.join(source_spec.task_names)} with {source_spec.backbone.name} "
                f"({where}): {time.perf_counter() - started:.1f} s")

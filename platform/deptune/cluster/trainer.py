@@ -209,7 +209,7 @@ def fit(spec: RunSpec | SourceSpec, name: str, fresh: bool = True, **trainer: ob
     except (ray.train.ControllerError, ray.train.WorkerGroupError) as exc:
         raise training_error(spec, exc) from exc
     if (step := diverged_at_step(result)) is not None:
-        raise FloatingPointError(f"training diverged: non-finite loss at step {step}")
+        raise FloatingPointError(f"{name}: training diverged: non-finite loss at step {step}")
     best = result.get_best_checkpoint("objective", "max")
     best_dir = spec.train.output_dir / "best"
     if best is not None:

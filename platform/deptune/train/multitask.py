@@ -87,7 +87,8 @@ def train_teacher(spec: SourceSpec, index: int, reporter: Reporter = print_repor
     run = teacher_run(spec, index)
     result = train(run, reporter=lambda m, d: reporter({"teacher": float(index), **m}, d))
     if result.adapter_dir is None:
-        raise RuntimeError(f"the teacher of {run.task.name} diverged at step {result.diverged_at_step}")
+        raise FloatingPointError(f"the teacher of {run.task.name} diverged: non-finite loss at step "
+                                 f"{result.diverged_at_step}")
     return result.adapter_dir
 
 
@@ -145,7 +146,8 @@ class SourceWorkload:
                           "examples_validation": float(sum(len(s.validation) for s in self.sources))}
 
     def backward(self, step: int, rank: int, world: int, device: torch.device, autocast) -> StepLoss:
-        """Task k's part weighs (its examples on this rank) / batch_size, so the ranks' parts sum to the step's."""
+        """Task k's part weighs (its examples on this rank) / batch_size, so the ranks' parts sum to the step's;
+        the step's loss is the whole objective (a diverging distillation term ends the run like the task loss)."""
         loss, tokens, terms = 0.0, 0, {}
         for k, (source, indices) in enumerate(zip(self.sources, self.mixture.indices(step - 1))):
             name = source.task.name
@@ -162,14 +164,14 @@ class SourceWorkload:
             share = len(mine) / self.cfg.batch_size
             (total * share).backward()
             values = {key: v.item() for key, v in parts.items()}
-            loss += values["loss"] * share
+            loss += total.item() * share
             tokens += dataset_tokens(batch, self.model.family)
             terms.update({f"{key}_{name}": v for key, v in values.items()})
         return StepLoss(loss, tokens, terms)
 
     def evaluate(self, device: torch.device, autocast) -> Scores:
-        """Each task's validation metrics with its own prompt (and head); the objective is their mean of each
-        task's first metric."""
+        """Each task's validation metrics with its own prompt (and head); the objective is the mean of the
+        tasks' first metrics."""
         metrics = {}
         for k, source in enumerate(self.sources):
             _use_head(self.model, source.head)
