@@ -247,3 +247,18 @@ def test_the_cli_runs_the_source_stage_on_ray_and_its_name_resumes_it_after_a_dr
     spec = parse_spec(data)  # another stage's name (or none: a fresh, timestamped one) retrains them
     assert [finished_teacher(teacher_run(spec, i), "stage-b") for i in range(2)] == [None, None]
     assert finished_teacher(teacher_run(spec, 0), "stage-a") == teacher_files[SOURCES[0]].parent
+
+
+def test_the_train_command_runs_on_ray_and_prints_the_best_validation_metrics(ray_cluster, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+    from deptune.cli import app
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(make_spec(tmp_path, steps=2, eval_every=2,
+                                             evaluate_test=False).model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["train", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "(Ray Train, 1 worker(s))" in result.output and f"adapter: {tmp_path / 'best'}" in result.output
+    best = next(line for line in result.output.splitlines() if line.startswith("best step 2: validation "))
+    assert set(part.split("=")[0] for part in best.removeprefix("best step 2: validation ").split(", ")) == {
+        "accuracy", "f1"}  # the task's metrics, not the evaluation's latency
