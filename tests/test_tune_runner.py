@@ -109,9 +109,12 @@ def test_a_load_is_frozen_out_of_the_collector_and_a_trials_garbage_is_still_col
     dead = weakref.ref(cycle)
     del cycle
     release_trial_memory(torch.device("cpu"))
-    assert dead() is None and gc.get_freeze_count() == frozen  # collected; the load stays frozen
+    # collected; the load stays frozen (a frozen object that dies by reference count leaves the frozen set,
+    # which other tests' threads may do meanwhile: the count may drop a little, never to 0 nor above)
+    after = gc.get_freeze_count()
+    assert dead() is None and frozen // 2 < after <= frozen
     cache.checkout(sweep.backbone, sweep.task, 2, 42, torch.device("cpu"))  # a hit: nothing more frozen
-    assert gc.get_freeze_count() == frozen
+    assert frozen // 2 < gc.get_freeze_count() <= after
     cache.release()
     assert gc.get_freeze_count() == 0
 
