@@ -161,9 +161,7 @@ class TaskWorkload:
         return StepLoss(local_loss.item() / max(global_count, 1), local_tokens)
 
     def evaluate(self, device: torch.device, autocast) -> Scores:
-        with autocast:
-            metrics = evaluate(self.model, self.backbone, self.task, self.val_items, self.cfg.eval_batch_size,
-                               self.cfg.max_new_tokens, device)
+        metrics = self._score(self.val_items, device, autocast)
         return Scores(metrics[self.task.metric_names[0]], metrics[self.task.paper_metric], metrics)
 
     def test(self, progress: Progress, device: torch.device, autocast) -> dict[str, float]:
