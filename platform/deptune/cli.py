@@ -52,23 +52,14 @@ def validate(files: Annotated[list[Path], typer.Argument(help="spec files")]) ->
 
 
 @contextmanager
-def exit_on_spec_error() -> Iterator[None]:
-    """A spec's problems, each with its key path, and exit code 2: before any cluster time is spent."""
+def exit_on(error: type[Exception], code: int) -> Iterator[None]:
+    """`error` said in one line (secrets redacted) and exit `code`, no traceback: a spec's problems (2,
+    before any cluster time is spent) or a diverged run (1: retrying would diverge again)."""
     try:
         yield
-    except SpecError as exc:
+    except error as exc:
         typer.echo(redact(str(exc)), err=True)
-        raise typer.Exit(2) from None
-
-
-@contextmanager
-def exit_on_divergence() -> Iterator[None]:
-    """A run whose loss became non-finite: said in one line, exit code 1 (retrying would diverge again)."""
-    try:
-        yield
-    except FloatingPointError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(code) from None
 
 
 def starts_local_ray(local: bool, address: str | None) -> bool:
@@ -99,7 +90,7 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
     """Run one DePT / PT training configuration on Ray Train (or --local) and print its metrics."""
     from deptune import checks
     overrides = list(overrides or []) + ([f"resources.workers={workers}"] if workers else [])
-    with exit_on_spec_error():
+    with exit_on(SpecError, 2):
         run_spec, tracking_uri = load_run_spec(spec, overrides)  # a sweep spec trains its base run
         if is_registry_uri(run_spec.method.init_from):  # a registered source adapter
             from deptune.tracking.sources import localize_sources
@@ -117,7 +108,7 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
     else:
         prepare_ray(address)
         from deptune.cluster.trainer import run_on_ray
-        with exit_on_divergence():
+        with exit_on(FloatingPointError, 1):
             result = run_on_ray(run_spec, address, name)
     elapsed = time.perf_counter() - started
     where = where_it_ran(local, run_spec.resources.workers)
@@ -144,12 +135,12 @@ def mpt_source(spec: Annotated[Path, typer.Argument(help="a source spec YAML (ba
     (u, v) distilled on the task mixture; prints where the source adapter is."""
     from deptune import checks
     from deptune.train.spec import SourceSpec
-    with exit_on_spec_error():
+    with exit_on(SpecError, 2):
         source_spec = load_spec(spec, overrides, kind=SourceSpec)
         checks.check(source_spec, str(spec), local_cluster=starts_local_ray(local, address), local=local)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
-    with exit_on_divergence():
+    with exit_on(FloatingPointError, 1):
         if local:
             from deptune.train.multitask import train_source
             result = train_source(source_spec)
@@ -180,7 +171,7 @@ def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_s
     from deptune.tracking.sources import localize_sources
     from deptune.tracking.store import resolve_uri
     address = address or os.environ.get("RAY_ADDRESS")
-    with exit_on_spec_error():
+    with exit_on(SpecError, 2):
         sweep_spec = load_spec(spec, overrides, kind=SweepSpec)
         sweep_spec = localize_sources(sweep_spec, resolve_uri(sweep_spec.tracking.uri), str(spec))
         checked = checks.check(sweep_spec, str(spec), local_cluster=starts_local_ray(False, address), online=True)
