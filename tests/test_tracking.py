@@ -32,7 +32,8 @@ from deptune.sweep.driver import run_sweep
 from deptune.methods.record import read_record
 from deptune.registry import promotion as registry
 from deptune.tracking.sources import localize_sources
-from deptune.tracking.journal import RunJournal, flush_all
+from deptune.sweep.tracker import journal_dir_for
+from deptune.tracking.journal import TRIAL_SENDER, DriverSender, RunJournal, flush_all, send_for_driver
 
 pytestmark = pytest.mark.slow
 
@@ -279,6 +280,68 @@ def test_the_journal_keeps_writes_while_the_server_is_away(mlflow_server, tmp_pa
     assert [(m.step, m.value) for m in client.get_metric_history(journal.run_id, "objective")] == \
         [(1, 0.5), (2, 0.6), (3, 0.7)]
     assert client.get_run(journal.run_id).info.status == "FINISHED"
+
+
+def test_a_journal_left_to_the_driver_is_sent_by_it_whole_lines_only(tmp_path):
+    """A trial on the driver's node only appends (no MLflow call: its URI here answers nothing); the
+    driver sends it, in order, at once or from its thread, and never a line still being written."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    experiment = MlflowClient(uri).create_experiment("left")
+    path = tmp_path / "j" / "t1.journal.jsonl"
+    journal = RunJournal(path, f"http://127.0.0.1:{free_port()}", send="driver")
+    journal.start(experiment, "trial", find_by={"deptune.ray_trial_id": "t1"}, tags={"deptune.role": "trial"})
+    journal.metrics({"objective": 0.5}, step=1)
+    assert journal.pending() == 2 and journal.run_id is None and journal.last_error is None
+    with path.open("a") as handle:  # a write another process has not finished
+        handle.write('{"op": "metrics", "metr')
+    assert journal.pending() == 2
+    assert send_for_driver(path, uri) and journal.run_id
+    with path.open("a") as handle:  # ... finished now
+        handle.write('ics": {"objective": 0.6}, "step": 2, "timestamp": 1}\n')
+    journal.metrics({"objective": 0.7}, step=3)
+    sender = DriverSender(path.parent, uri, interval_s=0.05)
+    try:
+        deadline = time.monotonic() + 60
+        while journal.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sender.stop()
+    assert journal.pending() == 0
+    history = MlflowClient(uri).get_metric_history(journal.run_id, "objective")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.6), (3, 0.7)]
+    other = RunJournal(tmp_path / "j" / "t2.journal.jsonl", f"http://127.0.0.1:{free_port()}")
+    assert send_for_driver(other.path, uri) and other.run_id is None  # not left to the driver: not its to send
+
+
+def test_a_journal_sent_from_its_writers_thread(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    experiment = MlflowClient(uri).create_experiment("thread")
+    journal = RunJournal(tmp_path / "t1.journal.jsonl", uri, send="thread")
+    journal.start(experiment, "trial", find_by={"deptune.ray_trial_id": "t1"}, tags={"deptune.role": "trial"})
+    for step in (1, 2, 3):
+        journal.metrics({"objective": step / 10}, step=step)
+    journal.end("FINISHED")
+    assert TRIAL_SENDER.drain(60) and journal.pending() == 0
+    client = MlflowClient(uri)
+    assert sorted(m.step for m in client.get_metric_history(journal.run_id, "objective")) == [1, 2, 3]
+    assert client.get_run(journal.run_id).info.status == "FINISHED"
+    assert not (tmp_path / "t1.journal.driver").exists()
+
+
+def test_trials_on_the_drivers_node_leave_their_mlflow_writes_to_it(server, swept):
+    """Every trial of the sweep ran on the driver's node: each journal is the driver's to send, was sent
+    in full, and its adapter copies are gone once sent."""
+    spec, outcome = swept
+    folder = journal_dir_for(spec, outcome.execution)
+    marks = sorted(folder.glob("*.journal.driver"))
+    assert len(marks) == 3
+    client = MlflowClient(server)
+    for mark in marks:
+        journal = RunJournal(mark.with_suffix(".jsonl"), server)
+        assert journal.pending() == 0 and journal.run_id
+        assert not list((folder / mark.name.removesuffix(".journal.driver")).glob("adapter-step-*"))
+        logged = sorted(step for step, metrics in journal.logged_metrics().items() if "objective_per_eval" in metrics)
+        assert sorted(m.step for m in client.get_metric_history(journal.run_id, "objective_per_eval")) == logged
 
 
 def trial_runs(server: str, experiment: str) -> dict[int, object]:

@@ -129,6 +129,7 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
                             interrupted=False, errors=0, resumed_nothing=True)
     started = connect(address)
     sigterm = _GracefulStop()  # after connect(): Ray's own SIGTERM handler, installed by ray.init, would win
+    tracker = opening = None
     try:
         try:
             check_fits(spec.base_run(), spec.sweep.driver_cpus)
@@ -163,6 +164,9 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
         return SweepOutcome(study=study, execution=execution, experiment_path=path, interrupted=interrupted,
                             errors=len(results.errors), tracking=tracker.finish(interrupted))
     finally:
+        for opened in (tracker, opening):  # its sender thread, if the sweep ended before `finish` stopped it
+            if opened is not None:
+                opened.stop_sending()
         sigterm.restore()
         if started:
             import ray

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import ray
 from optuna.trial import FrozenTrial, TrialState
 
 from deptune.spec_base import private_dir, redact
@@ -26,13 +27,13 @@ from deptune.sweep.leaderboard import ranked_rows
 from deptune.sweep.study import Execution, spec_hash
 from deptune.tasks.loading import dataset_fingerprint
 from deptune.registry import promotion as registry
-from deptune.tracking.journal import RunJournal, flush_all, journal_path
+from deptune.tracking.journal import DriverSender, RunJournal, flush_all, journal_path, send_for_driver
 from deptune.tracking.plots import warm_imports, write_plots
 from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import storage_url
 from deptune.tracking.store import TAG, ensure_experiment, save_trials_view, trials_view_state
 from deptune.tracking.trial import (NOTE_TAG, STATE_TAG, SUMMARY_STEP, PublishedTracking, TrialTracking,
-                                    run_params, trial_key)
+                                    remove_sent_copies, run_params, trial_key)
 
 STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 
@@ -101,6 +102,7 @@ class SweepTracker:
         self.metrics = [o.metric for o in spec.sweep.objectives]
         self.maximize = spec.sweep.objective.mode == "max"
         self.view = self._save_view()
+        self.sender: DriverSender | None = None
 
     def _save_view(self) -> str | None:
         """The experiment's saved runs-table view of its trials (see `tracking.store.save_trials_view`)."""
@@ -114,7 +116,10 @@ class SweepTracker:
             return None
 
     def open_parent(self, spec_file: str | None) -> str | None:
-        """Create (or, on --resume, find) the execution's parent run; its id once the server took it."""
+        """Create (or, on --resume, find) the execution's parent run, and start sending what the trials on
+        this node journal; the parent's id once the server took it."""
+        if self.sender is None:
+            self.sender = DriverSender(self.journal_dir, self.uri)
         if not self.parent.path.exists():
             self.parent.start(self.experiment_id, self.execution.name, find_by={f"{TAG}sweep": self.execution.name,
                                                                               f"{TAG}role": "sweep"},
@@ -171,7 +176,8 @@ class SweepTracker:
         objective = self.spec.sweep.objective
         return TrialTracking(uri=self.uri, experiment_id=self.experiment_id, parent_run_id=self.parent.run_id or "",
                              journal_dir=str(self.journal_dir), objective=objective.metric, mode=objective.mode,
-                             tags={**self.tags, "mlflow.parentRunId": self.parent.run_id or ""})
+                             tags={**self.tags, "mlflow.parentRunId": self.parent.run_id or ""},
+                             driver_node=ray.get_runtime_context().get_node_id() if ray.is_initialized() else None)
 
     def _final_journal(self, trial: FrozenTrial) -> RunJournal:
         return RunJournal(journal_path(self.journal_dir, f"{trial.user_attrs['ray_trial_id']}.final"), self.uri)
@@ -181,10 +187,13 @@ class SweepTracker:
         ray_id = trial.user_attrs.get("ray_trial_id")
         if ray_id is None or trial.state not in STATUS or not self.parent.run_id:
             return
-        tracking = self.trial_tracking()
         journal = self._final_journal(trial)
         if journal.path.exists():
             return
+        rank0 = journal_path(self.journal_dir, ray_id)
+        if send_for_driver(rank0, self.uri):  # what the trial left to this driver, in full, first
+            remove_sent_copies(RunJournal(rank0, self.uri), self.journal_dir / ray_id)
+        tracking = self.trial_tracking()
         name = f"trial-{trial.number:03d}"
         journal.start(self.experiment_id, name, find_by=trial_key(tracking, ray_id),
                       tags={**tracking.tags, f"{TAG}role": "trial", f"{TAG}optuna_trial": str(trial.number)})
@@ -211,6 +220,7 @@ class SweepTracker:
     def finish(self, interrupted: bool) -> SweepOutcomeTracking:
         """Close every trial, register the best adapter, then write the parent's link to the best trial,
         leaderboard, plots and summary."""
+        self.stop_sending()
         mine = [t for t in self.study.get_trials(deepcopy=False)
                 if t.user_attrs.get("execution") == self.execution.number]
         for trial in mine:
@@ -233,6 +243,12 @@ class SweepTracker:
         self.parent.end("KILLED" if interrupted else "FINISHED")
         return SweepOutcomeTracking(self.parent.run_id or "", promotion,
                                     problems + flush_all(self.journal_dir, self.uri))
+
+    def stop_sending(self) -> None:
+        """Stop the driver's sender thread (what is left unsent is sent by `finish`'s `flush_all`)."""
+        if self.sender is not None:
+            self.sender.stop()
+            self.sender = None
 
     def _best(self, trials: list[FrozenTrial]) -> FrozenTrial | None:
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -346,6 +362,11 @@ class OpeningTracker:
 
     def finish_trial(self, trial: FrozenTrial) -> None:
         self.get().finish_trial(trial)
+
+    def stop_sending(self) -> None:
+        """The sweep ended without `finish` (an error): stop the opened tracker's sender thread."""
+        if self._tracker is not None:
+            self._tracker.stop_sending()
 
     def __getstate__(self) -> dict:
         return {"args": self.args, "source": self.source, "published": self.published, "_tracker": None,

@@ -38,6 +38,8 @@ OPTUNA_TRIAL_KEY = "optuna_trial"  # added to each config by the searcher: the s
 
 
 DIVERGED = "diverged_at_step"
+FINISHED_SEND_S = 60.0  # a trial's end waits this long for its MLflow writes (two of MLflow's request timeouts)
+STOPPED_SEND_S = 1.0  # within TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s), or Tune starts a fresh actor
 
 
 class TuneSession:
@@ -59,6 +61,11 @@ class TuneSession:
             self.on_report(metrics, checkpoint_dir if improved else None)
         checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)  # ASHA may stop the trial here: the thread ends in it
+
+
+def node_id() -> str:
+    """The Ray node this process runs on (a trial on the driver's node leaves its MLflow writes to it)."""
+    return ray.get_runtime_context().get_node_id()
 
 
 def actor_device(run: RunSpec) -> torch.device:
@@ -83,8 +90,10 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, methods: dict[str, Method
         tracking = tracking.resolve()
     run = trial_run(spec, {k: v for k, v in config.items() if k in SEARCH_KEYS})
     trial_id = tune.get_context().get_trial_id()
-    hook = TrackerHook(tracking, trial_id, config.get(OPTUNA_TRIAL_KEY)) if tracking else None
-    if run.resources.trial_runner == "tune":
+    in_actor = run.resources.trial_runner == "tune"
+    hook = TrackerHook(tracking, trial_id, config.get(OPTUNA_TRIAL_KEY), in_actor=in_actor,
+                       node_id=node_id) if tracking else None
+    if in_actor:
         _train_in_actor(run, hook)
         return
     trainer = build_trainer(run, name=trial_id, storage=train_storage, callbacks=[TrialReport()], rank0_hook=hook)
@@ -98,11 +107,20 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, methods: dict[str, Method
 
 def _train_in_actor(run: RunSpec, hook: TrackerHook | None) -> None:
     """The loop in this actor, on the process's cached backbone and data; memory of the trial's own
-    tensors is given back when it ends (however it ends: finished, stopped by ASHA, diverged)."""
+    tensors is given back when it ends (however it ends: finished, stopped by ASHA, diverged). Its MLflow
+    writes go out while it trains; a finished trial returns once they are sent (the driver then closes
+    its run), a stopped one waits briefly: Tune gives the actor 2 s to be reset for the next trial."""
     device = actor_device(run)
-    session = TuneSession(device, hook(run) if hook else None)
+    tracker = hook(run) if hook else None
+    session = TuneSession(device, tracker)
+    stopped = False
     try:
         train(run, session=session, cache=PROCESS_CACHE)  # a divergence is reported by the loop itself
+    except SystemExit:  # how Tune stops a trial in its report (ASHA)
+        stopped = True
+        raise
     finally:
+        if tracker is not None:
+            tracker.close(STOPPED_SEND_S if stopped else FINISHED_SEND_S)
         del session
         release_trial_memory(device)

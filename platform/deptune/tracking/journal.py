@@ -5,6 +5,15 @@ metrics at a step, an artifact folder, tags, the end status) is appended to a JS
 then sent in order; what the server could not take stays in the journal and is sent by the next write,
 or by `flush_all` at the end of the sweep, which lists whatever is still unsent and where it is.
 Re-sending after a crash may repeat a metric point; it never loses one.
+
+Who sends a journal (`send`):
+- "now": the writer, before the write returns (the driver's own runs).
+- "driver": the sweep driver's `DriverSender`, for trials on the driver's node. The trial process only
+  appends to the file: no MLflow import (a second in a fresh trial actor, and it holds the GIL that the
+  trial's first load needs), no round trip per write, no stall while the server is down. The driver has
+  MLflow open and sits idle while trials train; it sends a trial's journal in full before closing its run.
+- "thread": the writer's process-wide `Sender` thread (a trial on another node, in a Tune actor that
+  outlives it); the trial drains it when it ends.
 """
 
 from __future__ import annotations
@@ -12,9 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 # A server that is down should cost a trial seconds, not MLflow's default minutes of retries per write.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -23,6 +33,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 log = logging.getLogger(__name__)
 SUFFIX = ".journal.jsonl"
+BY_DRIVER = ".driver"
+"""Beside a journal that its writer leaves to the sweep driver to send (`send="driver"`)."""
 
 
 def _tag_filter(tags: dict[str, str]) -> str:
@@ -30,14 +42,19 @@ def _tag_filter(tags: dict[str, str]) -> str:
 
 
 class RunJournal:
-    """The journal of one MLflow run at `path`; `start` names how to find the run again after a restart."""
+    """The journal of one MLflow run at `path`; `start` names how to find the run again after a restart.
+    `send`: who sends its writes (see the module's docstring)."""
 
-    def __init__(self, path: str | Path, uri: str) -> None:
+    def __init__(self, path: str | Path, uri: str, send: Literal["now", "driver", "thread"] = "now") -> None:
         self.path = Path(path)
         self.state_path = self.path.with_suffix(".state.json")
         self.uri = uri
+        self.send = send
         self.last_error: str | None = None
+        self._file_lock = threading.Lock()  # a sender thread reads the file while the trial appends to it
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if send == "driver":
+            self.path.with_suffix(BY_DRIVER).touch()
 
     # ----- writes --------------------------------------------------------------------------------------
     def start(self, experiment_id: str, run_name: str, find_by: dict[str, str], tags: dict[str, str]) -> None:
@@ -122,14 +139,20 @@ class RunJournal:
 
     # ----- the files -----------------------------------------------------------------------------------
     def _record(self, op: dict[str, Any]) -> None:
-        with self.path.open("a") as journal:
+        with self._file_lock, self.path.open("a") as journal:
             journal.write(json.dumps(op) + "\n")
-        self.flush()
+        if self.send == "now":
+            self.flush()
+        elif self.send == "thread":
+            TRIAL_SENDER.submit(self)
 
     def _ops(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        """The complete lines only: another process may be appending the last one."""
+        with self._file_lock:
+            if not self.path.is_file():
+                return []
+            text = self.path.read_text()
+        return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
 
     def _state(self) -> dict[str, Any]:
         return json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
@@ -138,6 +161,102 @@ class RunJournal:
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(self.state_path)
+
+
+class Sender:
+    """One thread that flushes the journals submitted to it, each once per batch of writes, in the order
+    each journal recorded them. A flush that fails leaves its writes journaled for the next write (or
+    `flush_all`) to send; the thread goes on with the others."""
+
+    def __init__(self) -> None:
+        self._due: dict[Path, RunJournal] = {}
+        self._sending = 0
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, journal: RunJournal) -> None:
+        with self._changed:
+            self._due[journal.path] = journal
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._send, name="deptune-journal-sender", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until everything submitted has been tried; False if `timeout_s` ran out first (the rest is
+        still sent by the thread, and stays journaled on disk until it is)."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self._due or self._sending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
+    def _send(self) -> None:
+        while True:
+            with self._changed:
+                while not self._due:
+                    self._changed.wait()
+                _, journal = self._due.popitem()
+                self._sending += 1
+            try:
+                journal.flush()
+            except Exception:  # noqa: BLE001 -- a journal that cannot even be read must not stop the others
+                log.exception("sending %s failed", journal.path)
+            finally:
+                with self._changed:
+                    self._sending -= 1
+                    self._changed.notify_all()
+
+
+TRIAL_SENDER = Sender()
+"""This process's sender thread for `send="thread"` journals."""
+
+
+_DRIVER_SENDS = threading.Lock()  # one send at a time in a driver: its thread's, or an ended trial's
+
+
+def send_for_driver(path: Path, uri: str) -> bool:
+    """Send the journal at `path` if its writer left it to the driver; True once nothing of it is unsent."""
+    if not path.with_suffix(BY_DRIVER).exists():
+        return True
+    with _DRIVER_SENDS:
+        return RunJournal(path, uri).flush()
+
+
+class DriverSender:
+    """The sweep driver's thread that sends, every `interval_s`, the journals its node's trials leave to it
+    in `directory`. A journal whose send failed (the server is away) is tried again after `retry_s`."""
+
+    def __init__(self, directory: str | Path, uri: str, interval_s: float = 0.5, retry_s: float = 10.0) -> None:
+        self.directory, self.uri, self.interval_s, self.retry_s = Path(directory), uri, interval_s, retry_s
+        self._failed: dict[Path, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="deptune-driver-sender", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            for mark in sorted(self.directory.glob(f"*{BY_DRIVER}")):
+                path = mark.with_suffix(".jsonl")
+                if self._stop.is_set() or time.monotonic() - self._failed.get(path, -self.retry_s) < self.retry_s:
+                    continue
+                try:
+                    sent = send_for_driver(path, self.uri)
+                except Exception:  # noqa: BLE001 -- a journal that cannot be read must not stop the others
+                    log.exception("sending %s failed", path)
+                    sent = False
+                if sent:
+                    self._failed.pop(path, None)
+                else:
+                    self._failed[path] = time.monotonic()
 
 
 def journal_path(directory: str | Path, name: str) -> Path:

@@ -1,5 +1,6 @@
-"""A trial's child run, written by rank 0 of the trial's Ray Train worker group, so metrics are logged
-where they are made, on whichever node that is. Every write goes through the run's journal."""
+"""A trial's child run, written by the trial's rank 0 (its Tune actor, or rank 0 of its Ray Train worker
+group), so metrics are logged where they are made, on whichever node that is. Every write goes through
+the run's journal, and who sends it is the journal's `send` (the sweep driver for a trial on its node)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from deptune.train.spec import RunSpec
-from deptune.tracking.journal import RunJournal, journal_path
+from deptune.tracking.journal import TRIAL_SENDER, RunJournal, journal_path
 from deptune.tracking.store import TAG
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -29,6 +31,7 @@ SUMMARY_STEP = 0
 """End-of-run figures (test scores, seconds) are logged once at step 0: a run summary (the UI draws a
 single-point metric as a bar), not a lone point at the last training step."""
 RENAMED = {"objective": PER_EVAL}
+ADAPTER_COPY = "adapter-step-"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class TrialTracking:
     tags: dict[str, str]  # the execution's: sweep, study, git commit, spec hash, dataset fingerprint
     objective: str = "objective"  # the sweep's objective metric (as trials report it) and its mode
     mode: str = "max"
+    driver_node: str | None = None  # the driver's Ray node: its trials leave sending their writes to it
 
 
 @dataclass(frozen=True)
@@ -124,11 +128,14 @@ def run_params(spec: RunSpec) -> dict[str, Any]:
 
 
 class TrialTracker:
-    """Rank 0's logger: the run at start, then every evaluation and each improved adapter."""
+    """Rank 0's logger (a report hook: called with each evaluation and, when it improved, its adapter):
+    the run at start, then every evaluation and each improved adapter. `send`: who sends the writes (the
+    journal's); unless "now", nothing here waits for MLflow."""
 
-    def __init__(self, tracking: TrialTracking, spec: RunSpec, ray_trial_id: str, optuna_trial: int | None) -> None:
+    def __init__(self, tracking: TrialTracking, spec: RunSpec, ray_trial_id: str, optuna_trial: int | None,
+                 send: Literal["now", "driver", "thread"] = "now") -> None:
         self.folder = Path(tracking.journal_dir) / ray_trial_id
-        self.journal = RunJournal(journal_path(tracking.journal_dir, ray_trial_id), tracking.uri)
+        self.journal = RunJournal(journal_path(tracking.journal_dir, ray_trial_id), tracking.uri, send)
         self.counted = self.journal.path.exists()  # trainable_params is logged once, at the first evaluation
         self.objective, self.mode, self.best = tracking.objective, tracking.mode, None
         self.logged = set(self.journal.logged_metrics())  # a restart re-reports steps after its checkpoint
@@ -145,7 +152,7 @@ class TrialTracker:
         (spec_dir / "run_spec.json").write_text(spec.model_dump_json(indent=2))
         self.journal.artifacts(spec_dir, "spec")
 
-    def log_evaluation(self, metrics: dict[str, float], adapter_dir: Path | None) -> None:
+    def __call__(self, metrics: dict[str, float], adapter_dir: Path | None) -> None:
         step = int(metrics["step"])
         if step in self.logged:  # retrained after a restart from an earlier checkpoint: logged once already
             return
@@ -157,20 +164,53 @@ class TrialTracker:
         self.journal.metrics(curves, step)
         if summary:
             self.journal.metrics(summary, SUMMARY_STEP)
-        if adapter_dir is not None:  # a copy that outlives the checkpoint folder until it is sent
-            kept = self.folder / "adapter"
+        if adapter_dir is not None:  # a copy that outlives the checkpoint folder until it is sent; one per
+            # step, so that the next improvement never rewrites a folder the sender may be uploading
+            if not self.journal.pending():  # every earlier copy is sent
+                self._remove_copies()
+            kept = self.folder / f"{ADAPTER_COPY}{step}"
             shutil.rmtree(kept, ignore_errors=True)
             shutil.copytree(adapter_dir, kept, ignore=shutil.ignore_patterns("train_state.pt"))
             self.journal.artifacts(kept, "adapter")
 
+    def close(self, timeout_s: float) -> bool:
+        """The trial ended: wait up to `timeout_s` for this process's sender thread (`send="thread"`); once
+        every write is sent the adapter copies go. False if writes are left, journaled on disk for their
+        sender (the driver's, this process's thread, the next write or the sweep's end)."""
+        if self.journal.send == "thread":
+            TRIAL_SENDER.drain(timeout_s)
+        return remove_sent_copies(self.journal, self.folder)
+
+    def _remove_copies(self) -> None:
+        remove_sent_copies(self.journal, self.folder)
+
+
+def remove_sent_copies(journal: RunJournal, folder: Path) -> bool:
+    """Delete a trial's adapter copies once its journal holds nothing unsent; whether it did."""
+    if journal.pending():
+        return False
+    for copy in folder.glob(f"{ADAPTER_COPY}*"):
+        shutil.rmtree(copy, ignore_errors=True)
+    return True
+
 
 @dataclass(frozen=True)
 class TrackerHook:
-    """Ray Train's `rank0_hook` for a sweep trial: picklable, builds the tracker inside the worker."""
+    """A sweep trial's `rank0_hook`: picklable, builds the tracker inside the trial's process, which leaves
+    sending to the driver when it runs on the driver's node (`node_id()` says where it runs); elsewhere a
+    Tune actor (`in_actor`, it outlives the trial) sends from a thread, a Ray Train worker (Ray may kill
+    it right after a report) before each write returns."""
 
     tracking: TrialTracking
     ray_trial_id: str
     optuna_trial: int | None
+    in_actor: bool = False
+    node_id: Callable[[], str] | None = None
 
-    def __call__(self, spec: RunSpec):
-        return TrialTracker(self.tracking, spec, self.ray_trial_id, self.optuna_trial).log_evaluation
+    def sending(self) -> Literal["now", "driver", "thread"]:
+        if self.tracking.driver_node and self.node_id is not None and self.node_id() == self.tracking.driver_node:
+            return "driver"
+        return "thread" if self.in_actor else "now"
+
+    def __call__(self, spec: RunSpec) -> TrialTracker:
+        return TrialTracker(self.tracking, spec, self.ray_trial_id, self.optuna_trial, self.sending())
