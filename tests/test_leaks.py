@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -28,6 +29,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from deptune.methods.record import read_record
 from local_cluster import free_ports, group_pids
 
 PG_ENV = "DEPTUNE_TEST_POSTGRES_URL"
@@ -132,6 +134,8 @@ def test_a_sweep_with_passwords_in_both_urls_leaves_them_nowhere(tmp_path):
         assert run.returncode == 0, output[-6000:]
         leaks = [f"output line: {line}" for line in output.splitlines() if password in line]
         assert "***" in output  # the study and tracking URLs are shown, masked
+        best = re.search(r"^best adapter: (.+)$", run.stdout, re.MULTILINE)  # the trial ran in its Tune actor
+        assert best and read_record(best.group(1)).method == "dept", run.stdout[-3000:]
 
         # MLflow holds the sweep (so there was something to leak), and no param, tag or artifact holds it.
         auth_env = {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": password}

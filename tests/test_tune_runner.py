@@ -20,6 +20,7 @@ import ray
 import torch
 from optuna.trial import TrialState
 
+from deptune.methods.record import read_record
 from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.driver import run_sweep
@@ -145,8 +146,15 @@ def test_trials_share_one_actor_and_memory_does_not_grow(ray_cluster, tmp_path):
     by_start = sorted(results.values(), key=lambda rows: rows[0]["timestamp"])
     peaks = [rows[-1]["peak_memory_mb"] for rows in by_start]
     assert peaks[-1] <= peaks[1] * 1.05 + 16, peaks  # trial 2 onwards: no growth beyond noise
-    states = [t.state for t in load_study(sweep, open_storage(storage_url(sweep))).get_trials()]
-    assert states == [TrialState.COMPLETE] * 4
+    trials = load_study(sweep, open_storage(storage_url(sweep))).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    for trial in trials:  # the checkpoint Tune kept at the trial's best step holds that step's adapter
+        adapter = Path(trial.user_attrs["adapter_path"])
+        assert adapter.parent.name in results and adapter.parent.parent.name == outcome.execution.name
+        assert read_record(adapter).method == "dept"
+        best = max(trial.intermediate_values, key=trial.intermediate_values.get)
+        row = next(r for r in results[adapter.parent.name] if r.get("checkpoint_dir_name") == adapter.name)
+        assert row["step"] == best == trial.user_attrs["best_step"]
 
 
 @pytest.mark.slow

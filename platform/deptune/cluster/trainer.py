@@ -25,6 +25,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from deptune.cluster.fit import check_fits
 from deptune.cluster.local import connect
+from deptune.train.config import IMPROVED_AT
 from deptune.train.spec import RunSpec, SourceSpec
 from deptune.methods.record import copy_adapter
 from deptune.methods.registry import restore, snapshot
@@ -138,7 +139,7 @@ def build_trainer(spec: RunSpec | SourceSpec, name: str, storage: str | None = N
         run_config=RunConfig(
             name=name, storage_path=storage or spec.train.ray_storage(), callbacks=list(callbacks),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
-                                               checkpoint_score_attribute="objective", checkpoint_score_order="max"),
+                                               checkpoint_score_attribute=IMPROVED_AT, checkpoint_score_order="max"),
             # a worker group that cannot start fails the run instead of being retried forever
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0)),
     )
@@ -210,7 +211,7 @@ def fit(spec: RunSpec | SourceSpec, name: str, fresh: bool = True, **trainer: ob
         raise training_error(spec, exc) from exc
     if (step := diverged_at_step(result)) is not None:
         raise FloatingPointError(f"{name}: training diverged: non-finite loss at step {step}")
-    best = result.get_best_checkpoint("objective", "max")
+    best = result.get_best_checkpoint(IMPROVED_AT, "max")  # the best adapter's step
     best_dir = spec.train.output_dir / "best"
     if best is not None:
         with best.as_directory() as src:

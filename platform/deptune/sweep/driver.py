@@ -39,6 +39,7 @@ from deptune.sweep.trainable import run_trial
 from deptune.tracking.sources import localize_sources
 from deptune.tracking.store import check_reachable, resolve_uri
 from deptune.tracking.trial import PublishedTracking, TrialTracking
+from deptune.train.config import IMPROVED_AT
 
 log = logging.getLogger(__name__)
 UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}
@@ -227,7 +228,7 @@ def _run_config(spec: SweepSpec, execution: Execution, storage: str, callbacks: 
     """Trials in their actor keep their checkpoints in Tune (and Tune restarts a trial whose actor died);
     Ray Train runs keep and restart their own."""
     in_actor = spec.resources.trial_runner == "tune"
-    keep = tune.CheckpointConfig(num_to_keep=spec.train.keep_checkpoints, checkpoint_score_attribute="objective",
+    keep = tune.CheckpointConfig(num_to_keep=spec.train.keep_checkpoints, checkpoint_score_attribute=IMPROVED_AT,
                                  checkpoint_score_order="max") if in_actor else None
     return tune.RunConfig(name=execution.name, storage_path=storage, callbacks=callbacks, checkpoint_config=keep,
                           failure_config=tune.FailureConfig(max_failures=spec.train.max_failures if in_actor else 0),

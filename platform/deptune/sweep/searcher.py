@@ -124,6 +124,13 @@ class StudySearcher(Searcher):
         self._add(trial_id, {k: result.get(k) for k in (*(m for m, _ in self.objectives), "step",
                                                         CHECKPOINT_PATH_KEY, "trainable_params")})
 
+    def checkpointed(self, trial_id: str, path: str) -> None:
+        """Tune kept the checkpoint of the trial's latest evaluation (a trial in its Tune actor; a Ray Train
+        run names its checkpoint in the report itself): where the adapter of that step is."""
+        rows = self.history.get(trial_id)
+        if trial_id not in self.done and rows and not rows[-1].get(CHECKPOINT_PATH_KEY):
+            rows[-1][CHECKPOINT_PATH_KEY] = path
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.done or trial_id not in self.numbers:
             return
@@ -305,8 +312,8 @@ def _finite(value: Any) -> bool:
 
 class StudyEvents(tune.Callback):
     """Tune's events the searcher needs besides its own: each failed trial's error (Tune tells the searcher
-    a trial errored before it tells callbacks why), the passing time (stopped trials are told after a
-    grace period) and the experiment's end."""
+    a trial errored before it tells callbacks why), each checkpoint Tune kept (the adapter of a trial in
+    its actor), the passing time (stopped trials are told after a grace period) and the experiment's end."""
 
     def __init__(self, searcher: StudySearcher) -> None:
         self.searcher = searcher
@@ -315,6 +322,9 @@ class StudyEvents(tune.Callback):
         error_file = trial.error_file  # written on the driver before callbacks run; storage gets it later
         text = Path(error_file).read_text() if error_file and Path(error_file).is_file() else ""
         self.searcher.fail(trial.trial_id, summarise_error(text) if text else "the trial raised an error")
+
+    def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
+        self.searcher.checkpointed(trial.trial_id, checkpoint.path)
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         self.searcher.settle_stopped()

@@ -14,6 +14,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Literal
 
+from deptune.train.config import IMPROVED_AT
 from deptune.train.spec import RunSpec
 from deptune.tracking.journal import TRIAL_SENDER, RunJournal, journal_path
 from deptune.tracking.store import TAG
@@ -95,7 +96,8 @@ def mlflow_metrics(metrics: dict[str, float], objective: str = "objective", mode
     `best_objective`/`best_step` are the best value of the sweep's objective so far (the loop's own when the
     objective is the task's first metric); `objective` becomes `objective_per_eval`; test scores are summary."""
     curves = {RENAMED.get(k, k): v for k, v in metrics.items()
-              if k not in ("step", "best_objective", "best_step") and k not in ONCE[1:] and not k.startswith("test_")}
+              if k not in ("step", "best_objective", "best_step", IMPROVED_AT) and k not in ONCE[1:]
+              and not k.startswith("test_")}
     summary = {k: v for k, v in metrics.items() if k.startswith("test_")}
     value = metrics.get(objective)
     if objective == "objective" and "best_objective" in metrics:

@@ -11,6 +11,10 @@ from deptune.spec_base import StrictModel
 
 MAX_STEPS = 10**9
 """More optimizer steps than any run makes (and well inside every int64 counter Ray, Optuna and MLflow keep)."""
+IMPROVED_AT = "improved_at_step"
+"""In each evaluation's report: its step if it improved the best adapter, else 0. Ray keeps checkpoints by
+it (`keep_checkpoints`), so the latest improvement, which holds the best adapter (a tie keeps the earlier
+step), is never deleted: kept by the objective, a later tied checkpoint would push it out."""
 
 
 class ResourcesConfig(StrictModel):
@@ -78,7 +82,7 @@ class TrainConfig(StrictModel):
         None, description="most examples per forward on one worker; more are accumulated (default: no limit)")
     max_failures: int = Field(2, ge=-1, description="restarts from the last checkpoint after a Ray Train worker or a "
                                                     "trial's Tune actor dies (-1: unlimited)")
-    keep_checkpoints: PositiveInt = Field(2, description="best checkpoints kept by objective (the latest is also kept)")
+    keep_checkpoints: PositiveInt = Field(2, description="checkpoints kept: the latest improvements of the best adapter (the latest checkpoint is also kept)")
     storage_path: str | None = Field(None, description="Ray Train storage (shared or s3:// on a multi-node cluster); "
                                                         "default: <output_dir>/ray")
 

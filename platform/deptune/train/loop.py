@@ -37,7 +37,7 @@ from deptune.tasks.registry import get_task
 from deptune.tasks.loading import load_splits
 from deptune.train.checkpoint import Progress, load_checkpoint, rng_state, save_checkpoint
 from deptune.train.cache import ProcessCache, Shared
-from deptune.train.config import TrainConfig
+from deptune.train.config import IMPROVED_AT, TrainConfig
 from deptune.train.data import Encoded, GlobalBatches, train_batch
 from deptune.train.evaluate import evaluate
 from deptune.train.loss import item_count, loss_sum
@@ -241,7 +241,7 @@ def run_loop(work: Workload, cfg: TrainConfig, session: Session) -> TrainResult:
                   **window.flush(), "eval_latency_ms": latency_ms, "peak_memory_mb": peak_memory_mb(device),
                   "trainable_params": float(model.trainable_parameter_count()),
                   "best_objective": progress.best_objective, "best_step": float(progress.best_step),
-                  **work.constants}
+                  IMPROVED_AT: float(step) if improved else 0.0, **work.constants}
         if step == cfg.steps:
             report.update(work.test(progress, device, autocast))
         history.append(report)
