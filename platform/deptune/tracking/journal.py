@@ -238,25 +238,34 @@ class DriverSender:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread, then send what is left once (until a send fails: the server is away, and the
+        rest stays journaled for `flush_all` or `deptune sync`)."""
         self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=30)
+        self._thread.join()  # a send in flight is bounded by MLflow's request timeout and retries
+        for mark in sorted(self.directory.glob(f"*{BY_DRIVER}")):
+            if not self._send(mark.with_suffix(".jsonl")):
+                break
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             for mark in sorted(self.directory.glob(f"*{BY_DRIVER}")):
                 path = mark.with_suffix(".jsonl")
-                if self._stop.is_set() or time.monotonic() - self._failed.get(path, -self.retry_s) < self.retry_s:
-                    continue
-                try:
-                    sent = send_for_driver(path, self.uri)
-                except Exception:  # noqa: BLE001 -- a journal that cannot be read must not stop the others
-                    log.exception("sending %s failed", path)
-                    sent = False
-                if sent:
-                    self._failed.pop(path, None)
-                else:
-                    self._failed[path] = time.monotonic()
+                if self._stop.is_set():
+                    break
+                if time.monotonic() - self._failed.get(path, -self.retry_s) >= self.retry_s:
+                    self._send(path)
+
+    def _send(self, path: Path) -> bool:
+        try:
+            sent = send_for_driver(path, self.uri)
+        except Exception:  # noqa: BLE001 -- a journal that cannot be read must not stop the others
+            log.exception("sending %s failed", path)
+            sent = False
+        if sent:
+            self._failed.pop(path, None)
+        else:
+            self._failed[path] = time.monotonic()
+        return sent
 
 
 def journal_path(directory: str | Path, name: str) -> Path:
@@ -268,7 +277,9 @@ def flush_all(directory: str | Path, uri: str) -> list[str]:
     left = []
     for path in sorted(Path(directory).glob(f"*{SUFFIX}")):
         journal = RunJournal(path, uri)
-        if not journal.flush():
+        with _DRIVER_SENDS:  # never beside a driver's sender thread sending the same journal
+            sent = journal.flush()
+        if not sent:
             left.append(f"{journal.pending()} write(s) of run {journal.run_id or '(not created yet)'} kept in "
                         f"{path} ({journal.last_error})")
     return left
