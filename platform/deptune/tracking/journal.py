@@ -233,6 +233,7 @@ class DriverSender:
     def __init__(self, directory: str | Path, uri: str, interval_s: float = 0.5, retry_s: float = 10.0) -> None:
         self.directory, self.uri, self.interval_s, self.retry_s = Path(directory), uri, interval_s, retry_s
         self._failed: dict[Path, float] = {}
+        self._sent_size: dict[Path, int] = {}  # a journal that has not grown since it was sent is skipped
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="deptune-driver-sender", daemon=True)
         self._thread.start()
@@ -252,10 +253,19 @@ class DriverSender:
                 path = mark.with_suffix(".jsonl")
                 if self._stop.is_set():
                     break
-                if time.monotonic() - self._failed.get(path, -self.retry_s) >= self.retry_s:
+                if time.monotonic() - self._failed.get(path, -self.retry_s) >= self.retry_s \
+                        and self._size(path) != self._sent_size.get(path):
                     self._send(path)
 
+    @staticmethod
+    def _size(path: Path) -> int:
+        try:
+            return path.stat().st_size
+        except OSError:
+            return -1
+
     def _send(self, path: Path) -> bool:
+        size = self._size(path)
         try:
             sent = send_for_driver(path, self.uri)
         except Exception:  # noqa: BLE001 -- a journal that cannot be read must not stop the others
@@ -263,6 +273,7 @@ class DriverSender:
             sent = False
         if sent:
             self._failed.pop(path, None)
+            self._sent_size[path] = size  # what it held before this send: all of it is sent now
         else:
             self._failed[path] = time.monotonic()
         return sent
