@@ -9,9 +9,9 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Literal
 
 from deptune.train.config import IMPROVED_AT
@@ -168,8 +168,7 @@ class TrialTracker:
             self.journal.metrics(summary, SUMMARY_STEP)
         if adapter_dir is not None:  # a copy that outlives the checkpoint folder until it is sent; one per
             # step, so that the next improvement never rewrites a folder the sender may be uploading
-            if not self.journal.pending():  # every earlier copy is sent
-                self._remove_copies()
+            remove_sent_copies(self.journal, self.folder)  # the earlier copies, once all is sent
             kept = self.folder / f"{ADAPTER_COPY}{step}"
             shutil.rmtree(kept, ignore_errors=True)
             shutil.copytree(adapter_dir, kept, ignore=shutil.ignore_patterns("train_state.pt"))
@@ -182,9 +181,6 @@ class TrialTracker:
         if self.journal.send == "thread":
             TRIAL_SENDER.drain(timeout_s)
         return remove_sent_copies(self.journal, self.folder)
-
-    def _remove_copies(self) -> None:
-        remove_sent_copies(self.journal, self.folder)
 
 
 def remove_sent_copies(journal: RunJournal, folder: Path) -> bool:
