@@ -72,18 +72,22 @@ def test_format_matches_dept(name, row, source, target):
 
 
 # The official code's STS-B target, `str(round_stsb_target(label))` = str(np.round((label * 5) / 5, decimals=1)),
-# written out for a table of labels: the 0.1 grid (its docstring's "nearest 0.2" is not what it computes), with
-# numpy's rounding (halves to even on the scaled value: 1.15 -> 1.2 where Python's round gives 1.1).
+# written out for a table of labels as the hub stores them (float32, which `datasets` yields as a Python float):
+# the 0.1 grid (its docstring's "nearest 0.2" is not what it computes), with numpy's rounding of the float32
+# value (1.15 is 1.1499999... -> "1.1"; 2.25 is an exact half -> "2.2", to even).
 STSB_OFFICIAL = [(2.5, "2.5"), (3.85, "3.8"), (0.1, "0.1"), (5.0, "5.0"), (0, "0.0"), (4.75, "4.8"), (2.25, "2.2"),
-                 (1.15, "1.2"), (0.05, "0.0"), (3.333, "3.3"), (4.666, "4.7"), (0.25, "0.2"), (3.8, "3.8"),
-                 (1.4, "1.4"), (0.6, "0.6"), (2.8, "2.8"), (4.2, "4.2"), (3.2, "3.2")]
+                 (1.15, "1.1"), (0.05, "0.1"), (3.333, "3.3"), (4.666, "4.7"), (0.25, "0.2"), (3.8, "3.8"),
+                 (1.4, "1.4"), (0.6, "0.6"), (2.8, "2.8"), (4.2, "4.2"), (3.2, "3.2"), (0.35, "0.3"), (2.45, "2.5"),
+                 (3.35, "3.3")]
 
 
 @pytest.mark.parametrize(("score", "target"), STSB_OFFICIAL)
 def test_stsb_target_equals_the_official_code(score, target):
     row = {"sentence1": "a", "sentence2": "b", "label": score}
     assert get_task("stsb").format(row).target == target
-    assert str(np.round((score * 5) / 5, decimals=1)) == target  # the official expression itself
+    assert get_task("stsb").format({**row, "label": f"{score:.3f}"}).target == target  # a file's text
+    label = float(np.float32(score))  # the hub's value
+    assert str(np.round((label * 5) / 5, decimals=1)) == target  # the official expression itself
 
 
 def test_wsc_span_after_pronoun_and_regex_characters():
@@ -319,6 +323,28 @@ def test_hub_superglue_config_names(fake_hub):
     splits = load_splits(TaskConfig(name="wsc"))
     assert calls == [("aps/super_glue", "wsc.fixed")]
     assert splits.train[0].source.startswith("text: * Mark * told")
+
+
+STSB_GRID = [i / 10 for i in range(51)] + [1.15, 0.35, 2.45, 3.35]  # the 0.1 grid, and four float32/64 splits
+
+
+def test_stsb_targets_from_a_tsv_equal_the_hubs(tmp_path, monkeypatch):
+    """The hub's STS-B labels are float32, a TSV's scores text: both give the official code's strings."""
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    for file in ("train.tsv", "dev.tsv"):
+        write_csv(tmp_path / file, header, [f"{i}\tg\tf\t2012\t{i}\ts\ts\tA {i}.\tB.\t{v:.3f}"
+                                            for i, v in enumerate(STSB_GRID)])
+    features = datasets.Features({"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
+                                  "label": datasets.Value("float32"), "idx": datasets.Value("int32")})
+    rows = {"sentence1": [f"A {i}." for i in range(len(STSB_GRID))], "sentence2": ["B."] * len(STSB_GRID),
+            "label": STSB_GRID, "idx": list(range(len(STSB_GRID)))}
+    hub = datasets.DatasetDict({s: datasets.Dataset.from_dict(rows, features=features) for s in ("train", "validation")})
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, **kw: hub)
+    from_hub, from_tsv = load_splits(TaskConfig(name="stsb")), load_splits(TaskConfig(name="stsb", data_dir=tmp_path))
+    official = [str(np.round((label * 5) / 5, decimals=1)) for label in hub["train"]["label"]]  # src/tasks.py STSB
+    assert [e.target for e in from_tsv.train] == [e.target for e in from_hub.train] == official
+    assert from_tsv.validation == from_hub.validation and from_tsv.test == from_hub.test
+    assert [official[-4:], official[11]] == [["1.1", "0.3", "2.5", "3.3"], "1.1"]  # float64 would give 1.2 0.4 2.4 3.4
 
 
 # --- local files -------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ Reference: ZhengxiangShi/DePT `src/tasks.py` (inherited from ATTEMPT / compacter
   (DePT's `add_prefix` defaults to False). Target: the hub's label id as a string ("0", "1", "2").
 - STS-B is regression: the score rounded to one decimal as a string ("3.7"), the official code's
   `np.round((label * 5) / 5, decimals=1)` (its docstring says "nearest 0.2", but the expression, which
-  produced the paper's numbers, rounds to the 0.1 grid; numpy's halves-to-even rounding kept).
+  produced the paper's numbers, rounds to the 0.1 grid; numpy's rounding kept) on the hub's float32 label:
+  a score read from a file is cast to float32 first, so files and the hub give the same strings.
 - metric_names[0] is what DePT selects checkpoints by (`TASK_TO_METRICS[task][0]` in its train.py);
   paper_metric is what Table 1 reports (Matthews corr. for CoLA, Pearson for STS-B, F1 for MultiRC,
   accuracy for every other task, CB included), shown beside the selection metric.
@@ -94,10 +95,14 @@ def _as_int(text: str) -> int | None:
 
 
 def stsb_target(score: Any) -> str:
-    """STS-B's score as the official DePT code writes it: `str(np.round((label * 5) / 5, decimals=1))`, i.e.
-    rounded to one decimal with numpy's halves-to-even (3.85 -> "3.8", 2.25 -> "2.2", 1.15 -> "1.2")."""
+    """STS-B's score as the official DePT code writes it (src/tasks.py, `round_stsb_target`):
+    `str(np.round((label * 5) / 5, decimals=1))` on the label as the hub stores it, a float32 that `datasets`
+    yields as a Python float. A score from a file ("1.150", read as a float64) is cast to float32 first, as the
+    hub's GLUE builder cast it, so every source gives the official string: 3.85 -> "3.8", 2.25 -> "2.2" (an
+    exact half, to even), 1.15 -> "1.1" (float32 1.1499999...; the float64 1.15 would round to "1.2")."""
     import numpy as np  # deferred: only STS-B needs it
-    return f"{float(np.round((float(score) * 5) / 5, decimals=1)):.1f}"
+    label = float(np.float32(float(score)))
+    return f"{float(np.round((label * 5) / 5, decimals=1)):.1f}"
 
 
 def remove_markup(row: Mapping[str, Any]) -> dict[str, Any]:
