@@ -33,6 +33,15 @@ def test_every_paper_spec_trains_in_fp32():
         assert "bf16" in path.read_text(), path  # and each says how bf16 is one setting away
 
 
+def test_paper_few_shot_specs_draw_with_the_runs_seed_by_the_official_loop():
+    """The official train.py draws k_shot_example with the run's --seed (HF's default 42 in its scripts)."""
+    few_shot = [spec for spec in map(load_spec, PAPER_SPECS) if getattr(spec, "task", None) and spec.task.few_shot]
+    assert len(few_shot) >= 8  # BoolQ and CB at k = 4, 16, 32; RTE for MPT and DePT transfer
+    for spec in few_shot:
+        assert spec.task.few_shot.seed == spec.train.seed == 42 and not spec.task.few_shot.exact_k, spec.task
+        assert spec.task.few_shot.per == "total"
+
+
 @pytest.mark.parametrize("method", ["pt", "dept"])
 def test_text_init_is_the_official_tokenisation_tiled(method):
     """The official code: ids = tokenizer(text)["input_ids"] (T5 keeps </s>), tiled by ceil(n / len(ids)), cut to n."""

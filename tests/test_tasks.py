@@ -455,23 +455,51 @@ def cb_files(tmp_path: Path, n_train: int = 60) -> dict:
             "validation": str(write_jsonl(tmp_path / "val.jsonl", cb_rows(8)))}
 
 
-@pytest.mark.parametrize("k", [4, 16, 32])
-def test_total_k_draws_exactly_k_as_the_official_code(tmp_path, k):
-    files = cb_files(tmp_path)
+def cb_shaped_files(tmp_path: Path) -> dict:
+    """CB's train split in shape: 250 rows, 119 contradiction, 115 entailment, 16 neutral, in a fixed mixed order."""
+    labels = ["contradiction"] * 119 + ["entailment"] * 115 + ["neutral"] * 16
+    order = np.random.default_rng(7).permutation(len(labels))
+    rows = [{"premise": f"P {i}.", "hypothesis": f"H {i}.", "label": labels[j], "idx": i} for i, j in enumerate(order)]
+    return {"train": str(write_jsonl(tmp_path / "train.jsonl", rows)),
+            "validation": str(write_jsonl(tmp_path / "val.jsonl", cb_rows(8)))}
+
+
+@pytest.mark.parametrize(("k", "count"), [(4, 4), (16, 16), (32, 30)])
+def test_total_k_draws_what_the_official_loop_draws(tmp_path, k, count):
+    """CB (3 classes): k // 3 of each class, slot k open once k - 1 are taken, so k = 32 stops at 30."""
+    files = cb_shaped_files(tmp_path)
     full = load_splits(TaskConfig(name="cb", files=files))
+    ids = {e.source: i for i, e in enumerate(full.train)}
     for seed in (0, 42):
-        drawn = load_splits(TaskConfig(name="cb", files=files, few_shot={"k": k, "per": "total", "seed": seed}))
-        assert len(drawn.train) == k
+        cfg = TaskConfig(name="cb", files=files, few_shot={"k": k, "per": "total", "seed": seed})
+        drawn = load_splits(cfg)
         expected = official_k_shot([e.target for e in full.train], k, seed, n_classes=3)
-        if k == 32:  # the official loop stops at 30 (only slot 32 is open); the last two slots open here
-            assert len(expected) == 30
-        assert drawn.train[:len(expected)] == [full.train[i] for i in expected]  # the same examples, same order
-        again = load_splits(TaskConfig(name="cb", files=files, few_shot={"k": k, "per": "total", "seed": seed}))
-        assert again.train == drawn.train and drawn.validation == full.validation  # reproducible; eval untouched
+        assert len(drawn.train) == len(expected) == count
+        assert [ids[e.source] for e in drawn.train] == expected  # the same example ids, in the same order
+        assert load_splits(cfg).train == drawn.train and drawn.validation == full.validation  # reproducible
         counts = sorted(sum(e.target == c for e in drawn.train) for c in ("0", "1", "2"))
-        assert counts[0] >= k // 3 and sum(counts) == k  # balanced up to the open last slot
-    other = load_splits(TaskConfig(name="cb", files=files, few_shot={"k": k, "per": "total", "seed": 1}))
-    assert other.train != drawn.train
+        assert counts[0] >= k // 3 and counts[-1] <= k // 3 + 1
+        exact = load_splits(cfg.model_copy(update={"few_shot": cfg.few_shot.model_copy(update={"exact_k": True})}))
+        assert len(exact.train) == k and exact.train[:count] == drawn.train  # exact_k: the next ones of the shuffle
+    assert load_splits(cfg.model_copy(update={"few_shot": cfg.few_shot.model_copy(update={"seed": 1})})).train \
+        != drawn.train
+
+
+def test_the_official_k_shot_count_and_its_errors(tmp_path):
+    from deptune.tasks.loading import official_k_shot_count
+    assert [official_k_shot_count(k, 3) for k in (1, 2, 3, 4, 5, 16, 32, 33, 34)] == [1, 0, 3, 4, 3, 16, 30, 33, 34]
+    assert all(official_k_shot_count(k, 2) == k for k in range(1, 40))  # two classes (and STS-B's bins): always k
+    files = cb_shaped_files(tmp_path)
+    with pytest.raises(ValueError, match=r"task.few_shot.k: the official draw of k = 2 over 3 classes takes no "
+                                         r"example.*exact_k: true"):
+        load_splits(TaskConfig(name="cb", files=files, few_shot={"k": 2, "per": "total"}))
+    assert len(load_splits(TaskConfig(name="cb", files=files, few_shot={"k": 2, "per": "total", "exact_k": True})
+                           ).train) == 2
+    with pytest.raises(ValueError, match=r"task.few_shot.k: 53 examples in all \(the official draw: 51\), but the "
+                                         r"train split yields only 50"):  # 16 neutral: 17 each is out of reach
+        load_splits(TaskConfig(name="cb", files=files, few_shot={"k": 53, "per": "total"}))
+    with pytest.raises(ValueError, match="exact_k is for per: total"):
+        TaskConfig(name="cb", few_shot={"k": 4, "per": "class", "exact_k": True})
 
 
 def test_per_class_k_draws_k_of_every_class_reproducibly(tmp_path):

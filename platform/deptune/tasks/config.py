@@ -25,10 +25,22 @@ class FewShotConfig(StrictModel):
 
     k: PositiveInt = Field(description="training examples: in all (per: total) or of each class (per: class)")
     per: Literal["total", "class"] = Field(
-        description="total: k over all classes, drawn as the official DePT code draws them (a seeded shuffle, "
-                    "then up to k // n_classes per class, the last slot open to any class); class: k per class")
-    seed: int = Field(42, description="the draw's seed (the official code draws with the run's seed, 42 in its "
-                                      "scripts); vary it for several draws")
+        description="total: k over all classes, by the official DePT train.py loop (a seeded shuffle, then up to "
+                    "k // n_classes per class, slot k open to any class: k examples, except k // n_classes * "
+                    "n_classes where k % n_classes >= 2, e.g. 30 for CB at k = 32); class: k per class")
+    exact_k: bool = Field(False, description="per: total only; true opens the last k % n_classes slots to any "
+                                             "class, so the draw is exactly k (the official loop's draw plus the "
+                                             "next examples of the shuffle); false: the official loop's count")
+    seed: int = Field(42, description="the draw's seed; the official code draws with the run's seed (HF's default "
+                                      "42 in its scripts), so the paper specs set this and train.seed to 42; vary "
+                                      "it for other draws")
+
+    @model_validator(mode="after")
+    def _exact_k_counts_a_total(self) -> "FewShotConfig":
+        if self.exact_k and self.per == "class":
+            raise ValueError("task.few_shot.exact_k: per: class always takes exactly k of each class; exact_k is "
+                             "for per: total")
+        return self
 
 
 class TaskConfig(StrictModel):

@@ -81,33 +81,53 @@ def few_shot_class(task: Any, example: Example) -> str:
 
 
 def few_shot_total(train: Sequence[Example], cfg: FewShotConfig, task: Any) -> list[Example]:
-    """k examples in all, drawn as the official DePT train.py draws `k_shot_example`: walk the train split in
-    the order of `datasets.Dataset.shuffle(seed)` (numpy's `default_rng(seed).permutation`), take an example
-    while its class has fewer than k // n_classes, and let the last slot take any class. Where k % n_classes
-    is 2 or more (CB at k = 32) the official loop stops at k // n_classes * n_classes examples (30) because only
-    slot k opens; here the last k % n_classes slots open, so the draw is its 30 plus the next two of the shuffle,
-    exactly k. Extractive QA has no classes: the first k of the shuffle. Too few examples is an error."""
+    """The official DePT train.py draw of `k_shot_example` (train.py lines 530-546): walk the train split in the
+    order of `datasets.Dataset.shuffle(seed)` (numpy's `default_rng(seed).permutation`), take an example if its
+    class has fewer than k // n_classes or if exactly k - 1 are taken (slot k, open to any class); stop at k.
+    Where k % n_classes >= 2 slot k is never reached: the draw stops at k // n_classes * n_classes (30 for CB at
+    k = 32), as the official code trains. `exact_k` opens the last k % n_classes slots instead, so the draw is
+    the official one plus the next examples of the shuffle, exactly k. Extractive QA has no classes: the first
+    k of the shuffle. Fewer examples than the draw's count is an error."""
     import numpy as np  # deferred, as torch below
 
     order = np.random.default_rng(cfg.seed).permutation(len(train)).tolist()
     if not task.label_names and not task.is_regression:
-        chosen = order[:cfg.k]
+        chosen, count = order[:cfg.k], cfg.k
     else:
         n_classes = 2 if task.is_regression else len(task.label_names)
-        per_class = cfg.k // n_classes
-        open_from = cfg.k - max(1, cfg.k - per_class * n_classes)  # the official code: k - 1
-        counts: dict[str, int] = {}
-        chosen = []
-        for i in order:
-            if len(chosen) == cfg.k:
-                break
-            label = few_shot_class(task, train[i])
-            if counts.get(label, 0) < per_class or len(chosen) >= open_from:
-                counts[label] = counts.get(label, 0) + 1
-                chosen.append(i)
-    if len(chosen) < cfg.k:
-        raise ValueError(f"task.few_shot.k: {cfg.k} examples in all, but the train split yields only {len(chosen)}")
+        chosen = _balanced_draw([few_shot_class(task, train[i]) for i in order], cfg, n_classes)
+        chosen = [order[j] for j in chosen]
+        count = cfg.k if cfg.exact_k else official_k_shot_count(cfg.k, n_classes)
+        if count == 0:
+            raise ValueError(f"task.few_shot.k: the official draw of k = {cfg.k} over {n_classes} classes takes no "
+                             "example (k // n_classes is 0 and slot k never opens); raise k or set exact_k: true")
+    if len(chosen) < count:
+        drawn = "" if count == cfg.k else f" (the official draw: {count})"
+        raise ValueError(f"task.few_shot.k: {cfg.k} examples in all{drawn}, but the train split yields only "
+                         f"{len(chosen)}")
     return [train[i] for i in chosen]
+
+
+def official_k_shot_count(k: int, n_classes: int) -> int:
+    """How many examples the official loop draws from enough data: k, unless k % n_classes >= 2, where slot k
+    (open once k - 1 are taken) is never reached and every class stops at k // n_classes."""
+    return k if k % n_classes <= 1 else k // n_classes * n_classes
+
+
+def _balanced_draw(labels: Sequence[str], cfg: FewShotConfig, n_classes: int) -> list[int]:
+    """Indices into `labels` (the shuffled order) the loop takes: a class while it has fewer than k // n_classes;
+    any class once `open_from` are taken (official: k - 1; exact_k: from k // n_classes * n_classes on)."""
+    per_class = cfg.k // n_classes
+    open_from = min(cfg.k - 1, per_class * n_classes) if cfg.exact_k else cfg.k - 1
+    counts: dict[str, int] = {}
+    chosen: list[int] = []
+    for j, label in enumerate(labels):
+        if len(chosen) == cfg.k:
+            break
+        if counts.get(label, 0) < per_class or len(chosen) >= open_from:
+            counts[label] = counts.get(label, 0) + 1
+            chosen.append(j)
+    return chosen
 
 
 def few_shot_per_class(train: Sequence[Example], cfg: FewShotConfig, task: Any) -> list[Example]:
