@@ -145,6 +145,93 @@ def test_update_is_added_position_wise_and_sliced_for_short_inputs():
     torch.testing.assert_close(embeds[:, :6], model.prompt_embeddings.expand(2, -1, -1))  # prompt gets no update
 
 
+# ----- decoder-only: the official code's layout (causal_rule: official) -------------------------------------
+def official_causal_logits(model, bb, ids, mask):
+    """The official code's causal DePT forward, written out (ZhengxiangShi/DePT train.py 348-361 and peft_model.py
+    827-841): every sequence left-padded to exactly s, scaling * (A @ B) added to all s positions, the prompt
+    prepended with ones in the mask, and the backbone's default positions (0 .. m + s - 1)."""
+    s, m, pad = model.config.max_length, model.config.prompt_length, bb.tokenizer.pad_token_id
+    real = [row[keep.bool()] for row, keep in zip(ids, mask)]
+    padded = torch.stack([torch.cat([torch.full((s - len(r),), pad), r]) for r in real])
+    padded_mask = torch.stack([torch.cat([torch.zeros(s - len(r)), torch.ones(len(r))]) for r in real]).long()
+    embeds = bb.model.get_input_embeddings()(padded) + model.scaling * (model.lora_embedding_A @ model.lora_embedding_B)
+    prompt = model.prompt_embeddings.expand(len(ids), -1, -1)
+    full_mask = torch.cat([torch.ones(len(ids), m, dtype=torch.long), padded_mask], dim=1)
+    return bb.model(inputs_embeds=torch.cat([prompt, embeds], dim=1), attention_mask=full_mask).logits
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_official_causal_forward_matches_the_official_position_rule(left):
+    """Rows and positions count back from s (token i of n: row s - n + i, position m + s - n + i), the answer
+    included, without padding every sequence to s."""
+    bb = load_backbone(BackboneConfig(name="tiny-gpt2"))
+    torch.manual_seed(0)
+    m, s = 5, 24
+    model = build_model(bb, dept(m=m, r=4, s=s, causal_rule="official")).eval()
+    with torch.no_grad():
+        model.lora_embedding_B.normal_()
+    ids, mask = inputs(bb, left=left)
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :-3] = -100  # an answer at the end: the official rule updates it too
+    with torch.no_grad():
+        ours, official = model(ids, mask, labels=labels).logits, official_causal_logits(model, bb, ids, mask)
+    for row, keep in enumerate(mask.bool()):
+        n = int(keep.sum())
+        torch.testing.assert_close(ours[row, :m], official[row, :m], rtol=0, atol=1e-6)  # the prompt
+        torch.testing.assert_close(ours[row, m:][keep], official[row, m + s - n:], rtol=0, atol=1e-6)
+    aligned = build_model(bb, dept(m=m, r=4, s=s)).eval()
+    aligned.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(aligned(ids, mask, labels=labels).logits, ours, atol=1e-3)  # the rules differ
+
+
+def test_official_causal_rows_count_back_from_s_and_generation_matches_the_official():
+    bb = load_backbone(BackboneConfig(name="tiny-gpt2"))
+    torch.manual_seed(0)
+    model = build_model(bb, dept(m=4, r=4, s=32, causal_rule="official")).eval()
+    torch.nn.init.normal_(model.lora_embedding_B)
+    update = model.scaling * model.lora_embedding_A @ model.lora_embedding_B
+    for left in (False, True):
+        ids, mask = inputs(bb, left=left)
+        base = model.word_embeddings(ids)
+        out = model.update_embeddings(base, mask, mask)
+        for row in range(len(ids)):
+            real, n = mask[row].bool(), int(mask[row].sum())
+            torch.testing.assert_close(out[row][real] - base[row][real], update[32 - n:])  # rows s - n .. s - 1
+            torch.testing.assert_close(out[row][~real], base[row][~real])
+    # The official generation (peft_model.py 854-952): the s-padded input updated on its first step, positions
+    # from the attention mask (Hugging Face's generate), greedy.
+    ids, mask = inputs(bb, left=True)
+    real = [row[keep.bool()] for row, keep in zip(ids, mask)]
+    padded = torch.stack([torch.cat([torch.full((32 - len(r),), bb.tokenizer.pad_token_id), r]) for r in real])
+    padded_mask = torch.stack([torch.cat([torch.ones(4), torch.zeros(32 - len(r)), torch.ones(len(r))])
+                               for r in real]).long()
+    with torch.no_grad():
+        embeds = torch.cat([model.prompt_embeddings.expand(2, -1, -1), model.word_embeddings(padded) + update], dim=1)
+        official = bb.model.generate(inputs_embeds=embeds, attention_mask=padded_mask, max_new_tokens=4,
+                                     do_sample=False, pad_token_id=bb.tokenizer.pad_token_id)
+    ours = model.generate(ids, mask, max_new_tokens=4, pad_token_id=bb.tokenizer.pad_token_id)
+    assert ours.tolist() == official.tolist() and ours.shape == (2, 4)
+
+
+def test_causal_rule_official_is_for_decoder_only_backbones(tmp_path):
+    from deptune.checks import check
+    from deptune.specs import parse_spec
+    from deptune.spec_base import SpecError
+    def spec(name):
+        return parse_spec({"backbone": {"name": name}, "task": {"name": "synthetic"},
+                           "method": {"name": "prompt_tuning", "prompt_length": 4, "max_length": 32,
+                                      "causal_rule": "official"},
+                           "train": {"output_dir": str(tmp_path / name)}})
+    check(spec("tiny-gpt2"), "spec", local=True)
+    with pytest.raises(SpecError, match="method.causal_rule: official is the official code's decoder-only layout, "
+                                        "but tiny-t5 is a seq2seq backbone"):
+        check(spec("tiny-t5"), "spec", local=True)
+    with pytest.raises(SpecError, match="method.causal_rule: Input should be 'aligned' or 'official'"):
+        parse_spec({"backbone": {"name": "tiny-gpt2"}, "task": {"name": "synthetic"},
+                    "method": {"name": "dept", "rank": 2, "causal_rule": "left"}})
+
+
 def test_inputs_longer_than_s_are_rejected(backbone):
     model = build_model(backbone, dept(m=4, r=2, s=5))
     ids, mask = inputs(backbone)

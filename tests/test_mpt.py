@@ -281,6 +281,15 @@ def test_source_stage_runs_on_the_generative_families(tmp_path, backbone):
     assert model.prefix_task_cols.shape == (2, 8, 1)
 
 
+def test_the_teachers_lay_out_causal_inputs_as_the_student_does(tmp_path):
+    """Distillation compares teacher and student position by position: both follow method.causal_rule."""
+    from deptune.train.multitask import teacher_run
+    data = source_data(tmp_path, backbone="tiny-gpt2")
+    data["method"]["causal_rule"] = "official"
+    spec = parse_spec(data)
+    assert [teacher_run(spec, i).method.causal_rule for i in range(len(SOURCES))] == ["official", "official"]
+
+
 # ----- the paper's source stage: proportional mixing, one lambda, encoder + decoder hidden states ----------
 def test_proportional_mixing_draws_tasks_in_proportion_to_their_capped_sizes():
     from deptune.train.data import MixtureBatches, mixing_rates

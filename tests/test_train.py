@@ -77,6 +77,36 @@ def test_causal_batches_mask_the_source_and_left_pad_for_generation():
     assert loss_sum(model, batch).item() > 0
 
 
+def test_official_causal_examples_are_the_official_codes():
+    """train.py 336-346: `tokenizer(f"{x} Label : ")`, then `tokenizer(y)` + the pad id, within s."""
+    bb = load_backbone(BackboneConfig(name="tiny-gpt2"))
+    tok, task = bb.tokenizer, get_task("synthetic")
+    examples = [Example("sentence: good", "1"), Example("sentence: " + "bad " * 40, "0")]
+    short, long = encode(examples, bb, task, 24, 8, causal_rule="official")
+    assert short.source_ids == tok("sentence: good Label : ")["input_ids"]
+    assert short.target_ids == tok("1")["input_ids"] + [tok.pad_token_id]
+    assert long.target_ids == tok("0")["input_ids"] + [tok.pad_token_id]  # the answer is kept, the source cut
+    assert long.source_ids == tok(examples[1].source)["input_ids"][:24 - len(long.target_ids)]
+    aligned = encode(examples, bb, task, 24, 8)[0]
+    assert aligned.target_ids == tok(" 1", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert len(aligned.source_ids) < len(short.source_ids)  # no cue
+
+
+def test_an_official_causal_run_learns_and_its_adapter_keeps_the_rule(tmp_path):
+    run = spec(tmp_path, backbone="tiny-gpt2", steps=40, eval_every=20, warmup_steps=5)
+    run = run.model_copy(update={"method": run.method.model_copy(update={"causal_rule": "official"})})
+    result = train(run, reporter=lambda m, d: None)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    record = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert record["method_config"]["causal_rule"] == "official"
+    assert load_adapter(load_backbone(BackboneConfig(name="tiny-gpt2")), result.adapter_dir).config.causal_rule \
+        == "official"
+    del record["method_config"]["causal_rule"]  # an adapter saved before the rule existed: trained aligned
+    (result.adapter_dir / "adapter_config.json").write_text(json.dumps(record))
+    assert load_adapter(load_backbone(BackboneConfig(name="tiny-gpt2")), result.adapter_dir).config.causal_rule \
+        == "aligned"
+
+
 def test_global_batches_are_deterministic_and_split_exactly_across_workers():
     batches = GlobalBatches(size=100, batch_size=8, seed=3)
     assert batches.per_epoch == 12

@@ -53,7 +53,7 @@ def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False, 
         errors += search_errors
     if d is not None and not errors:
         errors += _method_fits(spec, d)
-    errors += _positions(spec, config)
+    errors += _positions(spec, config) + _causal_rule(spec, config)
     if isinstance(spec, SweepSpec):
         errors += _objectives(spec)
         if plan is not None:
@@ -223,6 +223,15 @@ def _positions(spec: RunSpec, config: dict | None) -> list[str]:
     return [f"{key}: prompt ({prompt}) + method.max_length ({spec.method.max_length})"
             + (f" + train.max_target_length ({answer})" if answer else "")
             + f" = {total} positions, but {spec.backbone.name} has {limit}; shorten the prompt or max_length"]
+
+
+def _causal_rule(spec: RunSpec, config: dict | None) -> list[str]:
+    """`causal_rule: official` lays out decoder-only inputs; on another family it would change nothing."""
+    family = _family(spec, config)
+    if spec.method.causal_rule != "official" or family in (None, "causal"):
+        return []
+    return [f"method.causal_rule: official is the official code's decoder-only layout, but {spec.backbone.name} is "
+            f"a {family} backbone; leave causal_rule out"]
 
 
 def _family(spec: RunSpec, config: dict | None) -> str | None:

@@ -17,6 +17,7 @@ from pydantic import BeforeValidator, Field, PositiveInt, model_validator
 from deptune.spec_base import FloatRange, IntRange, Range, StrictModel
 
 PromptInit = Literal["text", "sample_vocab", "random"]
+CausalRule = Literal["aligned", "official"]
 REGISTRY_URI_PREFIX = "models:/"
 Dimension = Range | int
 """A search dimension as a method resolves it: a range that is searched, or an int that is fixed."""
@@ -47,6 +48,13 @@ class PromptConfig(StrictModel):
     init_text: str | None = Field(None, description="text whose embeddings initialise the prompt (init: text)")
     init_from: AdapterRef | None = Field(None, description="a saved adapter to start from (transfer): a folder "
                                                           "or models:/NAME/VERSION")
+    causal_rule: CausalRule = Field(
+        "aligned", description="decoder-only backbones: aligned (rows and positions count from the first real token; "
+                               "the answer gets no low-rank update; training and generation see the same layout) "
+                               "or official (the official DePT code's: input '{x} Label : ', answer "
+                               "tokenizer(y) + pad, each sequence laid out as if left-padded to s, so a token's "
+                               "low-rank row and training position count back from s and the answer is updated "
+                               "too); only decoder-only backbones take official")
 
     learning_rates: ClassVar[tuple[str, ...]] = ("lr_prompt",)
     """The `train.lr_*` settings this method's tensors train with (an encoder's head adds lr_head)."""

@@ -3,6 +3,14 @@ family-specific forward and generation, and the adapter tensors that are saved.
 
 A method subclasses `PromptModel` and overrides `update_embeddings` (DePT adds its low-rank update
 there) and, when it has more tensors, `adapter_tensors` and `parameter_groups`.
+
+Decoder-only backbones follow `config.causal_rule`. `aligned`: a token's position (and DePT's low-rank row)
+counts from the first real token, and the answer is not updated, so training and generation see the same
+layout. `official`, the official DePT code's (train.py `decoder_preprocess_function`, peft_model.py
+`PeftModelForCausalLM`): every sequence is left-padded to s, so a token's row counts back from s (row
+s - n + i for token i of n), the answer tokens are updated too, and the training forward's positions are the
+backbone's defaults over prompt + s (m + s - n + i); generation's come from the attention mask (m + i), as
+Hugging Face's generate makes them there. Both are computed without padding to s.
 """
 
 from __future__ import annotations
@@ -124,16 +132,25 @@ class PromptModel(nn.Module):
         encoder: labels are class ids (floats for regression). `backbone_kwargs` go to the backbone
         (e.g. output_hidden_states for distillation)."""
         update_mask = attention_mask
-        if self.family == "causal" and labels is not None:  # answer tokens get no update: generation never sees one
-            update_mask = attention_mask * (labels == IGNORE_INDEX)
+        if self.family == "causal" and labels is not None and self.config.causal_rule == "aligned":
+            update_mask = attention_mask * (labels == IGNORE_INDEX)  # generation never feeds an answer token
         embeds, mask = self._prompted_inputs(input_ids, attention_mask, update_mask)
         if self.family == "causal":
             if labels is not None:
                 labels = torch.cat([labels.new_full((labels.shape[0], self.config.prompt_length), IGNORE_INDEX),
                                     labels], dim=1)
-            return self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask),
+            position_ids = positions(mask)
+            position_ids[:, self.config.prompt_length:] += self.window_shift(attention_mask)
+            return self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
                                  labels=labels, **backbone_kwargs)
         return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels, **backbone_kwargs)
+
+    def window_shift(self, mask: Tensor) -> Tensor:
+        """(batch, 1): how far the official causal layout moves each row's tokens, s - n for n real tokens
+        (left-padded to s, they start at s - n); 0 under the aligned rule and for other families."""
+        if self.family == "causal" and self.config.causal_rule == "official":
+            return self.config.max_length - mask.long().sum(-1, keepdim=True)
+        return mask.new_zeros(mask.shape[0], 1, dtype=torch.long)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int = 20, **kwargs) -> Tensor:

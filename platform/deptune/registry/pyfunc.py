@@ -77,7 +77,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         rows = [{**row, "label": placeholder} for row in model_input.to_dict("records")]
         examples = [self.task.format(row) for row in rows]
         items = encode(examples, self.backbone, self.task, self.model.config.max_length,
-                       self.spec.train.max_target_length)
+                       self.spec.train.max_target_length, self.model.config.causal_rule)
         labels = predict(self.model, self.backbone, self.task, items, self.spec.train.eval_batch_size,
                          self.spec.train.max_new_tokens, self.device)
         return pd.DataFrame({OUTPUT: labels, NAME: [self.names.get(label, label) for label in labels]})

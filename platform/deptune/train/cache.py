@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from deptune.backbones import Backbone, BackboneConfig, head_names, load_backbone
+from deptune.methods.config import CausalRule
 from deptune.tasks.base import Example, Task, TaskSplits
 from deptune.tasks.config import TaskConfig
 from deptune.tasks.loading import dataset_fingerprint, load_splits
@@ -38,9 +39,9 @@ class EncodedSplit:
     """A split's examples, each tokenised once, on first use (a step's batch, the validation split)."""
 
     def __init__(self, examples: Sequence[Example], backbone: Backbone, task: Task, max_length: int,
-                 max_target_length: int) -> None:
+                 max_target_length: int, causal_rule: CausalRule = "aligned") -> None:
         self.examples = examples
-        self._encode = lambda rows: encode(rows, backbone, task, max_length, max_target_length)
+        self._encode = lambda rows: encode(rows, backbone, task, max_length, max_target_length, causal_rule)
         self._done: dict[int, Encoded] = {}
 
     def __len__(self) -> int:
@@ -74,13 +75,14 @@ class Shared:
     backbone: Backbone
     rng_after_load: tuple[Any, ...]
     head: dict[str, torch.Tensor]  # an encoder's head at its initial values (empty for other families)
-    encoded: dict[tuple[str, int, int], EncodedSplit] = field(default_factory=dict)
+    encoded: dict[tuple[str, int, int, CausalRule], EncodedSplit] = field(default_factory=dict)
 
-    def split(self, name: str, task: Task, max_length: int, max_target_length: int) -> EncodedSplit:
-        key = (name, max_length, max_target_length)
+    def split(self, name: str, task: Task, max_length: int, max_target_length: int,
+              causal_rule: CausalRule = "aligned") -> EncodedSplit:
+        key = (name, max_length, max_target_length, causal_rule)
         if key not in self.encoded:
             self.encoded[key] = EncodedSplit(getattr(self.splits, name), self.backbone, task, max_length,
-                                             max_target_length)
+                                             max_target_length, causal_rule)
         return self.encoded[key]
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from deptune.methods.config import CausalRule
 from deptune.methods.model import IGNORE_INDEX
 from deptune.backbones import Backbone
 from deptune.tasks.base import Example, Task
@@ -29,13 +30,19 @@ class Encoded:
     target: str  # what predictions are scored against (`Example.reference`)
 
 
+OFFICIAL_CAUSAL_CUE = " Label : "
+"""What the official DePT code appends to a decoder-only input (train.py: `f"{x} Label : "`)."""
+
+
 def encode(examples: Sequence[Example], backbone: Backbone, task: Task, max_length: int,
-           max_target_length: int) -> list[Encoded]:
-    """Tokenise once; sources are truncated to the adapter's s."""
+           max_target_length: int, causal_rule: CausalRule = "aligned") -> list[Encoded]:
+    """Tokenise once; sources are truncated to the adapter's s (see `causal_official` for that rule)."""
     tok = backbone.tokenizer
     if backbone.family == "encoder" and not task.label_names and not task.is_regression:
         raise ValueError(f"task {task.name} is generative (extractive QA): it needs a seq2seq or causal backbone, "
                          f"not the encoder {backbone.name}")
+    if backbone.family == "causal" and causal_rule == "official":
+        return causal_official(examples, backbone, max_length, max_target_length)
     sources = tok([e.source for e in examples], truncation=True, max_length=max_length)["input_ids"]
     if backbone.family == "encoder":
         labels = [float(e.target) if task.is_regression else float(task.label_names.index(e.target))
@@ -48,6 +55,21 @@ def encode(examples: Sequence[Example], backbone: Backbone, task: Task, max_leng
                       max_length=max_target_length - 1)["input_ids"]
         targets = [t + [tok.eos_token_id] for t in targets]
     return [Encoded(s, t, 0.0, e.reference) for s, t, e in zip(sources, targets, examples)]
+
+
+def causal_official(examples: Sequence[Example], backbone: Backbone, max_length: int,
+                    max_target_length: int) -> list[Encoded]:
+    """The official code's decoder-only example (train.py `decoder_preprocess_function`): source
+    `tokenizer(f"{x} Label : ")`, answer `tokenizer(y)` (each with the tokenizer's own special tokens) + the pad
+    id (EOS where the tokenizer has no pad); source + answer lie within s. The official code cuts a longer
+    sequence at s, answer first; here the answer (at most max_target_length tokens) is kept and the source
+    loses its tail."""
+    tok = backbone.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    answers = [t[:max_target_length - 1] + [pad] for t in tok([e.target for e in examples])["input_ids"]]
+    sources = tok([e.source + OFFICIAL_CAUSAL_CUE for e in examples], truncation=True,
+                  max_length=max_length)["input_ids"]
+    return [Encoded(s[:max_length - len(a)], a, 0.0, e.reference) for s, a, e in zip(sources, answers, examples)]
 
 
 def _pad(rows: list[list[int]], value: int, left: bool = False) -> Tensor:

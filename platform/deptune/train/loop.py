@@ -137,9 +137,9 @@ class TaskWorkload:
             print("[data] " + " ".join(f"{k.removeprefix('examples_')}={v:.0f}" for k, v in self.constants.items()),
                   flush=True)
         self.model = build_model(self.backbone, spec.method).to(device)
-        self.s = self.model.config.max_length
-        self.train_items = self.shared.split("train", self.task, self.s, cfg.max_target_length)
-        self.val_items = self.shared.split("validation", self.task, self.s, cfg.max_target_length).all()
+        self.s, self.rule = self.model.config.max_length, self.model.config.causal_rule
+        self.train_items = self.shared.split("train", self.task, self.s, cfg.max_target_length, self.rule)
+        self.val_items = self.shared.split("validation", self.task, self.s, cfg.max_target_length, self.rule).all()
         self.batches = GlobalBatches(len(splits.train), cfg.batch_size, cfg.seed)
 
     def backward(self, step: int, rank: int, world: int, device: torch.device, autocast) -> StepLoss:
@@ -168,7 +168,7 @@ class TaskWorkload:
         """The best adapter's test metrics (`train.evaluate_test`, a test split)."""
         if not (self.cfg.evaluate_test and self.shared.splits.test):
             return {}
-        items = self.shared.split("test", self.task, self.s, self.cfg.max_target_length).all()
+        items = self.shared.split("test", self.task, self.s, self.cfg.max_target_length, self.rule).all()
         test = score_best(self.model, progress, lambda: self._score(items, device, autocast))
         return {**{f"test_{k}": v for k, v in test.items()}, "test_paper_metric": test[self.task.paper_metric]}
 

@@ -77,7 +77,7 @@ def teacher_run(spec: SourceSpec, index: int) -> RunSpec:
     """Task `index`'s vanilla-PT teacher: the student's l, s and prompt init, the stage's resources."""
     task, m = spec.source_tasks[index], spec.method
     method = PromptTuningConfig(prompt_length=m.prompt_length, max_length=m.max_length, init=m.init,
-                                init_text=m.init_text)
+                                init_text=m.init_text, causal_rule=m.causal_rule)
     out = spec.train.output_dir / "teachers" / task.name
     return RunSpec(backbone=spec.backbone, task=task, method=method, resources=spec.resources,
                    train=spec.teacher.model_copy(update={"output_dir": out}))
@@ -200,11 +200,11 @@ def _source_task(spec: SourceSpec, index: int, backbone: Backbone, teacher_dir: 
     task_cfg, cfg = spec.source_tasks[index], spec.train
     task = get_task(task_cfg.name)
     splits = load_splits(task_cfg)
-    s = spec.method.max_length
+    s, rule = spec.method.max_length, spec.method.causal_rule
     teacher = load_adapter(backbone, teacher_dir).to(device)
     head = {k: v.to(device) for k, v in read_tensors(teacher_dir).items() if k in teacher.head_names}
-    return SourceTask(task, encode(splits.train, backbone, task, s, cfg.max_target_length),
-                      encode(splits.validation, backbone, task, s, cfg.max_target_length), teacher, head)
+    return SourceTask(task, encode(splits.train, backbone, task, s, cfg.max_target_length, rule),
+                      encode(splits.validation, backbone, task, s, cfg.max_target_length, rule), teacher, head)
 
 
 def _head_params(model: PromptModel, head: dict[str, torch.Tensor]) -> list[torch.nn.Parameter]:

@@ -11,10 +11,13 @@ from deptune.backbones import Backbone
 
 
 class DePTModel(PromptModel):
-    """E = W_emb[ids] + (alpha / sqrt(r)) * (A @ B)[position], before the prompt is prepended.
+    """E = W_emb[ids] + (alpha / sqrt(r)) * (A @ B)[row], before the prompt is prepended.
 
-    Rows are taken by each token's position among the real tokens, which is the official `(A @ B)[:L]`
-    for right padding and stays correct for left padding; inputs longer than s are rejected.
+    Seq2seq and encoder inputs, and causal ones under the aligned rule, take row i for their i-th real token:
+    the official code's row for T5, whose inputs it right-pads to s (its `(A @ B)` over all s positions), for
+    any padding side. Causal inputs under `causal_rule: official` take row s - n + i, the official code's for
+    a sequence of n tokens left-padded to s, answer tokens included (see `deptune.methods.model`). Padding
+    gets no update (the official code updates it, but it is masked out); inputs longer than s are rejected.
     """
 
     config: DePTConfig
@@ -30,7 +33,7 @@ class DePTModel(PromptModel):
     def update_embeddings(self, embeds: Tensor, attention_mask: Tensor, update_mask: Tensor) -> Tensor:
         self.check_input_length(update_mask)
         update = (self.lora_embedding_A @ self.lora_embedding_B) * self.scaling
-        rows = positions(update_mask).clamp(max=self.config.max_length - 1)
+        rows = (positions(update_mask) + self.window_shift(update_mask)).clamp(max=self.config.max_length - 1)
         return embeds + update.to(embeds.dtype)[rows] * update_mask.unsqueeze(-1).to(embeds.dtype)
 
     def method_tensors(self) -> dict[str, Tensor]:
