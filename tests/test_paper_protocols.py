@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from deptune.backbones import BackboneConfig, load_backbone
 from deptune.methods.adapters import build_model
+from deptune.methods.budget import dept_count, rank_for_budget
 from deptune.methods.dept.config import DePTConfig
 from deptune.methods.prompt_tuning.config import PromptTuningConfig
 from deptune.specs import load_spec, parse_spec
@@ -40,6 +42,17 @@ def test_paper_few_shot_specs_draw_with_the_runs_seed_by_the_official_loop():
     for spec in few_shot:
         assert spec.task.few_shot.seed == spec.train.seed == 42 and not spec.task.few_shot.exact_k, spec.task
         assert spec.task.few_shot.per == "total"
+
+
+def test_multirc_at_s_348_keeps_the_budget_its_comment_says():
+    """The released MultiRC run (m = 60, r = 30, s = 348) is over l*d = 76,800; the spec derives r = 27."""
+    path = ROOT / "search_spaces" / "superglue_multirc_t5_base.yaml"
+    method = load_spec(path).base_run().method.resolve(768)
+    assert (method.prompt_length, method.rank, method.max_length) == (60, 27, 348)
+    assert dept_count(60, 27, 768, 348) == 76_212 <= 76_800 < dept_count(60, 30, 768, 348) == 79_560
+    table = re.search(r"at s=348, \(m, r\): ((?:\(\d+, \d+\)(?:, )?)+)", path.read_text()).group(1)
+    pairs = [tuple(map(int, p)) for p in re.findall(r"\((\d+), (\d+)\)", table)]
+    assert pairs == [(m, rank_for_budget(100, 768, 348, m).rank) for m, _ in pairs] == [(40, 41), (60, 27), (80, 13)]
 
 
 @pytest.mark.parametrize("method", ["pt", "dept"])
