@@ -546,7 +546,7 @@ RECORD_ROWS = [
 ]
 
 
-def test_squad_formats_as_the_official_code_and_scores_the_best_answer():
+def test_squad_formats_as_t5_and_scores_the_best_answer():
     squad = get_task("squad")
     example = squad.format(SQUAD_ROWS[0])
     assert example.source == "question: Who won ?  context: Denver ( the Broncos ) won Super Bowl 50 . "

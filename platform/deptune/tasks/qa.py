@@ -1,10 +1,13 @@
-"""Extractive QA as text-to-text, as the DePT/ATTEMPT code bases (and T5) format and score it: SQuAD and
-ReCoRD, two of the six source tasks of MPT's source stage (MNLI, QNLI, QQP, SST-2, SQuAD, ReCoRD).
+"""Extractive QA as text-to-text: SQuAD as T5 formats it, ReCoRD as the DePT code does, both scored by the DePT
+code's SQuAD metric. Two of the six source tasks of MPT's source stage (MNLI, QNLI, QQP, SST-2, SQuAD, ReCoRD).
 
-Reference: ZhengxiangShi/DePT `src/tasks.py` (`Squad`, `SuperGLUERecord`, `pad_punctuation`) and its
-`src/metrics.py` `squad` (T5's `qa_utils`: normalise, then exact match and token F1).
-- SQuAD: "question: {q} context: {c}" with punctuation padded by spaces (T5's `_pad_punctuation`); the
-  target is the first answer, padded the same way; scored against every given answer.
+Reference: google-research/text-to-text-transfer-transformer `t5/data/preprocessors.py` (`squad`);
+ZhengxiangShi/DePT `src/tasks.py` (`Squad`, `SuperGLUERecord`, `pad_punctuation`) and its `src/metrics.py`
+`squad` (T5's `qa_utils`: normalise, then exact match and token F1).
+- SQuAD: "question: {q} context: {c}" with punctuation padded by spaces (T5's `_pad_punctuation`), the source
+  of T5's `squad` and of DePT's (and ATTEMPT's) `Squad`; the target is T5's, the first answer padded the same
+  way, scored against every given answer. DePT's and ATTEMPT's `Squad` pad `example['answers']`, the hub's
+  answers dict, so their target is that dict's text: a bug, not followed.
 - ReCoRD: "record query: {query} entities: {e1, e2, ...} passage: {passage}" with the `@highlight`
   markers turned into sentence breaks; one example per answer (every split, as the official code
   duplicates), "<unk>" when a row has none; each scored against all the row's answers (ReCoRD's own
