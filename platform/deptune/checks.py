@@ -57,7 +57,7 @@ def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False, 
     if isinstance(spec, SweepSpec):
         errors += _objectives(spec)
         if plan is not None:
-            errors += enqueue_errors(spec, plan)
+            errors += enqueue_errors(spec, plan) + _searched_source_fit(spec, plan)
     errors += _writable("train.output_dir", spec.train.output_dir)
     if spec.train.storage_path and "://" not in spec.train.storage_path:
         errors += _writable("train.storage_path", Path(spec.train.storage_path))
@@ -179,6 +179,26 @@ def _source_adapter(spec: RunSpec) -> list[str]:
     except ValueError as exc:
         return [f"method.init_from: unreadable {Path(init_from) / CONFIG_FILE}: {exc}"]
     return method.source_errors(record)
+
+
+def _searched_source_fit(spec: SweepSpec, plan: SearchPlan) -> list[str]:
+    """A source adapter fixes the shape it was trained with: a sweep that starts every trial from it may
+    not search its prompt length or rank (DePT with a budget searches m unless told otherwise)."""
+    init_from = spec.method.init_from
+    if init_from is None or is_registry_uri(init_from) or not (Path(init_from) / CONFIG_FILE).is_file():
+        return []
+    try:
+        record = read_record(init_from)
+    except ValueError:
+        return []  # said by _source_adapter
+    errors = []
+    for name in ("prompt_length", "rank"):
+        dim, fixed = plan.dimensions.get(name), getattr(record, name, None)
+        if isinstance(dim, IntRange) and fixed is not None and (dim.low, dim.high) != (fixed, fixed):
+            errors.append(f"search.{name}: {dim.low}-{dim.high} is searched, but every trial starts from "
+                          f"method.init_from {init_from}, whose {name} is {fixed}: set search.{name}: "
+                          f"{{low: {fixed}, high: {fixed}}}")
+    return errors
 
 
 def _backbone(spec: RunSpec, config: dict | None, online: bool) -> list[str]:

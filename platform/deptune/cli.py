@@ -208,21 +208,26 @@ def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_s
     if outcome.interrupted:
         typer.echo("the execution was interrupted: continue it with --resume", err=True)
         raise typer.Exit(1)
+    if outcome.tracking is not None and outcome.tracking.unfinished:
+        raise typer.Exit(4)
 
 
 def _echo_tracking(tracking, spec) -> None:
     if tracking is None:
         return
     from deptune.tracking.store import resolve_uri
-    typer.echo(f"MLflow: {redact(resolve_uri(spec.tracking.uri))}, parent run {tracking.parent_run_id}")
+    if spec is not None:
+        typer.echo(f"MLflow: {redact(resolve_uri(spec.tracking.uri))}, parent run {tracking.parent_run_id}")
     if tracking.promotion is not None:
         p = tracking.promotion
         typer.echo(f"registered {p.uri}: " + (f"now models:/{p.model}@champion ({p.reason})" if p.champion
                                               else f"challenger, champion unchanged ({p.reason})"))
     if tracking.not_logged:
-        typer.echo("not yet in MLflow (kept on disk; the next sweep or `deptune sync` sends them):", err=True)
+        typer.echo("not yet in MLflow (kept in their journals; `deptune sync` sends them):", err=True)
         for line in tracking.not_logged:
             typer.echo(f"  {redact(line)}", err=True)
+    if tracking.unfinished:
+        typer.echo(redact(tracking.unfinished), err=True)
 
 
 @app.command()
@@ -291,16 +296,23 @@ def promote(run_id: Annotated[str, typer.Argument(help="an MLflow run holding an
 
 
 @app.command()
-def sync(folder: Annotated[Path, typer.Argument(help="a journal folder a sweep named (<output_dir>/mlflow-journal/...)")],
+def sync(location: Annotated[str, typer.Argument(help="a journal folder a sweep named (<output_dir>/mlflow-journal/"
+                                                      "<execution>, or the trials' journals on its storage)")],
          uri: Annotated[str | None, typer.Option(help="tracking URI")] = None) -> None:
-    """Send MLflow writes a sweep kept on disk while the tracking server was away."""
+    """Send MLflow writes a sweep kept while the tracking server was away; for an execution whose end
+    waited for the server, register its best adapter and write its leaderboard, as the sweep would have."""
+    from deptune.sweep.tracker import finish_unfinished
     from deptune.tracking.journal import flush_all
     from deptune.tracking.store import resolve_uri
-    left = flush_all(folder, resolve_uri(uri))
+    left = flush_all(location, resolve_uri(uri))
+    finished = finish_unfinished(Path(location)) if "://" not in location else None
+    if finished is not None:
+        left = finished.not_logged
+        _echo_tracking(finished, None)
     for line in left:
         typer.echo(redact(line), err=True)
     typer.echo("all journals sent" if not left else f"{len(left)} journal(s) still hold writes")
-    if left:
+    if left or (finished is not None and finished.unfinished):
         raise typer.Exit(1)
 
 

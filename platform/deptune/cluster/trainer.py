@@ -25,9 +25,12 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from deptune.cluster.fit import check_fits
 from deptune.cluster.local import connect
+from deptune.cluster.paths import LocalPath, arrive, other_nodes, pack, travel, unpack
+from deptune.storage import ray_storage
+from deptune.train.checkpoint import STATE_FILE
 from deptune.train.config import IMPROVED_AT
 from deptune.train.spec import RunSpec, SourceSpec
-from deptune.methods.record import copy_adapter
+from deptune.methods.record import ADAPTER_FILES, copy_adapter
 from deptune.methods.registry import restore, snapshot
 from deptune.train.session import print_reporter
 
@@ -57,8 +60,7 @@ class RaySession:
         self.on_report = on_report
 
     def restore_dir(self) -> Path | None:
-        checkpoint = ray.train.get_checkpoint()
-        return Path(checkpoint.to_directory()) if checkpoint else None
+        return restored_checkpoint(ray.train.get_checkpoint())
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None, improved: bool) -> None:
         if self.on_report is not None:  # before Ray: a trial ASHA stops right after this report is killed
@@ -81,6 +83,35 @@ class ReportLog(ray.train.UserCallback):
         print_reporter(metrics[0], None)
 
 
+CHECKPOINT_FILES = (*ADAPTER_FILES, STATE_FILE)
+
+
+def restored_checkpoint(checkpoint: Checkpoint | None) -> Path | None:
+    """The checkpoint Ray restores a run from, as a local folder. Ray's saved state can name a checkpoint
+    that retention deleted after the state was saved (a driver killed between the two): then the newest
+    whole checkpoint beside it is taken (one whose upload was cut short is passed over)."""
+    if checkpoint is None:
+        return None
+    fs, path = checkpoint.filesystem, checkpoint.path
+    if not _whole(fs, path):
+        from pyarrow.fs import FileSelector, FileType
+        parent = path.rstrip("/").rsplit("/", 1)[0]
+        siblings = sorted((info.path for info in fs.get_file_info(FileSelector(parent))
+                           if info.type == FileType.Directory and info.base_name.startswith("checkpoint_")),
+                          reverse=True)
+        found = next((p for p in siblings if _whole(fs, p)), None)
+        log.warning("checkpoint %s is gone; resuming from %s", path, found or "the start (no checkpoint is whole)")
+        if found is None:
+            return None
+        checkpoint = Checkpoint(found, filesystem=fs)
+    return Path(checkpoint.to_directory())
+
+
+def _whole(fs, path: str) -> bool:
+    from pyarrow.fs import FileType
+    return all(info.type == FileType.File for info in fs.get_file_info([f"{path}/{name}" for name in CHECKPOINT_FILES]))
+
+
 def read_report_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
 
@@ -100,7 +131,7 @@ def _worker(config: dict) -> dict:
     `config["rank0_hook"]`, if given, makes rank 0's report hook from the spec (a sweep's MLflow logging)."""
     from deptune.train.loop import train  # here, not at the top: the Train controller unpickles this function
     restore(config.get("methods") or {})  # methods registered in the driver only (e.g. defined by a test)
-    spec = RunSpec.model_validate(config["spec"])
+    spec = arrive(RunSpec.model_validate(config["spec"]), config.get("shipment"))
     session = RaySession()
     if session.rank == 0 and config.get("rank0_hook") is not None:
         session.on_report = config["rank0_hook"](spec)
@@ -112,8 +143,10 @@ def _student_worker(config: dict) -> dict:
     """A rank of MPT's multitask student (`config["teachers"]`: each source task's teacher adapter)."""
     from deptune.train.multitask import fit_student  # the Train controller unpickles this function
     restore(config.get("methods") or {})
-    spec = SourceSpec.model_validate(config["spec"])
+    spec = arrive(SourceSpec.model_validate(config["spec"]), config.get("shipment"))
     teachers = {task: Path(path) for task, path in config["teachers"].items()}
+    if config.get("teacher_files") is not None:  # the teachers' adapters travelled from the driver's disk
+        teachers.update({key.removeprefix("teachers."): path for key, path in unpack(config["teacher_files"]).items()})
     return {"diverged_at_step": fit_student(spec, teachers, RaySession()).diverged_at_step}
 
 
@@ -130,6 +163,7 @@ def build_trainer(spec: RunSpec | SourceSpec, name: str, storage: str | None = N
     checkpoint retention and restarts; `rank0_hook(spec)` makes rank 0's report hook in the worker."""
     res, cfg = spec.resources, spec.train
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
+    filesystem, storage_path = ray_storage(storage or spec.train.ray_storage())
     return TorchTrainer(
         loop or _worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "rank0_hook": rank0_hook, "methods": snapshot(),
@@ -137,7 +171,7 @@ def build_trainer(spec: RunSpec | SourceSpec, name: str, storage: str | None = N
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=name, storage_path=storage or spec.train.ray_storage(), callbacks=list(callbacks),
+            name=name, storage_path=storage_path, storage_filesystem=filesystem, callbacks=list(callbacks),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
                                                checkpoint_score_attribute=IMPROVED_AT, checkpoint_score_order="max"),
             # a worker group that cannot start fails the run instead of being retried forever
@@ -165,7 +199,9 @@ def run_on_ray(spec: RunSpec, address: str | None = None, name: str | None = Non
     started = connect(address)
     try:
         check_fits(spec)
-        return fit(spec, name or f"train-{time.strftime('%Y%m%d-%H%M%S')}", fresh=name is None)
+        spec, shipment = travel(spec, "<spec>")
+        return fit(spec, name or f"train-{time.strftime('%Y%m%d-%H%M%S')}", fresh=name is None,
+                   extra={"shipment": shipment})
     finally:
         if started:
             ray.shutdown()
@@ -179,19 +215,24 @@ def run_source_on_ray(spec: SourceSpec, address: str | None = None, name: str | 
     started = connect(address)
     try:
         check_fits(spec)
+        spec, shipment = travel(spec, "<spec>")
         teachers = {}
         for i, task in enumerate(spec.task_names):
             run = teacher_run(spec, i)
             teachers[task] = finished_teacher(run, stage) if name else None
             if teachers[task] is None:
                 print(f"[mpt-source] teacher {i + 1}/{len(spec.task_names)}: {task}", flush=True)
-                teachers[task] = fit(run, f"{stage}-teacher-{task}", fresh=name is None).adapter_dir
+                teachers[task] = fit(run, f"{stage}-teacher-{task}", fresh=name is None,
+                                     extra={"shipment": shipment}).adapter_dir
                 if teachers[task] is None:
                     raise RuntimeError(f"the teacher of {task} left no checkpoint (run {stage}-teacher-{task})")
                 mark_teacher_finished(run, stage)
         print(f"[mpt-source] student on {', '.join(spec.task_names)}", flush=True)
+        teacher_files = pack([LocalPath(f"teachers.{task}", "adapter", path.resolve())
+                              for task, path in teachers.items()]) if other_nodes() else None
         result = fit(spec, f"{stage}-student", fresh=name is None, loop=_student_worker,
-                     extra={"teachers": {task: str(path.resolve()) for task, path in teachers.items()}})
+                     extra={"teachers": {task: str(path.resolve()) for task, path in teachers.items()},
+                            "shipment": shipment, "teacher_files": teacher_files})
     finally:
         if started:
             ray.shutdown()

@@ -26,15 +26,17 @@ from deptune.backbones import hidden_size, model_config
 from deptune.cluster import local as local_ray
 from deptune.cluster.fit import check_fits
 from deptune.cluster.local import connect
+from deptune.cluster.paths import Shipment, travel
 from deptune.methods.registry import snapshot
 from deptune.registry.promotion import LOCK_ENV
 from deptune.spec_base import SpecError, absolute_paths, redact, split_credentials
+from deptune.storage import Folder, join, ray_storage
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.searcher import StudyEvents, StudySearcher
 from deptune.sweep.space import SearchPlan, plan_search
 from deptune.sweep.study import (Execution, close_orphans, last_execution, load_study, open_storage,
                                  pareto_front, start_execution, storage_url)
-from deptune.sweep.tracker import OpeningTracker, SweepOutcomeTracking, SweepTracker, journal_dir_for
+from deptune.sweep.tracker import OpeningTracker, SweepOutcomeTracking, SweepTracker, trial_journals_for
 from deptune.sweep.trainable import run_trial
 from deptune.tracking.sources import localize_sources
 from deptune.tracking.store import check_reachable, resolve_uri
@@ -125,8 +127,8 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
                    tracking_uri: str, storage_db, study: optuna.Study) -> SweepOutcome:
     storage = spec.train.ray_storage()
     execution = last_execution(spec, study) if resume else None
-    if execution is not None and _execution_done(os.path.join(storage, execution.name), spec):
-        return SweepOutcome(study=study, execution=execution, experiment_path=os.path.join(storage, execution.name),
+    if execution is not None and _execution_done(storage, execution.name, spec):
+        return SweepOutcome(study=study, execution=execution, experiment_path=join(storage, execution.name),
                             interrupted=False, errors=0, resumed_nothing=True)
     started = connect(address)
     sigterm = _GracefulStop()  # after connect(): Ray's own SIGTERM handler, installed by ray.init, would win
@@ -136,6 +138,7 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
             check_fits(spec.base_run(), spec.sweep.driver_cpus)
         except ValueError as exc:
             raise SpecError(source, [str(exc)]) from None
+        trials = Trials(*travel(spec, source))  # the driver's local paths: each reaches every trial, or fails here
         if execution is None:
             execution = start_execution(spec, study)
             for point in spec.sweep.enqueue:
@@ -143,11 +146,11 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
         if resume:
             tracker = SweepTracker(spec, tracking_uri, execution, study, plan)
             tracker.open_parent(source)
-            tuner = _restored_tuner(spec, execution, storage, tracker.trial_tracking())
+            tuner = _restored_tuner(spec, execution, storage, trials, tracker.trial_tracking())
         else:  # MLflow opens while Tune starts the first trial actors (see OpeningTracker)
             opening = OpeningTracker(spec, tracking_uri, execution, study, plan, source, PublishedTracking(
-                os.path.join(storage, f"{execution.name}-tracking.json")))
-            tuner = _new_tuner(spec, plan, study, url, execution, storage, opening)
+                storage, f"{execution.name}-tracking.json"))
+            tuner = _new_tuner(spec, plan, study, url, execution, storage, trials, opening)
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state for --resume stays fresh
         # a trial that fails before its first evaluation must be recorded as failed, not stop the sweep
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -158,8 +161,8 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
             sigterm.fitting = False
         if not resume:
             tracker = opening.get()
-        path = os.path.join(storage, execution.name)
-        interrupted = bool(_unfinished_trials(path))
+        path = join(storage, execution.name)
+        interrupted = bool(_unfinished_trials(storage, execution.name))
         if not interrupted:
             close_orphans(study, storage_db, execution, "the trial did not finish before its execution ended")
         return SweepOutcome(study=study, execution=execution, experiment_path=path, interrupted=interrupted,
@@ -214,10 +217,19 @@ def _ship_methods() -> dict:
     return registered
 
 
-def _trainable(spec: SweepSpec, execution: Execution, storage: str, tracking: TrialTracking | PublishedTracking):
-    train_storage = os.path.join(storage, f"{execution.name}-train")
-    fn = tune.with_parameters(run_trial, spec=spec, methods=_ship_methods(), train_storage=train_storage,
-                              tracking=tracking)
+@dataclass(frozen=True)
+class Trials:
+    """What every trial gets: the spec as the trials' nodes see its paths, and the files that travel with it."""
+
+    spec: SweepSpec
+    shipment: Shipment | None
+
+
+def _trainable(spec: SweepSpec, execution: Execution, storage: str, trials: Trials,
+               tracking: TrialTracking | PublishedTracking):
+    train_storage = join(storage, f"{execution.name}-train")
+    fn = tune.with_parameters(run_trial, spec=trials.spec, methods=_ship_methods(), train_storage=train_storage,
+                              tracking=tracking, shipment=trials.shipment)
     res = spec.resources
     if res.trial_runner == "tune":  # the actor is the trial's one worker
         return tune.with_resources(fn, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker})
@@ -225,24 +237,27 @@ def _trainable(spec: SweepSpec, execution: Execution, storage: str, tracking: Tr
 
 
 def _run_config(spec: SweepSpec, execution: Execution, storage: str, callbacks: list) -> tune.RunConfig:
-    """Trials in their actor keep their checkpoints in Tune (and Tune restarts a trial whose actor died);
-    Ray Train runs keep and restart their own."""
+    """Trials in their actor keep their checkpoints in Tune; Ray Train runs keep their own and restart their
+    own dead workers. Tune restarts a trial whose actor died (with its node): one in its actor from Tune's
+    checkpoint, one on Ray Train from its run's (the run is named after the trial)."""
     in_actor = spec.resources.trial_runner == "tune"
     keep = tune.CheckpointConfig(num_to_keep=spec.train.keep_checkpoints, checkpoint_score_attribute=IMPROVED_AT,
                                  checkpoint_score_order="max") if in_actor else None
-    return tune.RunConfig(name=execution.name, storage_path=storage, callbacks=callbacks, checkpoint_config=keep,
-                          failure_config=tune.FailureConfig(max_failures=spec.train.max_failures if in_actor else 0),
+    filesystem, path = ray_storage(storage)
+    return tune.RunConfig(name=execution.name, storage_path=path, storage_filesystem=filesystem, callbacks=callbacks,
+                          checkpoint_config=keep,
+                          failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
                           verbose=1)
 
 
 def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, url: str, execution: Execution,
-               storage: str, opening: OpeningTracker) -> tune.Tuner:
+               storage: str, trials: Trials, opening: OpeningTracker) -> tune.Tuner:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=execution.seed, n_startup_trials=spec.sweep.startup_trials,
                                              multivariate=True, constant_liar=spec.sweep.max_concurrent > 1)
     searcher = StudySearcher(spec, plan, study.study_name, url, sampler, execution.number,
-                             journal_dir=str(journal_dir_for(spec, execution)))
+                             journal_root=trial_journals_for(spec, execution))
     searcher.on_finished = opening.finish_trial  # each child run is closed as soon as the study records it
     primary = spec.sweep.objective
     if spec.sweep.scheduler.name == "asha":
@@ -253,7 +268,7 @@ def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, url: str,
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
-        _trainable(spec, execution, storage, opening.published),
+        _trainable(spec, execution, storage, trials, opening.published),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.sweep.trials,
                                     max_concurrent_trials=spec.sweep.max_concurrent,
                                     time_budget_s=spec.sweep.time_budget_s,
@@ -273,23 +288,29 @@ class _TrackingOpened(tune.Callback):
             raise error
 
 
-def _restored_tuner(spec: SweepSpec, execution: Execution, storage: str, tracking: TrialTracking) -> tune.Tuner:
-    path = os.path.join(storage, execution.name)
-    if not tune.Tuner.can_restore(path):
-        raise SpecError("--resume", [f"--resume: no Tune experiment state at {path}"])
-    return tune.Tuner.restore(path, trainable=_trainable(spec, execution, storage, tracking), resume_unfinished=True,
-                              resume_errored=False, restart_errored=False)
+def _restored_tuner(spec: SweepSpec, execution: Execution, storage: str, trials: Trials,
+                    tracking: TrialTracking) -> tune.Tuner:
+    filesystem, path = ray_storage(join(storage, execution.name))
+    if not tune.Tuner.can_restore(path, storage_filesystem=filesystem):
+        raise SpecError("--resume", [f"--resume: no Tune experiment state at {join(storage, execution.name)}"])
+    return tune.Tuner.restore(path, trainable=_trainable(spec, execution, storage, trials, tracking),
+                              resume_unfinished=True,
+                              resume_errored=False, restart_errored=False, storage_filesystem=filesystem)
 
 
-def _execution_done(path: str, spec: SweepSpec) -> bool:
-    if not Path(path).exists():
-        return False
-    return len(tune.ExperimentAnalysis(path).trials) >= spec.sweep.trials and not _unfinished_trials(path)
+def _analysis(storage: str, name: str) -> tune.ExperimentAnalysis | None:
+    if not Folder(storage).exists(name):
+        return None
+    filesystem, path = ray_storage(join(storage, name))
+    return tune.ExperimentAnalysis(path, storage_filesystem=filesystem)
 
 
-def _unfinished_trials(path: str) -> list[str]:
+def _execution_done(storage: str, name: str, spec: SweepSpec) -> bool:
+    analysis = _analysis(storage, name)
+    return analysis is not None and len(analysis.trials) >= spec.sweep.trials and not _unfinished_trials(storage, name)
+
+
+def _unfinished_trials(storage: str, name: str) -> list[str]:
     """Trials an interrupted execution left to `--resume` (none when it ran to its end)."""
-    if not Path(path).exists():
-        return []
-    analysis = tune.ExperimentAnalysis(path)
-    return [t.trial_id for t in analysis.trials if t.status in UNFINISHED]
+    analysis = _analysis(storage, name)
+    return [t.trial_id for t in analysis.trials if t.status in UNFINISHED] if analysis else []

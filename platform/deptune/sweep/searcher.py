@@ -39,7 +39,9 @@ from deptune.sweep.config import SweepSpec
 from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import open_storage, storage_trial_id
 from deptune.sweep.trainable import DIVERGED, OPTUNA_TRIAL_KEY
-from deptune.tracking.journal import RunJournal, journal_path
+from deptune.train.config import RESUMED_FROM
+from deptune.storage import join, uri_of
+from deptune.tracking.journal import RunJournal
 from deptune.tracking.trial import RENAMED, SUMMARY_STEP
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ class StudySearcher(Searcher):
     every few seconds and restored by `--resume`; the study connection and the finish hook are live."""
 
     def __init__(self, spec: SweepSpec, plan: SearchPlan, study_name: str, storage_url: str,
-                 sampler: optuna.samplers.BaseSampler, execution: int, journal_dir: str | None = None) -> None:
+                 sampler: optuna.samplers.BaseSampler, execution: int, journal_root: str | None = None) -> None:
         primary = spec.sweep.objective
         super().__init__(metric=primary.metric, mode=primary.mode)
         self.objectives = [(o.metric, o.mode) for o in spec.sweep.objectives]
@@ -63,13 +65,15 @@ class StudySearcher(Searcher):
         self.plan, self.study_name, self.storage_url, self.sampler = plan, study_name, storage_url, sampler
         self.execution = execution
         self.runner = spec.resources.trial_runner  # where trials train: recorded on each (leaderboard, report)
-        self.journal_dir = journal_dir  # rank 0's MLflow journals: what each trial logged
+        self.journal_root = journal_root  # rank 0's MLflow journals (on the sweep's storage): what each logged
+        self.storage = spec.train.ray_storage()  # checkpoints' paths are on its filesystem
         self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self.history: dict[str, list[dict[str, Any]]] = {}  # every evaluation, once per step
         self.runs: dict[str, list[list[float]]] = {}  # per run of the trial: see `_time`
         self.done: set[str] = set()
         self.awaiting_reason: set[str] = set()
         self.stopping: dict[str, tuple[float, int]] = {}  # stopped (when, at which step), told after STOP_GRACE_S
+        self.where: dict[str, dict[str, list]] = {}  # nodes each trial ran on, checkpoint steps it resumed from
         self.on_finished: Callable[[FrozenTrial], None] | None = None  # e.g. close its MLflow run
         self._study: optuna.Study | None = None
         self._trials: dict[int, optuna.Trial] = {}
@@ -119,6 +123,7 @@ class StudySearcher(Searcher):
         if trial_id in self.done or trial_id not in self.numbers or "step" not in result:
             return
         self._time(trial_id, result)
+        self._where(trial_id, result)
         if result.get(DIVERGED) is not None:  # a notice, not an evaluation
             return
         self._add(trial_id, {k: result.get(k) for k in (*(m for m, _ in self.objectives), "step",
@@ -129,7 +134,7 @@ class StudySearcher(Searcher):
         run names its checkpoint in the report itself): where the adapter of that step is."""
         rows = self.history.get(trial_id)
         if trial_id not in self.done and rows and not rows[-1].get(CHECKPOINT_PATH_KEY):
-            rows[-1][CHECKPOINT_PATH_KEY] = path
+            rows[-1][CHECKPOINT_PATH_KEY] = uri_of(self.storage, path)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.done or trial_id not in self.numbers:
@@ -145,7 +150,7 @@ class StudySearcher(Searcher):
         steps = [r["step"] for r in self._scored(trial_id)]
         if steps and max(steps) < self.total_steps:  # stopped (ASHA, the time budget): PRUNED, told once its
             self.stopping.setdefault(trial_id, (time.time(), max(steps)))  # workers can log no more
-            if not self.journal_dir:
+            if not self.journal_root:
                 self._settle(trial_id)
         else:
             self._settle(trial_id)
@@ -238,17 +243,23 @@ class StudySearcher(Searcher):
         run[1] += float(step) if step is not None else max(total - run[2], 0.0)
         run[0], run[2] = float(result.get("timestamp") or time.time()), total
 
+    def _where(self, trial_id: str, result: dict) -> None:
+        """Record each node the trial ran on and each checkpoint step a run of it resumed from."""
+        for attr, value in (("nodes", result.get("node_ip")), ("resumed_from", int(result.get(RESUMED_FROM) or 0))):
+            seen = self.where.setdefault(trial_id, {}).setdefault(attr, [])
+            if value and value not in seen:
+                seen.append(value)
+                self._trial(trial_id).set_user_attr(attr, list(seen))
+
     def _backfill(self, trial_id: str) -> None:
         """Add what rank 0 journaled for MLflow but Tune never delivered; the time it took extends the
         current run."""
-        if not self.journal_dir:
+        if not self.journal_root:
             return
-        path = journal_path(self.journal_dir, trial_id)
-        if not path.is_file():
-            return
+        journal = RunJournal(join(self.journal_root, trial_id), "")
         logged = {step: {k: metrics.get(RENAMED.get(k, k)) for k in (*(m for m, _ in self.objectives),
                                                                       "trainable_params", "timestamp_ms")}
-                  for step, metrics in RunJournal(path, "").logged_metrics().items() if step != SUMMARY_STEP}
+                  for step, metrics in journal.logged_metrics().items() if step != SUMMARY_STEP}
         have = {r["step"] for r in self.history.get(trial_id, [])}
         for step, metrics in sorted(logged.items()):
             if step not in have:
@@ -288,7 +299,7 @@ class StudySearcher(Searcher):
         if best is not None:
             trial.set_user_attr("best_step", best["step"])
             if best.get(CHECKPOINT_PATH_KEY):
-                trial.set_user_attr("adapter_path", best[CHECKPOINT_PATH_KEY])
+                trial.set_user_attr("adapter_path", uri_of(self.storage, best[CHECKPOINT_PATH_KEY]))
 
     def _finish(self, trial_id: str, state: TrialState, values: list[float] | None = None,
                 reason: str | None = None) -> None:

@@ -13,29 +13,32 @@ import csv
 import json
 import os
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-import ray
 from optuna.trial import FrozenTrial, TrialState
 
 from deptune.spec_base import private_dir, redact
+from deptune.storage import join
 from deptune.sweep.config import SEARCH_KEYS, SweepSpec
 from deptune.sweep.leaderboard import ranked_rows
 from deptune.sweep.study import Execution, spec_hash
 from deptune.tasks.loading import dataset_fingerprint
 from deptune.registry import promotion as registry
-from deptune.tracking.journal import DriverSender, RunJournal, flush_all, journal_path, send_for_driver
+from deptune.tracking.journal import DriverSender, RunJournal, flush_all
 from deptune.tracking.plots import warm_imports, write_plots
 from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import storage_url
 from deptune.tracking.store import TAG, ensure_experiment, save_trials_view, trials_view_state
 from deptune.tracking.trial import (NOTE_TAG, STATE_TAG, SUMMARY_STEP, PublishedTracking, TrialTracking,
-                                    remove_sent_copies, run_params, trial_key)
+                                    run_params, trial_key)
 
 STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+UNFINISHED = "unfinished.json"
+"""In an execution's journal folder while MLflow has not taken everything: what `deptune sync` finishes."""
 
 
 def git_commit() -> str:
@@ -81,11 +84,17 @@ class SweepOutcomeTracking:
     parent_run_id: str
     promotion: registry.Promotion | None
     not_logged: list[str] = field(default_factory=list)  # journals still holding writes, with their paths
+    unfinished: str | None = None  # why the end of the tracking waits for `deptune sync` (MLflow was away)
 
 
 def journal_dir_for(spec: SweepSpec, execution: Execution) -> Path:
-    """Where an execution's MLflow journals live (the driver's and, on its node, the trials')."""
+    """Where the driver journals its own runs (the parent, each trial's closing writes): its disk."""
     return private_dir((spec.train.output_dir / "mlflow-journal").resolve()) / execution.name
+
+
+def trial_journals_for(spec: SweepSpec, execution: Execution) -> str:
+    """Where the trials journal their runs: the sweep's Ray storage, which every node reaches."""
+    return join(spec.train.ray_storage(), f"{execution.name}-journal")
 
 
 class SweepTracker:
@@ -95,13 +104,14 @@ class SweepTracker:
         self.experiment_id = ensure_experiment(uri, spec.tracking.experiment or study.study_name)
         # the journals hold every write before MLflow has it: this user's only
         self.journal_dir = journal_dir_for(spec, execution)
-        self.parent = RunJournal(journal_path(self.journal_dir, "parent"), uri)
+        self.trial_journals = trial_journals_for(spec, execution)
+        self.parent = RunJournal(self.journal_dir / "parent", uri)
         self.tags = {f"{TAG}sweep": execution.name, f"{TAG}study": study.study_name,
                      f"{TAG}execution": str(execution.number), f"{TAG}git_commit": git_commit(),
                      f"{TAG}spec_hash": spec_hash(spec), f"{TAG}dataset_fingerprint": dataset_fingerprint(spec.task)}
         self.metrics = [o.metric for o in spec.sweep.objectives]
         self.maximize = spec.sweep.objective.mode == "max"
-        self.view = self._save_view()
+        self.view: str | None = None
         self.sender: DriverSender | None = None
 
     def _save_view(self) -> str | None:
@@ -116,22 +126,22 @@ class SweepTracker:
             return None
 
     def open_parent(self, spec_file: str | None) -> str | None:
-        """Create (or, on --resume, find) the execution's parent run, and start sending what the trials on
-        this node journal; the parent's id once the server took it."""
+        """Create (or, on --resume, find) the execution's parent run, and start sending what the trials
+        journal; the parent's id once the server took it."""
         if self.sender is None:
-            self.sender = DriverSender(self.journal_dir, self.uri)
-        if not self.parent.path.exists():
+            self.sender = DriverSender(self.trial_journals, self.uri)
+        self.view = self._save_view()
+        if not self.parent.exists():
             self.parent.start(self.experiment_id, self.execution.name, find_by={f"{TAG}sweep": self.execution.name,
                                                                               f"{TAG}role": "sweep"},
                               tags={**self.tags, f"{TAG}role": "sweep", NOTE_TAG: self._note(None)})
             self.parent.params(self._parent_params())
             if spec_file and Path(spec_file).is_file():
-                folder = self.journal_dir / "parent-files" / "spec"
-                folder.mkdir(parents=True, exist_ok=True)
-                # the spec as written, but with its secrets (a study URL's password, ...) masked
-                text = Path(spec_file).read_text(encoding="utf-8")
-                (folder / Path(spec_file).name).write_text(redact(text), encoding="utf-8")
-                self.parent.artifacts(folder, "spec")
+                with tempfile.TemporaryDirectory(prefix="deptune-spec-") as folder:
+                    # the spec as written, but with its secrets (a study URL's password, ...) masked
+                    text = Path(spec_file).read_text(encoding="utf-8")
+                    (Path(folder) / Path(spec_file).name).write_text(redact(text), encoding="utf-8")
+                    self.parent.artifacts(folder, "spec")
         else:
             self.parent.tags({f"{TAG}resumed": "true"})
         return self.parent.run_id
@@ -175,12 +185,19 @@ class SweepTracker:
     def trial_tracking(self) -> TrialTracking:
         objective = self.spec.sweep.objective
         return TrialTracking(uri=self.uri, experiment_id=self.experiment_id, parent_run_id=self.parent.run_id or "",
-                             journal_dir=str(self.journal_dir), objective=objective.metric, mode=objective.mode,
-                             tags={**self.tags, "mlflow.parentRunId": self.parent.run_id or ""},
-                             driver_node=ray.get_runtime_context().get_node_id() if ray.is_initialized() else None)
+                             journal_root=self.trial_journals, objective=objective.metric, mode=objective.mode,
+                             tags={**self.tags, "mlflow.parentRunId": self.parent.run_id or ""})
 
     def _final_journal(self, trial: FrozenTrial) -> RunJournal:
-        return RunJournal(journal_path(self.journal_dir, f"{trial.user_attrs['ray_trial_id']}.final"), self.uri)
+        return RunJournal(self.journal_dir / f"{trial.user_attrs['ray_trial_id']}.final", self.uri)
+
+    def _trial_journal(self, ray_id: str) -> RunJournal:
+        return RunJournal(join(self.trial_journals, ray_id), self.uri, send="driver")
+
+    def _send_trial(self, ray_id: str) -> bool:
+        """What the trial journaled, sent in full (by the driver's sender thread's lock, if it runs)."""
+        location = join(self.trial_journals, ray_id)
+        return self.sender.send(location) if self.sender is not None else RunJournal(location, self.uri).flush()
 
     def finish_trial(self, trial: FrozenTrial) -> None:
         """Close the trial's child run with the study's verdict (creating it if the trial never got to)."""
@@ -188,16 +205,14 @@ class SweepTracker:
         if ray_id is None or trial.state not in STATUS or not self.parent.run_id:
             return
         journal = self._final_journal(trial)
-        if journal.path.exists():
+        if journal.exists():
             return
-        rank0 = journal_path(self.journal_dir, ray_id)
-        if send_for_driver(rank0, self.uri):  # what the trial left to this driver, in full, first
-            remove_sent_copies(RunJournal(rank0, self.uri), self.journal_dir / ray_id)
+        self._send_trial(ray_id)  # what the trial journaled, in full, first
         tracking = self.trial_tracking()
         name = f"trial-{trial.number:03d}"
         journal.start(self.experiment_id, name, find_by=trial_key(tracking, ray_id),
                       tags={**tracking.tags, f"{TAG}role": "trial", f"{TAG}optuna_trial": str(trial.number)})
-        if not journal_path(self.journal_dir, ray_id).exists():  # rank 0 never started: the run is ours
+        if not self._trial_journal(ray_id).exists():  # rank 0 never started: the run is ours
             journal.params({"prompt_length": trial.user_attrs.get("prompt_length"),
                             "rank": trial.user_attrs.get("rank"), **trial.params})
         reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("stop_reason")
@@ -218,13 +233,25 @@ class SweepTracker:
         journal.end(STATUS[trial.state])
 
     def finish(self, interrupted: bool) -> SweepOutcomeTracking:
-        """Close every trial, register the best adapter, then write the parent's link to the best trial,
-        leaderboard, plots and summary."""
+        """Close every trial's run and send every journal; then register the best adapter and write the
+        parent's link to the best trial, leaderboard, plots and summary. Registration and the leaderboard
+        need every run on the server: while MLflow cannot take the journals, they wait (the outcome says
+        so) for `deptune sync`, which sends the journals and finishes from here."""
         self.stop_sending()
-        mine = [t for t in self.study.get_trials(deepcopy=False)
-                if t.user_attrs.get("execution") == self.execution.number]
+        mine = self._trials()
         for trial in mine:
             self.finish_trial(trial)
+        left = flush_all(self.trial_journals, self.uri) + flush_all(self.journal_dir, self.uri)
+        if left:
+            self._mark_unfinished(interrupted)
+            return SweepOutcomeTracking(self.parent.run_id or "", None, left, unfinished=(
+                "MLflow did not take every write, so the best adapter is not registered and the leaderboard is "
+                f"not written yet: once the server answers, run `deptune sync {self.journal_dir}`"))
+        return self.complete(interrupted)
+
+    def complete(self, interrupted: bool) -> SweepOutcomeTracking:
+        """The end of the tracking, once every trial's run is on the server (also `deptune sync`'s)."""
+        mine = self._trials()
         best = self._best(mine)
         promotion, problems = None, []
         if not interrupted and self.spec.tracking.register_best and best is not None:
@@ -241,8 +268,20 @@ class SweepTracker:
         self._parent_files(mine, promotion)
         self._summary(mine, promotion)
         self.parent.end("KILLED" if interrupted else "FINISHED")
-        return SweepOutcomeTracking(self.parent.run_id or "", promotion,
-                                    problems + flush_all(self.journal_dir, self.uri))
+        (self.journal_dir / UNFINISHED).unlink(missing_ok=True)
+        left = flush_all(self.journal_dir, self.uri)
+        return SweepOutcomeTracking(self.parent.run_id or "", promotion, problems + left)
+
+    def _trials(self) -> list[FrozenTrial]:
+        return [t for t in self.study.get_trials(deepcopy=False)
+                if t.user_attrs.get("execution") == self.execution.number]
+
+    def _mark_unfinished(self, interrupted: bool) -> None:
+        """What `deptune sync` needs to finish this execution's tracking from its journal folder."""
+        record = {"spec": self.spec.model_dump(mode="json"), "uri": self.uri, "study": storage_url(self.spec),
+                  "study_name": self.study.study_name, "execution": self.execution.__dict__,
+                  "interrupted": interrupted}
+        (self.journal_dir / UNFINISHED).write_text(json.dumps(record))
 
     def stop_sending(self) -> None:
         """Stop the driver's sender thread (what is left unsent is sent by `finish`'s `flush_all`)."""
@@ -286,16 +325,16 @@ class SweepTracker:
         return rows
 
     def _parent_files(self, trials: list[FrozenTrial], promotion: registry.Promotion | None) -> None:
-        folder = self.journal_dir / "parent-files" / "results"
-        folder.mkdir(parents=True, exist_ok=True)
         rows = self._rows(trials, promotion)
-        if rows:
-            with (folder / "leaderboard.csv").open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-        write_plots(self.study, folder / "plots", self.metrics)
-        self.parent.artifacts(folder, None)
+        with tempfile.TemporaryDirectory(prefix="deptune-results-") as tmp:
+            folder = Path(tmp)
+            if rows:
+                with (folder / "leaderboard.csv").open("w", newline="") as handle:
+                    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                    writer.writeheader()
+                    writer.writerows(rows)
+            write_plots(self.study, folder / "plots", self.metrics)
+            self.parent.artifacts(folder, None)
 
     def _summary(self, trials: list[FrozenTrial], promotion: registry.Promotion | None) -> None:
         counts = {state: sum(t.state == state for t in trials) for state in STATUS}
@@ -371,3 +410,21 @@ class OpeningTracker:
     def __getstate__(self) -> dict:
         return {"args": self.args, "source": self.source, "published": self.published, "_tracker": None,
                 "_error": None, "_thread": None, "_ready": None}
+
+
+def finish_unfinished(journal_dir: Path) -> SweepOutcomeTracking | None:
+    """`deptune sync` of an execution whose tracking waited for MLflow: send its journals, then register
+    and write the leaderboard as the sweep would have (None when nothing waits in `journal_dir`)."""
+    marker = Path(journal_dir) / UNFINISHED
+    if not marker.is_file():
+        return None
+    from deptune.sweep.study import open_storage
+    record = json.loads(marker.read_text())
+    spec = SweepSpec.model_validate(record["spec"])
+    study = optuna.load_study(study_name=record["study_name"], storage=open_storage(record["study"]))
+    tracker = SweepTracker(spec, record["uri"], Execution(**record["execution"]), study)
+    left = flush_all(tracker.trial_journals, tracker.uri) + flush_all(tracker.journal_dir, tracker.uri)
+    if left:
+        return SweepOutcomeTracking(tracker.parent.run_id or "", None, left, unfinished="MLflow still did not "
+                                    "take every write; run `deptune sync` again once it answers")
+    return tracker.complete(record["interrupted"])

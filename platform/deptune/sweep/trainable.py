@@ -30,7 +30,8 @@ from deptune.train.spec import RunSpec
 from deptune.sweep.config import SEARCH_KEYS, SweepSpec
 from deptune.sweep.space import trial_run
 from deptune.tracking.trial import PublishedTracking, TrackerHook, TrialTracking
-from deptune.cluster.trainer import build_trainer, diverged_at_step, training_error
+from deptune.cluster.paths import Shipment, arrive
+from deptune.cluster.trainer import build_trainer, diverged_at_step, restored_checkpoint, training_error
 from deptune.train.cache import PROCESS_CACHE, release_trial_memory
 from deptune.train.loop import train
 
@@ -38,8 +39,6 @@ OPTUNA_TRIAL_KEY = "optuna_trial"  # added to each config by the searcher: the s
 
 
 DIVERGED = "diverged_at_step"
-FINISHED_SEND_S = 60.0  # a trial's end waits this long for its MLflow writes (two of MLflow's request timeouts)
-STOPPED_SEND_S = 1.0  # within TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s), or Tune starts a fresh actor
 
 
 class TuneSession:
@@ -53,19 +52,13 @@ class TuneSession:
         self.device, self.on_report = device, on_report
 
     def restore_dir(self) -> Path | None:
-        checkpoint = tune.get_checkpoint()
-        return Path(checkpoint.to_directory()) if checkpoint else None
+        return restored_checkpoint(tune.get_checkpoint())
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None, improved: bool) -> None:
         if self.on_report is not None and DIVERGED not in metrics:
             self.on_report(metrics, checkpoint_dir if improved else None)
         checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)  # ASHA may stop the trial here: the thread ends in it
-
-
-def node_id() -> str:
-    """The Ray node this process runs on (a trial on the driver's node leaves its MLflow writes to it)."""
-    return ray.get_runtime_context().get_node_id()
 
 
 def actor_device(run: RunSpec) -> torch.device:
@@ -84,19 +77,19 @@ class TrialReport(TuneReportCallback):
 
 
 def run_trial(config: dict[str, Any], spec: SweepSpec, methods: dict[str, Method], train_storage: str,
-              tracking: TrialTracking | PublishedTracking | None = None) -> None:
+              tracking: TrialTracking | PublishedTracking | None = None, shipment: Shipment | None = None) -> None:
+    """`shipment`: the driver's files that travel to the trials' nodes (`cluster.paths`)."""
     restore(methods)  # methods registered in the driver only (e.g. defined by a test) are known here too
     if isinstance(tracking, PublishedTracking):  # the driver opened MLflow while this actor started
         tracking = tracking.resolve()
     run = trial_run(spec, {k: v for k, v in config.items() if k in SEARCH_KEYS})
     trial_id = tune.get_context().get_trial_id()
-    in_actor = run.resources.trial_runner == "tune"
-    hook = TrackerHook(tracking, trial_id, config.get(OPTUNA_TRIAL_KEY), in_actor=in_actor,
-                       node_id=node_id) if tracking else None
-    if in_actor:
-        _train_in_actor(run, hook)
+    hook = TrackerHook(tracking, trial_id, config.get(OPTUNA_TRIAL_KEY)) if tracking else None
+    if run.resources.trial_runner == "tune":
+        _train_in_actor(arrive(run, shipment), hook)
         return
-    trainer = build_trainer(run, name=trial_id, storage=train_storage, callbacks=[TrialReport()], rank0_hook=hook)
+    trainer = build_trainer(run, name=trial_id, storage=train_storage, callbacks=[TrialReport()], rank0_hook=hook,
+                            extra={"shipment": shipment})  # each worker's node gets the files
     try:
         result = trainer.fit()
     except (ray.train.ControllerError, ray.train.WorkerGroupError) as exc:
@@ -107,20 +100,11 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, methods: dict[str, Method
 
 def _train_in_actor(run: RunSpec, hook: TrackerHook | None) -> None:
     """The loop in this actor, on the process's cached backbone and data; memory of the trial's own
-    tensors is given back when it ends (however it ends: finished, stopped by ASHA, diverged). Its MLflow
-    writes go out while it trains; a finished trial returns once they are sent (the driver then closes
-    its run), a stopped one waits briefly: Tune gives the actor 2 s to be reset for the next trial."""
+    tensors is given back when it ends (however it ends: finished, stopped by ASHA, diverged)."""
     device = actor_device(run)
-    tracker = hook(run) if hook else None
-    session = TuneSession(device, tracker)
-    stopped = False
+    session = TuneSession(device, hook(run) if hook else None)
     try:
         train(run, session=session, cache=PROCESS_CACHE)  # a divergence is reported by the loop itself
-    except SystemExit:  # how Tune stops a trial in its report (ASHA)
-        stopped = True
-        raise
     finally:
-        if tracker is not None:
-            tracker.close(STOPPED_SEND_S if stopped else FINISHED_SEND_S)
         del session
         release_trial_memory(device)

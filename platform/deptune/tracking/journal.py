@@ -1,19 +1,19 @@
-"""A run's MLflow writes, journaled on local disk before they are sent.
+"""A run's MLflow writes, journaled before they are sent.
 
-Training must not wait for, or die with, the tracking server. Every write (start the run, params,
-metrics at a step, an artifact folder, tags, the end status) is appended to a JSON-lines journal first,
-then sent in order; what the server could not take stays in the journal and is sent by the next write,
-or by `flush_all` at the end of the sweep, which lists whatever is still unsent and where it is.
-Re-sending after a crash may repeat a metric point; it never loses one.
-
-Who sends a journal (`send`):
-- "now": the writer, before the write returns (the driver's own runs).
-- "driver": the sweep driver's `DriverSender`, for trials on the driver's node. The trial process only
-  appends to the file: no MLflow import (a second in a fresh trial actor, and it holds the GIL that the
-  trial's first load needs), no round trip per write, no stall while the server is down. The driver has
-  MLflow open and sits idle while trials train; it sends a trial's journal in full before closing its run.
-- "thread": the writer's process-wide `Sender` thread (a trial on another node, in a Tune actor that
-  outlives it); the trial drains it when it ends.
+Training must not wait for, or die with, the tracking server, and a trial's record must not live on one
+node's disk. Each write (start the run, params, metrics at a step, an artifact folder, tags, the end
+status) is one small file `ops/<n>.json` of the run's journal folder, written whole, then sent in order.
+The folder is a local one or a folder on the sweep's shared storage (`s3://...`, `deptune.storage`), so a
+trial on any node writes its journal and the driver, on another node, reads it. Who sends:
+- the writer itself (`send="now"`, before the write returns): the driver's own runs, `deptune sync`;
+- the sweep driver (`send="driver"`): every trial's run, wherever it trains. The trial only writes files:
+  no MLflow import in a trial process, no round trip per write, no stall while the server is down. The
+  driver's `DriverSender` thread sends what is new every 0.5 s, and a trial's journal in full before the
+  driver closes its run.
+An artifact folder is copied into the journal (`files/<n>/`), so the sender reads it from any node and the
+writer may change its own copy at once; the copy goes once it is sent. How much was sent is kept in the
+folder (`sent.json`), so a new driver continues where a dead one stopped. Re-sending after a crash may
+repeat the last write: MLflow's SQL stores keep one copy of an identical metric point.
 """
 
 from __future__ import annotations
@@ -21,20 +21,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-# A server that is down should cost a trial seconds, not MLflow's default minutes of retries per write.
+from deptune.storage import Folder
+
+# A server that is down should cost a write seconds, not MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # MLflow parses it as an int
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 log = logging.getLogger(__name__)
-SUFFIX = ".journal.jsonl"
-BY_DRIVER = ".driver"
-"""Beside a journal that its writer leaves to the sweep driver to send (`send="driver"`)."""
+OPS, FILES, SENT = "ops", "files", "sent.json"
 
 
 def _tag_filter(tags: dict[str, str]) -> str:
@@ -42,19 +43,19 @@ def _tag_filter(tags: dict[str, str]) -> str:
 
 
 class RunJournal:
-    """The journal of one MLflow run at `path`; `start` names how to find the run again after a restart.
-    `send`: who sends its writes (see the module's docstring)."""
+    """The journal of one MLflow run in the folder `location` (local or a storage URI); `start` names how
+    to find the run again after a restart. One writer at a time (a trial runs in one place at a time), one
+    sender (`send`: see the module's docstring)."""
 
-    def __init__(self, path: str | Path, uri: str, send: Literal["now", "driver", "thread"] = "now") -> None:
-        self.path = Path(path)
-        self.state_path = self.path.with_suffix(".state.json")
-        self.uri = uri
-        self.send = send
+    def __init__(self, location: str | Path, uri: str, send: Literal["now", "driver"] = "now") -> None:
+        self.folder = Folder(location)
+        self.location, self.uri, self.send = self.folder.location, uri, send
         self.last_error: str | None = None
-        self._file_lock = threading.Lock()  # a sender thread reads the file while the trial appends to it
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if send == "driver":
-            self.path.with_suffix(BY_DRIVER).touch()
+        self._ops: dict[int, dict[str, Any]] = {}  # read once: a written op never changes
+        self._written: int | None = None  # this writer's last op number
+
+    def exists(self) -> bool:
+        return self.folder.exists(OPS)
 
     # ----- writes --------------------------------------------------------------------------------------
     def start(self, experiment_id: str, run_name: str, find_by: dict[str, str], tags: dict[str, str]) -> None:
@@ -72,12 +73,22 @@ class RunJournal:
     def tags(self, tags: dict[str, Any]) -> None:
         self._record({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
-    def artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
-        self._record({"op": "artifacts", "local_dir": str(local_dir), "artifact_path": artifact_path})
+    def artifacts(self, local_dir: str | Path, artifact_path: str | None = None, skip: tuple[str, ...] = ()) -> None:
+        """Log a folder's files (but `skip`); they are copied into the journal first."""
+        number = self._next()
+        with tempfile.TemporaryDirectory(prefix="deptune-artifacts-") as tmp:
+            for file in Path(local_dir).rglob("*"):
+                if file.is_file() and file.name not in skip:
+                    target = Path(tmp) / file.relative_to(local_dir)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(file.read_bytes())
+            self.folder.upload(tmp, f"{FILES}/{number:08d}")
+        self._record({"op": "artifacts", "files": f"{FILES}/{number:08d}", "artifact_path": artifact_path}, number)
 
     def end(self, status: str) -> None:
         self._record({"op": "end", "status": status})
 
+    # ----- what it holds -------------------------------------------------------------------------------
     @property
     def run_id(self) -> str | None:
         return self._state().get("run_id")
@@ -86,30 +97,31 @@ class RunJournal:
         """Every metric point journaled (sent or not), by step, the first write of a step winning, with the
         write's time (ms) under "timestamp_ms": what the run's history holds or will hold once sent."""
         steps: dict[int, dict[str, float]] = {}
-        for op in self._ops():
+        for op in self._read_ops():
             if op["op"] == "metrics" and op["step"] not in steps:
                 steps[op["step"]] = {**op["metrics"], "timestamp_ms": op["timestamp"]}
         return steps
 
     def pending(self) -> int:
-        return len(self._ops()) - self._state().get("sent", 0)
+        return len(self._numbers()) - self._state().get("sent", 0)
 
     # ----- sending -------------------------------------------------------------------------------------
     def flush(self) -> bool:
         """Send what is unsent, in order; False (and `last_error`) if the server did not take it all."""
-        state, ops = self._state(), self._ops()
-        if state.get("sent", 0) >= len(ops):
+        state = self._state()
+        numbers = self._numbers()[state.get("sent", 0):]
+        if not numbers:
             return True
         from mlflow import MlflowClient
         client = MlflowClient(tracking_uri=self.uri)
         try:
-            for op in ops[state.get("sent", 0):]:
-                state = self._apply(client, op, state)
+            for number in numbers:
+                state = self._apply(client, self._op(number), state)
                 state["sent"] = state.get("sent", 0) + 1
-                self._save_state(state)
+                self.folder.write(SENT, json.dumps(state).encode())
         except Exception as exc:  # noqa: BLE001 -- any failure to reach MLflow leaves the op journaled
             self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-            log.warning("MLflow write kept in %s for later: %s", self.path, self.last_error)
+            log.warning("MLflow write kept in %s for later: %s", self.location, self.last_error)
             return False
         self.last_error = None
         return True
@@ -132,161 +144,129 @@ class RunJournal:
         elif kind == "tags":
             client.log_batch(run_id, tags=[RunTag(k, v[:5000]) for k, v in op["tags"].items()])
         elif kind == "artifacts":
-            client.log_artifacts(run_id, op["local_dir"], op["artifact_path"])
+            self._send_files(client, run_id, op)
         elif kind == "end":
             client.set_terminated(run_id, op["status"])
         return state
 
+    def _send_files(self, client, run_id: str, op: dict[str, Any]) -> None:
+        if not self.folder.exists(op["files"]):  # sent before a crash, its copy already gone
+            return
+        if self.folder.local:
+            client.log_artifacts(run_id, os.path.join(self.folder.path, op["files"]), op["artifact_path"])
+        else:
+            with tempfile.TemporaryDirectory(prefix="deptune-artifacts-") as tmp:
+                client.log_artifacts(run_id, str(self.folder.download(op["files"], tmp)), op["artifact_path"])
+        self.folder.remove(op["files"])  # sent: the copy has done its work
+
     # ----- the files -----------------------------------------------------------------------------------
-    def _record(self, op: dict[str, Any]) -> None:
-        with self._file_lock, self.path.open("a") as journal:
-            journal.write(json.dumps(op) + "\n")
+    def _next(self) -> int:
+        if self._written is None:  # a restarted writer continues the numbering
+            numbers = self._numbers()
+            self._written = numbers[-1] if numbers else 0
+        self._written += 1
+        return self._written
+
+    def _record(self, op: dict[str, Any], number: int | None = None) -> None:
+        number = number if number is not None else self._next()
+        self.folder.write(f"{OPS}/{number:08d}.json", json.dumps(op).encode())
+        self._ops[number] = op
         if self.send == "now":
             self.flush()
-        elif self.send == "thread":
-            TRIAL_SENDER.submit(self)
 
-    def _ops(self) -> list[dict[str, Any]]:
-        """The complete lines only: another process may be appending the last one."""
-        with self._file_lock:
-            if not self.path.is_file():
-                return []
-            text = self.path.read_text()
-        return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+    def _numbers(self) -> list[int]:
+        return [int(name.removesuffix(".json")) for name in self.folder.files(OPS) if name.endswith(".json")]
+
+    def _op(self, number: int) -> dict[str, Any]:
+        if number not in self._ops:
+            self._ops[number] = json.loads(self.folder.read(f"{OPS}/{number:08d}.json"))
+        return self._ops[number]
+
+    def _read_ops(self) -> list[dict[str, Any]]:
+        return [self._op(n) for n in self._numbers()]
 
     def _state(self) -> dict[str, Any]:
-        return json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
-
-    def _save_state(self, state: dict[str, Any]) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.state_path)
-
-
-class Sender:
-    """One thread that flushes the journals submitted to it, each once per batch of writes, in the order
-    each journal recorded them. A flush that fails leaves its writes journaled for the next write (or
-    `flush_all`) to send; the thread goes on with the others."""
-
-    def __init__(self) -> None:
-        self._due: dict[Path, RunJournal] = {}
-        self._sending = 0
-        self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, journal: RunJournal) -> None:
-        with self._changed:
-            self._due[journal.path] = journal
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._send, name="deptune-journal-sender", daemon=True)
-                self._thread.start()
-            self._changed.notify_all()
-
-    def drain(self, timeout_s: float) -> bool:
-        """Wait until everything submitted has been tried; False if `timeout_s` ran out first (the rest is
-        still sent by the thread, and stays journaled on disk until it is)."""
-        deadline = time.monotonic() + timeout_s
-        with self._changed:
-            while self._due or self._sending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(left)
-        return True
-
-    def _send(self) -> None:
-        while True:
-            with self._changed:
-                while not self._due:
-                    self._changed.wait()
-                _, journal = self._due.popitem()
-                self._sending += 1
-            try:
-                journal.flush()
-            except Exception:  # noqa: BLE001 -- a journal that cannot even be read must not stop the others
-                log.exception("sending %s failed", journal.path)
-            finally:
-                with self._changed:
-                    self._sending -= 1
-                    self._changed.notify_all()
-
-
-TRIAL_SENDER = Sender()
-"""This process's sender thread for `send="thread"` journals."""
+        return json.loads(self.folder.read(SENT)) if self.folder.exists(SENT) else {}
 
 
 _DRIVER_SENDS = threading.Lock()  # one send at a time in a driver: its thread's, or an ended trial's
 
 
-def send_for_driver(path: Path, uri: str) -> bool:
-    """Send the journal at `path` if its writer left it to the driver; True once nothing of it is unsent."""
-    if not path.with_suffix(BY_DRIVER).exists():
-        return True
-    with _DRIVER_SENDS:
-        return RunJournal(path, uri).flush()
+def journals(location: str | Path) -> list[str]:
+    """The journal folders directly in `location` (each trial's, the driver's)."""
+    folder = Folder(location)
+    return [folder.child(name).location for name in folder.folders() if folder.child(name).exists(OPS)]
 
 
 class DriverSender:
-    """The sweep driver's thread that sends, every `interval_s`, the journals its node's trials leave to it
-    in `directory`. A journal whose send failed (the server is away) is tried again after `retry_s`."""
+    """The sweep driver's thread that sends, every `interval_s`, the trials' journals under `location`
+    (wherever the trials ran: it is on the sweep's storage). A journal whose send failed (the server is
+    away) is tried again after `retry_s`; the outage is said when it starts and when it ends."""
 
-    def __init__(self, directory: str | Path, uri: str, interval_s: float = 0.5, retry_s: float = 10.0) -> None:
-        self.directory, self.uri, self.interval_s, self.retry_s = Path(directory), uri, interval_s, retry_s
-        self._failed: dict[Path, float] = {}
-        self._sent_size: dict[Path, int] = {}  # a journal that has not grown since it was sent is skipped
+    def __init__(self, location: str | Path, uri: str, interval_s: float = 0.5, retry_s: float = 10.0) -> None:
+        self.location, self.uri, self.interval_s, self.retry_s = str(location), uri, interval_s, retry_s
+        self._journals: dict[str, RunJournal] = {}
+        self._sent: dict[str, int] = {}  # trial folder -> ops it held when last sent whole
+        self._failed_at: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="deptune-driver-sender", daemon=True)
         self._thread.start()
 
+    def journal(self, location: str) -> RunJournal:
+        if location not in self._journals:
+            self._journals[location] = RunJournal(location, self.uri, send="driver")
+        return self._journals[location]
+
+    def send(self, location: str) -> bool:
+        """Send one trial's journal now (the driver closes its run next); True once nothing is left."""
+        with _DRIVER_SENDS:
+            return self.journal(location).flush()
+
     def stop(self) -> None:
-        """Stop the thread, then send what is left once (until a send fails: the server is away, and the
-        rest stays journaled for `flush_all` or `deptune sync`)."""
+        """Stop the thread, then send what is left once (until a send fails: the server is away, and the rest
+        stays journaled for `flush_all` or `deptune sync`)."""
         self._stop.set()
         self._thread.join()  # a send in flight is bounded by MLflow's request timeout and retries
-        for mark in sorted(self.directory.glob(f"*{BY_DRIVER}")):
-            if not self._send(mark.with_suffix(".jsonl")):
+        for location in journals(self.location):
+            if not self.send(location):
                 break
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            for mark in sorted(self.directory.glob(f"*{BY_DRIVER}")):
-                path = mark.with_suffix(".jsonl")
-                if self._stop.is_set():
-                    break
-                if time.monotonic() - self._failed.get(path, -self.retry_s) >= self.retry_s \
-                        and self._size(path) != self._sent_size.get(path):
-                    self._send(path)
+            if self._failed_at is not None and time.monotonic() - self._failed_at < self.retry_s:
+                continue
+            try:
+                self._send_new()
+            except Exception:  # noqa: BLE001 -- a journal that cannot be read must not stop the thread
+                log.exception("sending the journals in %s failed", self.location)
 
-    @staticmethod
-    def _size(path: Path) -> int:
-        try:
-            return path.stat().st_size
-        except OSError:
-            return -1
-
-    def _send(self, path: Path) -> bool:
-        size = self._size(path)
-        try:
-            sent = send_for_driver(path, self.uri)
-        except Exception:  # noqa: BLE001 -- a journal that cannot be read must not stop the others
-            log.exception("sending %s failed", path)
-            sent = False
-        if sent:
-            self._failed.pop(path, None)
-            self._sent_size[path] = size  # what it held before this send: all of it is sent now
-        else:
-            self._failed[path] = time.monotonic()
-        return sent
-
-
-def journal_path(directory: str | Path, name: str) -> Path:
-    return Path(directory) / f"{name}{SUFFIX}"
+    def _send_new(self) -> None:
+        """One listing of the storage says which journals grew since they were last sent."""
+        counts: dict[str, int] = {}
+        for name in Folder(self.location).files():
+            parts = name.split("/")
+            if len(parts) == 3 and parts[1] == OPS:
+                counts[parts[0]] = counts.get(parts[0], 0) + 1
+        for trial, count in sorted(counts.items()):
+            if self._stop.is_set() or self._sent.get(trial) == count:
+                continue
+            journal = self.journal(Folder(self.location).child(trial).location)
+            if not self.send(journal.location):
+                if self._failed_at is None:
+                    log.warning("MLflow at %s unreachable (%s): the trials' writes stay journaled in %s and are "
+                                "sent when it answers", self.uri, journal.last_error, self.location)
+                self._failed_at = time.monotonic()
+                return
+            self._sent[trial] = count
+        if self._failed_at is not None:
+            log.warning("MLflow at %s answers again: the trials' journaled writes are sent", self.uri)
+            self._failed_at = None
 
 
-def flush_all(directory: str | Path, uri: str) -> list[str]:
-    """Send every journal under `directory`; one line per journal that still holds unsent writes."""
+def flush_all(location: str | Path, uri: str) -> list[str]:
+    """Send every journal in `location`; one line per journal that still holds unsent writes."""
     left = []
-    for path in sorted(Path(directory).glob(f"*{SUFFIX}")):
+    for path in journals(location):
         journal = RunJournal(path, uri)
         with _DRIVER_SENDS:  # never beside a driver's sender thread sending the same journal
             sent = journal.flush()

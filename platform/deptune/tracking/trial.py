@@ -1,22 +1,22 @@
 """A trial's child run, written by the trial's rank 0 (its Tune actor, or rank 0 of its Ray Train worker
-group), so metrics are logged where they are made, on whichever node that is. Every write goes through
-the run's journal, and who sends it is the journal's `send` (the sweep driver for a trial on its node)."""
+group), so metrics are logged where they are made, on whichever node that is. Every write goes into the
+run's journal on the sweep's storage, which the sweep driver reads and sends (`tracking.journal`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import shutil
+import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from deptune.train.config import IMPROVED_AT
+from deptune.storage import Folder, join
+from deptune.train.config import IMPROVED_AT, RESUMED_FROM
 from deptune.train.spec import RunSpec
-from deptune.tracking.journal import TRIAL_SENDER, RunJournal, journal_path
+from deptune.tracking.journal import RunJournal
 from deptune.tracking.store import TAG
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -32,7 +32,6 @@ SUMMARY_STEP = 0
 """End-of-run figures (test scores, seconds) are logged once at step 0: a run summary (the UI draws a
 single-point metric as a bar), not a lone point at the last training step."""
 RENAMED = {"objective": PER_EVAL}
-ADAPTER_COPY = "adapter-step-"
 
 
 @dataclass(frozen=True)
@@ -42,11 +41,10 @@ class TrialTracking:
     uri: str
     experiment_id: str
     parent_run_id: str
-    journal_dir: str
+    journal_root: str  # where each trial's journal folder goes: on the sweep's storage, read by the driver
     tags: dict[str, str]  # the execution's: sweep, study, git commit, spec hash, dataset fingerprint
     objective: str = "objective"  # the sweep's objective metric (as trials report it) and its mode
     mode: str = "max"
-    driver_node: str | None = None  # the driver's Ray node: its trials leave sending their writes to it
 
 
 @dataclass(frozen=True)
@@ -56,37 +54,31 @@ class PublishedTracking:
     The file lies next to the Tune experiment on Ray's storage (a local folder or any URI pyarrow opens),
     where every node reads it; a trial waits for it when it first needs its tracking, once per process."""
 
-    path: str
+    storage: str  # the folder (or URI) of the Tune experiment
+    name: str  # the file in it
     timeout_s: float = 600.0
 
+    @property
+    def path(self) -> str:
+        return join(self.storage, self.name)
+
     def publish(self, tracking: TrialTracking) -> None:
-        fs, path = _filesystem(self.path)
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(path + ".tmp") as handle:
-            handle.write(json.dumps(dataclasses.asdict(tracking)).encode())
-        fs.move(path + ".tmp", path)  # readers never see half a file
+        Folder(self.storage).write(self.name, json.dumps(dataclasses.asdict(tracking)).encode())
 
     def resolve(self) -> TrialTracking:
         if self.path not in _RESOLVED:
-            from pyarrow.fs import FileType
-            fs, path = _filesystem(self.path)
+            folder = Folder(self.storage)
             deadline = time.monotonic() + self.timeout_s
-            while fs.get_file_info(path).type == FileType.NotFound:
+            while not folder.exists(self.name):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the sweep driver did not publish its MLflow tracking at {self.path} "
                                        f"within {self.timeout_s:.0f} s")
                 time.sleep(0.05)
-            with fs.open_input_stream(path) as handle:
-                _RESOLVED[self.path] = TrialTracking(**json.loads(handle.read()))
+            _RESOLVED[self.path] = TrialTracking(**json.loads(folder.read(self.name)))
         return _RESOLVED[self.path]
 
 
 _RESOLVED: dict[str, TrialTracking] = {}  # this process's published trackings, by path
-
-
-def _filesystem(uri: str):
-    from pyarrow.fs import FileSystem
-    return FileSystem.from_uri(uri)
 
 
 def mlflow_metrics(metrics: dict[str, float], objective: str = "objective", mode: str = "max",
@@ -96,7 +88,7 @@ def mlflow_metrics(metrics: dict[str, float], objective: str = "objective", mode
     `best_objective`/`best_step` are the best value of the sweep's objective so far (the loop's own when the
     objective is the task's first metric); `objective` becomes `objective_per_eval`; test scores are summary."""
     curves = {RENAMED.get(k, k): v for k, v in metrics.items()
-              if k not in ("step", "best_objective", "best_step", IMPROVED_AT) and k not in ONCE[1:]
+              if k not in ("step", "best_objective", "best_step", IMPROVED_AT, RESUMED_FROM) and k not in ONCE[1:]
               and not k.startswith("test_")}
     summary = {k: v for k, v in metrics.items() if k.startswith("test_")}
     value = metrics.get(objective)
@@ -131,17 +123,16 @@ def run_params(spec: RunSpec) -> dict[str, Any]:
 
 class TrialTracker:
     """Rank 0's logger (a report hook: called with each evaluation and, when it improved, its adapter):
-    the run at start, then every evaluation and each improved adapter. `send`: who sends the writes (the
-    journal's); unless "now", nothing here waits for MLflow."""
+    the run at start, then every evaluation and each improved adapter, into the trial's journal on the
+    sweep's storage. Nothing here waits for MLflow: the driver sends the journal."""
 
-    def __init__(self, tracking: TrialTracking, spec: RunSpec, ray_trial_id: str, optuna_trial: int | None,
-                 send: Literal["now", "driver", "thread"] = "now") -> None:
-        self.folder = Path(tracking.journal_dir) / ray_trial_id
-        self.journal = RunJournal(journal_path(tracking.journal_dir, ray_trial_id), tracking.uri, send)
-        self.counted = self.journal.path.exists()  # trainable_params is logged once, at the first evaluation
+    def __init__(self, tracking: TrialTracking, spec: RunSpec, ray_trial_id: str, optuna_trial: int | None) -> None:
+        self.journal = RunJournal(join(tracking.journal_root, ray_trial_id), tracking.uri, send="driver")
+        restarted = self.journal.exists()  # a restarted trial: the run exists (or is journaled)
+        self.counted = restarted  # trainable_params is logged once, at the first evaluation
         self.objective, self.mode, self.best = tracking.objective, tracking.mode, None
         self.logged = set(self.journal.logged_metrics())  # a restart re-reports steps after its checkpoint
-        if self.journal.path.exists():  # a restarted worker group: the run exists (or is journaled)
+        if restarted:
             return
         name = f"trial-{optuna_trial:03d}" if optuna_trial is not None else f"trial-{ray_trial_id}"
         self.journal.start(tracking.experiment_id, name, find_by=trial_key(tracking, ray_trial_id),
@@ -149,10 +140,9 @@ class TrialTracker:
                                  f"{TAG}backbone_revision": spec.backbone.revision or "default",
                                  STATE_TAG: "RUNNING", NOTE_TAG: f"{name}: running"})
         self.journal.params(run_params(spec))
-        spec_dir = self.folder / "spec"
-        spec_dir.mkdir(parents=True, exist_ok=True)
-        (spec_dir / "run_spec.json").write_text(spec.model_dump_json(indent=2))
-        self.journal.artifacts(spec_dir, "spec")
+        with tempfile.TemporaryDirectory(prefix="deptune-spec-") as tmp:
+            (Path(tmp) / "run_spec.json").write_text(spec.model_dump_json(indent=2))
+            self.journal.artifacts(tmp, "spec")
 
     def __call__(self, metrics: dict[str, float], adapter_dir: Path | None) -> None:
         step = int(metrics["step"])
@@ -166,49 +156,17 @@ class TrialTracker:
         self.journal.metrics(curves, step)
         if summary:
             self.journal.metrics(summary, SUMMARY_STEP)
-        if adapter_dir is not None:  # a copy that outlives the checkpoint folder until it is sent; one per
-            # step, so that the next improvement never rewrites a folder the sender may be uploading
-            remove_sent_copies(self.journal, self.folder)  # the earlier copies, once all is sent
-            kept = self.folder / f"{ADAPTER_COPY}{step}"
-            shutil.rmtree(kept, ignore_errors=True)
-            shutil.copytree(adapter_dir, kept, ignore=shutil.ignore_patterns("train_state.pt"))
-            self.journal.artifacts(kept, "adapter")
-
-    def close(self, timeout_s: float) -> bool:
-        """The trial ended: wait up to `timeout_s` for this process's sender thread (`send="thread"`); once
-        every write is sent the adapter copies go. False if writes are left, journaled on disk for their
-        sender (the driver's, this process's thread, the next write or the sweep's end)."""
-        if self.journal.send == "thread":
-            TRIAL_SENDER.drain(timeout_s)
-        return remove_sent_copies(self.journal, self.folder)
-
-
-def remove_sent_copies(journal: RunJournal, folder: Path) -> bool:
-    """Delete a trial's adapter copies once its journal holds nothing unsent; whether it did."""
-    if journal.pending():
-        return False
-    for copy in folder.glob(f"{ADAPTER_COPY}*"):
-        shutil.rmtree(copy, ignore_errors=True)
-    return True
+        if adapter_dir is not None:  # copied into the journal: the checkpoint folder may go at once
+            self.journal.artifacts(adapter_dir, "adapter", skip=("train_state.pt",))
 
 
 @dataclass(frozen=True)
 class TrackerHook:
-    """A sweep trial's `rank0_hook`: picklable, builds the tracker inside the trial's process, which leaves
-    sending to the driver when it runs on the driver's node (`node_id()` says where it runs); elsewhere a
-    Tune actor (`in_actor`, it outlives the trial) sends from a thread, a Ray Train worker (Ray may kill
-    it right after a report) before each write returns."""
+    """A sweep trial's `rank0_hook`: picklable, builds the tracker inside the trial's process."""
 
     tracking: TrialTracking
     ray_trial_id: str
     optuna_trial: int | None
-    in_actor: bool = False
-    node_id: Callable[[], str] | None = None
-
-    def sending(self) -> Literal["now", "driver", "thread"]:
-        if self.tracking.driver_node and self.node_id is not None and self.node_id() == self.tracking.driver_node:
-            return "driver"
-        return "thread" if self.in_actor else "now"
 
     def __call__(self, spec: RunSpec) -> TrialTracker:
-        return TrialTracker(self.tracking, spec, self.ray_trial_id, self.optuna_trial, self.sending())
+        return TrialTracker(self.tracking, spec, self.ray_trial_id, self.optuna_trial)

@@ -17,6 +17,11 @@ it (`keep_checkpoints`), so the latest improvement, which holds the best adapter
 step), is never deleted: kept by the objective, a later tied checkpoint would push it out."""
 
 
+RESUMED_FROM = "resumed_from_step"
+"""In each evaluation's report: the step of the checkpoint this run of the loop resumed from (0: a fresh
+start). A trial restarted after a lost worker or node says here that it resumed rather than restarted."""
+
+
 class ResourcesConfig(StrictModel):
     """What one training run (one sweep trial) asks of the Ray cluster."""
 

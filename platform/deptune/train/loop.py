@@ -37,7 +37,7 @@ from deptune.tasks.registry import get_task
 from deptune.tasks.loading import load_splits
 from deptune.train.checkpoint import Progress, load_checkpoint, rng_state, save_checkpoint
 from deptune.train.cache import ProcessCache, Shared
-from deptune.train.config import IMPROVED_AT, TrainConfig
+from deptune.train.config import IMPROVED_AT, RESUMED_FROM, TrainConfig
 from deptune.train.data import Encoded, GlobalBatches, train_batch
 from deptune.train.evaluate import evaluate
 from deptune.train.loss import item_count, loss_sum
@@ -211,6 +211,7 @@ def run_loop(work: Workload, cfg: TrainConfig, session: Session) -> TrainResult:
     torch.manual_seed(cfg.seed + 1000 * rank)  # dropout differs across ranks
     restore = session.restore_dir()
     progress = load_checkpoint(restore, model, optimizer, scheduler, rank, world) if restore else Progress()
+    resumed_from = float(progress.step)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if device.type == "cuda" and cfg.precision in ("auto", "bf16") else nullcontext())
     window, history = _Window(), []
@@ -241,7 +242,7 @@ def run_loop(work: Workload, cfg: TrainConfig, session: Session) -> TrainResult:
                   **window.flush(), "eval_latency_ms": latency_ms, "peak_memory_mb": peak_memory_mb(device),
                   "trainable_params": float(model.trainable_parameter_count()),
                   "best_objective": progress.best_objective, "best_step": float(progress.best_step),
-                  IMPROVED_AT: float(step) if improved else 0.0, **work.constants}
+                  IMPROVED_AT: float(step) if improved else 0.0, RESUMED_FROM: resumed_from, **work.constants}
         if step == cfg.steps:
             report.update(work.test(progress, device, autocast))
         history.append(report)
