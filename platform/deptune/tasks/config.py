@@ -27,8 +27,8 @@ class FewShotConfig(StrictModel):
     per: Literal["total", "class"] = Field(
         description="total: k over all classes, drawn as the official DePT code draws them (a seeded shuffle, "
                     "then up to k // n_classes per class, the last slot open to any class); class: k per class")
-    seed: int = Field(42, description="the draw's seed (the official code draws with the run's seed, 42 in its "
-                                      "scripts); vary it for several draws")
+    seed: int = Field(42, ge=0, lt=2**32, description="the draw's seed (the official code draws with the run's seed, "
+                                                      "42 in its scripts); vary it for several draws")
 
 
 class TaskConfig(StrictModel):
@@ -48,7 +48,7 @@ class TaskConfig(StrictModel):
                              "and test; large tasks hold 1,000 training examples out as validation and test on "
                              "the validation file); whole: the validation file is the validation split as given, "
                              "and the test split is files.test (none without it: no test scores)")
-    split_seed: int = 42
+    split_seed: int = Field(42, ge=0, lt=2**32, description="the seed of DePT's split shuffle, used as given")
     synthetic_size: PositiveInt = 2000
 
     @model_validator(mode="before")
