@@ -62,8 +62,11 @@ def silent_server() -> Iterator[int]:
 @pytest.fixture
 def quiet(monkeypatch, tmp_path):
     """An empty working folder, no tracking URI from the environment, and `ray.init` as a tripwire."""
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "RAY_ADDRESS"):
-        monkeypatch.delenv(name, raising=False)
+    from deptune.cli import READING_MLFLOW_ENV
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "RAY_ADDRESS",
+                 *READING_MLFLOW_ENV):
+        monkeypatch.setenv(name, "")  # recorded as unset, so what a command sets is removed after the test
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
     def tripwire(*args, **kwargs):
