@@ -209,7 +209,12 @@ def run_spec(init_from, **method):
 
 
 def test_preflight_names_the_key_and_the_file(source, tmp_path):
-    checks.check(run_spec("models:/source/1"), "spec")  # resolved at run time
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(SpecError, match="method.init_from: models:/source/1 is looked up in the Model Registry at "
+                                        ".*, but there is no MLflow store there"):
+        checks.check(run_spec("models:/source/1"), "spec", tracking_uri=store)  # nothing to fetch it from
+    (tmp_path / "mlflow.db").touch()
+    checks.check(run_spec("models:/source/1"), "spec", tracking_uri=store)  # fetched by the driver at run time
     checks.check(run_spec(str(source.adapter_dir), init_vectors="synthetic_a"), "spec")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / CONFIG_FILE).write_text((source.adapter_dir / CONFIG_FILE).read_text())

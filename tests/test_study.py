@@ -19,7 +19,7 @@ from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.searcher import StudySearcher, summarise_error
 from deptune.methods.budget import largest_prompt_length
-from deptune.tracking.journal import RunJournal, journal_path
+from deptune.tracking.journal import RunJournal
 from deptune.tracking.store import ensure_experiment
 from deptune.tracking.trial import PER_EVAL
 from deptune.sweep.space import plan_search
@@ -174,11 +174,11 @@ def test_a_restored_searcher_continues_its_trials_with_what_was_logged_meanwhile
 
     def searcher() -> StudySearcher:
         return StudySearcher(spec, plan, study.study_name, url, optuna.samplers.TPESampler(seed=execution.seed),
-                             execution.number, journal_dir=str(journals))
+                             execution.number, journal_root=str(journals))
 
     def logged(trial_id: str, steps) -> None:  # what rank 0's TrialTracker writes, through the real journal
-        journal = RunJournal(journal_path(journals, trial_id), f"sqlite:///{tmp_path / 'mlflow.db'}")
-        if not journal.path.exists():
+        journal = RunJournal(journals / trial_id, f"sqlite:///{tmp_path / 'mlflow.db'}", send="driver")
+        if not journal.exists():
             journal.start(experiment, trial_id, find_by={"deptune.ray_trial_id": trial_id}, tags={})
         for step in steps:
             journal.metrics({PER_EVAL: step / 100, "trainable_params": 1100}, step)  # MLflow's name
@@ -207,7 +207,7 @@ def test_a_restored_searcher_continues_its_trials_with_what_was_logged_meanwhile
     assert trial.state == TrialState.COMPLETE and trial.values == [0.4] and [t.number for t in told] == [0]
     assert trial.intermediate_values == {10: 0.1, 20: 0.2, 30: 0.3, 40: 0.4}
     assert trial.user_attrs["wall_seconds"] == pytest.approx(100 + 6, abs=3)  # both runs
-    journal = RunJournal(journal_path(journals, "resumed"), "")
+    journal = RunJournal(journals / "resumed", "")
     assert sorted(journal.logged_metrics()) == [10, 20, 30, 40]
 
     second.suggest("stopped")

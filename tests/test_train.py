@@ -195,3 +195,16 @@ def test_scoring_the_best_adapter_leaves_the_current_one_in_place():
 def spec_for_scoring():
     from deptune.train.config import TrainConfig
     return TrainConfig(steps=2, warmup_steps=0)
+
+
+@pytest.mark.parametrize("seed", [-1, 12345, 10**30])
+def test_any_integer_train_seed_trains_and_a_small_one_keeps_its_numbers(tmp_path, seed):
+    """Issue 22: numpy, torch and Python's generators each take a different range; every seed is brought
+    into 0..2**32-1 (itself when already there, so runs seeded so keep their numbers), never a crash."""
+    from deptune.spec_base import rng_seed
+    run = spec(tmp_path, steps=2, eval_every=2, warmup_steps=1, seed=seed, evaluate_test=False)
+    run = run.model_copy(update={"backbone": run.backbone.model_copy(
+        update={"tiny": run.backbone.tiny.model_copy(update={"seed": seed})})})
+    assert 0 <= run.train.rng_seed < 2**32 and run.train.rng_seed == (seed if 0 <= seed < 2**32 else rng_seed(seed))
+    result = train(run)
+    assert result.best_step == 2 and result.adapter_dir.is_dir()

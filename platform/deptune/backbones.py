@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from deptune.spec_base import StrictModel
+from deptune.spec_base import StrictModel, rng_seed
 from deptune.tasks.synthetic import WORDS
 
 if TYPE_CHECKING:  # transformers' model code takes seconds to import: only the processes that build a model pay
@@ -22,17 +22,34 @@ if TYPE_CHECKING:  # transformers' model code takes seconds to import: only the 
 
 Family = Literal["seq2seq", "causal", "encoder"]
 TINY_BACKBONES = ("tiny-t5", "tiny-gpt2", "tiny-llama", "tiny-bert")
-KNOWN_HIDDEN_SIZES = {
-    "t5-small": 512, "t5-base": 768, "t5-large": 1024, "google-t5/t5-small": 512, "google-t5/t5-base": 768,
-    "google-t5/t5-large": 1024, "google/t5-v1_1-base": 768, "google/t5-v1_1-large": 1024,
-    "google/flan-t5-base": 768, "google/flan-t5-large": 1024, "gpt2": 768, "openai-community/gpt2": 768,
-    "bert-base-uncased": 768, "google-bert/bert-base-uncased": 768,
-    "sentence-transformers/all-MiniLM-L6-v2": 384, "TinyLlama/TinyLlama-1.1B-Chat-v1.0": 2048,
-    "meta-llama/Llama-3.2-1B": 2048, "Qwen/Qwen2.5-0.5B": 896,
+_T5 = {"model_type": "t5", "is_encoder_decoder": True}
+_BERT = {"model_type": "bert", "max_position_embeddings": 512}
+KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
+    **{name: {**_T5, "d_model": d} for name, d in {
+        "t5-small": 512, "t5-base": 768, "t5-large": 1024, "google-t5/t5-small": 512, "google-t5/t5-base": 768,
+        "google-t5/t5-large": 1024, "google/t5-v1_1-base": 768, "google/t5-v1_1-large": 1024,
+        "google/flan-t5-base": 768, "google/flan-t5-large": 1024}.items()},
+    **{name: {"model_type": "gpt2", "n_embd": 768, "n_positions": 1024} for name in ("gpt2", "openai-community/gpt2")},
+    **{name: {**_BERT, "hidden_size": 768} for name in ("bert-base-uncased", "google-bert/bert-base-uncased")},
+    "sentence-transformers/all-MiniLM-L6-v2": {**_BERT, "hidden_size": 384},
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": {"model_type": "llama", "hidden_size": 2048, "max_position_embeddings": 2048},
+    "meta-llama/Llama-3.2-1B": {"model_type": "llama", "hidden_size": 2048, "max_position_embeddings": 131072},
+    "Qwen/Qwen2.5-0.5B": {"model_type": "qwen2", "hidden_size": 896, "max_position_embeddings": 32768},
 }
-"""Hidden sizes of the backbones our specs name, so `deptune validate` checks budgets offline."""
-HIDDEN_SIZE_KEYS = ("d_model", "hidden_size", "n_embd")
+"""What the checks read from a config (d, positions, family) for the backbones our specs name, so `deptune
+validate` checks budgets and positions offline without the hub's config in the cache."""
+HIDDEN_SIZE_KEYS = ("d_model", "hidden_size", "n_embd", "dim")
 POSITION_KEYS = ("max_position_embeddings", "n_positions")
+CAUSAL_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt_neox", "opt"}
+ENCODER_TYPES = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
+                 "mpnet", "camembert", "modernbert"}
+MAX_NAME = 4096
+"""The longest backbone name: PATH_MAX (a hub id has at most 96 characters)."""
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+"""What `from_pretrained` loads a local folder's weights from (deptune never passes from_tf / from_flax)."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.txt", "vocab.json",
+                   "sentencepiece.bpe.model")
 
 
 class TinySize(StrictModel):
@@ -44,15 +61,44 @@ class TinySize(StrictModel):
     init_std: float | None = Field(None, gt=0, description="weight init std; default 1/sqrt(hidden_size), so a "
                                                              "frozen random network still mixes its tokens")
     dropout: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, description="the random weights' seed (any integer)")
 
 
 class BackboneConfig(StrictModel):
-    name: str = Field(description="hub id, local folder, or one of " + ", ".join(TINY_BACKBONES))
+    name: str = Field(min_length=1, description="hub id, local folder, or one of " + ", ".join(TINY_BACKBONES))
     family: Family | None = Field(None, description="inferred from the model config when omitted")
     revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     tiny: TinySize = TinySize()
+
+    @field_validator("name")
+    @classmethod
+    def _not_absurdly_long(cls, name: str) -> str:
+        if len(name) > MAX_NAME:
+            raise ValueError(f"{len(name):,} characters, longer than any local path ({MAX_NAME:,}) or hub id (96)")
+        return name
+
+    @model_validator(mode="after")
+    def _tiny_shape_builds(self) -> "BackboneConfig":
+        if self.name in TINY_BACKBONES and (problem := tiny_shape_problem(self.name, self.tiny)):
+            raise ValueError(f"backbone.tiny.heads: {problem}")
+        return self
+
+
+def tiny_shape_problem(name: str, size: TinySize) -> str | None:
+    """Why transformers would refuse to build this tiny model's attention (None if it builds)."""
+    d, heads = size.hidden_size, size.heads
+    if name == "tiny-t5":
+        return None if heads <= d else f"{heads} heads of a {d}-wide model leave each head no width (d // heads = 0)"
+    if d % heads:
+        return f"{heads} does not divide backbone.tiny.hidden_size ({d}): each head is hidden_size / heads wide"
+    if name == "tiny-llama":
+        if heads % max(1, heads // 2):
+            return (f"tiny-llama has heads // 2 key/value heads, which must divide the {heads} heads: use 1, 3 or an "
+                    f"even number")
+        if (d // heads) % 2:
+            return f"tiny-llama's rotary embeddings need an even head width, and {d} / {heads} = {d // heads}"
+    return None
 
 
 @dataclass
@@ -83,13 +129,21 @@ def infer_family(config: PretrainedConfig) -> Family:
 
 def family_of(config: dict[str, Any]) -> Family:
     """seq2seq for encoder-decoders, causal for *ForCausalLM / *LMHeadModel, encoder otherwise."""
+    return declared_family(config) or "encoder"
+
+
+def declared_family(config: dict[str, Any]) -> Family | None:
+    """The family a config says it is (an encoder-decoder, a causal LM's architecture or model type, an
+    encoder's), or None when it says nothing a `backbone.family` could contradict."""
     if config.get("is_encoder_decoder"):
         return "seq2seq"
     architectures = config.get("architectures") or []
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) or config.get("model_type") in {
-            "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt_neox", "opt"}:
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) \
+            or config.get("model_type") in CAUSAL_TYPES:
         return "causal"
-    return "encoder"
+    if architectures or config.get("model_type") in ENCODER_TYPES:
+        return "encoder"
+    return None
 
 
 def load_backbone(cfg: BackboneConfig, num_labels: int = 2) -> Backbone:
@@ -159,7 +213,7 @@ def _build_tiny(name: str, size: TinySize, num_labels: int) -> tuple[PreTrainedM
     common = dict(vocab_size=vocab, pad_token_id=0, eos_token_id=1, bos_token_id=3)
     p = size.dropout
     import torch
-    torch.manual_seed(size.seed)
+    torch.manual_seed(rng_seed(size.seed))
     if name == "tiny-t5":
         model = T5ForConditionalGeneration(T5Config(
             d_model=d, d_kv=d // size.heads, d_ff=size.ff_size, num_layers=size.layers, num_heads=size.heads,
@@ -183,38 +237,82 @@ def _build_tiny(name: str, size: TinySize, num_labels: int) -> tuple[PreTrainedM
 
 
 # ----- facts about a backbone without building it (checks, the search plan) --------------------------------
+class ConfigUnreadable(ValueError):
+    """A config.json that is there but holds no JSON object (the message names the file)."""
+
+
+def _is(path: Path, kind: str = "file") -> bool:
+    """`path.is_file()` / `is_dir()`, False for a name the OS cannot even look up (too long, bad bytes)."""
+    try:
+        return path.is_file() if kind == "file" else path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def is_local(name: str) -> bool:
+    """The backbone's name is a local path (it looks like one, or it exists), not a hub id."""
+    return name.startswith(("/", "./", "../", "~")) or _is(Path(name), "dir") or _is(Path(name))
+
+
+def hub_id_problem(name: str) -> str | None:
+    """Why `name` cannot be a Hugging Face hub id (None when it can be one)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # light, unlike transformers
+    try:
+        validate_repo_id(name)
+    except HFValidationError as exc:
+        return str(exc).split(". ")[0].rstrip(".")
+    return None
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A config.json as a dict; not UTF-8 JSON, or JSON but no object, is a `ConfigUnreadable` naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigUnreadable(f"{path} is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigUnreadable(f"{path} holds a JSON {type(data).__name__}, not a config object")
+    return data
+
+
 def model_config(backbone: BackboneConfig, online: bool = False) -> dict[str, Any] | None:
-    """The backbone's config as a dict: a tiny one's, a local folder's, the local HF cache's, or (online)
-    the hub's; None when it cannot be read offline."""
+    """The backbone's config as a dict: a tiny one's, a local folder's, the local HF cache's, (online) the
+    hub's, else what `KNOWN_CONFIGS` knows; None when none of them has it. A config.json that is there but
+    unreadable raises `ConfigUnreadable`."""
     if backbone.name in TINY_BACKBONES:
         t = backbone.tiny
         model_type = {"tiny-t5": "t5", "tiny-gpt2": "gpt2", "tiny-llama": "llama", "tiny-bert": "bert"}[backbone.name]
         return {"hidden_size": t.hidden_size, "model_type": model_type, "is_encoder_decoder": model_type == "t5",
                 "max_position_embeddings": None if model_type == "t5" else t.max_positions}
     config_file = Path(backbone.name) / "config.json"
-    if config_file.is_file():
-        return json.loads(config_file.read_text())
+    if _is(config_file):
+        return read_config(config_file)
+    if is_local(backbone.name):
+        return None
     from huggingface_hub import try_to_load_from_cache  # light, unlike transformers: validate stays fast
     try:
         cached = try_to_load_from_cache(backbone.name, "config.json", revision=backbone.revision)
-    except ValueError:  # HFValidationError: not a hub repo id (e.g. a local path that does not exist)
+    except ValueError:  # HFValidationError: not a hub repo id
         cached = None
     if isinstance(cached, str):
-        return json.loads(Path(cached).read_text())
-    if not online:
-        return None
-    try:
-        from transformers import AutoConfig
-        return AutoConfig.from_pretrained(backbone.name, revision=backbone.revision).to_dict()
-    except (OSError, ValueError):
-        return None
+        return read_config(Path(cached))
+    if online and hub_id_problem(backbone.name) is None:
+        try:
+            from transformers import AutoConfig
+            return AutoConfig.from_pretrained(backbone.name, revision=backbone.revision).to_dict()
+        except (OSError, ValueError):
+            pass
+    known = KNOWN_CONFIGS.get(backbone.name)
+    return dict(known) if known else None
 
 
 def hidden_size(backbone: BackboneConfig, config: dict[str, Any] | None = None) -> int | None:
     """d from the backbone's config or our table; None if unknown offline."""
     config = config if config is not None else model_config(backbone)
-    found = next((config[k] for k in HIDDEN_SIZE_KEYS if isinstance((config or {}).get(k), int)), None)
-    return found or KNOWN_HIDDEN_SIZES.get(backbone.name)
+    for source in (config or {}, KNOWN_CONFIGS.get(backbone.name, {})):
+        if (found := next((source[k] for k in HIDDEN_SIZE_KEYS if isinstance(source.get(k), int)), None)):
+            return found
+    return None
 
 
 def position_limit(backbone: BackboneConfig, config: dict[str, Any] | None = None) -> int | None:
@@ -224,3 +322,14 @@ def position_limit(backbone: BackboneConfig, config: dict[str, Any] | None = Non
     if not config or config.get("is_encoder_decoder"):
         return None
     return next((config[k] for k in POSITION_KEYS if isinstance(config.get(k), int)), None)
+
+
+def missing_files(folder: Path) -> list[str]:
+    """What `from_pretrained` needs of a local folder and does not find: weights, a tokenizer."""
+    names = {p.name for p in folder.iterdir()} if _is(folder, "dir") else set()
+    missing = []
+    if not names & set(WEIGHT_FILES):
+        missing.append(f"weights ({' or '.join(WEIGHT_FILES[::2])})")
+    if not names & set(TOKENIZER_FILES):
+        missing.append(f"tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    return missing

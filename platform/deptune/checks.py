@@ -13,40 +13,53 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from deptune.backbones import family_of, hidden_size, model_config, position_limit
+from deptune.backbones import (TINY_BACKBONES, ConfigUnreadable, declared_family, family_of, hidden_size,
+                               hub_id_problem, is_local, missing_files, model_config, position_limit)
 from deptune.methods.config import is_registry_uri
 from deptune.methods.record import ADAPTER_FILES, CONFIG_FILE, read_record
-from deptune.spec_base import IntRange, SpecError
-from deptune.sweep.config import TRAINING_METRICS, SweepSpec
+from deptune.spec_base import IntRange, SpecError, database_url_problem, redact
+from deptune.sweep.config import STORAGE_ENV, TRAINING_METRICS, SweepSpec, storage_url
 from deptune.sweep.space import SearchPlan, plan_search
 from deptune.tasks.config import TaskConfig
+from deptune.tasks.contents import content_findings
 from deptune.tasks.loading import data_errors
 from deptune.tasks.registry import get_task
+from deptune.tracking.store import URI_ENV, missing_store, resolve_uri, uri_problem
 from deptune.train.spec import RunSpec, SourceSpec
 
 
 @dataclass(frozen=True)
 class Checked:
-    """What the checks worked out, so the driver does not work it out again."""
+    """What the checks worked out, so the driver does not work it out again, and what they could not check
+    or what the run will do unasked (`warnings`, 'key.path: message' lines, printed by every command)."""
 
     hidden_size: int | None
     plan: SearchPlan | None  # a sweep spec's search plan (None for a run or source spec, or d unknown offline)
+    warnings: tuple[str, ...] = ()
 
 
 def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False, online: bool = False,
-          local: bool = False) -> Checked:
+          local: bool = False, tracking_uri: str | None = None) -> Checked:
     """Raise a `SpecError` listing every problem; `local_cluster`: the run will start a Ray on this
-    machine; `local`: it runs in this process (`--local`); `online`: the backbone's config may be read
-    from the hub (a run about to start needs d)."""
+    machine; `local`: it runs in this process (`--local`); `online`: a run is about to start, so the
+    backbone's config may be read from the hub (the run needs d) and torch may settle what the data's
+    seeded shuffles decide; `tracking_uri`: where a run spec's models:/ source adapter is registered (a
+    sweep spec names its own)."""
+    warnings: list[str] = []
     if isinstance(spec, SourceSpec):
-        errors = [e for i, task in enumerate(spec.source_tasks) for e in _task_errors(task, f"source_tasks.{i}")]
+        errors = [e for i, task in enumerate(spec.source_tasks)
+                  for e in _task_errors(task, f"source_tasks.{i}", online, warnings)]
         errors += _writable("train.output_dir", spec.train.output_dir) + _runs_here(spec, local_cluster, local)
         if errors:
             raise SpecError(source, errors)
-        return Checked(None, None)
-    config = model_config(spec.backbone, online=online)
-    d = hidden_size(spec.backbone, config)
-    errors = _task_errors(spec.task, "task") + _source_adapter(spec) + _backbone(spec, config, online)
+        return Checked(None, None, tuple(warnings))
+    try:
+        config = model_config(spec.backbone, online=online)
+        errors = _backbone(spec, config, online, warnings)
+    except ConfigUnreadable as exc:
+        config, errors = None, [f"backbone.name: {exc}"]
+    d = hidden_size(spec.backbone, config) if config is not None else None
+    errors += _task_errors(spec.task, "task", online, warnings) + _source_adapter(spec, tracking_uri)
     plan = None
     if d is not None and isinstance(spec, SweepSpec):
         plan, search_errors = plan_search(spec, d)
@@ -55,7 +68,7 @@ def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False, 
         errors += _method_fits(spec, d)
     errors += _positions(spec, config) + _causal_rule(spec, config)
     if isinstance(spec, SweepSpec):
-        errors += _objectives(spec)
+        errors += _objectives(spec) + _stores(spec)
         if plan is not None:
             errors += enqueue_errors(spec, plan) + _searched_source_fit(spec, plan)
     errors += _writable("train.output_dir", spec.train.output_dir)
@@ -64,7 +77,7 @@ def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False, 
     errors += _runs_here(spec, local_cluster, local)
     if errors:
         raise SpecError(source, errors)
-    return Checked(d, plan)
+    return Checked(d, plan, tuple(warnings))
 
 
 def _runs_here(spec: RunSpec | SourceSpec, local_cluster: bool, local: bool) -> list[str]:
@@ -160,17 +173,34 @@ def _point_value_error(plan: SearchPlan, name: str, value: object) -> str | None
     return None
 
 
-def _task_errors(task: TaskConfig, key: str) -> list[str]:
-    """The data exists, has the task's columns, and holds a validation split."""
-    return [f"{key}.{line}" for line in data_errors(task)]
+def _task_errors(task: TaskConfig, key: str, online: bool, warnings: list[str]) -> list[str]:
+    """The data exists, has the task's columns, and holds a validation split; then every row of it, read
+    whole as the run will read it (`tasks.contents`)."""
+    errors = [f"{key}.{line}" for line in data_errors(task)]
+    if errors:
+        return errors
+    found = content_findings(task, shuffles=online)
+    warnings += [f"{key}.{line}" for line in found.warnings]
+    return [f"{key}.{line}" for line in found.errors]
 
 
-def _source_adapter(spec: RunSpec) -> list[str]:
+def check_fetched_source(spec: RunSpec, source: str) -> None:
+    """After the driver fetched a models:/ source adapter (`tracking.sources.localize_sources`): it fits."""
+    if errors := _source_adapter(spec):
+        raise SpecError(source, errors)
+
+
+def _source_adapter(spec: RunSpec, tracking_uri: str | None = None) -> list[str]:
     """A local source adapter must hold both files and fit the method; a models:/ URI is fetched by the
-    driver before this runs (`validate` leaves it to the driver)."""
+    driver once every other check passed (here, which imports no MLflow, its registry's store must exist)."""
     init_from, method = spec.method.init_from, spec.method
-    if init_from is None or is_registry_uri(init_from):
+    if init_from is None:
         return []
+    if is_registry_uri(init_from):
+        uri = resolve_uri(spec.tracking.uri if isinstance(spec, SweepSpec) else tracking_uri)
+        problem = uri_problem(uri) or missing_store(uri)
+        return [f"method.init_from: {init_from} is looked up in the Model Registry at {redact(uri)}, but {problem}"
+                ] if problem else []
     missing = [f for f in ADAPTER_FILES if not (Path(init_from) / f).is_file()]
     if missing:
         return [f"method.init_from: no adapter in {init_from}: {' and '.join(missing)} missing"]
@@ -201,13 +231,51 @@ def _searched_source_fit(spec: SweepSpec, plan: SearchPlan) -> list[str]:
     return errors
 
 
-def _backbone(spec: RunSpec, config: dict | None, online: bool) -> list[str]:
-    name = spec.backbone.name
-    if (name.startswith(("/", "./", "../")) or Path(name).exists()) and not (Path(name) / "config.json").is_file():
-        return [f"backbone.name: {name} is a path but holds no config.json"]
-    if online and config is None and hidden_size(spec.backbone, config) is None:
-        return [f"backbone.name: cannot read the config of {name!r} (offline, or not a model on the hub)"]
+def _backbone(spec: RunSpec, config: dict | None, online: bool, warnings: list[str]) -> list[str]:
+    """A local folder holds what `from_pretrained` loads, a hub name is a hub id, the config is known (or,
+    for `validate`, a warning says what went unchecked), and `backbone.family` agrees with it."""
+    name, family = spec.backbone.name, spec.backbone.family
+    if name not in TINY_BACKBONES:
+        if is_local(name):
+            if config is None:
+                return [f"backbone.name: {name} is a path but holds no config.json"]
+            if missing := missing_files(Path(name)):
+                return [f"backbone.name: {name} holds no {' and no '.join(missing)}: from_pretrained loads them"]
+        elif problem := hub_id_problem(name):
+            return [f"backbone.name: {name!r} is neither a local folder nor a hub id ({problem})"]
+        if config is None and online:
+            offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+            return [f"backbone.name: cannot read the config of {name!r}{offline}: not cached, and offline or not a "
+                    f"model on the hub"]
+        if config is None:
+            warnings.append(f"backbone.name: the config of {name!r} is not in the Hugging Face cache, and validate "
+                            f"does not download: not checked: the budget and search plan (d), prompt + input "
+                            f"positions, backbone.family; `deptune sweep` and `train` read it from the hub and check "
+                            f"them")
+    declared = declared_family(config) if config else None
+    if family is not None and declared is not None and declared != family:
+        article = "an" if declared == "encoder" else "a"
+        return [f"backbone.family: {name} is {article} {declared} model (its config says so), not {family}; leave "
+                f"backbone.family out"]
     return []
+
+
+def _stores(spec: SweepSpec) -> list[str]:
+    """The form of the study storage and the tracking URI (whether they answer is the sweep's to check)."""
+    errors = []
+    url = storage_url(spec)
+    origin = "" if spec.study.storage or not os.environ.get(STORAGE_ENV) else f" (from ${STORAGE_ENV})"
+    if problem := database_url_problem(url):
+        errors.append(f"study.storage: {redact(spec.study.storage or url)}{origin}: {problem}")
+    elif url.startswith("sqlite:///"):
+        errors += _writable("study.storage", Path(url.removeprefix("sqlite:///")).parent)
+    uri = resolve_uri(spec.tracking.uri)
+    origin = "" if spec.tracking.uri or not os.environ.get(URI_ENV) else f" (from ${URI_ENV})"
+    if problem := uri_problem(uri):
+        errors.append(f"tracking.uri: {redact(spec.tracking.uri or os.environ.get(URI_ENV) or uri)}{origin}: {problem}")
+    elif uri.startswith("sqlite:///"):
+        errors += _writable("tracking.uri", Path(uri.removeprefix("sqlite:///")).parent)
+    return errors
 
 
 def _method_fits(spec: RunSpec, d: int) -> list[str]:
@@ -227,7 +295,7 @@ def _method_fits(spec: RunSpec, d: int) -> list[str]:
 def _positions(spec: RunSpec, config: dict | None) -> list[str]:
     """Prompt + input (+ the answer, for causal models) must fit the backbone's position embeddings;
     the longest prompt a sweep may sample is the one checked."""
-    limit = position_limit(spec.backbone, config)
+    limit = position_limit(spec.backbone, config) if config is not None else None  # unknown: said by _backbone
     if limit is None:
         return []
     prompt = spec.method.prompt_length

@@ -6,8 +6,9 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -37,9 +38,9 @@ def validate(files: Annotated[list[Path], typer.Argument(help="spec files")]) ->
     for path in files:
         try:
             spec = load_spec(path)
-            checks.check(spec, str(path))
+            checked = checks.check(spec, str(path))
             typer.echo(f"{path}: ok")
-            for warning in getattr(spec, "warnings", list)():
+            for warning in [*getattr(spec, "warnings", list)(), *checked.warnings]:
                 typer.echo(f"{path}: warning: {redact(warning)}", err=True)
         except SpecError as exc:
             failed = True
@@ -60,6 +61,18 @@ def exit_on(error: type[Exception], code: int) -> Iterator[None]:
     except error as exc:
         typer.echo(redact(str(exc)), err=True)
         raise typer.Exit(code) from None
+
+
+def echo_warnings(warnings: list[str] | tuple[str, ...]) -> None:
+    for warning in warnings:
+        typer.echo(f"warning: {redact(warning)}", err=True)
+
+
+def check_address(address: str | None) -> None:
+    """An --address (or $RAY_ADDRESS) Ray cannot join is refused before anything is read or written."""
+    from deptune.cluster.local import address_problem  # standard library only: no Ray imported
+    if address and (problem := address_problem(address)):
+        raise SpecError("--address", [f"--address: {problem}"])
 
 
 def starts_local_ray(local: bool, address: str | None) -> bool:
@@ -90,13 +103,18 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
     """Run one DePT / PT training configuration on Ray Train (or --local) and print its metrics."""
     from deptune import checks
     overrides = list(overrides or []) + ([f"resources.workers={workers}"] if workers else [])
+    address = None if local else address or os.environ.get("RAY_ADDRESS")
     with exit_on(SpecError, 2):
+        check_address(address)
         run_spec, tracking_uri = load_run_spec(spec, overrides)  # a sweep spec trains its base run
-        if is_registry_uri(run_spec.method.init_from):  # a registered source adapter
+        checked = checks.check(run_spec, str(spec), local_cluster=starts_local_ray(local, address), online=True,
+                               local=local, tracking_uri=tracking_uri)
+        if is_registry_uri(run_spec.method.init_from):  # a registered source adapter, fetched once all else passed
             from deptune.tracking.sources import localize_sources
             from deptune.tracking.store import resolve_uri
             run_spec = localize_sources(run_spec, resolve_uri(tracking_uri), str(spec))
-        checks.check(run_spec, str(spec), local_cluster=starts_local_ray(local, address), online=True, local=local)
+            checks.check_fetched_source(run_spec, str(spec))
+    echo_warnings(checked.warnings)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     if local:
@@ -135,9 +153,13 @@ def mpt_source(spec: Annotated[Path, typer.Argument(help="a source spec YAML (ba
     (u, v) distilled on the task mixture; prints where the source adapter is."""
     from deptune import checks
     from deptune.train.spec import SourceSpec
+    address = None if local else address or os.environ.get("RAY_ADDRESS")
     with exit_on(SpecError, 2):
+        check_address(address)
         source_spec = load_spec(spec, overrides, kind=SourceSpec)
-        checks.check(source_spec, str(spec), local_cluster=starts_local_ray(local, address), local=local)
+        checked = checks.check(source_spec, str(spec), local_cluster=starts_local_ray(local, address), local=local,
+                               online=True)
+    echo_warnings(checked.warnings)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     with exit_on(FloatingPointError, 1):
@@ -172,15 +194,19 @@ def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_s
     from deptune.tracking.store import resolve_uri
     address = address or os.environ.get("RAY_ADDRESS")
     with exit_on(SpecError, 2):
+        check_address(address)
         sweep_spec = load_spec(spec, overrides, kind=SweepSpec)
-        sweep_spec = localize_sources(sweep_spec, resolve_uri(sweep_spec.tracking.uri), str(spec))
         checked = checks.check(sweep_spec, str(spec), local_cluster=starts_local_ray(False, address), online=True)
-    for warning in sweep_spec.warnings():
-        typer.echo(f"warning: {redact(warning)}", err=True)
+    echo_warnings([*sweep_spec.warnings(), *checked.warnings])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     prepare_ray(address)
-    from deptune.sweep.driver import SweepLocked, run_sweep
+    from deptune.sweep.driver import SweepLocked, refuse_before_writing, run_sweep
     from deptune.sweep.leaderboard import render, render_pareto
+    with exit_on(SpecError, 2):
+        refuse_before_writing(sweep_spec, str(spec), resume, address)  # before a source adapter is fetched
+        if is_registry_uri(sweep_spec.method.init_from):
+            sweep_spec = localize_sources(sweep_spec, resolve_uri(sweep_spec.tracking.uri), str(spec))
+            checks.check_fetched_source(sweep_spec, str(spec))
     started = time.perf_counter()
     try:
         outcome = run_sweep(sweep_spec, str(spec), resume=resume, address=address, plan=checked.plan)
@@ -230,50 +256,107 @@ def _echo_tracking(tracking, spec) -> None:
         typer.echo(redact(tracking.unfinished), err=True)
 
 
+class Mode(str, Enum):
+    """Whether a larger or a smaller value of the metric is better."""
+
+    max = "max"
+    min = "min"
+
+
+def fail(lines: list[str], code: int = 2) -> NoReturn:
+    """Each line said (secrets redacted) and exit `code`, no traceback."""
+    for line in lines:
+        typer.echo(redact(line), err=True)
+    raise typer.Exit(code)
+
+
+def reading_store(uri: str | None) -> str:
+    """The tracking store a command reads (--uri, else $MLFLOW_TRACKING_URI, else ./mlflow.db), checked
+    before MLflow opens it: its form, that it is there (reading never creates one), and an answer within
+    seconds; a password in the URI moves to MLflow's environment, out of every message (exit 2)."""
+    from deptune.spec_base import split_credentials
+    from deptune.tracking.store import check_store, resolve_uri
+    resolved = resolve_uri(uri)
+    try:
+        check_store(resolved, "--uri", given=uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    except SpecError as exc:
+        fail(exc.errors)
+    plain, user, password = split_credentials(resolved)
+    if password is not None and plain.startswith(("http://", "https://")):
+        os.environ.update(MLFLOW_TRACKING_USERNAME=user or "", MLFLOW_TRACKING_PASSWORD=password)
+        resolved = plain
+    for name, value in READING_MLFLOW_ENV.items():
+        os.environ.setdefault(name, value)
+    return resolved
+
+
+READING_MLFLOW_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+"""A server that answered the check but stops answering fails in a minute, not after MLflow's 251 s."""
+
+
+@contextmanager
+def mlflow_errors(what: str) -> Iterator[None]:
+    """MLflow's errors as one redacted line: something that is not there (a run, a model, an experiment)
+    is the user's input (exit 2); anything else (a server that broke mid-way) exit 1."""
+    from mlflow.exceptions import MlflowException
+    try:
+        yield
+    except MlflowException as exc:
+        missing = exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+        fail([f"{what}: {str(exc.message).splitlines()[0][:300] if exc.message else exc.error_code}"],
+             2 if missing else 1)
+    except (OSError, ValueError) as exc:  # requests' errors are OSErrors; a version that is no model
+        fail([f"{what}: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"], 1)
+
+
 @app.command()
 def report(experiment: Annotated[str, typer.Argument(help="MLflow experiment (a sweep's study name)")],
            uri: Annotated[str | None, typer.Option(help="tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                                         "sqlite:///mlflow.db)")] = None,
            metric: Annotated[str, typer.Option(help="rank trials by this metric's best value")] = "objective",
-           mode: Annotated[str, typer.Option(help="max or min")] = "max",
-           top: Annotated[int, typer.Option(help="rows")] = 20) -> None:
+           mode: Annotated[Mode, typer.Option(help="whether larger or smaller is better")] = Mode.max,
+           top: Annotated[int, typer.Option(min=1, help="rows")] = 20) -> None:
     """Print an experiment's trials from MLflow, best first."""
+    tracking_uri = reading_store(uri)
     from deptune.registry.report import render_experiment
-    from deptune.tracking.store import resolve_uri
-    try:
-        render_experiment(resolve_uri(uri), experiment, metric, mode, top)
-    except LookupError as exc:
-        typer.echo(redact(str(exc)), err=True)
-        raise typer.Exit(2) from None
+    with mlflow_errors(f"experiment {experiment!r}"):
+        try:
+            render_experiment(tracking_uri, experiment, metric, mode.value, top)
+        except LookupError as exc:
+            fail([str(exc)])
 
 
 @app.command()
-def predict(model_uri: Annotated[str, typer.Argument(help="e.g. models:/deptune-rte-dept@champion")],
+def predict(model_uri: Annotated[str, typer.Argument(help="e.g. models:/deptune-rte-dept@champion, or a model folder")],
             text: Annotated[list[str] | None, typer.Option(
                 "--text", help="a text of the task's first column (repeat for several rows)")] = None,
             inputs: Annotated[list[str] | None, typer.Option(
                 "--input", help="COLUMN=TEXT, one per text column of the task (e.g. --input sentence1=... "
                                 "--input sentence2=...); repeat a column for more rows")] = None,
             file: Annotated[Path | None, typer.Option(
-                "--file", help="a .csv/.tsv/.jsonl file of rows with the task's columns")] = None,
+                "--file", exists=True, dir_okay=False, readable=True,
+                help="a .csv/.tsv/.jsonl file of rows with the task's columns")] = None,
             uri: Annotated[str | None, typer.Option(help="tracking URI")] = None) -> None:
     """Predict labels with a registered adapter, loaded once for every row: prints the class name, the
     verbalised label and the row's texts, tab-separated."""
-    from deptune.registry.predict import (InputError, Predictor, check_columns, model_columns, rows_from_file,
+    from deptune.registry.predict import (InputError, check_columns, model_columns, needs_store, rows_from_file,
                                           rows_from_options)
-    from deptune.tracking.store import resolve_uri
     if file is not None and (text or inputs):
-        typer.echo("give rows either as --text/--input or as --file, not both", err=True)
-        raise typer.Exit(2)
-    tracking_uri = resolve_uri(uri)
+        fail(["give rows either as --text/--input or as --file, not both"])
     try:
-        columns = model_columns(model_uri, tracking_uri)
-        rows = rows_from_file(file) if file is not None else rows_from_options(columns, text or [], inputs or [])
-        check_columns(rows, columns)
-    except (InputError, OSError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
-    result = Predictor.load(model_uri, tracking_uri).predict(rows)
+        from_file = rows_from_file(file) if file is not None else None  # the file's problems first: no model needed
+    except InputError as exc:
+        fail([str(exc)])
+    tracking_uri = reading_store(uri) if needs_store(model_uri) else None
+    with mlflow_errors(f"model {model_uri}"):
+        try:
+            columns = model_columns(model_uri, tracking_uri)
+            rows = from_file if from_file is not None else rows_from_options(columns, text or [], inputs or [])
+            check_columns(rows, columns)
+        except InputError as exc:
+            fail([str(exc)])
+        from deptune.registry.predict import Predictor
+        result = Predictor.load(model_uri, tracking_uri).predict(rows)
     for row in result.to_dict("records"):
         typer.echo("\t".join([str(row["label_name"]), str(row["label"]), *(str(row[c]) for c in columns)]))
 
@@ -282,15 +365,18 @@ def predict(model_uri: Annotated[str, typer.Argument(help="e.g. models:/deptune-
 def promote(run_id: Annotated[str, typer.Argument(help="an MLflow run holding an `adapter` artifact")],
             model: Annotated[str, typer.Option(help="registered model name")],
             metric: Annotated[str, typer.Option(help="compare champions on this metric's best value")] = "objective",
-            mode: Annotated[str, typer.Option(help="max or min")] = "max",
+            mode: Annotated[Mode, typer.Option(help="whether larger or smaller is better")] = Mode.max,
             uri: Annotated[str | None, typer.Option(help="tracking URI")] = None,
             lock_url: Annotated[str | None, typer.Option(help="database holding the promotion lock (default: "
                                                               "$DEPTUNE_LOCK_URL, else a lock on this machine)")] = None
             ) -> None:
     """Register a run's adapter as a new model version; `champion` moves only if it is better."""
-    from deptune.registry.promotion import promote as promote_run
-    from deptune.tracking.store import resolve_uri
-    result = promote_run(run_id, model, metric, mode, resolve_uri(uri), lock_url)
+    tracking_uri = reading_store(uri)
+    from deptune.registry.promotion import promote as promote_run, promotable
+    with mlflow_errors(f"run {run_id}"):
+        if problem := promotable(run_id, metric, mode.value, tracking_uri):  # nothing registered before this
+            fail([problem])
+        result = promote_run(run_id, model, metric, mode.value, tracking_uri, lock_url)
     typer.echo(f"registered {result.uri}: " + ("champion" if result.champion else "challenger")
                + f" ({result.reason})")
 
@@ -302,9 +388,12 @@ def sync(location: Annotated[str, typer.Argument(help="a journal folder a sweep 
     """Send MLflow writes a sweep kept while the tracking server was away; for an execution whose end
     waited for the server, register its best adapter and write its leaderboard, as the sweep would have."""
     from deptune.sweep.tracker import finish_unfinished
-    from deptune.tracking.journal import flush_all
-    from deptune.tracking.store import resolve_uri
-    left = flush_all(location, resolve_uri(uri))
+    from deptune.tracking.journal import flush_all, journals
+    if "://" not in location and not Path(location).is_dir():
+        fail([f"{location}: no such folder"])
+    if not journals(location):
+        fail([f"{location}: holds no journal (a folder per run, each with its ops/)"])
+    left = flush_all(location, reading_store(uri))
     finished = finish_unfinished(Path(location)) if "://" not in location else None
     if finished is not None:
         left = finished.not_logged

@@ -5,6 +5,7 @@ Everything here is plain pydantic: `deptune validate` reads specs without import
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -20,7 +21,10 @@ from pydantic import (BaseModel, ConfigDict, PositiveFloat, PositiveInt, Validat
 MASK = "***"
 """What a secret becomes, as in SQLAlchemy's `URL.render_as_string(hide_password=True)`."""
 
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*):(?P<password>[^\s/'\"]*)@")
+_URL_PASSWORD = re.compile(r"(?<![^\s:/@'\"])(?P<head>[^\s:/@'\"]{1,128}):(?P<password>[^\s/'\"]{0,256})@")
+"""`user:password@` wherever it stands: in a URL (`scheme://user:password@host`) and in a malformed one
+(`postgresql:/user:password@host`, `user:password@host/db`) alike. Tried only where a word starts, and
+bounded, so a long line costs linear time."""
 _QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_?key|access_?key|"
                            r"sslpassword)=)[^&;#\s'\"]+")
 SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "RAY_AUTH_TOKEN", "MLFLOW_AUTH_ADMIN_PASSWORD",
@@ -30,9 +34,11 @@ SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "RAY_AUTH_TOK
 
 def redact(text: str) -> str:
     """`text` (a URL, a message, a whole spec file) with every secret masked: the password of any
-    `scheme://user:password@host` URL, secret query values (`?password=`, `&token=`), and the values of
-    `SECRET_ENV`. The one redaction of the platform: everything printed, logged, tagged or stored goes
-    through it. Over-masking is the safe side: a password with a raw '@' masks up to its last '@'."""
+    `user:password@host`, in a well-formed URL or not (`scheme://user:password@host`,
+    `scheme:/user:password@host`, `user:password@host/db`), secret query values (`?password=`, `&token=`),
+    and the values of `SECRET_ENV`. The one redaction of the platform: everything printed, logged, tagged
+    or stored goes through it. Over-masking is the safe side: a password with a raw '@' masks up to its
+    last '@', and any `word:word@` is taken for credentials."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
     text = _QUERY_SECRET.sub(lambda m: f"{m['head']}{MASK}", text)
     for name in SECRET_ENV:
@@ -73,6 +79,45 @@ def redact_logs() -> None:
 
     redacted.redacts = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(redacted)
+
+
+SEED_SPACE = 2**32
+"""Seeds every generator takes (Python's, numpy's, torch's, Optuna's samplers'): 0 <= seed < 2**32."""
+
+
+def derive_seed(*parts: int) -> int:
+    """A seed in [0, 2**32) from any integers (a seed of any size or sign, an execution number): the first
+    four bytes of the sha256 of their decimal forms, so different parts give unrelated seeds."""
+    return int.from_bytes(hashlib.sha256(" ".join(map(str, parts)).encode()).digest()[:4], "big")
+
+
+def rng_seed(seed: int) -> int:
+    """What seeds the generators for a user's `seed`: the seed itself where every generator takes it (runs
+    seeded so keep their numbers), else one derived from it, so that any integer a spec holds works."""
+    return seed if 0 <= seed < SEED_SPACE else derive_seed(seed)
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why `url` is not a SQLAlchemy database URL this machine can open, from its form alone (no
+    connection: reachability is the run's to check); None when it is one. Never echoes the URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "not a database URL (write dialect[+driver]://user@host/database, or sqlite:///path)"
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        return (f"unknown database {parsed.drivername!r}; use sqlite:///path or postgresql://user@host/database "
+                f"(or another SQLAlchemy dialect whose driver is installed)")
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        return f"{parsed.drivername}: its driver ({exc.name or exc}) is not installed; install it or use another"
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        return "an in-memory sqlite database vanishes with its process; give a file: sqlite:///path"
+    return None
 
 
 def private_dir(path: Path) -> Path:

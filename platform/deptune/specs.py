@@ -79,8 +79,78 @@ class _SpecLoader(yaml.SafeLoader):
     the last silently, dropping the keys of an earlier section."""
 
 
-def _duplicates(node: yaml.Node, path: str = "") -> list[str]:
-    """'key.path: given twice (lines a and b)' for every mapping key repeated in the YAML tree."""
+MAX_DEPTH = 64
+"""Levels of nesting a spec may have (a real one has four or five); deeper YAML is refused before PyYAML
+composes it, which recurses once per level (and scans in time quadratic in the depth)."""
+MAX_NODES = 100_000
+"""Values a spec may hold once its aliases are expanded (a real one has a few hundred): an alias bomb (an
+alias to a list of aliases to lists ...) is refused before anything walks or builds its expansion."""
+
+
+def _too_deep(text: str) -> str | None:
+    """'nested more than MAX_DEPTH levels ... at line L', read from the parser's events (nothing composed),
+    stopping at the first level too many."""
+    loader = _SpecLoader(text)
+    depth = 0
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    return (f"nested more than {MAX_DEPTH} levels deep (at line {mark.line + 1}, column "
+                            f"{mark.column + 1}); a spec's sections nest a few levels")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    finally:
+        loader.dispose()
+    return None
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _expansion_problem(root: yaml.Node) -> str | None:
+    """Why the document's aliases expand too far: more than MAX_NODES values, more than MAX_DEPTH levels, or
+    a node inside itself. Each node is sized once (memoised, without recursion), so a bomb costs what its
+    text costs."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_sized = stack.pop()
+        key = id(node)
+        if children_sized:
+            kids = _children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
+            open_nodes.discard(key)
+            if size[key] > MAX_NODES:
+                return (f"its aliases expand to more than {MAX_NODES:,} values (an alias bomb?); a spec holds a few "
+                        f"hundred")
+            if depth[key] > MAX_DEPTH:
+                return f"its aliases nest more than {MAX_DEPTH} levels deep; a spec's sections nest a few levels"
+        elif key not in size:
+            if key in open_nodes:
+                return f"an alias holds the node it names (line {node.start_mark.line + 1}); a spec is a tree"
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((k, False) for k in _children(node) if id(k) not in size)
+    return None
+
+
+def _duplicates(node: yaml.Node, path: str = "", visited: set[int] | None = None) -> list[str]:
+    """'key.path: given twice (lines a and b)' for every mapping key repeated in the YAML tree; a node that
+    aliases bring back is checked once, where it first appears."""
+    visited = set() if visited is None else visited
+    if id(node) in visited:
+        return []
+    visited.add(id(node))
     errors: list[str] = []
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
@@ -91,19 +161,25 @@ def _duplicates(node: yaml.Node, path: str = "") -> list[str]:
                 if key in seen:
                     errors.append(f"{dotted}: given twice (lines {seen[key]} and {key_node.start_mark.line + 1})")
                 seen.setdefault(key, key_node.start_mark.line + 1)
-            errors += _duplicates(value_node, dotted)
+            errors += _duplicates(value_node, dotted, visited)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            errors += _duplicates(item, f"{path}.{i}" if path else str(i))
+            errors += _duplicates(item, f"{path}.{i}" if path else str(i), visited)
     return errors
 
 
 def _load_yaml(text: str) -> Any:
+    """The YAML's data; refused before it is built: nesting deeper than MAX_DEPTH, aliases expanding past
+    MAX_NODES values, a key given twice."""
+    if problem := _too_deep(text):
+        raise yaml.YAMLError(problem)
     loader = _SpecLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
+        if problem := _expansion_problem(node):
+            raise yaml.YAMLError(problem)
         if errors := _duplicates(node):
             raise _DuplicateKeys(errors)
         return loader.construct_document(node)

@@ -14,6 +14,7 @@ is left once the driver is gone, however it died, and exits as soon as Ray is sh
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import select
 import signal
@@ -35,6 +36,25 @@ TRAIN_ENV = {
 }
 """Per-run cost knobs. Ray Train hands RAY_TRAIN_* variables from the driver to its controller and
 workers, so a sweep driver sets them on any cluster; `deptune.sweep.driver` uses them too."""
+
+
+_ADDRESS = re.compile(r"^(?:ray://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d{1,5}))?$")
+
+
+def address_problem(address: str) -> str | None:
+    """Why `address` cannot be what `ray.init` joins (HOST:PORT of a head's GCS, ray://HOST:PORT for Ray
+    Client, auto, local), from its form alone; None when it can be one. Checked before anything is written."""
+    if address in ("auto", "local"):
+        return None
+    found = _ADDRESS.match(address)
+    hint = "give HOST:PORT (a head's GCS, e.g. 10.0.0.5:6379), ray://HOST:10001 (Ray Client) or auto"
+    if address.startswith(("http://", "https://")):
+        return f"an http(s):// address is the dashboard's (for `ray job submit`), not Ray's: {hint}"
+    if found is None or (found["port"] is None and not address.startswith("ray://")):
+        return f"{address!r} is not a Ray address: {hint}"
+    if found["port"] is not None and not 0 < int(found["port"]) < 65536:
+        return f"{address!r}: the port must be a number from 1 to 65535"
+    return None
 
 
 def apply() -> None:

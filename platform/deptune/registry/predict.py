@@ -7,6 +7,8 @@ named with the task's columns before the model loads; predictions carry the task
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +46,21 @@ class Predictor:
         return result
 
 
+STORE_SCHEMES = ("models:", "runs:", "mlflow-artifacts:")
+"""Model URIs that MLflow resolves through a tracking store (anything else is a model folder)."""
+
+
+def needs_store(model_uri: str) -> bool:
+    return model_uri.startswith(STORE_SCHEMES)
+
+
 def model_columns(model_uri: str, tracking_uri: str | None = None) -> list[str]:
     """The model's input columns, from its MLmodel alone (rows are checked before the model loads)."""
     import mlflow
     from mlflow.models import get_model_info
+    if not needs_store(model_uri) and not (Path(model_uri) / "MLmodel").is_file():
+        raise InputError(f"{model_uri}: no model there (a models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ URI, "
+                         f"or a folder holding an MLmodel file)")
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     return list(get_model_info(model_uri).signature.inputs.input_names())
@@ -85,12 +98,39 @@ def rows_from_options(columns: Sequence[str], texts: Sequence[str], inputs: Sequ
 
 
 def rows_from_file(path: Path) -> pd.DataFrame:
-    """Rows from a .csv, .tsv or .jsonl/.json file (every value read as text)."""
+    """Rows from a .csv, .tsv or .jsonl/.json file (every value read as text); a file that is empty, not
+    UTF-8 or not parseable is an `InputError` naming it (and the line, where known)."""
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    if suffix == ".tsv":
-        return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    if suffix in (".jsonl", ".json"):
-        return pd.read_json(path, lines=suffix == ".jsonl", dtype=str)
-    raise InputError(f"--file {path}: expected .csv, .tsv or .jsonl")
+    if suffix not in (".csv", ".tsv", ".jsonl", ".json"):
+        raise InputError(f"--file {path}: expected .csv, .tsv or .jsonl")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"--file {path}:{line}: byte 0x{raw[exc.start]:02x} is not UTF-8; save the file as UTF-8"
+                         ) from None
+    if not text.strip():
+        raise InputError(f"--file {path}: empty; give a header line (the task's columns) and rows")
+    try:
+        if suffix in (".csv", ".tsv"):
+            return pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str,
+                               keep_default_na=False)
+        if suffix == ".jsonl":
+            _check_json_lines(path, text)
+        return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl", dtype=str)
+    except InputError:
+        raise
+    except ValueError as exc:  # pandas' parser errors are ValueErrors
+        raise InputError(f"--file {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _check_json_lines(path: Path, text: str) -> None:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"--file {path}:{number}: not JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"--file {path}:{number}: a JSON {type(row).__name__}, not an object of columns")

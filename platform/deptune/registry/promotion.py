@@ -56,6 +56,20 @@ def best_value(client: MlflowClient, run_id: str, metric: str, mode: str) -> flo
     return max(history) if mode == "max" else min(history)
 
 
+def promotable(run_id: str, metric: str, mode: str, uri: str | None = None) -> str | None:
+    """Why `run_id` cannot be promoted (no adapter artifact, no such metric), found before anything is
+    registered; None when it can be. A run that does not exist raises MLflow's RESOURCE_DOES_NOT_EXIST."""
+    client = MlflowClient(tracking_uri=uri)
+    client.get_run(run_id)
+    if not client.list_artifacts(run_id, ADAPTER):
+        return f"run {run_id} has no `{ADAPTER}` artifact: promote a trial run of a sweep"
+    try:
+        best_value(client, run_id, metric, mode)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def promote(run_id: str, model: str, metric: str = "objective", mode: str = "max", uri: str | None = None,
             lock_url: str | None = None, lineage: dict[str, str] | None = None) -> Promotion:
     """Register `run_id`'s adapter as a new version of `model`; move `champion` if it is better."""

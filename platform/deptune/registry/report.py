@@ -16,6 +16,10 @@ def trial_runs(uri: str, experiment: str, metric: str, mode: str) -> list:
         names = [e.name for e in client.search_experiments(max_results=50)]
         raise LookupError(f"no MLflow experiment {experiment!r} at {uri}; experiments: {', '.join(names) or 'none'}")
     runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{TAG}role` = 'trial'", max_results=5000)
+    if runs and metric != "objective" and all(_score(r.data.metrics, metric) is None for r in runs):
+        known = sorted({m for r in runs for m in r.data.metrics})
+        raise LookupError(f"--metric {metric!r}: no trial run of {experiment!r} logged it; they logged "
+                          f"{', '.join(known) or 'no metric'}")
     scored = [r for r in runs if _score(r.data.metrics, metric) is not None]
     scored.sort(key=lambda r: _score(r.data.metrics, metric), reverse=mode == "max")
     return scored + [r for r in runs if _score(r.data.metrics, metric) is None]

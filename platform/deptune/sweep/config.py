@@ -6,6 +6,7 @@ learning rates the search overrides per trial; `SweepSpec.base_run()` is the run
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
@@ -148,3 +149,18 @@ def base_run_data(data: Any) -> Any:
         if key in registered.config.model_fields and key not in method and isinstance(low, int) and low > 0:
             method[key] = low
     return {**data, "method": method}
+
+
+STORAGE_ENV = "DEPTUNE_STUDY_STORAGE"
+
+
+def storage_url(spec: SweepSpec) -> str:
+    """The spec's study storage, else $DEPTUNE_STUDY_STORAGE, else sqlite next to the run (torch- and
+    Optuna-free: `deptune validate` checks its form)."""
+    url = spec.study.storage or os.environ.get(STORAGE_ENV)
+    if not url:
+        path = (spec.train.output_dir / "study.db").resolve()
+        return f"sqlite:///{path}"
+    if url.startswith(("postgresql://", "postgres://")):  # SQLAlchemy's default driver would be psycopg2
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url

@@ -35,7 +35,7 @@ from deptune.sweep.config import SweepSpec
 from deptune.sweep.searcher import StudyEvents, StudySearcher
 from deptune.sweep.space import SearchPlan, plan_search
 from deptune.sweep.study import (Execution, close_orphans, last_execution, load_study, open_storage,
-                                 pareto_front, start_execution, storage_url)
+                                 pareto_front, resume_problem, start_execution, storage_url)
 from deptune.sweep.tracker import OpeningTracker, SweepOutcomeTracking, SweepTracker, trial_journals_for
 from deptune.sweep.trainable import run_trial
 from deptune.tracking.sources import localize_sources
@@ -100,11 +100,21 @@ class SweepLocked(RuntimeError):
     """Another execution of the same study is running (a scheduled sweep fired while the last one runs)."""
 
 
+def refuse_before_writing(spec: SweepSpec, source: str, resume: bool, address: str | None) -> None:
+    """What refuses the sweep before anything is written (a study database, a study, a fetched source
+    adapter): an address Ray cannot join, a `--resume` with no execution to continue."""
+    if address and (problem := local_ray.address_problem(address)):
+        raise SpecError(source, [f"--address: {problem}"])
+    if resume and (problem := resume_problem(storage_url(spec), spec.study.name or "deptune")):
+        raise SpecError(source, [f"--resume: {problem}; run without --resume to start an execution"])
+
+
 def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False, address: str | None = None,
               plan: SearchPlan | None = None) -> SweepOutcome:
     """One execution of the spec's study, under the study's lock: two executions never run at once.
     `plan`: the search plan `deptune.checks` made (it is made here otherwise)."""
     address = address or os.environ.get("RAY_ADDRESS")
+    refuse_before_writing(spec, source, resume, address)
     for key, value in local_ray.TRAIN_ENV.items():  # before Ray starts: trial actors inherit the environment
         os.environ.setdefault(key, value)
     # MLflow prints each run's URL, userinfo (a password) included, on stdout: not in a sweep's output

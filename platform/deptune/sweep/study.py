@@ -9,7 +9,7 @@ the same configurations).
 from __future__ import annotations
 
 import hashlib
-import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,23 +18,11 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from deptune.spec_base import SpecError, redact
+from deptune.spec_base import SpecError, derive_seed, redact
+from deptune.sweep.config import STORAGE_ENV, storage_url  # noqa: F401 -- defined beside the spec, used from here too
 from deptune.sweep.config import SEARCH_KEYS, SweepSpec
 
 LEARNING_RATES = tuple(k for k in SEARCH_KEYS if k.startswith("lr_"))
-
-STORAGE_ENV = "DEPTUNE_STUDY_STORAGE"
-
-
-def storage_url(spec: SweepSpec) -> str:
-    """The spec's storage, else $DEPTUNE_STUDY_STORAGE, else sqlite next to the run."""
-    url = spec.study.storage or os.environ.get(STORAGE_ENV)
-    if not url:
-        path = (spec.train.output_dir / "study.db").resolve()
-        return f"sqlite:///{path}"
-    if url.startswith(("postgresql://", "postgres://")):  # SQLAlchemy's default driver would be psycopg2
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
 
 
 def open_storage(url: str, source: str = "<spec>") -> RDBStorage:
@@ -84,14 +72,52 @@ def executions(study: optuna.Study) -> list[Execution]:
     return [Execution(**e) for e in study.user_attrs.get("executions", [])]
 
 
+def sampler_seed(seed: int, number: int, taken: Collection[int] = ()) -> int:
+    """Execution `number`'s sampler seed: derived from the spec's `seed` (any integer) and `number` into
+    the range Optuna's samplers take, and unlike the seeds `taken` by earlier executions (a fixed seed would
+    replay their configurations)."""
+    salt = 0
+    while (derived := derive_seed(seed, number, *([salt] if salt else []))) in taken:
+        salt += 1
+    return derived
+
+
 def start_execution(spec: SweepSpec, study: optuna.Study) -> Execution:
     """Record a new execution: number n, sampler seed derived from the spec's seed and n."""
     done = executions(study)
     number = len(done) + 1
     execution = Execution(number=number, name=f"{study.study_name}-{number:03d}",
-                          seed=spec.sweep.seed * 1_000_003 + number, spec_hash=spec_hash(spec))
+                          seed=sampler_seed(spec.sweep.seed, number, {e.seed for e in done}),
+                          spec_hash=spec_hash(spec))
     study.set_user_attr("executions", [e.__dict__ for e in done] + [execution.__dict__])
     return execution
+
+
+def resume_problem(url: str, study_name: str) -> str | None:
+    """Why `--resume` has nothing to continue in the storage at `url` (no database, no such study, a study
+    without executions), found by reading only: a resume that is refused creates no database, no study and
+    no tables. None when there is an execution to look at."""
+    from sqlalchemy import create_engine, inspect
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return f"study {study_name!r} has never run: there is no study database {url.removeprefix('sqlite:///')}"
+    engine = create_engine(url, connect_args={"connect_timeout": 10} if url.startswith("postgresql") else {})
+    try:
+        with engine.connect() as connection:
+            if not inspect(connection).has_table("studies"):
+                return f"study {study_name!r} has never run: {redact(url)} holds no Optuna study"
+    except Exception as exc:  # noqa: BLE001 -- drivers raise many kinds; the first line says what happened
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        return f"cannot open {redact(url)}: {redact(first)}"
+    finally:
+        engine.dispose()
+    storage = open_storage(url)
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return f"study {study_name!r} has never run in {redact(url)}"
+    if not storage.get_study_user_attrs(study_id).get("executions"):
+        return f"study {study_name!r} has no execution to resume"
+    return None
 
 
 def last_execution(spec: SweepSpec, study: optuna.Study) -> Execution:

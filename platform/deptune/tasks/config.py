@@ -31,7 +31,7 @@ class FewShotConfig(StrictModel):
     exact_k: bool = Field(False, description="per: total only; true opens the last k % n_classes slots to any "
                                              "class, so the draw is exactly k (the official loop's draw plus the "
                                              "next examples of the shuffle); false: the official loop's count")
-    seed: int = Field(42, description="the draw's seed; the official code draws with the run's seed (HF's default "
+    seed: int = Field(42, ge=0, lt=2**32, description="the draw's seed; the official code draws with the run's seed (HF's default "
                                       "42 in its scripts), so the paper specs set this and train.seed to 42; vary "
                                       "it for other draws")
 
@@ -60,7 +60,7 @@ class TaskConfig(StrictModel):
                              "and test; large tasks hold 1,000 training examples out as validation and test on "
                              "the validation file); whole: the validation file is the validation split as given, "
                              "and the test split is files.test (none without it: no test scores)")
-    split_seed: int = 42
+    split_seed: int = Field(42, ge=0, lt=2**32, description="the seed of DePT's split shuffle, used as given")
     synthetic_size: PositiveInt = 2000
 
     @model_validator(mode="before")

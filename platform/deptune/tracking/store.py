@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from deptune.spec_base import SpecError, redact
+from deptune.spec_base import SpecError, database_url_problem, redact
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -14,10 +16,90 @@ TAG = "deptune."
 """The prefix of every tag deptune sets on runs and model versions."""
 
 
+URI_ENV = "MLFLOW_TRACKING_URI"
+DB_BACKENDS = ("sqlite", "postgresql", "postgres", "mysql", "mssql")
+"""The databases MLflow keeps a tracking store in."""
+OTHER_SCHEMES = ("http", "https", "file", "databricks", "databricks-uc", "uc")
+CONNECT_TIMEOUT_S = 5
+"""How long a store may take to answer the first check: a server that is down fails in seconds, not after
+MLflow's retries (251 s over HTTP; minutes for PostgreSQL)."""
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_HOST_PORT = re.compile(r"^[\w.-]+:\d+$")
+_USERINFO = re.compile(r"^[^:@]+:[^@]*@")
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why `uri` (resolved) is no tracking URI MLflow can use, from its form alone (reachability is the
+    command's to check); None when it is one. Never echoes the URI."""
+    scheme = _SCHEME.match(uri)
+    if scheme is None:  # a folder: MLflow's file store (`resolve_uri` made it absolute), unless it reads as a URL
+        if any(_HOST_PORT.match(part) or _USERINFO.match(part) for part in Path(uri).parts):
+            return "has no scheme: write http://HOST:PORT for a server, or sqlite:///PATH for a database file"
+        return None
+    name = scheme.group(1).lower()
+    if name.split("+")[0] in DB_BACKENDS:
+        return database_url_problem(uri)
+    if name not in OTHER_SCHEMES:
+        return (f"unknown scheme {name + '://'!r}; MLflow tracks to http(s)://HOST:PORT, sqlite:///PATH, "
+                f"postgresql://USER@HOST/DB, mysql://..., or a folder")
+    if name in ("http", "https"):
+        parts = urlsplit(uri)
+        try:
+            parts.port
+        except ValueError:
+            return "its port is not a number from 0 to 65535"
+        if not parts.hostname:
+            return f"names no host: write {name}://HOST:PORT"
+    return None
+
+
+def missing_store(uri: str) -> str | None:
+    """Why a store a command only reads is not there (a sqlite file, or a file store's folder, that does not
+    exist): opening it would create an empty one. None when it may be there."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        return None if path.is_file() else f"there is no MLflow store there ({path} does not exist)"
+    if "://" not in uri or uri.startswith("file:"):
+        path = Path(uri.removeprefix("file://").removeprefix("file:"))
+        return None if path.is_dir() else f"there is no MLflow store there ({path} does not exist)"
+    return None
+
+
+def check_store(uri: str, key: str = "--uri", given: str | None = None) -> None:
+    """For a command that reads a store (report, predict, promote, sync, a models:/ source adapter): the
+    URI's form, the store there (never created by reading it), and its answer within seconds; every
+    problem a `SpecError` line under `key`, the URI (as `given`, before `resolve_uri`) redacted."""
+    if problem := uri_problem(uri) or missing_store(uri):
+        raise SpecError(key, [f"{key}: {redact(given or uri)}: {problem}"])
+    check_reachable(uri, key, key, existing=True)
+
+
+def _is_database(uri: str) -> bool:
+    return bool(scheme := _SCHEME.match(uri)) and scheme.group(1).lower().split("+")[0] in DB_BACKENDS
+
+
+def _database_problem(uri: str, existing: bool) -> str | None:
+    """One connection attempt with a short timeout (MLflow's own store retries for minutes); `existing`:
+    the database must hold MLflow's tables already."""
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.pool import NullPool
+    timeout = {"connect_timeout": CONNECT_TIMEOUT_S} if uri.startswith(("postgres", "mysql")) else {}
+    engine = create_engine(uri, connect_args=timeout, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            if existing and not inspect(connection).has_table("experiments"):
+                return "the database holds no MLflow store (no MLflow tables)"
+    except Exception as exc:  # noqa: BLE001 -- drivers raise many kinds; the first line says what happened
+        return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    finally:
+        engine.dispose()
+    return None
+
+
 def resolve_uri(configured: str | None, base: Path | None = None) -> str:
     """The spec's URI, else $MLFLOW_TRACKING_URI, else the embedded default `sqlite:///<cwd>/mlflow.db`.
     Relative sqlite paths become absolute: trial workers run in other folders."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    uri = configured or os.environ.get(URI_ENV) or f"sqlite:///{DEFAULT_DB}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{((base or Path.cwd()) / uri.removeprefix('sqlite:///')).resolve()}"
     elif "://" not in uri:  # a plain folder: MLflow's file store
@@ -32,36 +114,39 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
-def check_reachable(uri: str, source: str) -> None:
+def check_reachable(uri: str, source: str, key: str = "tracking.uri", existing: bool = False) -> None:
     """A quick read against the store: a server that is down or a bad URI is a spec error, before Ray.
     A sqlite store that does not exist yet is not created here (only its folder is checked): nothing is
-    written before the whole spec is accepted. Messages show the URI redacted."""
+    written before the whole spec is accepted. Messages show the URI redacted; a store that does not
+    answer fails within CONNECT_TIMEOUT_S. `existing`: a database must already hold an MLflow store (a
+    command that reads one must not create its tables)."""
     shown = redact(uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         if problem := _uncreatable(Path(uri.removeprefix("sqlite:///"))):
-            raise SpecError(source, [f"tracking.uri: cannot open the MLflow store {shown}: {problem}"])
+            raise SpecError(source, [f"{key}: cannot open the MLflow store {shown}: {problem}"])
         return
     if uri.startswith(("http://", "https://")):
         import requests
         try:
             response = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
-                                    params={"max_results": 1}, timeout=5,
-                                    auth=_basic_auth())
+                                    params={"max_results": 1}, timeout=CONNECT_TIMEOUT_S, auth=_basic_auth())
         except requests.RequestException as exc:
-            raise SpecError(source, [f"tracking.uri: MLflow at {shown} cannot be reached ({type(exc).__name__}); "
-                                     f"start the server or fix tracking.uri / $MLFLOW_TRACKING_URI"]) from None
+            raise SpecError(source, [f"{key}: MLflow at {shown} cannot be reached ({type(exc).__name__}); start the "
+                                     f"server or fix {key} / ${URI_ENV}"]) from None
         if response.status_code != 200:
             hint = (" (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
                     if response.status_code in (401, 403) else "")
-            raise SpecError(source, [f"tracking.uri: MLflow at {shown} answered HTTP {response.status_code}{hint}: "
+            raise SpecError(source, [f"{key}: MLflow at {shown} answered HTTP {response.status_code}{hint}: "
                                      f"{redact(response.text[:200])}"])
         return
+    if _is_database(uri) and (problem := _database_problem(uri, existing)):
+        raise SpecError(source, [f"{key}: cannot open the MLflow store {shown}: {redact(problem)}"])
     try:
         from mlflow import MlflowClient
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 -- sqlalchemy/mlflow raise many kinds; the message is what matters
         first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise SpecError(source, [f"tracking.uri: cannot open the MLflow store {shown}: {redact(first)}"]) from None
+        raise SpecError(source, [f"{key}: cannot open the MLflow store {shown}: {redact(first)}"]) from None
 
 
 def _uncreatable(path: Path) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from deptune.spec_base import StrictModel
+from deptune.spec_base import StrictModel, rng_seed
 
 MAX_STEPS = 10**9
 """More optimizer steps than any run makes (and well inside every int64 counter Ray, Optuna and MLflow keep)."""
@@ -78,7 +78,7 @@ class TrainConfig(StrictModel):
     eval_every: PositiveInt = Field(100, le=MAX_STEPS, description="evaluate (and keep the best adapter) every K steps and at the last")
     max_target_length: PositiveInt = Field(8, description="tokens of the verbalised label")
     max_new_tokens: PositiveInt = Field(20, description="greedy generation length at evaluation")
-    seed: int = 42
+    seed: int = Field(42, description="any integer; the generators get rng_seed (itself when 0 <= seed < 2**32)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU")
     output_dir: Path = Path("runs/train")
@@ -90,6 +90,11 @@ class TrainConfig(StrictModel):
     keep_checkpoints: PositiveInt = Field(2, description="checkpoints kept: the latest improvements of the best adapter (the latest checkpoint is also kept)")
     storage_path: str | None = Field(None, description="Ray Train storage (shared or s3:// on a multi-node cluster); "
                                                         "default: <output_dir>/ray")
+
+    @property
+    def rng_seed(self) -> int:
+        """`seed` as every generator takes it (`spec_base.rng_seed`): a huge or negative seed works too."""
+        return rng_seed(self.seed)
 
     def ray_storage(self) -> str:
         """Where Ray Train and Tune keep runs and checkpoints."""

@@ -140,7 +140,7 @@ class TaskWorkload:
         self.s, self.rule = self.model.config.max_length, self.model.config.causal_rule
         self.train_items = self.shared.split("train", self.task, self.s, cfg.max_target_length, self.rule)
         self.val_items = self.shared.split("validation", self.task, self.s, cfg.max_target_length, self.rule).all()
-        self.batches = GlobalBatches(len(splits.train), cfg.batch_size, cfg.seed)
+        self.batches = GlobalBatches(len(splits.train), cfg.batch_size, cfg.rng_seed)
 
     def backward(self, step: int, rank: int, world: int, device: torch.device, autocast) -> StepLoss:
         """This rank's slice of global batch `step`, in micro-batches, normalised by the global item count."""
@@ -196,7 +196,7 @@ def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session |
     if cfg.batch_size % session.world_size:
         raise ValueError(f"train.batch_size ({cfg.batch_size}) must be divisible by resources.workers "
                          f"({session.world_size})")
-    seed_everything(cfg.seed)  # the same head and adapter init on every rank
+    seed_everything(cfg.rng_seed)  # the same head and adapter init on every rank
     return run_loop(TaskWorkload(spec, session.rank, session.device, cache), cfg, session)
 
 
@@ -208,7 +208,7 @@ def run_loop(work: Workload, cfg: TrainConfig, session: Session) -> TrainResult:
     broadcast_parameters(trainable)
     optimizer = make_optimizer(model, cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
-    torch.manual_seed(cfg.seed + 1000 * rank)  # dropout differs across ranks
+    torch.manual_seed(cfg.rng_seed + 1000 * rank)  # dropout differs across ranks
     restore = session.restore_dir()
     progress = load_checkpoint(restore, model, optimizer, scheduler, rank, world) if restore else Progress()
     resumed_from = float(progress.step)

@@ -106,7 +106,7 @@ def mark_teacher_finished(run: RunSpec, stage_name: str) -> None:
 
 def fit_student(spec: SourceSpec, teacher_dirs: dict[str, Path], session: Session) -> TrainResult:
     """The multitask student by the training loop, on `session` (this process, or a Ray Train rank)."""
-    seed_everything(spec.train.seed)  # the same student init on every rank
+    seed_everything(spec.train.rng_seed)  # the same student init on every rank
     return run_loop(SourceWorkload(spec, teacher_dirs, session.device), spec.train, session)
 
 
@@ -192,7 +192,7 @@ class SourceWorkload:
 def make_mixture(spec: SourceSpec, sizes: list[int]) -> MixtureBatches:
     """The step-by-step task mixture of the source stage (`mixing`)."""
     rates = None if spec.mixing.strategy == "balanced" else mixing_rates(sizes, spec.mixing.size_cap)
-    return MixtureBatches(sizes, spec.train.batch_size, spec.train.seed, rates)
+    return MixtureBatches(sizes, spec.train.batch_size, spec.train.rng_seed, rates)
 
 
 def _source_task(spec: SourceSpec, index: int, backbone: Backbone, teacher_dir: Path,
