@@ -40,16 +40,20 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("multinode")
     schemas = _postgres_schemas()
     with schemas as (study_db, mlflow_db):
+        mounts = Path("/proc/self/mounts").read_text()
         nodes = MultiNodeCluster(root / "state", workers=2, cpus=2, study_db=study_db, mlflow_db=mlflow_db)
         nodes.up()
         try:
             yield nodes
         finally:
-            tree = [n.pid for n in [nodes.layout.head, *nodes.layout.workers]]
+            started = [n.pid for n in [nodes.layout.head, *nodes.layout.workers]] + list(nodes.layout.services.values())
+            temp_dir = nodes.layout.temp_dir
             nodes.down()
-            left = subprocess.run(["pgrep", "-f", nodes.state.name], capture_output=True, text=True).stdout.split()
+            left = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
             assert not left, f"processes of the cluster left: {left}"
-            assert not any(Path(f"/proc/{pid}").exists() for pid in tree)
+            assert not any(Path(f"/proc/{pid}").exists() for pid in started), "a process the cluster started is left"
+            assert Path("/proc/self/mounts").read_text() == mounts, "a mount was left behind"
+            assert not Path(temp_dir).exists()
 
 
 class _postgres_schemas:
@@ -185,10 +189,11 @@ def worker_ips(cluster) -> set[str]:
 
 
 # ----- runner: tune ------------------------------------------------------------------------------------------------
-def test_tune_trials_run_on_worker_nodes_and_resume_on_another_when_theirs_is_lost(cluster, tmp_path):
-    """The driver's data file and source adapter reach the trials (shipped: no worker sees the driver's /tmp);
-    trials run on the worker nodes, never the head; a node killed mid-trial (raylet and all) is declared
-    dead, and its trial resumes from its last checkpoint on S3 on the other node, its records whole."""
+def test_tune_trials_survive_a_lost_node_and_a_killed_driver(cluster, tmp_path):
+    """The driver's data files reach the trials (shipped: no worker sees the driver's /tmp); trials run on the
+    worker nodes, never the head. A node killed mid-trial (raylet and all) is declared dead, and its trial
+    resumes from its last checkpoint on S3 on another node. Then the driver is SIGKILLed, and `--resume`
+    from a new driver process continues every unfinished trial from its checkpoint. The records stay whole."""
     files = {split: str(sentiment_csv(tmp_path / "data" / f"{split}.csv", rows, seed))
              for split, rows, seed in (("train", 300, 1), ("validation", 60, 2))}
     spec = sweep_spec("mn-tune", tmp_path / "out", {"files": files, "validation_split": "whole"})
@@ -197,34 +202,77 @@ def test_tune_trials_run_on_worker_nodes_and_resume_on_another_when_theirs_is_lo
     run = driver(cluster, path)
     victim = wait_for(lambda: running_with_evaluations(cluster, "mn-tune", 2), 240, "trial with 2 evaluations", run)
     lost_ip = victim.user_attrs["nodes"][-1]
-    lost = next(w for w in cluster.layout.workers if w.ip == lost_ip)
-    killed_at = time.time()
-    cluster.kill_node(lost.name)
+    node_lost_at = time.time()
+    cluster.kill_node(next(w.name for w in cluster.layout.workers if w.ip == lost_ip))
     cluster.wait_dead(lost_ip, 30)
     cluster.add_node()  # the replacement a Kubernetes or autoscaled cluster brings; the trial need not wait
-    out, _ = run.communicate(timeout=300)
-    assert run.returncode == 0, out[-4000:]
+
+    def moved():
+        trial = study_of(cluster, "mn-tune").trials[victim.number]
+        return trial if trial.user_attrs.get("resumed_from") and len(trial.intermediate_values) > \
+            len(victim.intermediate_values) + 1 else None
+    wait_for(moved, 240, "the moved trial's progress", run)
+    unfinished = [t.number for t in study_of(cluster, "mn-tune").trials if t.state == TrialState.RUNNING]
+    driver_killed_at = time.time()
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait(timeout=30)
+    resumed = driver(cluster, path, "--resume")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-4000:]
 
     trials = assert_records_whole(cluster, "mn-tune", 240)
     for trial in trials:
         assert set(trial.user_attrs["nodes"]) <= worker_ips(cluster), trial.user_attrs["nodes"]  # never the head
         assert HEAD_IP not in trial.user_attrs["nodes"]
-    moved = next(t for t in trials if t.number == victim.number)
-    assert moved.user_attrs["nodes"][0] == lost_ip and len(moved.user_attrs["nodes"]) == 2, moved.user_attrs
-    resumed = moved.user_attrs["resumed_from"]
-    assert len(resumed) == 1 and resumed[0] % 20 == 0 and 20 <= resumed[0] < 240, resumed  # not from scratch
+    moved_trial = trials[victim.number]
+    assert moved_trial.user_attrs["nodes"][0] == lost_ip and lost_ip not in moved_trial.user_attrs["nodes"][1:]
+    for trial in trials:  # resumed (from a checkpoint's step), not restarted from step 0
+        runs = 1 + (trial.number == victim.number) + (trial.number in unfinished)
+        assert len(trial.user_attrs.get("resumed_from", [])) == runs - 1, (trial.number, trial.user_attrs)
+        assert all(step % 20 == 0 and 20 <= step < 240 for step in trial.user_attrs.get("resumed_from", []))
 
-    # its CPU-seconds cover both runs: the span of its evaluations before the kill and after the restart
+    # the moved trial's CPU-seconds cover all its runs: the spans of its evaluations between the faults
     from mlflow import MlflowClient
     run_id = next(r.info.run_id for r in mlflow_runs(cluster, "mn-tune")
-                  if r.data.tags["deptune.optuna_trial"] == str(moved.number))
-    stamps = sorted((m.timestamp / 1000, m.step) for m in MlflowClient(cluster.mlflow_uri).get_metric_history(
+                  if r.data.tags["deptune.optuna_trial"] == str(victim.number))
+    stamps = sorted(m.timestamp / 1000 for m in MlflowClient(cluster.mlflow_uri).get_metric_history(
         run_id, "objective_per_eval"))
-    before = [t for t, _ in stamps if t < killed_at]
-    after = [t for t, _ in stamps if t >= killed_at]
-    assert before and after
-    assert moved.user_attrs["wall_seconds"] >= (before[-1] - before[0]) + (after[-1] - after[0]), moved.user_attrs
+    cuts = [node_lost_at, driver_killed_at]
+    spans = [[t for t in stamps if lo <= t < hi] for lo, hi in zip([0, *cuts], [*cuts, float("inf")])]
+    covered = sum(span[-1] - span[0] for span in spans if span)
+    assert moved_trial.user_attrs["wall_seconds"] >= covered, (moved_trial.user_attrs, covered)
     assert "best adapter: s3://deptune/mn-tune/" in out, out[-2000:]
+
+
+def test_a_backbone_folder_only_the_driver_has_is_refused_before_any_trial(cluster, tmp_path):
+    """A local backbone folder on the driver's disk cannot travel (gigabytes): refused with its key path and
+    what a cluster needs, exit 2, before any trial or execution is recorded."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32, "num_attention_heads": 2,
+                                                   "num_hidden_layers": 1, "intermediate_size": 64,
+                                                   "max_position_embeddings": 64, "vocab_size": 100}))
+    for name in ("model.safetensors", "tokenizer.json"):
+        (model / name).write_bytes(b"")
+    spec = sweep_spec("mn-refused", tmp_path / "out", {"name": "synthetic", "synthetic_size": 100},
+                      backbone={"name": str(model)})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run = driver(cluster, path)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 2, out[-3000:]
+    assert f"backbone.name: {model} is on the driver's disk (2 of the cluster's 2 other node(s) do not see it)" \
+        in out, out[-3000:]
+    assert "Traceback" not in out
+    assert not study_of(cluster, "mn-refused").user_attrs.get("executions")  # nothing started
+    assert not mlflow_runs(cluster, "mn-refused", role="sweep")
+
+    local = sweep_spec("mn-local-storage", tmp_path / "out2", {"name": "synthetic", "synthetic_size": 100})
+    local["train"].pop("storage_path")  # <output_dir>/ray: the driver's disk
+    path.write_text(yaml.safe_dump(local))
+    run = driver(cluster, path)
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 2 and "train.output_dir: Ray's storage" in out and "s3://bucket/path" in out, out[-3000:]
 
 
 # ----- runner: train ----------------------------------------------------------------------------------------------

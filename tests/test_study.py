@@ -219,4 +219,4 @@ def test_a_restored_searcher_continues_its_trials_with_what_was_logged_meanwhile
     second.settle_stopped(grace_s=0.0)
     stopped = load_study(spec, open_storage(url)).trials[1]
     assert stopped.state == TrialState.PRUNED and sorted(stopped.intermediate_values) == [10, 20]
-    assert "stopped at step 10 of 40" in stopped.user_attrs["stop_reason"]  # where ASHA stopped it
+    assert "stopped at step 20 of 40" in stopped.user_attrs["stop_reason"]  # its last step: one was in flight

@@ -107,7 +107,7 @@ def test_trials_start_while_the_driver_opens_mlflow_and_log_under_its_parent_run
                      {"trials": 2, "startup_trials": 2, "max_concurrent": 1})
     outcome = run_sweep(spec)
     parent = outcome.tracking.parent_run_id
-    published = PublishedTracking(f"{spec.train.ray_storage()}/{outcome.execution.name}-tracking.json").resolve()
+    published = PublishedTracking(spec.train.ray_storage(), f"{outcome.execution.name}-tracking.json").resolve()
     assert published.parent_run_id == parent and published.tags["mlflow.parentRunId"] == parent
     client = MlflowClient(tracking_uri=published.uri)
     trials = client.search_runs([published.experiment_id], filter_string="tags.`deptune.role` = 'trial'")
@@ -144,7 +144,7 @@ def test_an_opening_tracker_pickles_without_its_thread_and_builds_its_tracker_ag
                      {"trials": 2, "startup_trials": 2})
     study = study_of(spec)
     execution = start_execution(spec, study)
-    published = PublishedTracking(str(tmp_path / "ray" / f"{execution.name}-tracking.json"))
+    published = PublishedTracking(str(tmp_path / "ray"), f"{execution.name}-tracking.json")
     opening = OpeningTracker(spec, spec.tracking.uri, execution, study, None, None, published)
     tracker = opening.get()
     assert published.resolve() == tracker.trial_tracking() and tracker.parent.run_id

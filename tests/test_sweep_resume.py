@@ -71,8 +71,9 @@ def live_processes_of_group(pgid: int) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("runner", ["tune", "train"])
-def test_resume_after_the_driver_is_killed(tmp_path, runner):
+def test_resume_after_the_driver_is_killed(tmp_path, runner="train"):
+    """A trial on Ray Train (its run named after the trial resumes from its own checkpoints); the Tune-actor
+    runner is killed at several moments below."""
     path = spec_file(tmp_path, runner)
     steps, every = LENGTHS[runner]
     evaluations = list(range(every, steps + 1, every))
@@ -130,3 +131,121 @@ def test_resume_after_the_driver_is_killed(tmp_path, runner):
     again = subprocess.run([*DEPTUNE, "sweep", str(path), "--resume"], env=env, capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0 and "nothing to resume" in again.stdout
+
+
+# ----- kills at chosen moments, and ASHA's decisions across them --------------------------------------------------
+GOOD = ({"prompt_length": 4, "lr_prompt": 0.3, "lr_lowrank": 1e-3}, {"prompt_length": 8, "lr_prompt": 0.2,
+                                                                       "lr_lowrank": 5e-4},
+        {"prompt_length": 6, "lr_prompt": 0.4, "lr_lowrank": 2e-3}, {"prompt_length": 2, "lr_prompt": 0.35,
+                                                                      "lr_lowrank": 1e-3})
+BAD = ({"prompt_length": 6, "lr_prompt": 1e-6, "lr_lowrank": 1e-6}, {"prompt_length": 2, "lr_prompt": 1e-5,
+                                                                      "lr_lowrank": 1e-5})
+ENQUEUED = [GOOD[0], BAD[0], GOOD[1], BAD[1], GOOD[2], GOOD[3]]  # after the first stop, trials that train long
+
+
+def asha_spec(tmp_path: Path, name: str) -> Path:
+    """Six fixed configurations (two that barely learn), one at a time, ASHA with rungs at 20, 40, ..., 320."""
+    spec = {
+        "backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 32, "dropout": 0.0}},
+        "task": {"name": "synthetic", "synthetic_size": 300},
+        "method": {"name": "dept", "budget": 12, "max_length": 32},
+        "search": {"prompt_length": {"low": 2, "high": 10, "step": 2}, "lr_prompt": {"low": 1e-6, "high": 0.5},
+                   "lr_lowrank": {"low": 1e-6, "high": 1e-2}},
+        "train": {"steps": 480, "batch_size": 16, "eval_every": 10, "warmup_steps": 2, "lr_head": 0.01,
+                  "output_dir": str(tmp_path / name), "evaluate_test": False},
+        "resources": {"workers": 1, "cpus_per_worker": 1.5, "runner": "tune"},
+        "sweep": {"trials": len(ENQUEUED), "max_concurrent": 1, "driver_cpus": 0.25, "enqueue": ENQUEUED, "seed": 7,
+                  "objective": {"metric": "train_loss", "mode": "min"},
+                  "scheduler": {"name": "asha", "grace_period": 20, "reduction_factor": 2}},
+        "study": {"name": "asha"},
+        "tracking": {"uri": f"sqlite:///{tmp_path / name / 'mlflow.db'}"},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def checkpoints(run: Path) -> set[Path]:
+    return set(run.glob("ray/asha-001/run_trial_*/checkpoint_*"))
+
+
+def kill_when(driver: subprocess.Popen, run: Path, moment: str, ready=lambda: True, timeout_s: float = 300) -> None:
+    """SIGKILL the driver (its local Ray dies with it) at a moment of a trial's life: `after-checkpoint`, the
+    instant a new checkpoint folder appears; `after-deletion`, the instant one is deleted (retention keeps the
+    best and the latest); `between`, halfway between two checkpoints."""
+    seen, deadline = checkpoints(run), time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert driver.poll() is None, "the sweep ended before the kill"
+        now = checkpoints(run)
+        changed = (moment != "after-deletion" and now - seen) or (moment == "after-deletion" and seen - now)
+        if changed and ready():
+            if moment == "between":
+                time.sleep(0.15)
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+            return
+        seen = now
+        time.sleep(0.01)
+    raise TimeoutError(f"no {moment} moment")
+
+
+RUNGS = (20, 40, 80, 160, 320)
+
+
+def outcome(url: str) -> list[tuple]:
+    """Per trial: its parameters, state, and the rung ASHA stopped it at (None: it trained to the end). A
+    stopped trial may have reported one evaluation in flight after the decision: at most one step past."""
+    found = []
+    for t in optuna.load_study(study_name="asha", storage=url).get_trials():
+        last = max(t.intermediate_values)
+        rung = max(r for r in RUNGS if r <= last) if t.state == TrialState.PRUNED else None
+        assert rung is None or last - rung <= 10, (t.number, sorted(t.intermediate_values))  # stopped at a rung
+        found.append((t.number, t.params, t.state.name, rung))
+    return found
+
+
+def test_kills_at_every_moment_of_a_trial_resume_and_asha_decides_as_without_them(tmp_path):
+    """The same sweep twice: once without interruption, once with its driver SIGKILLed three times (just after
+    a checkpoint, just after a checkpoint was deleted, between two) and resumed each time. Every interrupted
+    trial resumes (Tune's saved state may name a checkpoint deleted since: the newest whole one is taken), and
+    ASHA's rungs are rebuilt from the journals: the same trials stop at the same rungs, none at a step that
+    is no rung, and every trial's record is whole."""
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    plain = subprocess.run([*DEPTUNE, "sweep", str(asha_spec(tmp_path, "plain"))], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
+    expected = outcome(f"sqlite:///{tmp_path / 'plain' / 'study.db'}")
+    assert {state for _, _, state, _ in expected} == {"COMPLETE", "PRUNED"}, expected  # ASHA stopped some
+
+    path, run = asha_spec(tmp_path, "killed"), tmp_path / "killed"
+    url = f"sqlite:///{run / 'study.db'}"
+    interrupted = []
+    pruned = lambda: any(t.state == TrialState.PRUNED for t in study_trials(url, "asha"))  # noqa: E731
+    for i, moment in enumerate(("after-checkpoint", "after-deletion", "between")):
+        driver = subprocess.Popen([*DEPTUNE, "sweep", str(path), *(["--resume"] if i else [])], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:  # the last kill once ASHA has stopped a trial: a resumed ASHA must remember its rungs
+            kill_when(driver, run, moment, ready=pruned if i == 2 else lambda: True)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait()
+        interrupted += [t.number for t in study_trials(url, "asha") if t.state == TrialState.RUNNING]
+    resumed = subprocess.run([*DEPTUNE, "sweep", str(path), "--resume"], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    got = outcome(url)
+    assert got == expected, (got, expected)  # the same trials stopped at the same rungs
+    assert interrupted, "no kill found a trial running"
+    trials = optuna.load_study(study_name="asha", storage=url).get_trials()
+    assert not [t.number for t in trials if t.state == TrialState.FAIL]
+    continued = [n for n in set(interrupted) if trials[n].state == TrialState.COMPLETE]  # (a stopped one awaits
+    assert continued  # its PRUNED verdict a few seconds: RUNNING in the study, but nothing left to resume)
+    for number in continued:  # continued from a checkpoint, not restarted
+        assert trials[number].user_attrs.get("resumed_from"), trials[number].user_attrs
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    for mlflow_run in client.search_runs([client.get_experiment_by_name("asha").experiment_id],
+                                         "tags.`deptune.role` = 'trial'"):
+        trial = trials[int(mlflow_run.data.tags["deptune.optuna_trial"])]
+        steps = [m.step for m in client.get_metric_history(mlflow_run.info.run_id, PER_EVAL)]
+        assert steps == sorted(set(steps)) and set(steps) >= set(trial.intermediate_values), (trial.number, steps)

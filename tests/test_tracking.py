@@ -32,8 +32,8 @@ from deptune.sweep.driver import run_sweep
 from deptune.methods.record import read_record
 from deptune.registry import promotion as registry
 from deptune.tracking.sources import localize_sources
-from deptune.sweep.tracker import journal_dir_for
-from deptune.tracking.journal import TRIAL_SENDER, DriverSender, RunJournal, flush_all, send_for_driver
+from deptune.sweep.tracker import trial_journals_for
+from deptune.tracking.journal import DriverSender, RunJournal, flush_all, journals
 
 pytestmark = pytest.mark.slow
 
@@ -264,7 +264,7 @@ def test_the_journal_keeps_writes_while_the_server_is_away(mlflow_server, tmp_pa
     """Last in this module: it stops the module's server and starts it again."""
     uri = mlflow_server.uri
     experiment = MlflowClient(uri).create_experiment("journal")
-    journal = RunJournal(tmp_path / "j" / "t1.journal.jsonl", uri)
+    journal = RunJournal(tmp_path / "j" / "t1", uri)
     journal.start(experiment, "trial", find_by={"deptune.ray_trial_id": "t1"}, tags={"deptune.role": "trial"})
     journal.metrics({"objective": 0.5}, step=1)
     assert journal.pending() == 0 and journal.run_id
@@ -282,64 +282,56 @@ def test_the_journal_keeps_writes_while_the_server_is_away(mlflow_server, tmp_pa
     assert client.get_run(journal.run_id).info.status == "FINISHED"
 
 
-def test_a_journal_left_to_the_driver_is_sent_by_it_whole_lines_only(tmp_path):
-    """A trial on the driver's node only appends (no MLflow call: its URI here answers nothing); the
-    driver sends it, in order, at once or from its thread, and never a line still being written."""
+def test_a_trials_journal_is_sent_by_the_driver_alone_in_order(tmp_path):
+    """A trial only writes its journal's files (no MLflow call: its URI here answers nothing); the driver
+    sends it, in order, at once or from its thread; an artifact travels inside the journal and its copy goes
+    once sent; a new driver continues from what the last one recorded as sent."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     experiment = MlflowClient(uri).create_experiment("left")
-    path = tmp_path / "j" / "t1.journal.jsonl"
-    journal = RunJournal(path, f"http://127.0.0.1:{free_port()}", send="driver")
+    root = tmp_path / "journals"
+    journal = RunJournal(root / "t1", f"http://127.0.0.1:{free_port()}", send="driver")
     journal.start(experiment, "trial", find_by={"deptune.ray_trial_id": "t1"}, tags={"deptune.role": "trial"})
     journal.metrics({"objective": 0.5}, step=1)
     assert journal.pending() == 2 and journal.run_id is None and journal.last_error is None
-    with path.open("a") as handle:  # a write another process has not finished
-        handle.write('{"op": "metrics", "metr')
+    (root / "t1" / "ops" / "00000003.json.tmp-1-2").write_text('{"op": "metr')  # another process's, not done
     assert journal.pending() == 2
-    assert send_for_driver(path, uri) and journal.run_id
-    with path.open("a") as handle:  # ... finished now
-        handle.write('ics": {"objective": 0.6}, "step": 2, "timestamp": 1}\n')
+    sender = DriverSender(root, uri, interval_s=3600)  # its thread waits: sent by `send` first
+    assert sender.send(str(root / "t1")) and journal.run_id
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "train_state.pt").write_text("optimizer")
+    journal.artifacts(adapter, "adapter", skip=("train_state.pt",))
+    (adapter / "adapter_config.json").write_text('{"rewritten": true}')  # the trial's next improvement
     journal.metrics({"objective": 0.7}, step=3)
-    sender = DriverSender(path.parent, uri, interval_s=0.05)
-    try:
-        deadline = time.monotonic() + 60
-        while journal.pending() and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        sender.stop()
-    assert journal.pending() == 0
-    history = MlflowClient(uri).get_metric_history(journal.run_id, "objective")
-    assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.6), (3, 0.7)]
-    other = RunJournal(tmp_path / "j" / "t2.journal.jsonl", f"http://127.0.0.1:{free_port()}")
-    assert send_for_driver(other.path, uri) and other.run_id is None  # not left to the driver: not its to send
-
-
-def test_a_journal_sent_from_its_writers_thread(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    experiment = MlflowClient(uri).create_experiment("thread")
-    journal = RunJournal(tmp_path / "t1.journal.jsonl", uri, send="thread")
-    journal.start(experiment, "trial", find_by={"deptune.ray_trial_id": "t1"}, tags={"deptune.role": "trial"})
-    for step in (1, 2, 3):
-        journal.metrics({"objective": step / 10}, step=step)
-    journal.end("FINISHED")
-    assert TRIAL_SENDER.drain(60) and journal.pending() == 0
+    restarted = RunJournal(root / "t1", "unused", send="driver")  # a trial restarted elsewhere continues it
+    restarted.metrics({"objective": 0.8}, step=4)
+    sender.stop()  # sends what is left once
+    assert journal.pending() == 0 and restarted.pending() == 0
     client = MlflowClient(uri)
-    assert sorted(m.step for m in client.get_metric_history(journal.run_id, "objective")) == [1, 2, 3]
-    assert client.get_run(journal.run_id).info.status == "FINISHED"
-    assert not (tmp_path / "t1.journal.driver").exists()
+    history = client.get_metric_history(journal.run_id, "objective")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (3, 0.7), (4, 0.8)]
+    assert [a.path for a in client.list_artifacts(journal.run_id, "adapter")] == ["adapter/adapter_config.json"]
+    sent = Path(client.download_artifacts(journal.run_id, "adapter/adapter_config.json", str(tmp_path / "dl")))
+    assert sent.read_text() == "{}"  # the copy made at the write, not the file as it is now
+    assert not (root / "t1" / "files").exists() or not any((root / "t1" / "files").iterdir())
+    assert DriverSender(root, uri, interval_s=3600).send(str(root / "t1"))  # a new driver: nothing sent twice
+    assert len(client.get_metric_history(journal.run_id, "objective")) == 3
 
 
-def test_trials_on_the_drivers_node_leave_their_mlflow_writes_to_it(server, swept):
-    """Every trial of the sweep ran on the driver's node: each journal is the driver's to send, was sent
-    in full, and its adapter copies are gone once sent."""
+def test_the_trials_journals_live_on_the_sweeps_storage_and_were_sent_whole(server, swept):
+    """The trials' journals are on the Ray storage (where every node reaches them), each sent in full, and
+    their artifact copies gone once sent."""
     spec, outcome = swept
-    folder = journal_dir_for(spec, outcome.execution)
-    marks = sorted(folder.glob("*.journal.driver"))
-    assert len(marks) == 3
+    root = trial_journals_for(spec, outcome.execution)
+    assert root.startswith(spec.train.ray_storage())
+    found = journals(root)
+    assert len(found) == 3
     client = MlflowClient(server)
-    for mark in marks:
-        journal = RunJournal(mark.with_suffix(".jsonl"), server)
+    for location in found:
+        journal = RunJournal(location, server)
         assert journal.pending() == 0 and journal.run_id
-        assert not list((folder / mark.name.removesuffix(".journal.driver")).glob("adapter-step-*"))
+        assert not list((Path(location) / "files").glob("*"))
         logged = sorted(step for step, metrics in journal.logged_metrics().items() if "objective_per_eval" in metrics)
         assert sorted(m.step for m in client.get_metric_history(journal.run_id, "objective_per_eval")) == logged
 
@@ -485,3 +477,58 @@ print(json.dumps({{'files': files, 'labels': list(out['label']), 'mlmodel': (loc
     assert cli.returncode == 0, cli.stderr
     assert [line.split("\t")[1] for line in cli.stdout.strip().splitlines()] == found["labels"]
     assert [line.split("\t")[2] for line in cli.stdout.strip().splitlines()] == texts
+
+
+def test_an_outage_across_the_end_of_a_sweep_defers_registration_to_sync(tmp_path):
+    """MLflow goes away once the parent run is open and is still away when the trials end: nothing is lost
+    and nothing is skipped silently. The sweep says that registration and the leaderboard wait; once the
+    server is back, `deptune sync` sends every journal, registers the champion and writes a whole
+    leaderboard (every trial's run id and adapter URI)."""
+    from deptune.sweep.tracker import journal_dir_for
+    server = Server(tmp_path / "server")
+    server.start()
+    spec = sweep_spec(tmp_path / "run", server.uri, "outage", [GOOD, {**GOOD, "prompt_length": 6}])
+    outcome, errors = {}, []
+
+    def sweep() -> None:
+        try:
+            outcome["value"] = run_sweep(spec)
+        except BaseException as exc:  # noqa: BLE001 -- reported by the assertion below
+            errors.append(exc)
+
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
+    try:
+        thread = threading.Thread(target=sweep)
+        thread.start()
+        parent_sent = lambda: list((tmp_path / "run" / "mlflow-journal").glob("*/parent/sent.json"))  # noqa: E731
+        deadline = time.monotonic() + 120
+        while not parent_sent() and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.05)
+        server.stop()  # the parent run exists; everything after it is journaled
+        thread.join(timeout=300)
+    finally:
+        ray.shutdown()
+    assert not errors, errors
+    tracking = outcome["value"].tracking
+    assert tracking.promotion is None and tracking.not_logged
+    assert "deptune sync" in tracking.unfinished and "not registered" in tracking.unfinished
+    server.start()
+    try:
+        folder = journal_dir_for(spec, outcome["value"].execution)
+        synced = CliRunner().invoke(app, ["sync", str(folder), "--uri", server.uri])
+        assert synced.exit_code == 0, synced.output
+        assert "registered models:/outage-model/1" in synced.output, synced.output
+        client = MlflowClient(server.uri)
+        experiment = client.get_experiment_by_name("outage")
+        (parent,) = client.search_runs([experiment.experiment_id], "tags.`deptune.role` = 'sweep'")
+        assert parent.info.status == "FINISHED" and parent.data.tags["deptune.best_run_id"]
+        board = pd.read_csv(client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(tmp_path / "dl")))
+        assert len(board) == 2 and board["run_id"].notna().all() and board["adapter_uri"].notna().all()
+        assert client.get_model_version_by_alias("outage-model", "champion").version == "1"
+        trials = client.search_runs([experiment.experiment_id], "tags.`deptune.role` = 'trial'")
+        assert len(trials) == 2
+        for run in trials:  # every evaluation once, in order
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "objective_per_eval")]
+            assert steps and steps == sorted(set(steps)), steps
+    finally:
+        server.stop()

@@ -208,3 +208,24 @@ def test_any_integer_train_seed_trains_and_a_small_one_keeps_its_numbers(tmp_pat
     assert 0 <= run.train.rng_seed < 2**32 and run.train.rng_seed == (seed if 0 <= seed < 2**32 else rng_seed(seed))
     result = train(run)
     assert result.best_step == 2 and result.adapter_dir.is_dir()
+
+
+def test_a_checkpoint_retention_deleted_is_replaced_by_the_newest_whole_one(tmp_path):
+    """Ray's saved state can name a checkpoint that retention deleted after the state was saved (the driver
+    was killed between the two, issue 22): the restore takes the newest whole checkpoint beside it, never a
+    half-uploaded one; a checkpoint that exists is taken as it is."""
+    from ray.train import Checkpoint
+    from deptune.cluster.trainer import CHECKPOINT_FILES, restored_checkpoint
+    trial = tmp_path / "trial"
+    for step in (17, 19, 24):
+        folder = trial / f"checkpoint_{step:06d}"
+        folder.mkdir(parents=True)
+        for name in CHECKPOINT_FILES:
+            (folder / name).write_text(str(step))
+    (trial / "checkpoint_000025").mkdir()
+    (trial / "checkpoint_000025" / CHECKPOINT_FILES[0]).write_text("25")  # its upload was cut short
+    deleted = restored_checkpoint(Checkpoint(str(trial / "checkpoint_000023")))
+    assert (deleted / CHECKPOINT_FILES[-1]).read_text() == "24"
+    kept = restored_checkpoint(Checkpoint(str(trial / "checkpoint_000019")))
+    assert (kept / CHECKPOINT_FILES[-1]).read_text() == "19"
+    assert restored_checkpoint(None) is None

@@ -98,12 +98,32 @@ def connect(address: str | None = None) -> bool:
         ray.init(address=address)
         return False
     apply()  # the CLI applied it before importing ray; this covers library callers' env vars
+    for other in running_rays():
+        print(f"warning: another Ray runs on this machine (GCS {other}); this run starts its own, and the two "
+              f"share the machine's {os.cpu_count()} CPUs: pass --address {other} (or set RAY_ADDRESS) to join it, "
+              f"or wait for it to end", file=sys.stderr, flush=True)
     private_ray_token()
     # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls: without it a
     # run whose controller is killed (a trial ASHA stops) keeps its workers' CPUs until Ray shuts down.
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", log_to_driver=True)
     _start_reaper()
     return True
+
+
+def running_rays() -> list[str]:
+    """The GCS addresses of the Ray clusters whose head runs on this machine (Linux: from /proc)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else []:
+        try:
+            if (entry / "comm").read_text().strip() != "gcs_server":
+                continue
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        options = dict(a.decode(errors="replace").lstrip("-").split("=", 1) for a in args if b"=" in a)
+        if "gcs_server_port" in options:
+            found.append(f"{options.get('node-ip-address', '127.0.0.1')}:{options['gcs_server_port']}")
+    return found
 
 
 _REAPERS: list[subprocess.Popen] = []  # their stdin pipes stay open for as long as this process lives

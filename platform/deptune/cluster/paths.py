@@ -11,7 +11,8 @@ A spec's local paths, by kind, decided once the driver is connected (`travel`) a
   `SHIP_LIMIT` bytes together) travel in Ray's object store, and are written once per node, in its temp
   folder, where a trial needs them;
 - anything else (a local backbone folder some node does not see, more data than `SHIP_LIMIT`) is refused
-  before any trial starts, with its key path and what a cluster needs instead.
+  before any trial starts, with its key path and what a cluster needs instead; so is Ray's storage
+  (`train.storage_path`, default under `output_dir`) unless every node reaches it (a URI, a shared mount).
 On a one-node Ray (the local one deptune starts) every path is visible and nothing is probed.
 """
 
@@ -106,12 +107,38 @@ def job_working_dir() -> Path | None:
     return Path.cwd() if ray.get_runtime_context().runtime_env.working_dir() else None
 
 
+def storage_errors(spec: Any, nodes: list[str]) -> list[str]:
+    """Ray's storage must be one every node reaches: a URI, or a folder shared by every node (a marker file
+    the driver writes there must be seen by each)."""
+    location = spec.train.ray_storage()
+    if "://" in location:
+        return []
+    marker = Path(location) / f".deptune-shared-{os.getpid()}-{os.urandom(4).hex()}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(marker.name)
+    try:
+        seen = _probe([str(marker)], nodes)[str(marker)]
+    finally:
+        marker.unlink(missing_ok=True)
+    if all(view == fingerprint(str(marker)) for view in seen):
+        return []
+    key = "train.storage_path" if spec.train.storage_path else "train.output_dir"
+    return [f"{key}: Ray's storage {location} is on the driver's disk, and {sum(v is None for v in seen)} of the "
+            f"cluster's {len(nodes)} other node(s) do not see it: checkpoints, Tune's state and the trials' "
+            f"records must be where every node reaches them: set train.storage_path to s3://bucket/path (the "
+            f"nodes' environment giving its endpoint and credentials) or to a folder every node mounts"]
+
+
 def travel(spec: Any, source: str) -> tuple[Any, Shipment | None]:
     """The spec the trials get, and what travels with it (see the module's docstring); a `SpecError`
-    names every path a trial could not reach."""
-    entries = local_paths(spec)
-    nodes = other_nodes() if entries else []
+    names every path a trial could not reach, and a storage that is not shared."""
+    nodes = other_nodes()
     if not nodes:
+        return spec, None
+    if errors := storage_errors(spec, nodes):
+        raise SpecError(source, errors)
+    entries = local_paths(spec)
+    if not entries:
         return spec, None
     workdir = job_working_dir()
     relative = {e.key: e.path.relative_to(workdir) for e in entries if workdir and e.path.is_relative_to(workdir)}

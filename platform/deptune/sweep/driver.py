@@ -19,7 +19,7 @@ import optuna
 import ray
 from optuna.trial import FrozenTrial
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 
 from deptune import locks
 from deptune.backbones import hidden_size, model_config
@@ -32,6 +32,7 @@ from deptune.registry.promotion import LOCK_ENV
 from deptune.spec_base import SpecError, absolute_paths, redact, split_credentials
 from deptune.storage import Folder, join, ray_storage
 from deptune.sweep.config import SweepSpec
+from deptune.sweep.schedulers import ASHA
 from deptune.sweep.searcher import StudyEvents, StudySearcher
 from deptune.sweep.space import SearchPlan, plan_search
 from deptune.sweep.study import (Execution, close_orphans, last_execution, load_study, open_storage,
@@ -271,10 +272,10 @@ def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, url: str,
     searcher.on_finished = opening.finish_trial  # each child run is closed as soon as the study records it
     primary = spec.sweep.objective
     if spec.sweep.scheduler.name == "asha":
-        scheduler = ASHAScheduler(time_attr="step", metric=primary.metric, mode=primary.mode,
-                                  max_t=spec.train.steps + 1,  # at max_t ASHA would stop a finishing trial
-                                  grace_period=spec.grace_period,
-                                  reduction_factor=spec.sweep.scheduler.reduction_factor)
+        scheduler = ASHA(primary.metric, primary.mode, grace_period=spec.grace_period,
+                         reduction_factor=spec.sweep.scheduler.reduction_factor,
+                         max_t=spec.train.steps + 1,  # at max_t ASHA would stop a finishing trial
+                         journal_root=trial_journals_for(spec, execution))  # its rungs, rebuilt on --resume
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(

@@ -145,7 +145,7 @@ class StudySearcher(Searcher):
         if result and "step" in result:  # a result the scheduler stopped on never reached on_trial_result
             self.on_trial_result(trial_id, result)
         if result and result.get(DIVERGED) is not None:  # ended on purpose: a retry would diverge again
-            self.fail(trial_id, divergence_reason(result))
+            self.fail(trial_id, divergence_reason(result, self._frozen(trial_id).params))
             return
         steps = [r["step"] for r in self._scored(trial_id)]
         if steps and max(steps) < self.total_steps:  # stopped (ASHA, the time budget): PRUNED, told once its
@@ -210,7 +210,7 @@ class StudySearcher(Searcher):
         elif not rows:
             self._finish(trial_id, TrialState.FAIL, reason="no evaluation was reported")
         elif stopped_at is not None or max(r["step"] for r in rows) < self.total_steps:
-            last = stopped_at or max(r["step"] for r in rows)
+            last = max(stopped_at or 0, max(r["step"] for r in rows))  # an evaluation in flight at the stop counts
             self._trial(trial_id).set_user_attr(
                 "stop_reason", f"stopped at step {last} of {self.total_steps} (ASHA or the time budget)")
             self._finish(trial_id, TrialState.PRUNED)
@@ -282,17 +282,18 @@ class StudySearcher(Searcher):
         return values
 
     def _record_costs(self, trial_id: str) -> None:
-        rows = self.history.get(trial_id, [])
-        if not rows:
-            return
+        """What the trial cost over all its runs (a trial that diverged before its first evaluation too)."""
         trial, metric, mode = self._trial(trial_id), *self.objectives[0]
-        scored = self._scored(trial_id)
-        best = (max if mode == "max" else min)(scored, key=lambda r: float(r[metric])) if scored else None
         wall = sum(run[1] for run in self.runs.get(trial_id, []) if run)
-        trial.set_user_attr("last_step", rows[-1]["step"])
         trial.set_user_attr("wall_seconds", round(wall, 2))
         trial.set_user_attr("cpu_seconds", round(wall * self.demand["CPU"], 2))
         trial.set_user_attr("gpu_seconds", round(wall * self.demand["GPU"], 2))
+        rows = self.history.get(trial_id, [])
+        if not rows:
+            return
+        scored = self._scored(trial_id)
+        best = (max if mode == "max" else min)(scored, key=lambda r: float(r[metric])) if scored else None
+        trial.set_user_attr("last_step", rows[-1]["step"])
         counted = [r["trainable_params"] for r in rows if r.get("trainable_params") is not None]
         if counted:
             trial.set_user_attr("trainable_params", int(counted[-1]))
@@ -311,8 +312,9 @@ class StudySearcher(Searcher):
             self.on_finished(self._frozen(trial_id))
 
 
-def divergence_reason(result: dict) -> str:
-    config = result.get("config") or {}
+def divergence_reason(result: dict, params: dict[str, Any] | None = None) -> str:
+    """Where training diverged, with the learning rates it diverged at (the trial's, else the result's)."""
+    config = params or result.get("config") or {}
     rates = ", ".join(f"{k}={v:g}" for k, v in config.items() if k.startswith("lr_") and isinstance(v, float))
     return f"training diverged: non-finite loss at step {int(result[DIVERGED])}" + (f" ({rates})" if rates else "")
 

@@ -121,7 +121,8 @@ class RunJournal:
                 self.folder.write(SENT, json.dumps(state).encode())
         except Exception as exc:  # noqa: BLE001 -- any failure to reach MLflow leaves the op journaled
             self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-            log.warning("MLflow write kept in %s for later: %s", self.location, self.last_error)
+            log.debug("MLflow write kept in %s for later: %s", self.location, self.last_error)  # said once by
+            # the driver's sender, and listed at the end of the sweep
             return False
         self.last_error = None
         return True
