@@ -169,13 +169,21 @@ def checkpoints(run: Path) -> set[Path]:
     return set(run.glob("ray/asha-001/run_trial_*/checkpoint_*"))
 
 
+def settled(run: Path) -> bool:
+    """A trial has checkpoints that Tune has certainly saved in its state (a snapshot every 2 s): a kill now
+    interrupts a trial that has a checkpoint to resume from."""
+    found = checkpoints(run)
+    return any(sum(c.parent == trial for c in found) >= 2 and time.time() - min(
+        c.stat().st_mtime for c in found if c.parent == trial) > 4 for trial in {c.parent for c in found})
+
+
 def kill_when(driver: subprocess.Popen, run: Path, moment: str, ready=lambda: True, timeout_s: float = 300) -> None:
     """SIGKILL the driver (its local Ray dies with it) at a moment of a trial's life: `after-checkpoint`, the
     instant a new checkpoint folder appears; `after-deletion`, the instant one is deleted (retention keeps the
     best and the latest); `between`, halfway between two checkpoints."""
     seen, deadline = checkpoints(run), time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert driver.poll() is None, "the sweep ended before the kill"
+        assert driver.poll() is None, f"the sweep ended before the kill: {driver.args}"
         now = checkpoints(run)
         changed = (moment != "after-deletion" and now - seen) or (moment == "after-deletion" and seen - now)
         if changed and ready():
@@ -219,13 +227,15 @@ def test_kills_at_every_moment_of_a_trial_resume_and_asha_decides_as_without_the
 
     path, run = asha_spec(tmp_path, "killed"), tmp_path / "killed"
     url = f"sqlite:///{run / 'study.db'}"
+    env["DEPTUNE_CHECKPOINT_GRACE_S"] = "5"  # superseded checkpoints go sooner: deletions to kill just after
     interrupted = []
     pruned = lambda: any(t.state == TrialState.PRUNED for t in study_trials(url, "asha"))  # noqa: E731
     for i, moment in enumerate(("after-checkpoint", "after-deletion", "between")):
+        log = (tmp_path / f"driver-{i}.log").open("w")
         driver = subprocess.Popen([*DEPTUNE, "sweep", str(path), *(["--resume"] if i else [])], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:  # the last kill once ASHA has stopped a trial: a resumed ASHA must remember its rungs
-            kill_when(driver, run, moment, ready=pruned if i == 2 else lambda: True)
+            kill_when(driver, run, moment, ready=lambda: settled(run) and (i < 2 or pruned()))
         finally:
             if driver.poll() is None:
                 os.killpg(driver.pid, signal.SIGKILL)
@@ -242,7 +252,13 @@ def test_kills_at_every_moment_of_a_trial_resume_and_asha_decides_as_without_the
     continued = [n for n in set(interrupted) if trials[n].state == TrialState.COMPLETE]  # (a stopped one awaits
     assert continued  # its PRUNED verdict a few seconds: RUNNING in the study, but nothing left to resume)
     for number in continued:  # continued from a checkpoint, not restarted
-        assert trials[number].user_attrs.get("resumed_from"), trials[number].user_attrs
+        first, *restarts = trials[number].user_attrs["resumed_from"]
+        assert first == 0 and restarts and all(step > 0 for step in restarts), trials[number].user_attrs
+    for trial_dir in (run / "ray" / "asha-001").glob("run_trial_*"):  # retention: the latest + 2 improvements
+        assert 1 <= len(list(trial_dir.glob("checkpoint_*"))) <= 3, sorted(trial_dir.glob("checkpoint_*"))
+    for trial in trials:  # the best adapter's checkpoint is one retention kept
+        if trial.state == TrialState.COMPLETE or trial.user_attrs.get("adapter_path"):
+            assert Path(trial.user_attrs["adapter_path"], "adapter_model.safetensors").is_file(), trial.user_attrs
     client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
     for mlflow_run in client.search_runs([client.get_experiment_by_name("asha").experiment_id],
                                          "tags.`deptune.role` = 'trial'"):

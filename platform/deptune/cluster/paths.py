@@ -117,10 +117,10 @@ def storage_errors(spec: Any, nodes: list[str]) -> list[str]:
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(marker.name)
     try:
-        seen = _probe([str(marker)], nodes)[str(marker)]
+        mine, seen = fingerprint(str(marker)), _probe([str(marker)], nodes)[str(marker)]
     finally:
         marker.unlink(missing_ok=True)
-    if all(view == fingerprint(str(marker)) for view in seen):
+    if all(view == mine for view in seen):
         return []
     key = "train.storage_path" if spec.train.storage_path else "train.output_dir"
     return [f"{key}: Ray's storage {location} is on the driver's disk, and {sum(v is None for v in seen)} of the "

@@ -107,6 +107,21 @@ def restored_checkpoint(checkpoint: Checkpoint | None) -> Path | None:
     return Path(checkpoint.to_directory())
 
 
+def newest_checkpoint(experiment: str, trial_id: str) -> Path | None:
+    """The newest whole checkpoint a Tune trial left in `experiment` (its folder is named after its id)."""
+    from deptune.storage import Folder
+    folder = Folder(experiment)
+    trial = next((name for name in folder.folders() if f"_{trial_id}_" in name), None)
+    if trial is None:
+        return None
+    names = sorted((n for n in folder.child(trial).folders() if n.startswith("checkpoint_")), reverse=True)
+    whole = next((n for n in names if all(folder.child(trial, n).exists(f) for f in CHECKPOINT_FILES)), None)
+    if whole is None:
+        return None
+    log.warning("trial %s starts again where its first run left it: %s", trial_id, whole)
+    return Path(Checkpoint(folder.child(trial, whole).path, filesystem=folder.fs).to_directory())
+
+
 def _whole(fs, path: str) -> bool:
     from pyarrow.fs import FileType
     return all(info.type == FileType.File for info in fs.get_file_info([f"{path}/{name}" for name in CHECKPOINT_FILES]))

@@ -32,6 +32,7 @@ from deptune.registry.promotion import LOCK_ENV
 from deptune.spec_base import SpecError, absolute_paths, redact, split_credentials
 from deptune.storage import Folder, join, ray_storage
 from deptune.sweep.config import SweepSpec
+from deptune.sweep.retention import CheckpointRetention
 from deptune.sweep.schedulers import ASHA
 from deptune.sweep.searcher import StudyEvents, StudySearcher
 from deptune.sweep.space import SearchPlan, plan_search
@@ -42,7 +43,6 @@ from deptune.sweep.trainable import run_trial
 from deptune.tracking.sources import localize_sources
 from deptune.tracking.store import check_reachable, resolve_uri
 from deptune.tracking.trial import PublishedTracking, TrialTracking
-from deptune.train.config import IMPROVED_AT
 
 log = logging.getLogger(__name__)
 UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}
@@ -240,25 +240,26 @@ def _trainable(spec: SweepSpec, execution: Execution, storage: str, trials: Tria
                tracking: TrialTracking | PublishedTracking):
     train_storage = join(storage, f"{execution.name}-train")
     fn = tune.with_parameters(run_trial, spec=trials.spec, methods=_ship_methods(), train_storage=train_storage,
-                              tracking=tracking, shipment=trials.shipment)
+                              tracking=tracking, shipment=trials.shipment, experiment=join(storage, execution.name))
     res = spec.resources
     if res.trial_runner == "tune":  # the actor is the trial's one worker
         return tune.with_resources(fn, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker})
     return tune.with_resources(fn, {"cpu": spec.sweep.driver_cpus})
 
 
-def _run_config(spec: SweepSpec, execution: Execution, storage: str, callbacks: list) -> tune.RunConfig:
-    """Trials in their actor keep their checkpoints in Tune; Ray Train runs keep their own and restart their
-    own dead workers. Tune restarts a trial whose actor died (with its node): one in its actor from Tune's
-    checkpoint, one on Ray Train from its run's (the run is named after the trial)."""
+def _run_config(spec: SweepSpec, execution: Execution, storage: str, callbacks: list,
+                searcher: StudySearcher) -> tune.RunConfig:
+    """Trials in their actor keep their checkpoints in Tune, which keeps them all: `CheckpointRetention`
+    deletes the superseded ones once no saved state can name them; Ray Train runs keep their own and restart
+    their own dead workers. Tune restarts a trial whose actor died (with its node): one in its actor from
+    Tune's checkpoint, one on Ray Train from its run's (the run is named after the trial)."""
     in_actor = spec.resources.trial_runner == "tune"
-    keep = tune.CheckpointConfig(num_to_keep=spec.train.keep_checkpoints, checkpoint_score_attribute=IMPROVED_AT,
-                                 checkpoint_score_order="max") if in_actor else None
+    if in_actor:
+        callbacks = [*callbacks, CheckpointRetention(spec.train.keep_checkpoints, join(storage, execution.name),
+                                                     searcher.adapter_paths)]
     filesystem, path = ray_storage(storage)
     return tune.RunConfig(name=execution.name, storage_path=path, storage_filesystem=filesystem, callbacks=callbacks,
-                          checkpoint_config=keep,
-                          failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
-                          verbose=1)
+                          failure_config=tune.FailureConfig(max_failures=spec.train.max_failures), verbose=1)
 
 
 def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, url: str, execution: Execution,
@@ -284,7 +285,7 @@ def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, url: str,
                                     max_concurrent_trials=spec.sweep.max_concurrent,
                                     time_budget_s=spec.sweep.time_budget_s,
                                     reuse_actors=spec.resources.trial_runner == "tune"),
-        run_config=_run_config(spec, execution, storage, [StudyEvents(searcher), _TrackingOpened(opening)]),
+        run_config=_run_config(spec, execution, storage, [StudyEvents(searcher), _TrackingOpened(opening)], searcher),
     )
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from deptune.storage import Folder
+from deptune.sweep.trainable import RUN_KEY
 from deptune.tracking.journal import RunJournal
 from deptune.tracking.trial import RENAMED, SUMMARY_STEP
 
@@ -32,6 +33,7 @@ class ASHA(FIFOScheduler):
         self.rungs: list[tuple[float, dict[str, float]]] = [
             (grace_period * reduction_factor ** k, {}) for k in reversed(range(count))]  # highest first
         self.stopped = 0
+        self.decided: set[str] = set()  # runs a rebuild found stopped
         self._restored = False
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -45,7 +47,10 @@ class ASHA(FIFOScheduler):
         self._rebuild()
         if self.time_attr not in result or self.metric not in result:
             return TrialScheduler.CONTINUE
-        action = self.judge(trial.trial_id, result[self.time_attr], result[self.metric])
+        run_id = (trial.config or {}).get(RUN_KEY, trial.trial_id)  # a trial started again keeps its first id
+        if run_id in self.decided:  # stopped before the driver died: it stays stopped
+            return TrialScheduler.STOP
+        action = self.judge(run_id, result[self.time_attr], result[self.metric])
         self.stopped += action == TrialScheduler.STOP
         return action
 
@@ -79,10 +84,10 @@ class ASHA(FIFOScheduler):
             logged = RunJournal(folder.child(trial_id).location, "").logged_metrics()
             made += [(m["timestamp_ms"], trial_id, step, m[name]) for step, m in logged.items()
                      if step != SUMMARY_STEP and name in m]
-        stopped: set[str] = set()
+        self.decided = set()
         for _, trial_id, step, value in sorted(made):
-            if trial_id not in stopped and self.judge(trial_id, step, value) == TrialScheduler.STOP:
-                stopped.add(trial_id)
+            if trial_id not in self.decided and self.judge(trial_id, step, value) == TrialScheduler.STOP:
+                self.decided.add(trial_id)
 
     def debug_string(self) -> str:
         rungs = ", ".join(f"{m:g}: {len(r)}" for m, r in reversed(self.rungs))

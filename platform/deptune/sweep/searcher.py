@@ -38,7 +38,7 @@ from deptune.cluster.fit import run_demand
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import open_storage, storage_trial_id
-from deptune.sweep.trainable import DIVERGED, OPTUNA_TRIAL_KEY
+from deptune.sweep.trainable import DIVERGED, OPTUNA_TRIAL_KEY, RUN_KEY
 from deptune.train.config import RESUMED_FROM
 from deptune.storage import join, uri_of
 from deptune.tracking.journal import RunJournal
@@ -73,7 +73,9 @@ class StudySearcher(Searcher):
         self.done: set[str] = set()
         self.awaiting_reason: set[str] = set()
         self.stopping: dict[str, tuple[float, int]] = {}  # stopped (when, at which step), told after STOP_GRACE_S
-        self.where: dict[str, dict[str, list]] = {}  # nodes each trial ran on, checkpoint steps it resumed from
+        self.where: dict[str, dict[str, list]] = {}  # nodes each trial ran on, the step each of its runs began at
+        self.run_ids: dict[str, str] = {}  # Tune id -> the id its journal and checkpoints go by, where they differ
+        self.forgotten: list[tuple[int, str]] = []  # (number, run id) of trials Tune's restored state lacks
         self.on_finished: Callable[[FrozenTrial], None] | None = None  # e.g. close its MLflow run
         self._study: optuna.Study | None = None
         self._trials: dict[int, optuna.Trial] = {}
@@ -108,6 +110,8 @@ class StudySearcher(Searcher):
         return True  # the space is the plan's (define-by-run) and the objectives the spec's
 
     def suggest(self, trial_id: str) -> dict | None:
+        if self.forgotten:  # a trial the dead driver started after Tune's last snapshot: the same trial again
+            return self._again(trial_id, *self.forgotten.pop(0))
         seen = sum(1 for t in self.study.get_trials(deepcopy=False) if t.state.is_finished())
         trial = self.study.ask()  # an enqueued point first, else the sampler's
         self._trials[trial.number] = trial
@@ -117,7 +121,17 @@ class StudySearcher(Searcher):
         trial.set_user_attr("runner", self.runner)
         trial.set_user_attr("seen_trials", seen)  # finished trials the sampler could learn from
         self.numbers[trial_id] = trial.number
-        return {**config, OPTUNA_TRIAL_KEY: trial.number}
+        return {**config, OPTUNA_TRIAL_KEY: trial.number, RUN_KEY: trial_id}
+
+    def _again(self, trial_id: str, number: int, run_id: str) -> dict:
+        """The forgotten trial `number` under Tune's new id: the same parameters (Optuna hands a trial's own
+        values back), the same journal and MLflow run, and its checkpoints under its first id (`RUN_KEY`)."""
+        self.numbers[trial_id], self.run_ids[trial_id] = number, run_id
+        attrs = self._frozen(trial_id).user_attrs  # what its first run recorded, carried on
+        self.where[trial_id] = {"nodes": list(attrs.get("nodes", [])),
+                                "runs": [[None, step] for step in attrs.get("resumed_from", [])]}
+        config = self.plan.suggest(self._trial(trial_id))
+        return {**config, OPTUNA_TRIAL_KEY: number, RUN_KEY: run_id}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.done or trial_id not in self.numbers or "step" not in result:
@@ -129,12 +143,13 @@ class StudySearcher(Searcher):
         self._add(trial_id, {k: result.get(k) for k in (*(m for m, _ in self.objectives), "step",
                                                         CHECKPOINT_PATH_KEY, "trainable_params")})
 
-    def checkpointed(self, trial_id: str, path: str) -> None:
-        """Tune kept the checkpoint of the trial's latest evaluation (a trial in its Tune actor; a Ray Train
-        run names its checkpoint in the report itself): where the adapter of that step is."""
-        rows = self.history.get(trial_id)
-        if trial_id not in self.done and rows and not rows[-1].get(CHECKPOINT_PATH_KEY):
-            rows[-1][CHECKPOINT_PATH_KEY] = uri_of(self.storage, path)
+    def checkpointed(self, trial_id: str, path: str, step: float | None) -> None:
+        """Tune kept the checkpoint of the trial's evaluation at `step` (a trial in its Tune actor; a Ray Train
+        run names its checkpoint in the report itself): where the adapter of that step is now (a step trained
+        again after a restart has a new checkpoint)."""
+        row = next((r for r in self.history.get(trial_id, []) if step is not None and r["step"] == int(step)), None)
+        if trial_id not in self.done and row is not None:
+            row[CHECKPOINT_PATH_KEY] = uri_of(self.storage, path)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.done or trial_id not in self.numbers:
@@ -164,7 +179,16 @@ class StudySearcher(Searcher):
         meanwhile joins the record now, and the next result of each starts a new run (cost adds up)."""
         with open(checkpoint_path, "rb") as handle:
             self.set_state(pickle.load(handle))
+        trials = self.study.get_trials(deepcopy=False)
+        finished = {t.number for t in trials if t.state.is_finished()}
+        known = set(self.numbers.values())
+        self.forgotten = [(t.number, t.user_attrs["ray_trial_id"]) for t in trials  # asked after the last snapshot
+                          if t.state == TrialState.RUNNING and t.user_attrs.get("execution") == self.execution
+                          and t.number not in known and "ray_trial_id" in t.user_attrs]
         for trial_id in set(self.numbers) - self.done:
+            if self.numbers[trial_id] in finished:  # told by the dead driver after Tune's last snapshot: its
+                self.done.add(trial_id)  # results Tune delivers again change nothing
+                continue
             self._backfill(trial_id)
             self.runs.setdefault(trial_id, []).append([])  # a run of its own from the next result
         self.flush()
@@ -178,6 +202,11 @@ class StudySearcher(Searcher):
         self.__setstate__(state)
 
     # ----- ours ------------------------------------------------------------------------------------------
+    def adapter_paths(self) -> set[str]:
+        """Where this execution's trials' best adapters are (what checkpoint retention keeps)."""
+        return {t.user_attrs["adapter_path"] for t in self.study.get_trials(deepcopy=False)
+                if t.user_attrs.get("execution") == self.execution and t.user_attrs.get("adapter_path")}
+
     def fail(self, trial_id: str, reason: str) -> None:
         """Record a failed trial with its reason (called once Tune knows the trial's error)."""
         if trial_id in self.done or trial_id not in self.numbers:
@@ -244,19 +273,24 @@ class StudySearcher(Searcher):
         run[0], run[2] = float(result.get("timestamp") or time.time()), total
 
     def _where(self, trial_id: str, result: dict) -> None:
-        """Record each node the trial ran on and each checkpoint step a run of it resumed from."""
-        for attr, value in (("nodes", result.get("node_ip")), ("resumed_from", int(result.get(RESUMED_FROM) or 0))):
-            seen = self.where.setdefault(trial_id, {}).setdefault(attr, [])
-            if value and value not in seen:
-                seen.append(value)
-                self._trial(trial_id).set_user_attr(attr, list(seen))
+        """Record each node the trial ran on, and for each run of it (a new process, or a worker group
+        restarted in it) the step it started from: 0, then a checkpoint's step for every restart."""
+        seen = self.where.setdefault(trial_id, {"nodes": [], "runs": []})
+        node = result.get("node_ip")
+        if node and node not in seen["nodes"]:
+            seen["nodes"].append(node)
+            self._trial(trial_id).set_user_attr("nodes", list(seen["nodes"]))
+        run = [result.get("pid"), int(result.get(RESUMED_FROM) or 0)]
+        if RESUMED_FROM in result and (not seen["runs"] or seen["runs"][-1] != run):
+            seen["runs"].append(run)
+            self._trial(trial_id).set_user_attr("resumed_from", [step for _, step in seen["runs"]])
 
     def _backfill(self, trial_id: str) -> None:
         """Add what rank 0 journaled for MLflow but Tune never delivered; the time it took extends the
         current run."""
         if not self.journal_root:
             return
-        journal = RunJournal(join(self.journal_root, trial_id), "")
+        journal = RunJournal(join(self.journal_root, self.run_ids.get(trial_id, trial_id)), "")
         logged = {step: {k: metrics.get(RENAMED.get(k, k)) for k in (*(m for m, _ in self.objectives),
                                                                       "trainable_params", "timestamp_ms")}
                   for step, metrics in journal.logged_metrics().items() if step != SUMMARY_STEP}
@@ -337,7 +371,7 @@ class StudyEvents(tune.Callback):
         self.searcher.fail(trial.trial_id, summarise_error(text) if text else "the trial raised an error")
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
-        self.searcher.checkpointed(trial.trial_id, checkpoint.path)
+        self.searcher.checkpointed(trial.trial_id, checkpoint.path, (trial.last_result or {}).get("step"))
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         self.searcher.settle_stopped()

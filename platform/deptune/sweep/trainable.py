@@ -31,11 +31,16 @@ from deptune.sweep.config import SEARCH_KEYS, SweepSpec
 from deptune.sweep.space import trial_run
 from deptune.tracking.trial import PublishedTracking, TrackerHook, TrialTracking
 from deptune.cluster.paths import Shipment, arrive
-from deptune.cluster.trainer import build_trainer, diverged_at_step, restored_checkpoint, training_error
+from deptune.cluster.trainer import (build_trainer, diverged_at_step, newest_checkpoint, restored_checkpoint,
+                                     training_error)
 from deptune.train.cache import PROCESS_CACHE, release_trial_memory
 from deptune.train.loop import train
 
 OPTUNA_TRIAL_KEY = "optuna_trial"  # added to each config by the searcher: the study's trial number
+RUN_KEY = "run_id"
+"""Added to each config by the searcher: the id the trial's journal, MLflow run, Ray Train run and checkpoints go
+by. Tune's trial id, except for a trial that a resumed sweep starts again under a new id (Tune's last snapshot
+before the driver died did not know it): its first id, so it continues its own record and checkpoints."""
 
 
 DIVERGED = "diverged_at_step"
@@ -48,11 +53,16 @@ class TuneSession:
     rank = 0
     world_size = 1
 
-    def __init__(self, device: torch.device, on_report: Callable[[dict, Path | None], None] | None) -> None:
-        self.device, self.on_report = device, on_report
+    def __init__(self, device: torch.device, on_report: Callable[[dict, Path | None], None] | None,
+                 earlier: tuple[str | None, str] = (None, "")) -> None:
+        self.device, self.on_report, self.earlier = device, on_report, earlier
 
     def restore_dir(self) -> Path | None:
-        return restored_checkpoint(tune.get_checkpoint())
+        """Tune's checkpoint of this trial; for a trial started again under a new id, its first id's newest."""
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None and self.earlier[0] is not None:
+            return newest_checkpoint(*self.earlier)
+        return restored_checkpoint(checkpoint)
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None, improved: bool) -> None:
         if self.on_report is not None and DIVERGED not in metrics:
@@ -77,18 +87,22 @@ class TrialReport(TuneReportCallback):
 
 
 def run_trial(config: dict[str, Any], spec: SweepSpec, methods: dict[str, Method], train_storage: str,
-              tracking: TrialTracking | PublishedTracking | None = None, shipment: Shipment | None = None) -> None:
-    """`shipment`: the driver's files that travel to the trials' nodes (`cluster.paths`)."""
+              tracking: TrialTracking | PublishedTracking | None = None, shipment: Shipment | None = None,
+              experiment: str | None = None) -> None:
+    """`shipment`: the driver's files that travel to the trials' nodes (`cluster.paths`); `experiment`: the Tune
+    experiment's folder, where a trial started again under a new id finds its first id's checkpoints."""
     restore(methods)  # methods registered in the driver only (e.g. defined by a test) are known here too
     if isinstance(tracking, PublishedTracking):  # the driver opened MLflow while this actor started
         tracking = tracking.resolve()
     run = trial_run(spec, {k: v for k, v in config.items() if k in SEARCH_KEYS})
     trial_id = tune.get_context().get_trial_id()
-    hook = TrackerHook(tracking, trial_id, config.get(OPTUNA_TRIAL_KEY)) if tracking else None
+    run_id = config.get(RUN_KEY, trial_id)
+    hook = TrackerHook(tracking, run_id, config.get(OPTUNA_TRIAL_KEY)) if tracking else None
     if run.resources.trial_runner == "tune":
-        _train_in_actor(arrive(run, shipment), hook)
+        earlier = experiment if run_id != trial_id else None
+        _train_in_actor(arrive(run, shipment), hook, (earlier, run_id))
         return
-    trainer = build_trainer(run, name=trial_id, storage=train_storage, callbacks=[TrialReport()], rank0_hook=hook,
+    trainer = build_trainer(run, name=run_id, storage=train_storage, callbacks=[TrialReport()], rank0_hook=hook,
                             extra={"shipment": shipment})  # each worker's node gets the files
     try:
         result = trainer.fit()
@@ -98,11 +112,11 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, methods: dict[str, Method
         tune.report({"step": float(step), DIVERGED: float(step)})
 
 
-def _train_in_actor(run: RunSpec, hook: TrackerHook | None) -> None:
+def _train_in_actor(run: RunSpec, hook: TrackerHook | None, earlier: tuple[str | None, str]) -> None:
     """The loop in this actor, on the process's cached backbone and data; memory of the trial's own
     tensors is given back when it ends (however it ends: finished, stopped by ASHA, diverged)."""
     device = actor_device(run)
-    session = TuneSession(device, hook(run) if hook else None)
+    session = TuneSession(device, hook(run) if hook else None, earlier)
     try:
         train(run, session=session, cache=PROCESS_CACHE)  # a divergence is reported by the loop itself
     finally:
