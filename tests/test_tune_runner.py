@@ -19,6 +19,7 @@ import pytest
 import ray
 import torch
 from optuna.trial import TrialState
+from ray.util.state import list_actors
 
 from deptune.methods.record import read_record
 from deptune.specs import parse_spec
@@ -180,14 +181,15 @@ def test_a_trial_whose_actor_is_killed_resumes_from_its_checkpoint(ray_cluster, 
     killed: list[int] = []
 
     def kill_after_step_12() -> None:
+        """Kill the trial's actor once its third checkpoint (step 12) is on the storage: the trial writes its
+        checkpoints there itself, while Tune's result.json reaches the storage only at its next sync."""
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not killed:
-            for path in root.glob("*/*/result.json"):
-                rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-                if rows and rows[-1].get("step", 0) >= 12:
-                    os.kill(rows[-1]["pid"], signal.SIGKILL)
-                    killed.append(rows[-1]["pid"])
-                    return
+        while time.monotonic() < deadline:
+            if len(list(root.glob("*/*/checkpoint_*"))) >= 3:
+                (actor,) = list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")])
+                os.kill(actor.pid, signal.SIGKILL)
+                killed.append(actor.pid)
+                return
             time.sleep(0.05)
 
     killer = threading.Thread(target=kill_after_step_12, daemon=True)

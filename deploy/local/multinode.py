@@ -67,10 +67,13 @@ DROPPED_ENV = ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_
 """RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (a one-node local Ray's setting) makes Ray refuse other nodes."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports free now (each socket held until all are chosen, so none is drawn twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def tool(name: str) -> str:
@@ -171,7 +174,7 @@ class MultiNodeCluster:
         self.state.chmod(0o700)
         self.layout = Layout(state=str(self.state), token=secrets.token_hex(32),
                              temp_dir=tempfile.mkdtemp(prefix="deptune-mn-", dir="/tmp"),  # short: unix sockets
-                             ports={k: free_port() for k in ("gcs", "dashboard", "client", "moto", "s3", "mlflow")},
+                             ports=dict(zip(("gcs", "dashboard", "client", "moto", "s3", "mlflow"), free_ports(6))),
                              cpus=self.cpus, study_db=self.study_db, mlflow_db=self.mlflow_db, private=self.private)
         self.layout.save()
         try:
@@ -225,9 +228,10 @@ class MultiNodeCluster:
         self.layout.save()
 
     def _ray_ports(self, head: bool) -> list[str]:
-        ports = {"node-manager-port": free_port(), "object-manager-port": free_port(),
-                 "dashboard-agent-listen-port": free_port(), "dashboard-agent-grpc-port": free_port(),
-                 "metrics-export-port": free_port(), "runtime-env-agent-port": free_port()}
+        names = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+                 "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")
+        taken = {*self.layout.ports.values()}
+        ports = dict(zip(names, [p for p in free_ports(len(names) + len(taken)) if p not in taken][:len(names)]))
         first = 20000 + 400 * (self.layout.next_ip - 2)  # disjoint worker-port ranges: the nodes share one host
         return [f"--{k}={v}" for k, v in ports.items()] + [f"--min-worker-port={first}",
                                                            f"--max-worker-port={first + 399}"]

@@ -32,7 +32,7 @@ from deptune.registry.promotion import LOCK_ENV
 from deptune.spec_base import SpecError, absolute_paths, redact, split_credentials
 from deptune.storage import Folder, join, ray_storage
 from deptune.sweep.config import SweepSpec
-from deptune.sweep.retention import CheckpointRetention
+from deptune.sweep.retention import CheckpointRetention, clean_up
 from deptune.sweep.schedulers import ASHA
 from deptune.sweep.searcher import StudyEvents, StudySearcher
 from deptune.sweep.space import SearchPlan, plan_search
@@ -176,6 +176,8 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
         interrupted = bool(_unfinished_trials(storage, execution.name))
         if not interrupted:
             close_orphans(study, storage_db, execution, "the trial did not finish before its execution ended")
+            if spec.resources.trial_runner == "tune":  # Ray Train runs keep their own
+                clean_up(path, best_adapters(study, execution))
         return SweepOutcome(study=study, execution=execution, experiment_path=path, interrupted=interrupted,
                             errors=len(results.errors), tracking=tracker.finish(interrupted))
     finally:
@@ -186,6 +188,11 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
         if started:
             import ray
             ray.shutdown()
+
+
+def best_adapters(study: optuna.Study, execution: Execution) -> set[str]:
+    return {t.user_attrs["adapter_path"] for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("execution") == execution.number and "adapter_path" in t.user_attrs}
 
 
 class _GracefulStop:
@@ -247,16 +254,14 @@ def _trainable(spec: SweepSpec, execution: Execution, storage: str, trials: Tria
     return tune.with_resources(fn, {"cpu": spec.sweep.driver_cpus})
 
 
-def _run_config(spec: SweepSpec, execution: Execution, storage: str, callbacks: list,
-                searcher: StudySearcher) -> tune.RunConfig:
+def _run_config(spec: SweepSpec, execution: Execution, storage: str, callbacks: list) -> tune.RunConfig:
     """Trials in their actor keep their checkpoints in Tune, which keeps them all: `CheckpointRetention`
     deletes the superseded ones once no saved state can name them; Ray Train runs keep their own and restart
     their own dead workers. Tune restarts a trial whose actor died (with its node): one in its actor from
     Tune's checkpoint, one on Ray Train from its run's (the run is named after the trial)."""
     in_actor = spec.resources.trial_runner == "tune"
     if in_actor:
-        callbacks = [*callbacks, CheckpointRetention(spec.train.keep_checkpoints, join(storage, execution.name),
-                                                     searcher.adapter_paths)]
+        callbacks = [*callbacks, CheckpointRetention(spec.train.keep_checkpoints)]
     filesystem, path = ray_storage(storage)
     return tune.RunConfig(name=execution.name, storage_path=path, storage_filesystem=filesystem, callbacks=callbacks,
                           failure_config=tune.FailureConfig(max_failures=spec.train.max_failures), verbose=1)
@@ -285,7 +290,7 @@ def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, url: str,
                                     max_concurrent_trials=spec.sweep.max_concurrent,
                                     time_budget_s=spec.sweep.time_budget_s,
                                     reuse_actors=spec.resources.trial_runner == "tune"),
-        run_config=_run_config(spec, execution, storage, [StudyEvents(searcher), _TrackingOpened(opening)], searcher),
+        run_config=_run_config(spec, execution, storage, [StudyEvents(searcher), _TrackingOpened(opening)]),
     )
 
 

@@ -5,10 +5,10 @@ registered, while the experiment state that `--resume` restores from is saved ev
 killed between the two leaves a saved state that restores its trials from a checkpoint that no longer
 exists, and Tune fails them (issue 22). Here Tune keeps every checkpoint and this callback deletes, in the
 driver, those that are neither a trial's latest nor one of its `keep` latest improvements of the best
-adapter (the best adapter is the latest improvement) — but only `GRACE_S` after a newer checkpoint of the
-trial superseded it (`$DEPTUNE_CHECKPOINT_GRACE_S`), when every state saved since names the newer one. At
-the experiment's end, when Tune has saved its final state, they go at once, and so do those that earlier,
-killed drivers left in any trial's folder: a trial keeps its newest checkpoint and its best adapter's.
+adapter (the best adapter is the latest improvement) — but only `$DEPTUNE_CHECKPOINT_GRACE_S` after a newer
+checkpoint of the trial superseded it, when every state saved since names the newer one. Once an
+execution has finished (not stopped: `--resume` would restore from its saved state), `clean_up` leaves
+each trial folder its newest checkpoint and its best adapter's, whatever earlier, killed drivers left.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ray import tune
@@ -43,8 +42,6 @@ class _Kept:
 @dataclass
 class CheckpointRetention(tune.Callback):
     keep: int  # improvements of the best adapter kept (`train.keep_checkpoints`), besides the latest
-    experiment: str  # the Tune experiment's folder (or URI)
-    best: Callable[[], set[str]]  # where the study says each trial's best adapter is (checkpoint paths)
     grace_s: float = field(default_factory=grace_seconds)
     trials: dict[str, list[_Kept]] = field(default_factory=dict)
 
@@ -56,20 +53,6 @@ class CheckpointRetention(tune.Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         self._delete(time.monotonic() - self.grace_s)
-
-    def on_experiment_end(self, trials: list, **info) -> None:
-        self._delete(float("inf"))
-        self._sweep_folders()
-
-    def _sweep_folders(self) -> None:
-        """What killed drivers left: every trial folder keeps its newest checkpoint and its best adapter's."""
-        folder, best = Folder(self.experiment), {uri.rstrip("/").rsplit("/", 1)[-1] + "@" + uri.rstrip("/")
-                                                 .rsplit("/", 2)[-2] for uri in self.best()}
-        for trial in (name for name in folder.folders() if name.startswith("run_trial_")):
-            names = sorted(n for n in folder.child(trial).folders() if n.startswith("checkpoint_"))
-            for name in names[:-1]:
-                if f"{name}@{trial}" not in best:
-                    folder.child(trial).remove(name)
 
     def _delete(self, superseded_before: float) -> None:
         for kept in self.trials.values():
@@ -86,3 +69,15 @@ class CheckpointRetention(tune.Callback):
                     log.debug("checkpoint %s not deleted yet: %s", k.checkpoint.path, exc)
                     continue
                 kept.remove(k)
+
+
+def clean_up(experiment: str, best: set[str]) -> None:
+    """A finished execution's trial folders: each keeps its newest checkpoint and its best adapter's (`best`:
+    the study's adapter paths)."""
+    folder = Folder(experiment)
+    kept = {(uri.rstrip("/").rsplit("/", 2)[-2], uri.rstrip("/").rsplit("/", 1)[-1]) for uri in best}
+    for trial in (name for name in folder.folders() if name.startswith("run_trial_")):
+        names = sorted(n for n in folder.child(trial).folders() if n.startswith("checkpoint_"))
+        for name in names[:-1]:
+            if (trial, name) not in kept:
+                folder.child(trial).remove(name)

@@ -127,9 +127,7 @@ class StudySearcher(Searcher):
         """The forgotten trial `number` under Tune's new id: the same parameters (Optuna hands a trial's own
         values back), the same journal and MLflow run, and its checkpoints under its first id (`RUN_KEY`)."""
         self.numbers[trial_id], self.run_ids[trial_id] = number, run_id
-        attrs = self._frozen(trial_id).user_attrs  # what its first run recorded, carried on
-        self.where[trial_id] = {"nodes": list(attrs.get("nodes", [])),
-                                "runs": [[None, step] for step in attrs.get("resumed_from", [])]}
+        self._carry_on(trial_id)
         config = self.plan.suggest(self._trial(trial_id))
         return {**config, OPTUNA_TRIAL_KEY: number, RUN_KEY: run_id}
 
@@ -189,6 +187,7 @@ class StudySearcher(Searcher):
             if self.numbers[trial_id] in finished:  # told by the dead driver after Tune's last snapshot: its
                 self.done.add(trial_id)  # results Tune delivers again change nothing
                 continue
+            self._carry_on(trial_id)
             self._backfill(trial_id)
             self.runs.setdefault(trial_id, []).append([])  # a run of its own from the next result
         self.flush()
@@ -202,10 +201,6 @@ class StudySearcher(Searcher):
         self.__setstate__(state)
 
     # ----- ours ------------------------------------------------------------------------------------------
-    def adapter_paths(self) -> set[str]:
-        """Where this execution's trials' best adapters are (what checkpoint retention keeps)."""
-        return {t.user_attrs["adapter_path"] for t in self.study.get_trials(deepcopy=False)
-                if t.user_attrs.get("execution") == self.execution and t.user_attrs.get("adapter_path")}
 
     def fail(self, trial_id: str, reason: str) -> None:
         """Record a failed trial with its reason (called once Tune knows the trial's error)."""
@@ -271,6 +266,13 @@ class StudySearcher(Searcher):
         step = result.get("time_this_iter_s")
         run[1] += float(step) if step is not None else max(total - run[2], 0.0)
         run[0], run[2] = float(result.get("timestamp") or time.time()), total
+
+    def _carry_on(self, trial_id: str) -> None:
+        """Where and how the trial ran as the study has it (the dead driver wrote it after Tune's last snapshot
+        of this searcher): its next run is recorded after those."""
+        attrs = self._frozen(trial_id).user_attrs
+        self.where[trial_id] = {"nodes": list(attrs.get("nodes", [])),
+                                "runs": [[None, step] for step in attrs.get("resumed_from", [])]}
 
     def _where(self, trial_id: str, result: dict) -> None:
         """Record each node the trial ran on, and for each run of it (a new process, or a worker group
