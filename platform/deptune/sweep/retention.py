@@ -75,7 +75,7 @@ def clean_up(experiment: str, best: set[str]) -> None:
     """A finished execution's trial folders: each keeps its newest checkpoint and its best adapter's (`best`:
     the study's adapter paths)."""
     folder = Folder(experiment)
-    kept = {(uri.rstrip("/").rsplit("/", 2)[-2], uri.rstrip("/").rsplit("/", 1)[-1]) for uri in best}
+    kept = {tuple(uri.rstrip("/").rsplit("/", 2)[-2:]) for uri in best}  # (trial folder, checkpoint)
     for trial in (name for name in folder.folders() if name.startswith("run_trial_")):
         names = sorted(n for n in folder.child(trial).folders() if n.startswith("checkpoint_"))
         for name in names[:-1]:
