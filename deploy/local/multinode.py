@@ -270,9 +270,10 @@ class MultiNodeCluster:
 
     @staticmethod
     def _code_under_tmp() -> list[str]:
-        """This Python's environment and the repository, where they lie under /tmp (a fresh clone)."""
-        paths = {sys.prefix, str(HERE.parents[1])}
-        return sorted(p for p in paths if p == "/tmp" or p.startswith("/tmp/"))
+        """This Python's environment and the repository, where they lie under /tmp (a fresh clone); one inside
+        the other (the repository's `.venv`) is bound with it: a second bind would mkdir in a read-only one."""
+        paths = sorted(p for p in {sys.prefix, str(HERE.parents[1])} if p == "/tmp" or p.startswith("/tmp/"))
+        return [p for p in paths if not any(p.startswith(outer.rstrip("/") + "/") for outer in paths)]
 
     # ----- looking at it -------------------------------------------------------------------------------------
     def _get(self, url: str, timeout: float = 10) -> dict:
