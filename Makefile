@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast lint bench clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -18,6 +18,14 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The edit-test loop: no Ray, no servers, no subprocess sweeps (tests marked slow or cluster are left out).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not cluster"
+
+lint: setup
+	$(BIN)/ruff check platform tests benchmarks deploy
+	$(BIN)/ruff format --check platform tests benchmarks deploy
 
 bench: setup
 	$(BIN)/python benchmarks/efficiency.py

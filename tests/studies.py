@@ -18,8 +18,10 @@ def study_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
         return []
     try:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as conn:
-            ready = conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] and conn.execute(
-                "SELECT count(*) FROM studies WHERE study_name = ?", (name,)).fetchone()[0]
+            ready = (
+                conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0]
+                and conn.execute("SELECT count(*) FROM studies WHERE study_name = ?", (name,)).fetchone()[0]
+            )
     except sqlite3.OperationalError:  # no such table yet, or locked
         return []
     return optuna.load_study(study_name=name, storage=url).get_trials() if ready else []

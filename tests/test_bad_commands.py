@@ -31,6 +31,7 @@ SECRET = "S3cr3tPW"
 def store(tmp_path_factory) -> dict[str, str]:
     """An MLflow store holding experiment `demo` with one trial run (no adapter): its URI and the run's id."""
     from mlflow import MlflowClient
+
     folder = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{folder}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)
@@ -63,8 +64,14 @@ def silent_server() -> Iterator[int]:
 def quiet(monkeypatch, tmp_path):
     """An empty working folder, no tracking URI from the environment, and `ray.init` as a tripwire."""
     from deptune.cli import READING_MLFLOW_ENV
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "RAY_ADDRESS",
-                 *READING_MLFLOW_ENV):
+
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "RAY_ADDRESS",
+        *READING_MLFLOW_ENV,
+    ):
         monkeypatch.setenv(name, "")  # recorded as unset, so what a command sets is removed after the test
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
@@ -90,6 +97,7 @@ class Bad:
 def write(name: str, data: bytes) -> Callable[[Path], None]:
     def make(tmp: Path) -> None:
         (tmp / name).write_bytes(data)
+
     return make
 
 
@@ -105,51 +113,99 @@ PG_WITH_PASSWORD = f"postgresql://bob:{SECRET}@127.0.0.1:{{port}}/mlflow"
 BAD_COMMANDS = [
     # report
     Bad("report-in-an-empty-folder", ("report", "demo"), ("--uri", "no MLflow store")),
-    Bad("report-server-down-with-password", ("report", "demo", "--uri", HTTP_WITH_PASSWORD),
-        ("cannot be reached", "alice:***@")),
+    Bad(
+        "report-server-down-with-password",
+        ("report", "demo", "--uri", HTTP_WITH_PASSWORD),
+        ("cannot be reached", "alice:***@"),
+    ),
     Bad("report-postgres-down-with-password", ("report", "demo", "--uri", PG_WITH_PASSWORD), ("bob:***@",)),
-    Bad("report-server-that-never-answers", ("report", "demo", "--uri", "http://127.0.0.1:{silent}"),
-        ("cannot be reached",), seconds=8.0),
+    Bad(
+        "report-server-that-never-answers",
+        ("report", "demo", "--uri", "http://127.0.0.1:{silent}"),
+        ("cannot be reached",),
+        seconds=8.0,
+    ),
     Bad("report-unknown-scheme", ("report", "demo", "--uri", "foo://host"), ("unknown scheme",)),
     Bad("report-uri-without-scheme", ("report", "demo", "--uri", f"alice:{SECRET}@127.0.0.1:5000"), ("no scheme",)),
     Bad("report-missing-sqlite-store", ("report", "demo", "--uri", "sqlite:///{tmp}/nope.db"), ("no MLflow store",)),
     Bad("report-mode-sideways", ("report", "demo", "--uri", "{uri}", "--mode", "sideways"), ("--mode",)),
     Bad("report-top-negative", ("report", "demo", "--uri", "{uri}", "--top", "-3"), ("--top",)),
-    Bad("report-metric-nobody-logged", ("report", "demo", "--uri", "{uri}", "--metric", "nosuch"),
-        ("--metric 'nosuch'", "best_objective")),
+    Bad(
+        "report-metric-nobody-logged",
+        ("report", "demo", "--uri", "{uri}", "--metric", "nosuch"),
+        ("--metric 'nosuch'", "best_objective"),
+    ),
     Bad("report-experiment-not-there", ("report", "nosuch", "--uri", "{uri}"), ("no MLflow experiment 'nosuch'",)),
     # predict
-    Bad("predict-model-not-registered", ("predict", "models:/nosuch/1", "--uri", "{uri}", "--text", "x"),
-        ("models:/nosuch/1",)),
+    Bad(
+        "predict-model-not-registered",
+        ("predict", "models:/nosuch/1", "--uri", "{uri}", "--text", "x"),
+        ("models:/nosuch/1",),
+    ),
     Bad("predict-model-folder-not-there", ("predict", "{tmp}/nope", "--text", "x"), ("no model there",)),
     Bad("predict-in-an-empty-folder", ("predict", "models:/demo/1", "--text", "x"), ("no MLflow store",)),
-    Bad("predict-server-down-with-password", ("predict", "models:/demo/1", "--uri", HTTP_WITH_PASSWORD, "--text", "x"),
-        ("cannot be reached",)),
-    Bad("predict-empty-file", ("predict", "models:/demo/1", "--uri", "{uri}", "--file", "{tmp}/rows.csv"),
-        ("rows.csv", "empty"), make=write("rows.csv", b"")),
-    Bad("predict-file-not-utf8", ("predict", "models:/demo/1", "--uri", "{uri}", "--file", "{tmp}/rows.csv"),
-        ("rows.csv:3", "UTF-8"), make=write("rows.csv", b"sentence\nfine\nd\xe9j\xe0 vu\n")),
-    Bad("predict-file-bad-jsonl-line", ("predict", "models:/demo/1", "--uri", "{uri}", "--file", "{tmp}/rows.jsonl"),
-        ("rows.jsonl:2", "not JSON"), make=write("rows.jsonl", b'{"sentence": "a"}\n{"sentence": \n')),
-    Bad("predict-file-not-there", ("predict", "models:/demo/1", "--uri", "{uri}", "--file", "{tmp}/nope.csv"),
-        ("nope.csv",)),
-    Bad("predict-file-unknown-type", ("predict", "models:/demo/1", "--uri", "{uri}", "--file", "{tmp}/rows.xlsx"),
-        ("rows.xlsx",), make=write("rows.xlsx", b"x")),
+    Bad(
+        "predict-server-down-with-password",
+        ("predict", "models:/demo/1", "--uri", HTTP_WITH_PASSWORD, "--text", "x"),
+        ("cannot be reached",),
+    ),
+    Bad(
+        "predict-empty-file",
+        ("predict", "models:/demo/1", "--uri", "{uri}", "--file", "{tmp}/rows.csv"),
+        ("rows.csv", "empty"),
+        make=write("rows.csv", b""),
+    ),
+    Bad(
+        "predict-file-not-utf8",
+        ("predict", "models:/demo/1", "--uri", "{uri}", "--file", "{tmp}/rows.csv"),
+        ("rows.csv:3", "UTF-8"),
+        make=write("rows.csv", b"sentence\nfine\nd\xe9j\xe0 vu\n"),
+    ),
+    Bad(
+        "predict-file-bad-jsonl-line",
+        ("predict", "models:/demo/1", "--uri", "{uri}", "--file", "{tmp}/rows.jsonl"),
+        ("rows.jsonl:2", "not JSON"),
+        make=write("rows.jsonl", b'{"sentence": "a"}\n{"sentence": \n'),
+    ),
+    Bad(
+        "predict-file-not-there",
+        ("predict", "models:/demo/1", "--uri", "{uri}", "--file", "{tmp}/nope.csv"),
+        ("nope.csv",),
+    ),
+    Bad(
+        "predict-file-unknown-type",
+        ("predict", "models:/demo/1", "--uri", "{uri}", "--file", "{tmp}/rows.xlsx"),
+        ("rows.xlsx",),
+        make=write("rows.xlsx", b"x"),
+    ),
     # promote
-    Bad("promote-run-not-there", ("promote", "0123456789abcdef0123456789abcdef", "--model", "m", "--uri", "{uri}"),
-        ("0123456789abcdef0123456789abcdef",)),
+    Bad(
+        "promote-run-not-there",
+        ("promote", "0123456789abcdef0123456789abcdef", "--model", "m", "--uri", "{uri}"),
+        ("0123456789abcdef0123456789abcdef",),
+    ),
     Bad("promote-run-without-adapter", ("promote", "{run}", "--model", "m", "--uri", "{uri}"), ("adapter",)),
-    Bad("promote-mode-sideways", ("promote", "{run}", "--model", "m", "--uri", "{uri}", "--mode", "sideways"),
-        ("--mode",)),
+    Bad(
+        "promote-mode-sideways",
+        ("promote", "{run}", "--model", "m", "--uri", "{uri}", "--mode", "sideways"),
+        ("--mode",),
+    ),
     Bad("promote-in-an-empty-folder", ("promote", "{run}", "--model", "m"), ("no MLflow store",)),
-    Bad("promote-server-down-with-password", ("promote", "{run}", "--model", "m", "--uri", HTTP_WITH_PASSWORD),
-        ("cannot be reached",)),
+    Bad(
+        "promote-server-down-with-password",
+        ("promote", "{run}", "--model", "m", "--uri", HTTP_WITH_PASSWORD),
+        ("cannot be reached",),
+    ),
     # sync
     Bad("sync-folder-not-there", ("sync", "{tmp}/nope"), ("nope",)),
     Bad("sync-a-file", ("sync", "{tmp}/afile"), ("afile",), make=write("afile", b"x")),
     Bad("sync-folder-without-journals", ("sync", "{tmp}"), ("holds no journal",)),
-    Bad("sync-server-down-with-password", ("sync", "{tmp}/journals", "--uri", HTTP_WITH_PASSWORD),
-        ("cannot be reached",), make=journal),
+    Bad(
+        "sync-server-down-with-password",
+        ("sync", "{tmp}/journals", "--uri", HTTP_WITH_PASSWORD),
+        ("cannot be reached",),
+        make=journal,
+    ),
     Bad("sync-in-a-folder-without-a-store", ("sync", "{tmp}/journals"), ("no MLflow store",), make=journal),
 ]
 
@@ -163,9 +219,11 @@ def _digest(path: str) -> str:
 
 
 @pytest.mark.parametrize("bad", BAD_COMMANDS, ids=[b.id for b in BAD_COMMANDS])
-def test_a_bad_command_line_is_one_line_and_exit_2(quiet, tmp_path, store, closed_port, silent_server, monkeypatch,
-                                                   bad):
+def test_a_bad_command_line_is_one_line_and_exit_2(
+    quiet, tmp_path, store, closed_port, silent_server, monkeypatch, bad
+):
     from deptune.tracking import store as tracking_store
+
     monkeypatch.setattr(tracking_store, "CONNECT_TIMEOUT_S", 2)
     if bad.make:
         bad.make(tmp_path)
@@ -197,6 +255,7 @@ def test_a_password_in_the_uri_never_reaches_mlflow(quiet, store, monkeypatch):
     """An http(s) --uri with userinfo becomes MLflow's basic-auth environment; what MLflow is handed has none."""
     from deptune.cli import reading_store
     from deptune.tracking import store as tracking_store
+
     monkeypatch.setattr(tracking_store, "check_store", lambda uri, key="--uri", given=None: None)
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.setenv(name, "")

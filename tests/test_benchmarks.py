@@ -10,8 +10,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_efficiency_table_on_the_tiny_shape():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/efficiency.py"), "--shapes", "tiny",
-                          "--repeats", "1", "--batch", "1"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/efficiency.py"), "--shapes", "tiny", "--repeats", "1", "--batch", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rows = {line.split("  ")[1].strip(): line.split() for line in out.splitlines() if line.startswith("tiny")}
     # d=64, s=256, l=100, m=60 -> r=8: 60*64 + 8*(256+64) = 6,400 = 100*64 exactly
     assert rows["trainable params"][-3:] == ["6,400", "6,400", "1.000"]
@@ -35,7 +39,9 @@ def test_sweep_overhead_splits_the_cost_into_per_sweep_and_per_trial():
 
 def test_the_plain_loop_of_sweep_overhead_imports_no_ray():
     """Its fresh-process row is a hand-written Optuna script: it must not pay Ray's imports."""
-    code = ("import sys; sys.argv = ['x']; sys.path.insert(0, 'benchmarks'); import sweep_overhead; "
-            "print('ray' in sys.modules)")
+    code = (
+        "import sys; sys.argv = ['x']; sys.path.insert(0, 'benchmarks'); import sweep_overhead; "
+        "print('ray' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -24,26 +24,40 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from local_cluster import REPO, local_cluster
 from optuna.trial import TrialState
+
+from local_cluster import REPO, local_cluster
 from studies import study_trials
 
 TINY = {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}}
 MODEL = "deptune-synthetic-dept"
 
 
-def tiny_spec(output_dir: Path, study: str, trials: int, max_concurrent: int, tracking_uri: str | None,
-              steps: int = 12) -> dict:
+def tiny_spec(
+    output_dir: Path, study: str, trials: int, max_concurrent: int, tracking_uri: str | None, steps: int = 12
+) -> dict:
     spec = {
         "backbone": TINY,
         "task": {"name": "synthetic", "synthetic_size": 300},
         "method": {"name": "dept", "budget": 12, "max_length": 32},
         "search": {"prompt_length": {"low": 2, "high": 10, "step": 2}},
-        "train": {"steps": steps, "batch_size": 16, "eval_every": max(steps // 3, 1), "warmup_steps": 2, "lr_head": 0.01,
-                  "output_dir": str(output_dir), "evaluate_test": False},
+        "train": {
+            "steps": steps,
+            "batch_size": 16,
+            "eval_every": max(steps // 3, 1),
+            "warmup_steps": 2,
+            "lr_head": 0.01,
+            "output_dir": str(output_dir),
+            "evaluate_test": False,
+        },
         "resources": {"workers": 1, "cpus_per_worker": 0.75},
-        "sweep": {"trials": trials, "max_concurrent": max_concurrent, "driver_cpus": 0.25,
-                  "startup_trials": 2, "scheduler": {"name": "fifo"}},
+        "sweep": {
+            "trials": trials,
+            "max_concurrent": max_concurrent,
+            "driver_cpus": 0.25,
+            "sampler": {"name": "tpe", "startup_trials": 2},
+            "scheduler": {"name": "fifo"},
+        },
         "study": {"name": study},
     }
     if tracking_uri:
@@ -63,14 +77,19 @@ def _pg_base() -> str:
 
 def _engine(url: str):
     import sqlalchemy as sa
-    return sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT",
-                            poolclass=sa.pool.NullPool)
+
+    return sa.create_engine(
+        url.replace("postgresql://", "postgresql+psycopg://", 1),
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.pool.NullPool,
+    )
 
 
 @pytest.fixture
 def pg_schemas():
     """(optuna URL, MLflow URL): two fresh schemas of the test database, dropped afterwards."""
     import sqlalchemy as sa
+
     base = _pg_base()
     prefix = f"deptune_t_{uuid.uuid4().hex[:8]}"
     names = {"optuna": f"{prefix}_optuna", "mlflow": f"{prefix}_mlflow"}
@@ -93,18 +112,20 @@ def pg_schemas():
 @pytest.mark.slow
 def test_scheduled_executions_share_a_postgresql_study_and_registry(pg_schemas, tmp_path, monkeypatch):
     import ray
+    from mlflow import MlflowClient
+
     from deptune import locks
     from deptune.specs import parse_spec
     from deptune.sweep.config import SweepSpec
     from deptune.sweep.driver import SweepLocked, run_sweep
     from deptune.sweep.study import STORAGE_ENV, executions
-    from mlflow import MlflowClient
 
     optuna_url, mlflow_url = pg_schemas
     monkeypatch.setenv(STORAGE_ENV, optuna_url)  # as the cluster's pods get it
     monkeypatch.chdir(tmp_path)  # MLflow's SQL store puts artifacts under ./mlruns of the creating process
-    spec = parse_spec(tiny_spec(tmp_path / "run", "cron", trials=1, max_concurrent=1, tracking_uri=mlflow_url),
-                      kind=SweepSpec)
+    spec = parse_spec(
+        tiny_spec(tmp_path / "run", "cron", trials=1, max_concurrent=1, tracking_uri=mlflow_url), kind=SweepSpec
+    )
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
     try:
         first = run_sweep(spec)
@@ -155,14 +176,21 @@ def test_the_study_lock_dies_with_its_holders_connection(pg_schemas):
 
     optuna_url, _ = pg_schemas
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             from deptune import locks
             with locks.exclusive("sweep:held", {optuna_url!r}):
                 print("locked", flush=True)
                 time.sleep(600)
-        """)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "platform")})
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "platform")},
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(locks.LockHeld):
@@ -189,33 +217,64 @@ def _wait_job(cluster, job_id: str, timeout_s: float = 400) -> dict:
         if info["status"] in TERMINAL:
             return info
         time.sleep(1.0)
-    raise TimeoutError(f"job {job_id} still {info['status']} after {timeout_s} s:\n"
-                       + cluster.jobs_api(f"{job_id}/logs")["logs"][-3000:])
+    raise TimeoutError(
+        f"job {job_id} still {info['status']} after {timeout_s} s:\n"
+        + cluster.jobs_api(f"{job_id}/logs")["logs"][-3000:]
+    )
 
 
 @pytest.mark.slow
 def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(tmp_path):
     job_dir = tmp_path / "job"  # the job's --working-dir: only the spec
     job_dir.mkdir()
-    (job_dir / "nightly.yaml").write_text(yaml.safe_dump(
-        # trials long enough (seconds, in a reused actor) that B and `ray job stop` arrive while they run
-        tiny_spec(tmp_path / "run", "nightly", trials=2, max_concurrent=1, tracking_uri=None, steps=300)))
+    (job_dir / "nightly.yaml").write_text(
+        yaml.safe_dump(
+            # trials long enough (seconds, in a reused actor) that B and `ray job stop` arrive while they run
+            tiny_spec(tmp_path / "run", "nightly", trials=2, max_concurrent=1, tracking_uri=None, steps=300)
+        )
+    )
     study_url = f"sqlite:///{tmp_path / 'study' / 'study.db'}"
     with local_cluster(tmp_path, num_cpus=2) as cluster:
-        runtime_env = {"env_vars": {
-            "DEPTUNE_STUDY_STORAGE": study_url, "MLFLOW_TRACKING_URI": cluster.mlflow,
-            "DEPTUNE_GIT_COMMIT": "0123abc",  # the working dir has no .git
-            "PYTHONPATH": str(REPO / "platform"),  # this checkout's deptune, whatever the venv has installed
-            "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+        runtime_env = {
+            "env_vars": {
+                "DEPTUNE_STUDY_STORAGE": study_url,
+                "MLFLOW_TRACKING_URI": cluster.mlflow,
+                "DEPTUNE_GIT_COMMIT": "0123abc",  # the working dir has no .git
+                "PYTHONPATH": str(REPO / "platform"),  # this checkout's deptune, whatever the venv has installed
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "HF_HUB_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        }
         ray_cli = str(Path(sys.executable).parent / "ray")
 
         def submit(job_id: str, *args: str, wait: bool = True, env_vars: dict | None = None):
             env = {"env_vars": {**runtime_env["env_vars"], **(env_vars or {})}}
             return subprocess.run(
-                [ray_cli, "job", "submit", "--submission-id", job_id, "--working-dir", str(job_dir),
-                 "--runtime-env-json", json.dumps(env), *([] if wait else ["--no-wait"]), "--",
-                 sys.executable, "-m", "deptune.cli", "sweep", "nightly.yaml", *args],
-                env=cluster.client_env, capture_output=True, text=True, timeout=600)
+                [
+                    ray_cli,
+                    "job",
+                    "submit",
+                    "--submission-id",
+                    job_id,
+                    "--working-dir",
+                    str(job_dir),
+                    "--runtime-env-json",
+                    json.dumps(env),
+                    *([] if wait else ["--no-wait"]),
+                    "--",
+                    sys.executable,
+                    "-m",
+                    "deptune.cli",
+                    "sweep",
+                    "nightly.yaml",
+                    *args,
+                ],
+                env=cluster.client_env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
 
         def logs(job_id: str) -> str:
             return cluster.jobs_api(f"{job_id}/logs")["logs"]
@@ -247,9 +306,14 @@ def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(tmp_path
         experiment = cluster.mlflow_api("experiments/get-by-name?experiment_name=nightly")["experiment"]
 
         def runs(role: str) -> list[dict]:
-            found = cluster.mlflow_api("runs/search", {"experiment_ids": [experiment["experiment_id"]],
-                                                       "filter": f"tags.`deptune.role` = '{role}'",
-                                                       "max_results": 100}).get("runs", [])
+            found = cluster.mlflow_api(
+                "runs/search",
+                {
+                    "experiment_ids": [experiment["experiment_id"]],
+                    "filter": f"tags.`deptune.role` = '{role}'",
+                    "max_results": 100,
+                },
+            ).get("runs", [])
             return found
 
         def tags(entity: dict) -> dict:
@@ -277,13 +341,16 @@ def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(tmp_path
         c = submit("sweep-c", wait=False, env_vars={"RAY_JOB_STOP_WAIT_TIME_S": "120"})
         assert c.returncode == 0, c.stdout + c.stderr
         deadline = time.monotonic() + 300
-        while not any(t.state == TrialState.RUNNING and t.user_attrs.get("execution") == 2
-                      for t in study_trials(study_url, "nightly")):
+        while not any(
+            t.state == TrialState.RUNNING and t.user_attrs.get("execution") == 2
+            for t in study_trials(study_url, "nightly")
+        ):
             assert cluster.jobs_api("sweep-c")["status"] not in TERMINAL, logs("sweep-c")[-3000:]
             assert time.monotonic() < deadline, "execution 2 started no trial"
             time.sleep(1.0)
-        stop = subprocess.run([ray_cli, "job", "stop", "sweep-c"], env=cluster.client_env, capture_output=True,
-                              text=True, timeout=200)
+        stop = subprocess.run(
+            [ray_cli, "job", "stop", "sweep-c"], env=cluster.client_env, capture_output=True, text=True, timeout=200
+        )
         assert stop.returncode == 0, stop.stdout + stop.stderr
         c_info, c_logs = _wait_job(cluster, "sweep-c"), logs("sweep-c")
         assert c_info["status"] == "STOPPED", c_info
@@ -304,8 +371,9 @@ def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(tmp_path
         assert min(t.user_attrs["seen_trials"] for t in trials if t.user_attrs["execution"] == 2) >= 2
         parents, children = runs("sweep"), runs("trial")
         assert len(parents) == 2 and all(r["info"]["status"] == "FINISHED" for r in parents)
-        assert len(children) == 4 and all(r["info"]["status"] == "FINISHED" for r in children), \
-            [(tags(r["data"]).get("deptune.optuna_trial"), r["info"]["status"]) for r in children]
+        assert len(children) == 4 and all(r["info"]["status"] == "FINISHED" for r in children), [
+            (tags(r["data"]).get("deptune.optuna_trial"), r["info"]["status"]) for r in children
+        ]
         found = versions()
         assert [v["version"] for v in found] == ["1", "2"]
         values = [float(tags(v)["deptune.metric_value"]) for v in found]

@@ -24,13 +24,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from local_cluster import free_ports, group_pids
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +74,11 @@ def _strict(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {key: _strict(value) for key, value in schema.items()}
-    if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     if out.get("format") == "int32" and out.get("type") == "integer":
         out.setdefault("minimum", -(2**31))
@@ -113,7 +119,9 @@ def validate_ray(obj: dict) -> None:
     jsonschema.Draft7Validator(RAY_SCHEMAS[obj["kind"]]).validate(obj)
     for where, template in pod_templates(obj["kind"], obj.get("spec") or {}):
         try:
-            validate_builtin({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template})
+            validate_builtin(
+                {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template}
+            )
         except jsonschema.ValidationError as exc:
             raise jsonschema.ValidationError(f"{where}: {exc.message}") from exc
 
@@ -166,10 +174,15 @@ def project_rule_errors(obj: dict) -> list[str]:
         for rule in spec.get("rules", []):
             for path in rule.get("http", {}).get("paths", []):
                 port = path.get("backend", {}).get("service", {}).get("port", {})
-                if port.get("number") in RAY_PORTS or "ray" in path.get("backend", {}).get("service", {}).get("name", ""):
+                if port.get("number") in RAY_PORTS or "ray" in path.get("backend", {}).get("service", {}).get(
+                    "name", ""
+                ):
                     errors.append("Ingress routes to the Ray dashboard/client")
-    cluster_specs = {"RayCluster": [spec], "RayJob": [spec.get("rayClusterSpec")],
-                     "RayCronJob": [(spec.get("jobTemplate") or {}).get("rayClusterSpec")]}.get(kind, [])
+    cluster_specs = {
+        "RayCluster": [spec],
+        "RayJob": [spec.get("rayClusterSpec")],
+        "RayCronJob": [(spec.get("jobTemplate") or {}).get("rayClusterSpec")],
+    }.get(kind, [])
     for cluster in filter(None, cluster_specs):
         head = cluster.get("headGroupSpec", {})
         if head.get("rayStartParams", {}).get("num-cpus") != "0":
@@ -198,8 +211,17 @@ def project_rule_errors(obj: dict) -> list[str]:
 
 def test_manifests_found():
     kinds = {obj["kind"] for _, obj in OBJECTS}
-    assert {"RayCluster", "RayJob", "RayCronJob", "CronJob", "NetworkPolicy", "Deployment", "Service",
-            "Ingress", "Secret"} <= kinds, kinds
+    assert {
+        "RayCluster",
+        "RayJob",
+        "RayCronJob",
+        "CronJob",
+        "NetworkPolicy",
+        "Deployment",
+        "Service",
+        "Ingress",
+        "Secret",
+    } <= kinds, kinds
     assert LAUNCHER_FILES, "no cluster-launcher YAML under deploy/launcher/"
 
 
@@ -216,6 +238,7 @@ def test_manifest_follows_project_rules(path, obj):
 
 def _set(path: str, value: Any) -> Callable[[dict], None]:
     """A mutation: set (or with value=DELETE, delete) the dotted path; [i] indexes lists."""
+
     def mutate(obj: dict) -> None:
         keys = re.findall(r"[^.\[\]]+|\[\d+\]", path)
         node = obj
@@ -226,6 +249,7 @@ def _set(path: str, value: Any) -> Callable[[dict], None]:
             del node[last]
         else:
             node[last] = value
+
     return mutate
 
 
@@ -239,8 +263,12 @@ BROKEN = [
     ("RayCluster", None, _set("spec.headGroupSpec.replicaz", 1), "unknown field"),
     ("RayCluster", None, _set("spec.authOptions.mode", "password"), "authOptions.mode not in the enum"),
     ("RayCluster", None, _set("spec.autoscalerOptions.version", "v3"), "autoscaler version not in the enum"),
-    ("RayCluster", None, _set("spec.headGroupSpec.template.spec.containers.[0].resources.limits", ["4"]),
-     "pod template: limits not a map"),
+    (
+        "RayCluster",
+        None,
+        _set("spec.headGroupSpec.template.spec.containers.[0].resources.limits", ["4"]),
+        "pod template: limits not a map",
+    ),
     ("RayCluster", None, _set("spec.workerGroupSpecs.[0].template.spec.containerz", []), "pod template: unknown field"),
     ("RayJob", None, _set("spec.clusterSelector", {"ray.io/cluster": 1}), "clusterSelector value not a string"),
     ("RayJob", None, _set("spec.entrypointt", "x"), "unknown field"),
@@ -249,14 +277,22 @@ BROKEN = [
     ("RayCronJob", None, _set("spec.jobTemplate.backoffLimit", "0"), "backoffLimit not an integer"),
     ("RayCronJob", None, _set("spec.concurrencyPolicy", "Forbid"), "no such field in the pinned RayCronJob"),
     ("CronJob", None, _set("spec.schedule", 2), "schedule not a string"),
-    ("CronJob", None, _set("spec.jobTemplate.spec.template.spec.containers.[0].env.[0].valueFrom", "x"),
-     "valueFrom not an object"),
+    (
+        "CronJob",
+        None,
+        _set("spec.jobTemplate.spec.template.spec.containers.[0].env.[0].valueFrom", "x"),
+        "valueFrom not an object",
+    ),
     ("CronJob", None, _set("spec.concurrencyPolicys", "Forbid"), "unknown field"),
     ("NetworkPolicy", None, _set("spec.ingress.[0].from.[0].podSelector.matchLabels", ["x"]), "matchLabels not a map"),
     ("NetworkPolicy", None, _set("spec.podSelectorr", {}), "unknown field"),
     ("Deployment", "mlflow", _set("spec.selector", DELETE), "Deployment without selector"),
-    ("Deployment", "mlflow", _set("spec.template.spec.containers.[0].ports.[0].containerPort", "5000"),
-     "containerPort not an integer"),
+    (
+        "Deployment",
+        "mlflow",
+        _set("spec.template.spec.containers.[0].ports.[0].containerPort", "5000"),
+        "containerPort not an integer",
+    ),
     ("Service", "mlflow", _set("spec.ports.[0].port", "five thousand"), "port not an integer"),
     ("Ingress", "mlflow", _set("spec.tls.[0].hosts", "mlflow.example.com"), "tls hosts not a list"),
     ("Secret", None, _set("stringData", {"password": 1}), "stringData value not a string"),
@@ -280,23 +316,54 @@ BROKEN_RULES = [
     ("RayCluster", None, _set("spec.headGroupSpec.serviceType", "LoadBalancer"), "ClusterIP"),
     ("RayCluster", None, _set("spec.authOptions", DELETE), "authOptions"),
     ("Service", "mlflow", lambda o: o["spec"].update(type="LoadBalancer", ports=[{"port": 8265}]), "exposes"),
-    ("Service", "mlflow", lambda o: o["spec"].update(type="NodePort", ports=[{"port": 80, "targetPort": 10001}]),
-     "exposes"),
+    (
+        "Service",
+        "mlflow",
+        lambda o: o["spec"].update(type="NodePort", ports=[{"port": 80, "targetPort": 10001}]),
+        "exposes",
+    ),
     ("Ingress", "mlflow", _set("spec.tls", DELETE), "TLS"),
-    ("CronJob", None, _set("spec.jobTemplate.spec.template.spec.containers.[0].env.[1]",
-                           {"name": "RAY_AUTH_TOKEN", "value": "0123456789abcdef"}), "literal"),
-    ("Deployment", "mlflow", _set("spec.template.spec.containers.[0].env.[0]",
-                                  {"name": "MLFLOW_BACKEND_STORE_URI",
-                                   "value": "postgresql://mlflow:hunter2@db:5432/deptune"}), "password"),
-    ("Deployment", "mlflow", lambda o: o["spec"]["template"]["spec"]["containers"][0]["args"].append(
-        "--backend-store-uri=postgresql://mlflow:hunter2@db/deptune"), "command line"),
-    ("RayCluster", None, _set("spec.workerGroupSpecs.[0].template.spec.containers.[0].env.[1]",
-                              {"name": "MLFLOW_TRACKING_PASSWORD", "value": "hunter2"}), "literal"),
+    (
+        "CronJob",
+        None,
+        _set(
+            "spec.jobTemplate.spec.template.spec.containers.[0].env.[1]",
+            {"name": "RAY_AUTH_TOKEN", "value": "0123456789abcdef"},
+        ),
+        "literal",
+    ),
+    (
+        "Deployment",
+        "mlflow",
+        _set(
+            "spec.template.spec.containers.[0].env.[0]",
+            {"name": "MLFLOW_BACKEND_STORE_URI", "value": "postgresql://mlflow:hunter2@db:5432/deptune"},
+        ),
+        "password",
+    ),
+    (
+        "Deployment",
+        "mlflow",
+        lambda o: o["spec"]["template"]["spec"]["containers"][0]["args"].append(
+            "--backend-store-uri=postgresql://mlflow:hunter2@db/deptune"
+        ),
+        "command line",
+    ),
+    (
+        "RayCluster",
+        None,
+        _set(
+            "spec.workerGroupSpecs.[0].template.spec.containers.[0].env.[1]",
+            {"name": "MLFLOW_TRACKING_PASSWORD", "value": "hunter2"},
+        ),
+        "literal",
+    ),
 ]
 
 
-@pytest.mark.parametrize("kind,name,mutate,expected", BROKEN_RULES,
-                         ids=[f"{k}-{e}-{i}" for i, (k, _, _, e) in enumerate(BROKEN_RULES)])
+@pytest.mark.parametrize(
+    "kind,name,mutate,expected", BROKEN_RULES, ids=[f"{k}-{e}-{i}" for i, (k, _, _, e) in enumerate(BROKEN_RULES)]
+)
 def test_broken_copy_breaks_project_rules(kind, name, mutate, expected):
     obj = find(kind, name)
     assert project_rule_errors(obj) == []
@@ -357,7 +424,7 @@ def test_rayjob_and_cronjob_reach_the_shared_services():
     assert command[:3] == ["ray", "job", "submit"]
     assert f"--address=http://{cluster['metadata']['name']}-head-svc.deptune.svc:8265" in command
     assert any(a.startswith("--working-dir=") for a in command)
-    assert command[command.index("--") + 1:][:2] == ["deptune", "sweep"]
+    assert command[command.index("--") + 1 :][:2] == ["deptune", "sweep"]
     env = {e["name"]: e for e in container["env"]}
     assert env["RAY_AUTH_MODE"]["value"] == "token"
     assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "deptune-ray", "key": "auth_token"}
@@ -373,7 +440,9 @@ def test_networkpolicy_admits_only_labelled_clients_to_ray_ports():
             assert peer.get("podSelector", {}).get("matchLabels"), "every peer is selected by labels"
             assert "ipBlock" not in peer
     intra = next(p for p in policies if "ray.io/node-type" not in p["spec"]["podSelector"]["matchLabels"])
-    assert intra["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": intra["spec"]["podSelector"]["matchLabels"]}}]}]
+    assert intra["spec"]["ingress"] == [
+        {"from": [{"podSelector": {"matchLabels": intra["spec"]["podSelector"]["matchLabels"]}}]}
+    ]
 
 
 def test_mlflow_server_flags_exist_in_the_installed_mlflow():
@@ -410,7 +479,10 @@ def test_ray_start_params_are_ray_start_options():
     """KubeRay turns rayStartParams into `ray start --key=value`: each key must be a real option."""
     options = _ray_start_options()
     cluster = find("RayCluster")["spec"]
-    for params in [cluster["headGroupSpec"]["rayStartParams"], *(g["rayStartParams"] for g in cluster["workerGroupSpecs"])]:
+    for params in [
+        cluster["headGroupSpec"]["rayStartParams"],
+        *(g["rayStartParams"] for g in cluster["workerGroupSpecs"]),
+    ]:
         for key in params:
             assert f"--{key}" in options, key
 
@@ -441,13 +513,17 @@ def test_launcher_config_is_valid(path):
     assert any(t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot" for t in gpu)
 
 
-@pytest.mark.parametrize("mutate,why", [
-    (_set("bogus_key", 1), "unknown top-level key"),
-    (_set("provider", DELETE), "no provider"),
-    (_set("available_node_types.head.resources.CPU", -1), "negative resource"),
-    (_set("available_node_types.gpu_spot.node_config", DELETE), "node type without node_config"),
-    (_set("max_workers", "8"), "max_workers not an integer"),
-], ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "mutate,why",
+    [
+        (_set("bogus_key", 1), "unknown top-level key"),
+        (_set("provider", DELETE), "no provider"),
+        (_set("available_node_types.head.resources.CPU", -1), "negative resource"),
+        (_set("available_node_types.gpu_spot.node_config", DELETE), "node type without node_config"),
+        (_set("max_workers", "8"), "max_workers not an integer"),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
 def test_broken_launcher_config_fails(mutate, why):
     config = yaml.safe_load((DEPLOY / "launcher" / "aws-gpu.yaml").read_text())
     mutate(config)
@@ -487,7 +563,7 @@ def test_mlflow_and_optuna_share_one_postgres_database_in_separate_schemas():
 
         def documented(secret: str, key: str) -> str:
             """A URL from a secrets.example.yaml with this test's server and database put in."""
-            for path, obj in OBJECTS:
+            for _path, obj in OBJECTS:
                 if obj["kind"] == "Secret" and obj["metadata"]["name"] == secret:
                     value = obj["stringData"][key]
                     if key.endswith(".ini"):
@@ -506,16 +582,23 @@ def test_mlflow_and_optuna_share_one_postgres_database_in_separate_schemas():
         try:
             from deptune.specs import load_spec
             from deptune.sweep.config import SweepSpec
+
             spec = load_spec(REPO / "search_spaces" / "demo.yaml", None, kind=SweepSpec)
             storage = study_mod.open_storage(study_mod.storage_url(spec))
         finally:
             del os.environ[study_mod.STORAGE_ENV]
-        optuna.create_study(storage=storage, study_name="deploy-check").optimize(lambda t: t.suggest_float("x", 0, 1), 2)
+        optuna.create_study(storage=storage, study_name="deploy-check").optimize(
+            lambda t: t.suggest_float("x", 0, 1), 2
+        )
         storage.engine.dispose()
         engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT table_schema, table_name FROM information_schema.tables "
-                                        "WHERE table_name LIKE 'alembic_version%'")).fetchall()
+            rows = conn.execute(
+                sa.text(
+                    "SELECT table_schema, table_name FROM information_schema.tables "
+                    "WHERE table_name LIKE 'alembic_version%'"
+                )
+            ).fetchall()
         engine.dispose()
         assert {schema for schema, _ in rows} == {"mlflow", "mlflow_auth", "optuna"}
     finally:
@@ -551,7 +634,7 @@ def _listeners(pids: list[int]) -> set[tuple[str, int]]:
                 hex_addr, hex_port = fields[1].split(":")
                 raw = bytes.fromhex(hex_addr)
                 # /proc prints each 32-bit word in host (little-endian) order
-                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
                 addr = socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, raw)
                 found.add((addr, int(hex_port, 16)))
     return found
@@ -563,10 +646,16 @@ def _loopback(addr: str) -> bool:
 
 def _script_env(state: Path, ports: list[int]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_"))}
-    env.update(DEPTUNE_PYTHON=sys.executable, DEPTUNE_LOCAL_DIR=str(state), DEPTUNE_RAY_NUM_CPUS="1",
-               DEPTUNE_RAY_PORT=str(ports[0]), DEPTUNE_RAY_DASHBOARD_PORT=str(ports[1]),
-               DEPTUNE_RAY_CLIENT_PORT=str(ports[2]), DEPTUNE_RAY_AGENT_PORT=str(ports[3]),
-               DEPTUNE_MLFLOW_PORT=str(ports[4]))
+    env.update(
+        DEPTUNE_PYTHON=sys.executable,
+        DEPTUNE_LOCAL_DIR=str(state),
+        DEPTUNE_RAY_NUM_CPUS="1",
+        DEPTUNE_RAY_PORT=str(ports[0]),
+        DEPTUNE_RAY_DASHBOARD_PORT=str(ports[1]),
+        DEPTUNE_RAY_CLIENT_PORT=str(ports[2]),
+        DEPTUNE_RAY_AGENT_PORT=str(ports[3]),
+        DEPTUNE_MLFLOW_PORT=str(ports[4]),
+    )
     return env
 
 
@@ -578,7 +667,9 @@ def test_local_scripts_start_a_token_protected_loopback_cluster(tmp_path):
     local = DEPLOY / "local"
     started = time.monotonic()
     run = subprocess.run(["bash", str(local / "start.sh")], env=env, capture_output=True, text=True, timeout=240)
-    groups = [int((state / f"{name}.pid").read_text()) for name in ("ray", "mlflow") if (state / f"{name}.pid").exists()]
+    groups = [
+        int((state / f"{name}.pid").read_text()) for name in ("ray", "mlflow") if (state / f"{name}.pid").exists()
+    ]
     try:
         assert run.returncode == 0, run.stdout + run.stderr + _tail(state)
         startup_s = time.monotonic() - started
@@ -591,8 +682,9 @@ def test_local_scripts_start_a_token_protected_loopback_cluster(tmp_path):
         assert {ports[0], ports[1], ports[2], ports[4]} <= {port for _, port in listeners}, (ports, listeners)
 
         # env.sh gives the job CLI the address and the token, and MLflow clients the basic-auth user.
-        sourced = subprocess.run(["bash", "-c", f"source {local / 'env.sh'} && env -0"], env=env,
-                                 capture_output=True, text=True, check=True).stdout
+        sourced = subprocess.run(
+            ["bash", "-c", f"source {local / 'env.sh'} && env -0"], env=env, capture_output=True, text=True, check=True
+        ).stdout
         client_env = dict(item.split("=", 1) for item in sourced.split("\0") if "=" in item)
         for secret in ("mlflow_credentials", "mlflow_auth.ini", "mlflow_secret_key"):
             assert (state / secret).stat().st_mode & 0o077 == 0, f"{secret} is readable by its owner only"
@@ -607,8 +699,12 @@ def test_local_scripts_start_a_token_protected_loopback_cluster(tmp_path):
         create = {"name": "not-allowed"}
         assert _mlflow_request(f"{mlflow_api}/experiments/create", create, None)[0] == 401
         assert _mlflow_request(f"{mlflow_api}/experiments/create", create, (user, "wrong-password"))[0] == 401
-        assert _mlflow_request(f"{mlflow_api}/experiments/get-by-name?experiment_name=not-allowed", None,
-                               (user, password))[0] == 404, "the refused write created nothing"
+        assert (
+            _mlflow_request(
+                f"{mlflow_api}/experiments/get-by-name?experiment_name=not-allowed", None, (user, password)
+            )[0]
+            == 404
+        ), "the refused write created nothing"
         status, body = _mlflow_request(f"{mlflow_api}/experiments/create", {"name": "allowed"}, (user, password))
         assert status == 200 and json.loads(body)["experiment_id"]
         assert client_env["RAY_ADDRESS"] == f"http://127.0.0.1:{ports[1]}"
@@ -626,11 +722,20 @@ def test_local_scripts_start_a_token_protected_loopback_cluster(tmp_path):
         driver = "import ray; ray.init(address='auto'); print('deptune-' + ray.get(ray.remote(lambda: 'ok').remote()))"
         submit_driver = [ray_cli, "job", "submit", "--", "python", "-c", driver]
         no_token = {k: v for k, v in client_env.items() if not k.startswith("RAY_AUTH_")} | {"HOME": str(home)}
-        wrong_token = client_env | {"HOME": str(home), "RAY_AUTH_TOKEN": "0" * 64, "RAY_AUTH_TOKEN_PATH": "/nonexistent"}
+        wrong_token = client_env | {
+            "HOME": str(home),
+            "RAY_AUTH_TOKEN": "0" * 64,
+            "RAY_AUTH_TOKEN_PATH": "/nonexistent",
+        }
         with_token = client_env | {"HOME": str(home)}
-        procs = {name: subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for name, cmd, e in (("none", submit, no_token), ("wrong", submit, wrong_token),
-                                      ("token", submit_driver, with_token))}
+        procs = {
+            name: subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for name, cmd, e in (
+                ("none", submit, no_token),
+                ("wrong", submit, wrong_token),
+                ("token", submit_driver, with_token),
+            )
+        }
         outs = {name: (p.communicate(timeout=180)[0], p.returncode) for name, p in procs.items()}
         out, rc = outs["token"]
         assert rc == 0 and "deptune-ok" in out and "succeeded" in out, out
@@ -659,8 +764,7 @@ def _mlflow_request(url: str, body: dict | None, auth: tuple[str, str] | None) -
     headers = {"Content-Type": "application/json"}
     if auth is not None:
         headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
-                                     headers=headers)
+    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()

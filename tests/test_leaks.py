@@ -40,18 +40,42 @@ def _start_mlflow(folder: Path, password: str) -> tuple[subprocess.Popen, str]:
     """`mlflow server --app-name basic-auth` on a free 127.0.0.1 port, admin `deptune` with `password`."""
     folder.mkdir()
     config = folder / "basic_auth.ini"
-    config.write_text(f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:///{folder}/auth.db\n"
-                      f"admin_username = {USER}\nadmin_password = {password}\n"
-                      f"authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    config.write_text(
+        f"[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:///{folder}/auth.db\n"
+        f"admin_username = {USER}\nadmin_password = {password}\n"
+        f"authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
     port = free_ports(1)[0]
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config),
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+    }
     mlflow = str(Path(sys.executable).parent / "mlflow")
-    server = subprocess.Popen([mlflow, "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--serve-artifacts",
-                               "--artifacts-destination", str(folder / "mlartifacts"), "--workers", "1"],
-                              cwd=folder, env=env, stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            mlflow,
+            "server",
+            "--app-name",
+            "basic-auth",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{folder}/mlflow.db",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(folder / "mlartifacts"),
+            "--workers",
+            "1",
+        ],
+        cwd=folder,
+        env=env,
+        stdout=open(folder / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -79,8 +103,13 @@ def _stop(server: subprocess.Popen) -> None:
 
 
 def _files(*roots: Path, skip: tuple[Path, ...] = ()) -> list[Path]:
-    return [p for root in roots if root.exists() for p in root.rglob("*")
-            if p.is_file() and not p.is_symlink() and p not in skip]
+    return [
+        p
+        for root in roots
+        if root.exists()
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink() and p not in skip
+    ]
 
 
 def _holding(needle: bytes, files: list[Path]) -> list[str]:
@@ -95,17 +124,31 @@ def _holding(needle: bytes, files: list[Path]) -> list[str]:
 
 
 def _spec(tmp: Path, study_url: str, tracking_uri: str) -> dict:
-    return {"backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}},
-            "task": {"name": "synthetic", "synthetic_size": 120},
-            "method": {"name": "dept", "budget": 12, "max_length": 32},
-            "search": {"prompt_length": {"low": 2, "high": 8, "step": 2}},
-            "train": {"steps": 6, "batch_size": 16, "eval_every": 3, "warmup_steps": 1, "lr_head": 0.01,
-                      "output_dir": str(tmp / "out"), "evaluate_test": False},
-            "resources": {"workers": 1, "cpus_per_worker": 0.75},
-            "sweep": {"trials": 1, "max_concurrent": 1, "driver_cpus": 0.25, "startup_trials": 1,
-                      "scheduler": {"name": "fifo"}},
-            "study": {"name": f"leaks-{secrets.token_hex(4)}", "storage": study_url},
-            "tracking": {"uri": tracking_uri, "registered_model": f"leaks-{secrets.token_hex(4)}"}}
+    return {
+        "backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}},
+        "task": {"name": "synthetic", "synthetic_size": 120},
+        "method": {"name": "dept", "budget": 12, "max_length": 32},
+        "search": {"prompt_length": {"low": 2, "high": 8, "step": 2}},
+        "train": {
+            "steps": 6,
+            "batch_size": 16,
+            "eval_every": 3,
+            "warmup_steps": 1,
+            "lr_head": 0.01,
+            "output_dir": str(tmp / "out"),
+            "evaluate_test": False,
+        },
+        "resources": {"workers": 1, "cpus_per_worker": 0.75},
+        "sweep": {
+            "trials": 1,
+            "max_concurrent": 1,
+            "driver_cpus": 0.25,
+            "sampler": {"name": "tpe", "startup_trials": 1},
+            "scheduler": {"name": "fifo"},
+        },
+        "study": {"name": f"leaks-{secrets.token_hex(4)}", "storage": study_url},
+        "tracking": {"uri": tracking_uri, "registered_model": f"leaks-{secrets.token_hex(4)}"},
+    }
 
 
 @pytest.mark.slow
@@ -116,20 +159,30 @@ def test_a_sweep_with_passwords_in_both_urls_leaves_them_nowhere(tmp_path):
     from mlflow import MlflowClient
 
     password = "S3cr3t-" + secrets.token_hex(8)
-    study_url = make_url(os.environ[PG_ENV]).set(username="postgres", password=password).render_as_string(
-        hide_password=False)
+    study_url = (
+        make_url(os.environ[PG_ENV]).set(username="postgres", password=password).render_as_string(hide_password=False)
+    )
     server, mlflow_url = _start_mlflow(tmp_path / "mlflow", password)
     ray_tmp = Path(tempfile.mkdtemp(prefix="dl-", dir="/tmp"))  # short: Ray's socket paths are limited
     tracking_uri = mlflow_url.replace("http://", f"http://{USER}:{password}@")
     spec_path = tmp_path / "leaks.yaml"
     spec = _spec(tmp_path, study_url, tracking_uri)
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_ADDRESS", "MLFLOW_TRACKING_", "DEPTUNE_STUDY_STORAGE", "DEPTUNE_LOCK_URL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_ADDRESS", "MLFLOW_TRACKING_", "DEPTUNE_STUDY_STORAGE", "DEPTUNE_LOCK_URL"))
+    }
     env["RAY_TMPDIR"] = str(ray_tmp)
     try:
-        run = subprocess.run([sys.executable, "-m", "deptune.cli", "sweep", str(spec_path)], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=420)
+        run = subprocess.run(
+            [sys.executable, "-m", "deptune.cli", "sweep", str(spec_path)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
         output = run.stdout + run.stderr
         assert run.returncode == 0, output[-6000:]
         leaks = [f"output line: {line}" for line in output.splitlines() if password in line]
@@ -165,8 +218,9 @@ def test_a_sweep_with_passwords_in_both_urls_leaves_them_nowhere(tmp_path):
 
         # Every file: the MLflow server's store and artifacts, the output folder, the Ray session's logs.
         # (the server's auth config holds the password by design, its user store a hash of it)
-        everything = _files(tmp_path, skip=(spec_path, tmp_path / "mlflow" / "basic_auth.ini",
-                                            tmp_path / "mlflow" / "auth.db"))
+        everything = _files(
+            tmp_path, skip=(spec_path, tmp_path / "mlflow" / "basic_auth.ini", tmp_path / "mlflow" / "auth.db")
+        )
         ray_files = _files(ray_tmp)
         assert any("mlflow-journal" in str(p) for p in everything) and any("/out/ray/" in str(p) for p in everything)
         assert any("mlartifacts" in str(p) for p in everything), "the server stored artifacts"
@@ -187,6 +241,7 @@ def test_a_sweep_with_passwords_in_both_urls_leaves_them_nowhere(tmp_path):
 
 def _exists(spec: dict, url: str) -> bool:
     import optuna
+
     try:
         return any(s.study_name == spec["study"]["name"] for s in optuna.get_all_study_summaries(url))
     except Exception:  # noqa: BLE001 -- cleanup only
@@ -195,16 +250,24 @@ def _exists(spec: dict, url: str) -> bool:
 
 # ----- the pieces, without Ray ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "shown"), [
-    ("postgresql://optuna:hunter2@db:5432/deptune", "postgresql://optuna:***@db:5432/deptune"),
-    ("postgresql+psycopg://u:p@ss@db/x?options=-csearch_path%3Doptuna", "postgresql+psycopg://u:***@db/x?options="),
-    ("MLflow at http://alice:S3cr3tPW@127.0.0.1:1 cannot be reached", "MLflow at http://alice:***@127.0.0.1:1 cannot"),
-    ("study: {storage: 'mysql://root:pw@h/db'}\n", "study: {storage: 'mysql://root:***@h/db'}\n"),
-    ("https://h/api?user=a&password=hunter2&x=1", "https://h/api?user=a&password=***&x=1"),
-    ("sqlite:////tmp/study.db and http://127.0.0.1:5000", "sqlite:////tmp/study.db and http://127.0.0.1:5000"),
-])
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgresql://optuna:hunter2@db:5432/deptune", "postgresql://optuna:***@db:5432/deptune"),
+        ("postgresql+psycopg://u:p@ss@db/x?options=-csearch_path%3Doptuna", "postgresql+psycopg://u:***@db/x?options="),
+        (
+            "MLflow at http://alice:S3cr3tPW@127.0.0.1:1 cannot be reached",
+            "MLflow at http://alice:***@127.0.0.1:1 cannot",
+        ),
+        ("study: {storage: 'mysql://root:pw@h/db'}\n", "study: {storage: 'mysql://root:***@h/db'}\n"),
+        ("https://h/api?user=a&password=hunter2&x=1", "https://h/api?user=a&password=***&x=1"),
+        ("sqlite:////tmp/study.db and http://127.0.0.1:5000", "sqlite:////tmp/study.db and http://127.0.0.1:5000"),
+    ],
+)
 def test_redact_masks_every_url_password_and_secret_query_value(text, shown):
     from deptune.spec_base import redact
+
     masked = redact(text)
     assert masked.startswith(shown) and "hunter2" not in masked and "S3cr3tPW" not in masked
     assert ":p@" not in masked and "pw@" not in masked
@@ -212,13 +275,16 @@ def test_redact_masks_every_url_password_and_secret_query_value(text, shown):
 
 def test_redact_masks_secret_environment_values(monkeypatch):
     from deptune.spec_base import redact
+
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "env-secret-123")
     assert redact("request failed: Basic env-secret-123 refused") == "request failed: Basic *** refused"
 
 
 def test_log_records_are_redacted_when_made(caplog):
     import logging
+
     from deptune.spec_base import redact_logs
+
     redact_logs()
     redact_logs()  # idempotent
     with caplog.at_level(logging.WARNING):
@@ -228,14 +294,19 @@ def test_log_records_are_redacted_when_made(caplog):
 
 def test_split_credentials_keeps_the_database_user_and_drops_http_userinfo():
     from deptune.spec_base import split_credentials
+
     assert split_credentials("postgresql+psycopg://pg:S%40cret@127.0.0.1:5432/test") == (
-        "postgresql+psycopg://pg@127.0.0.1:5432/test", "pg", "S@cret")
+        "postgresql+psycopg://pg@127.0.0.1:5432/test",
+        "pg",
+        "S@cret",
+    )
     assert split_credentials("http://alice:pw@127.0.0.1:5000/") == ("http://127.0.0.1:5000/", "alice", "pw")
     assert split_credentials("sqlite:////tmp/x.db") == ("sqlite:////tmp/x.db", None, None)
 
 
 def test_the_local_ray_token_is_created_private_and_an_existing_one_made_private(tmp_path, monkeypatch):
     from deptune.cluster.local import private_ray_token
+
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -252,6 +323,7 @@ def test_the_local_ray_token_is_created_private_and_an_existing_one_made_private
 def test_the_reachability_check_of_a_sqlite_store_creates_nothing(tmp_path):
     from deptune.spec_base import SpecError
     from deptune.tracking.store import check_reachable
+
     check_reachable(f"sqlite:///{tmp_path}/new/mlflow.db", "spec.yaml")
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "file").write_text("")
@@ -262,6 +334,7 @@ def test_the_reachability_check_of_a_sqlite_store_creates_nothing(tmp_path):
 def test_an_unreachable_server_is_reported_with_its_password_masked():
     from deptune.spec_base import SpecError
     from deptune.tracking.store import check_reachable
+
     with pytest.raises(SpecError) as error:
         check_reachable("http://alice:S3cr3tPW@127.0.0.1:9", "spec.yaml")
     assert "S3cr3tPW" not in str(error.value) and "http://alice:***@127.0.0.1:9" in str(error.value)

@@ -42,10 +42,19 @@ def test_one_holder_at_a_time_and_released_after(lock_url):
 def test_a_killed_holder_leaves_no_lock(lock_url):
     key = f"sweep:{uuid.uuid4().hex}"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from deptune import locks\n"
-                               "with locks.exclusive(sys.argv[1], sys.argv[2]):\n"
-                               "    print('held', flush=True); time.sleep(600)", key, lock_url],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from deptune import locks\n"
+            "with locks.exclusive(sys.argv[1], sys.argv[2]):\n"
+            "    print('held', flush=True); time.sleep(600)",
+            key,
+            lock_url,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(locks.LockHeld):

@@ -8,14 +8,13 @@ import math
 import pytest
 import torch
 
-from deptune.methods.dept.config import DePTConfig
-from deptune.methods.prompt_tuning.config import PromptTuningConfig
-from deptune.methods.adapters import build_model
-from deptune.methods.budget import dept_count, rank_for_budget
-from deptune.methods.record import CONFIG_FILE, WEIGHTS_FILE
-from deptune.methods.adapters import load_adapter
-from deptune.methods.io import save_adapter
 from deptune.backbones import TINY_BACKBONES, BackboneConfig, TinySize, load_backbone
+from deptune.methods.adapters import build_model, load_adapter
+from deptune.methods.budget import dept_count, rank_for_budget
+from deptune.methods.dept.config import DePTConfig
+from deptune.methods.io import save_adapter
+from deptune.methods.prompt_tuning.config import PromptTuningConfig
+from deptune.methods.record import CONFIG_FILE, WEIGHTS_FILE
 from deptune.train.config import TrainConfig
 from deptune.train.loop import make_optimizer
 
@@ -37,9 +36,11 @@ def inputs(backbone, texts=TEXTS, left=False):
 def logits(model, backbone, **kw):
     ids, mask = inputs(backbone, **kw)
     if backbone.family == "seq2seq":  # one decoder step from the start token
-        return model.backbone(inputs_embeds=model._prompted_inputs(ids, mask)[0],
-                              attention_mask=model._prompted_inputs(ids, mask)[1],
-                              decoder_input_ids=torch.zeros(len(ids), 1, dtype=torch.long)).logits
+        return model.backbone(
+            inputs_embeds=model._prompted_inputs(ids, mask)[0],
+            attention_mask=model._prompted_inputs(ids, mask)[1],
+            decoder_input_ids=torch.zeros(len(ids), 1, dtype=torch.long),
+        ).logits
     return model(ids, mask).logits
 
 
@@ -53,7 +54,7 @@ def test_budget_table_of_the_paper(m, r, s):
     plan = rank_for_budget(budget_tokens=100, hidden_size=768, max_length=s, prompt_length=m)
     assert plan.rank == r
     assert plan.trainable == dept_count(m, r, 768, s) == 76_800 == plan.budget
-    assert plan.unused == 0
+    assert plan.trainable == plan.budget
 
 
 def test_budget_rounds_rank_down_and_never_exceeds():
@@ -61,12 +62,15 @@ def test_budget_rounds_rank_down_and_never_exceeds():
     assert plan.rank == 33 and plan.trainable == 50 * 512 + 33 * 768 < plan.budget
 
 
-@pytest.mark.parametrize("args, message", [
-    ((100, 768, 256, 100), "need m < l"),
-    ((100, 768, 256, 120), "need m < l"),
-    ((100, 8, 4096, 99), "rank r=0"),
-    ((100, 768, 256, 0), "prompt_length must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((100, 768, 256, 100), "need m < l"),
+        ((100, 768, 256, 120), "need m < l"),
+        ((100, 8, 4096, 99), "rank r=0"),
+        ((100, 768, 256, 0), "prompt_length must be >= 1"),
+    ],
+)
 def test_budget_infeasible_is_an_error(args, message):
     with pytest.raises(ValueError, match=message):
         rank_for_budget(*args)
@@ -83,14 +87,23 @@ def test_dept_config_derives_rank_from_budget_and_rejects_a_contradiction():
 # ----- trainable parameters --------------------------------------------------------------------------------
 def test_trainable_count_matches_the_formula(backbone):
     d = backbone.hidden_size
-    head = sum(p.numel() for n, p in backbone.model.named_parameters()
-               if not n.startswith(backbone.model.base_model_prefix + ".")) if backbone.family == "encoder" else 0
+    head = (
+        sum(
+            p.numel()
+            for n, p in backbone.model.named_parameters()
+            if not n.startswith(backbone.model.base_model_prefix + ".")
+        )
+        if backbone.family == "encoder"
+        else 0
+    )
     pt = build_model(backbone, PromptTuningConfig(prompt_length=10, max_length=32))
     assert pt.trainable_parameter_count() == 10 * d + head
     model = build_model(backbone, dept(m=6, r=4, s=32))
     assert model.trainable_parameter_count() == 6 * d + 4 * (32 + d) + head
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    expected = {"prompt_embeddings", "lora_embedding_A", "lora_embedding_B"} | {f"backbone.{n}" for n in model.head_names}
+    expected = {"prompt_embeddings", "lora_embedding_A", "lora_embedding_B"} | {
+        f"backbone.{n}" for n in model.head_names
+    }
     assert trainable == expected
     assert (backbone.family == "encoder") == bool(model.head_names)
 
@@ -135,7 +148,7 @@ def test_update_is_added_position_wise_and_sliced_for_short_inputs():
     for left in (False, True):
         ids, mask = inputs(bb, left=left)
         base = model.word_embeddings(ids)
-        out = model.update_embeddings(base, mask, mask)
+        out = model.update_embeddings(ids, base, mask, mask)
         for row in range(len(ids)):
             real = mask[row].bool()
             n = int(real.sum())
@@ -178,7 +191,7 @@ def test_official_causal_forward_matches_the_official_position_rule(left):
     for row, keep in enumerate(mask.bool()):
         n = int(keep.sum())
         torch.testing.assert_close(ours[row, :m], official[row, :m], rtol=0, atol=1e-6)  # the prompt
-        torch.testing.assert_close(ours[row, m:][keep], official[row, m + s - n:], rtol=0, atol=1e-6)
+        torch.testing.assert_close(ours[row, m:][keep], official[row, m + s - n :], rtol=0, atol=1e-6)
     aligned = build_model(bb, dept(m=m, r=4, s=s)).eval()
     aligned.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -194,42 +207,62 @@ def test_official_causal_rows_count_back_from_s_and_generation_matches_the_offic
     for left in (False, True):
         ids, mask = inputs(bb, left=left)
         base = model.word_embeddings(ids)
-        out = model.update_embeddings(base, mask, mask)
+        out = model.update_embeddings(ids, base, mask, mask)
         for row in range(len(ids)):
             real, n = mask[row].bool(), int(mask[row].sum())
-            torch.testing.assert_close(out[row][real] - base[row][real], update[32 - n:])  # rows s - n .. s - 1
+            torch.testing.assert_close(out[row][real] - base[row][real], update[32 - n :])  # rows s - n .. s - 1
             torch.testing.assert_close(out[row][~real], base[row][~real])
     # The official generation (peft_model.py 854-952): the s-padded input updated on its first step, positions
     # from the attention mask (Hugging Face's generate), greedy.
     ids, mask = inputs(bb, left=True)
     real = [row[keep.bool()] for row, keep in zip(ids, mask)]
     padded = torch.stack([torch.cat([torch.full((32 - len(r),), bb.tokenizer.pad_token_id), r]) for r in real])
-    padded_mask = torch.stack([torch.cat([torch.ones(4), torch.zeros(32 - len(r)), torch.ones(len(r))])
-                               for r in real]).long()
+    padded_mask = torch.stack(
+        [torch.cat([torch.ones(4), torch.zeros(32 - len(r)), torch.ones(len(r))]) for r in real]
+    ).long()
     with torch.no_grad():
         embeds = torch.cat([model.prompt_embeddings.expand(2, -1, -1), model.word_embeddings(padded) + update], dim=1)
-        official = bb.model.generate(inputs_embeds=embeds, attention_mask=padded_mask, max_new_tokens=4,
-                                     do_sample=False, pad_token_id=bb.tokenizer.pad_token_id)
+        official = bb.model.generate(
+            inputs_embeds=embeds,
+            attention_mask=padded_mask,
+            max_new_tokens=4,
+            do_sample=False,
+            pad_token_id=bb.tokenizer.pad_token_id,
+        )
     ours = model.generate(ids, mask, max_new_tokens=4, pad_token_id=bb.tokenizer.pad_token_id)
     assert ours.tolist() == official.tolist() and ours.shape == (2, 4)
 
 
 def test_causal_rule_official_is_for_decoder_only_backbones(tmp_path):
     from deptune.checks import check
-    from deptune.specs import parse_spec
     from deptune.spec_base import SpecError
+    from deptune.specs import parse_spec
+
     def spec(name):
-        return parse_spec({"backbone": {"name": name}, "task": {"name": "synthetic"},
-                           "method": {"name": "prompt_tuning", "prompt_length": 4, "max_length": 32,
-                                      "causal_rule": "official"},
-                           "train": {"output_dir": str(tmp_path / name)}})
+        return parse_spec(
+            {
+                "backbone": {"name": name},
+                "task": {"name": "synthetic"},
+                "method": {"name": "prompt_tuning", "prompt_length": 4, "max_length": 32, "causal_rule": "official"},
+                "train": {"output_dir": str(tmp_path / name)},
+            }
+        )
+
     check(spec("tiny-gpt2"), "spec", local=True)
-    with pytest.raises(SpecError, match="method.causal_rule: official is the official code's decoder-only layout, "
-                                        "but tiny-t5 is a seq2seq backbone"):
+    with pytest.raises(
+        SpecError,
+        match="method.causal_rule: official is the official code's decoder-only layout, "
+        "but tiny-t5 is a seq2seq backbone",
+    ):
         check(spec("tiny-t5"), "spec", local=True)
     with pytest.raises(SpecError, match="method.causal_rule: Input should be 'aligned' or 'official'"):
-        parse_spec({"backbone": {"name": "tiny-gpt2"}, "task": {"name": "synthetic"},
-                    "method": {"name": "dept", "rank": 2, "causal_rule": "left"}})
+        parse_spec(
+            {
+                "backbone": {"name": "tiny-gpt2"},
+                "task": {"name": "synthetic"},
+                "method": {"name": "dept", "rank": 2, "causal_rule": "left"},
+            }
+        )
 
 
 def test_inputs_longer_than_s_are_rejected(backbone):
@@ -288,7 +321,13 @@ def test_save_load_round_trip_gives_identical_logits(backbone, tmp_path):
     expected = logits(model, backbone)
     save_adapter(model, tmp_path, "tiny", task="synthetic")
     record = json.loads((tmp_path / CONFIG_FILE).read_text())
-    assert {record[k] for k in ("method", "prompt_length", "rank", "max_length", "hidden_size")} >= {"dept", 6, 4, 32, 64}
+    assert {record[k] for k in ("method", "prompt_length", "rank", "max_length", "hidden_size")} >= {
+        "dept",
+        6,
+        4,
+        32,
+        64,
+    }
     assert (tmp_path / WEIGHTS_FILE).stat().st_size < 50_000  # adapter only, never the backbone
     fresh = load_backbone(BackboneConfig(name=backbone.name))
     if backbone.family == "encoder":  # a fresh head differs until the saved one is loaded
@@ -304,6 +343,7 @@ def test_load_refuses_another_hidden_size_and_broken_files(tmp_path):
     with pytest.raises(ValueError, match="hidden size d=64.*d=96"):
         load_adapter(wider, tmp_path)
     from safetensors.torch import load_file, save_file
+
     tensors = load_file(tmp_path / WEIGHTS_FILE)
     save_file({"prompt_embeddings": tensors["prompt_embeddings"]}, tmp_path / WEIGHTS_FILE)
     with pytest.raises(ValueError, match=r"missing \['lora_embedding_A', 'lora_embedding_B'\]"):
@@ -330,3 +370,18 @@ def test_transfer_initialises_prompt_and_low_rank_pair_but_not_the_head(tmp_path
     assert target_bb.model.classifier.weight.shape == (3, 64)
     with pytest.raises(ValueError, match="shape mismatch"):
         build_model(bb, dept(m=7, init_from=tmp_path))
+
+
+def test_a_method_name_registered_twice_is_an_error():
+    from typing import Literal
+
+    from deptune.methods.catalog import get_method, register
+
+    class OtherDePT(DePTConfig):
+        name: Literal["dept"] = "dept"
+
+    dept = get_method("dept")
+    register(dept.config, dept.model)  # the same method again (a Ray worker's restore) is no conflict
+    with pytest.raises(ValueError, match="a method named 'dept' is registered already \\(DePTConfig\\)"):
+        register(OtherDePT, dept.model)
+    assert get_method("dept").config is DePTConfig

@@ -22,14 +22,17 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from local_cluster import REPO
 from optuna.trial import TrialState
 
-sys.path.insert(0, str(REPO / "deploy" / "local"))
-from multinode import HEAD_IP, MultiNodeCluster  # noqa: E402
+from local_cluster import REPO
 
-pytestmark = [pytest.mark.cluster, pytest.mark.skipif(os.geteuid() != 0, reason="worker nodes need root for "
-                                                                                 "their own mount namespaces")]
+sys.path.insert(0, str(REPO / "deploy" / "local"))
+from multinode import HEAD_IP, MultiNodeCluster
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(os.geteuid() != 0, reason="worker nodes need root for their own mount namespaces"),
+]
 TINY = {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}}
 POSITIVE, NEGATIVE = ("good", "great", "fine", "happy", "lovely"), ("bad", "awful", "poor", "sad", "grim")
 FILLER = ("the", "movie", "was", "really", "a", "day", "it", "so")
@@ -66,10 +69,14 @@ class _postgres_schemas:
             self.names = []
             return None, None
         import sqlalchemy as sa
+
         prefix = f"deptune_mn_{uuid.uuid4().hex[:8]}"
         self.names = [f"{prefix}_optuna", f"{prefix}_mlflow"]
-        self.engine = sa.create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1),
-                                       isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        self.engine = sa.create_engine(
+            base.replace("postgresql://", "postgresql+psycopg://", 1),
+            isolation_level="AUTOCOMMIT",
+            poolclass=sa.pool.NullPool,
+        )
         with self.engine.connect() as conn:
             for name in self.names:
                 conn.execute(sa.text(f"CREATE SCHEMA {name}"))
@@ -82,6 +89,7 @@ class _postgres_schemas:
         _STUDY_STORAGES.clear()
         if self.names:
             import sqlalchemy as sa
+
             with self.engine.connect() as conn:
                 for name in self.names:
                     conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {name} CASCADE"))
@@ -91,6 +99,7 @@ class _postgres_schemas:
 # ----- helpers ---------------------------------------------------------------------------------------------------
 def sentiment_csv(path: Path, rows: int, seed: int) -> Path:
     import random
+
     rng = random.Random(seed)
     lines = ["sentence,label"]
     for _ in range(rows):
@@ -103,18 +112,40 @@ def sentiment_csv(path: Path, rows: int, seed: int) -> Path:
     return path
 
 
-def sweep_spec(name: str, output_dir: Path, data: dict, runner: str = "tune", trials: int = 2, steps: int = 240,
-               eval_every: int = 20, **extra) -> dict:
+def sweep_spec(
+    name: str,
+    output_dir: Path,
+    data: dict,
+    runner: str = "tune",
+    trials: int = 2,
+    steps: int = 240,
+    eval_every: int = 20,
+    **extra,
+) -> dict:
     spec = {
-        "backbone": TINY, "task": {"name": "sst2", **data},
+        "backbone": TINY,
+        "task": {"name": "sst2", **data},
         "method": {"name": "dept", "budget": 12, "max_length": 32},
         "search": {"prompt_length": {"low": 2, "high": 10, "step": 2}},
-        "train": {"steps": steps, "batch_size": 16, "eval_every": eval_every, "warmup_steps": 2, "lr_head": 0.01,
-                  "output_dir": str(output_dir), "evaluate_test": False, "storage_path": f"s3://deptune/{name}",
-                  "max_failures": 2},
+        "train": {
+            "steps": steps,
+            "batch_size": 16,
+            "eval_every": eval_every,
+            "warmup_steps": 2,
+            "lr_head": 0.01,
+            "output_dir": str(output_dir),
+            "evaluate_test": False,
+            "storage_path": f"s3://deptune/{name}",
+            "max_failures": 2,
+        },
         "resources": {"workers": 1, "cpus_per_worker": 1, "runner": runner},
-        "sweep": {"trials": trials, "max_concurrent": 2, "driver_cpus": 0.5, "startup_trials": 1,
-                  "scheduler": {"name": "fifo"}},
+        "sweep": {
+            "trials": trials,
+            "max_concurrent": 2,
+            "driver_cpus": 0.5,
+            "sampler": {"name": "tpe", "startup_trials": 1},
+            "scheduler": {"name": "fifo"},
+        },
         "study": {"name": name},
     }
     for key, value in extra.items():
@@ -127,9 +158,15 @@ def driver(cluster: MultiNodeCluster, spec_path: Path, *args: str) -> subprocess
     """`deptune sweep` as a driver process on the head node (this machine's namespace: the driver's disk)."""
     env = {**cluster.client_env(), "PYTHONPATH": str(REPO / "platform")}
     env.pop("RAY_ADDRESS")
-    return subprocess.Popen([sys.executable, "-m", "deptune.cli", "sweep", str(spec_path), "--address",
-                             cluster.gcs_address, *args], cwd=spec_path.parent, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "deptune.cli", "sweep", str(spec_path), "--address", cluster.gcs_address, *args],
+        cwd=spec_path.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 _STUDY_STORAGES: dict[str, optuna.storages.RDBStorage] = {}
@@ -147,13 +184,14 @@ def wait_for(condition, timeout_s: float, what: str, process=None):
     """`condition()` once true; `process` (a driver's Popen, or a callable raising if the run ended) must live."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if (found := condition()):
+        if found := condition():
             return found
         if callable(process):
             process()
         elif process is not None and process.poll() is not None:
-            raise AssertionError(f"the driver ended (exit {process.returncode}) before {what}:\n"
-                                 + process.stdout.read()[-4000:])
+            raise AssertionError(
+                f"the driver ended (exit {process.returncode}) before {what}:\n" + process.stdout.read()[-4000:]
+            )
         time.sleep(0.3)
     raise TimeoutError(f"no {what} after {timeout_s} s")
 
@@ -172,6 +210,7 @@ def running_with_evaluations(cluster, name: str, count: int):
 
 def mlflow_runs(cluster, experiment: str, role: str = "trial") -> list:
     from mlflow import MlflowClient
+
     client = MlflowClient(cluster.mlflow_uri)
     found = client.get_experiment_by_name(experiment)
     return client.search_runs([found.experiment_id], f"tags.`deptune.role` = '{role}'") if found else []
@@ -180,11 +219,13 @@ def mlflow_runs(cluster, experiment: str, role: str = "trial") -> list:
 def assert_records_whole(cluster, name: str, steps: int, eval_every: int = 20) -> list:
     """Every trial COMPLETE; the study and MLflow hold each evaluation once, strictly increasing, no hole."""
     from mlflow import MlflowClient
+
     client = MlflowClient(cluster.mlflow_uri)
     expected = list(range(eval_every, steps + 1, eval_every))
     trials = study_of(cluster, name).get_trials()
-    assert trials and all(t.state == TrialState.COMPLETE for t in trials), \
-        [(t.number, t.state, t.user_attrs.get("fail_reason")) for t in trials]
+    assert trials and all(t.state == TrialState.COMPLETE for t in trials), [
+        (t.number, t.state, t.user_attrs.get("fail_reason")) for t in trials
+    ]
     runs = {int(r.data.tags["deptune.optuna_trial"]): r for r in mlflow_runs(cluster, name)}
     assert sorted(runs) == [t.number for t in trials], sorted(runs)
     for trial in trials:
@@ -205,8 +246,10 @@ def test_tune_trials_survive_a_lost_node_and_a_killed_driver(cluster, tmp_path):
     worker nodes, never the head. A node killed mid-trial (raylet and all) is declared dead, and its trial
     resumes from its last checkpoint on S3 on another node. Then the driver is SIGKILLed, and `--resume`
     from a new driver process continues every unfinished trial from its checkpoint. The records stay whole."""
-    files = {split: str(sentiment_csv(tmp_path / "data" / f"{split}.csv", rows, seed))
-             for split, rows, seed in (("train", 300, 1), ("validation", 60, 2))}
+    files = {
+        split: str(sentiment_csv(tmp_path / "data" / f"{split}.csv", rows, seed))
+        for split, rows, seed in (("train", 300, 1), ("validation", 60, 2))
+    }
     spec = sweep_spec("mn-tune", tmp_path / "out", {"files": files, "validation_split": "whole"})
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -220,8 +263,13 @@ def test_tune_trials_survive_a_lost_node_and_a_killed_driver(cluster, tmp_path):
 
     def moved():
         trial = study_of(cluster, "mn-tune").trials[victim.number]
-        return trial if len(trial.user_attrs.get("resumed_from", [])) > 1 and len(trial.intermediate_values) > \
-            len(victim.intermediate_values) + 1 else None
+        return (
+            trial
+            if len(trial.user_attrs.get("resumed_from", [])) > 1
+            and len(trial.intermediate_values) > len(victim.intermediate_values) + 1
+            else None
+        )
+
     wait_for(moved, 240, "the moved trial's progress", run)
     driver_killed_at = time.time()
     os.killpg(run.pid, signal.SIGKILL)
@@ -245,10 +293,15 @@ def test_tune_trials_survive_a_lost_node_and_a_killed_driver(cluster, tmp_path):
 
     # the moved trial's CPU-seconds cover all its runs: the spans of its evaluations between the faults
     from mlflow import MlflowClient
-    run_id = next(r.info.run_id for r in mlflow_runs(cluster, "mn-tune")
-                  if r.data.tags["deptune.optuna_trial"] == str(victim.number))
-    stamps = sorted(m.timestamp / 1000 for m in MlflowClient(cluster.mlflow_uri).get_metric_history(
-        run_id, "objective_per_eval"))
+
+    run_id = next(
+        r.info.run_id
+        for r in mlflow_runs(cluster, "mn-tune")
+        if r.data.tags["deptune.optuna_trial"] == str(victim.number)
+    )
+    stamps = sorted(
+        m.timestamp / 1000 for m in MlflowClient(cluster.mlflow_uri).get_metric_history(run_id, "objective_per_eval")
+    )
     cuts = [node_lost_at, driver_killed_at]
     spans = [[t for t in stamps if lo <= t < hi] for lo, hi in zip([0, *cuts], [*cuts, float("inf")])]
     covered = sum(span[-1] - span[0] for span in spans if span)
@@ -261,20 +314,32 @@ def test_a_backbone_folder_only_the_driver_has_is_refused_before_any_trial(clust
     what a cluster needs, exit 2, before any trial or execution is recorded."""
     model = tmp_path / "model"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32, "num_attention_heads": 2,
-                                                   "num_hidden_layers": 1, "intermediate_size": 64,
-                                                   "max_position_embeddings": 64, "vocab_size": 100}))
+    (model / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "bert",
+                "hidden_size": 32,
+                "num_attention_heads": 2,
+                "num_hidden_layers": 1,
+                "intermediate_size": 64,
+                "max_position_embeddings": 64,
+                "vocab_size": 100,
+            }
+        )
+    )
     for name in ("model.safetensors", "tokenizer.json"):
         (model / name).write_bytes(b"")
-    spec = sweep_spec("mn-refused", tmp_path / "out", {"name": "synthetic", "synthetic_size": 100},
-                      backbone={"name": str(model)})
+    spec = sweep_spec(
+        "mn-refused", tmp_path / "out", {"name": "synthetic", "synthetic_size": 100}, backbone={"name": str(model)}
+    )
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     run = driver(cluster, path)
     out, _ = run.communicate(timeout=120)
     assert run.returncode == 2, out[-3000:]
-    assert f"backbone.name: {model} is on the driver's disk (2 of the cluster's 2 other node(s) do not see it)" \
-        in out, out[-3000:]
+    assert (
+        f"backbone.name: {model} is on the driver's disk (2 of the cluster's 2 other node(s) do not see it)" in out
+    ), out[-3000:]
     assert "Traceback" not in out
     assert not study_of(cluster, "mn-refused").user_attrs.get("executions")  # nothing started
     assert not mlflow_runs(cluster, "mn-refused", role="sweep")
@@ -296,10 +361,19 @@ def test_a_ray_train_trial_spans_two_nodes_and_survives_losing_one(cluster, tmp_
     """runner: train with 2 workers of 1.5 CPUs on 2-CPU nodes: DDP over gloo across two nodes. One node is
     killed mid-run (a replacement joins): Ray Train restarts the worker group from the run's checkpoint on
     S3, again across two nodes, and the trial's records stay whole."""
-    files = {split: str(sentiment_csv(tmp_path / "data" / f"{split}.csv", rows, seed))
-             for split, rows, seed in (("train", 300, 3), ("validation", 60, 4))}
-    spec = sweep_spec("mn-train", tmp_path / "out", {"files": files, "validation_split": "whole"}, runner="train",
-                      trials=1, steps=160, resources={"workers": 2, "cpus_per_worker": 1.5, "runner": "train"})
+    files = {
+        split: str(sentiment_csv(tmp_path / "data" / f"{split}.csv", rows, seed))
+        for split, rows, seed in (("train", 300, 3), ("validation", 60, 4))
+    }
+    spec = sweep_spec(
+        "mn-train",
+        tmp_path / "out",
+        {"files": files, "validation_split": "whole"},
+        runner="train",
+        trials=1,
+        steps=160,
+        resources={"workers": 2, "cpus_per_worker": 1.5, "runner": "train"},
+    )
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     run = driver(cluster, path)
@@ -331,20 +405,58 @@ def source_adapter(tmp_path: Path, prompt_length: int) -> Path:
     from deptune.specs import parse_spec
     from deptune.train.loop import train
     from deptune.train.spec import RunSpec
-    run = parse_spec({"backbone": TINY, "task": {"name": "synthetic", "synthetic_size": 100},
-                      "method": {"name": "dept", "prompt_length": prompt_length, "budget": 12, "max_length": 32},
-                      "train": {"steps": 4, "batch_size": 8, "eval_every": 2, "warmup_steps": 1,
-                                "output_dir": str(tmp_path / "source"), "evaluate_test": False}}, kind=RunSpec)
+
+    run = parse_spec(
+        {
+            "backbone": TINY,
+            "task": {"name": "synthetic", "synthetic_size": 100},
+            "method": {"name": "dept", "prompt_length": prompt_length, "budget": 12, "max_length": 32},
+            "train": {
+                "steps": 4,
+                "batch_size": 8,
+                "eval_every": 2,
+                "warmup_steps": 1,
+                "output_dir": str(tmp_path / "source"),
+                "evaluate_test": False,
+            },
+        },
+        kind=RunSpec,
+    )
     return train(run, reporter=lambda metrics, best: None).adapter_dir
 
 
 def submit(cluster, job_id: str, job_dir: Path, *args: str, wait: bool = False) -> subprocess.CompletedProcess:
-    runtime_env = {"env_vars": {"PYTHONPATH": str(REPO / "platform"), "DEPTUNE_GIT_COMMIT": "0123abc",
-                                "RAY_JOB_STOP_WAIT_TIME_S": "120", "DEPTUNE_STUDY_STORAGE": cluster.study_storage}}
-    return subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "submit", "--submission-id", job_id,
-                           "--working-dir", str(job_dir), "--runtime-env-json", json.dumps(runtime_env),
-                           *([] if wait else ["--no-wait"]), "--", "deptune", "sweep", "sweep.yaml", *args],
-                          env=cluster.client_env(), capture_output=True, text=True, timeout=600)
+    runtime_env = {
+        "env_vars": {
+            "PYTHONPATH": str(REPO / "platform"),
+            "DEPTUNE_GIT_COMMIT": "0123abc",
+            "RAY_JOB_STOP_WAIT_TIME_S": "120",
+            "DEPTUNE_STUDY_STORAGE": cluster.study_storage,
+        }
+    }
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "job",
+            "submit",
+            "--submission-id",
+            job_id,
+            "--working-dir",
+            str(job_dir),
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            *([] if wait else ["--no-wait"]),
+            "--",
+            "deptune",
+            "sweep",
+            "sweep.yaml",
+            *args,
+        ],
+        env=cluster.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def job(cluster, job_id: str, what: str = "") -> dict:
@@ -358,12 +470,16 @@ def job_alive(cluster, job_id: str):
         info = job(cluster, job_id)
         if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED") or time.monotonic() > deadline[0]:
             raise AssertionError(f"job {job_id} {info['status']}:\n" + job(cluster, job_id, "/logs")["logs"][-6000:])
+
     return check
 
 
 def wait_job(cluster, job_id: str, timeout_s: float = 400) -> dict:
-    return wait_for(lambda: (info := job(cluster, job_id))["status"] in ("SUCCEEDED", "FAILED", "STOPPED") and info,
-                    timeout_s, f"end of job {job_id}")
+    return wait_for(
+        lambda: (info := job(cluster, job_id))["status"] in ("SUCCEEDED", "FAILED", "STOPPED") and info,
+        timeout_s,
+        f"end of job {job_id}",
+    )
 
 
 def test_a_submitted_sweep_waits_out_outages_is_stopped_and_resumed(cluster, tmp_path):
@@ -376,16 +492,24 @@ def test_a_submitted_sweep_waits_out_outages_is_stopped_and_resumed(cluster, tmp
     for split, rows, seed in (("train", 300, 5), ("validation", 60, 6)):
         sentiment_csv(job_dir / "data" / f"{split}.csv", rows, seed)
     adapter = source_adapter(tmp_path, prompt_length=4)
-    spec = sweep_spec("mn-job", tmp_path / "out", {"files": {"train": "data/train.csv",
-                                                              "validation": "data/validation.csv"},
-                                                    "validation_split": "whole"}, steps=1500, eval_every=50,
-                      method={"name": "dept", "budget": 12, "max_length": 32, "prompt_length": 4,
-                              "init_from": str(adapter)},
-                      search={"prompt_length": {"low": 4, "high": 4}, "lr_prompt": {"low": 0.1, "high": 0.4},
-                              "lr_lowrank": {"low": 1e-4, "high": 1e-3}})
+    spec = sweep_spec(
+        "mn-job",
+        tmp_path / "out",
+        {"files": {"train": "data/train.csv", "validation": "data/validation.csv"}, "validation_split": "whole"},
+        steps=1500,
+        eval_every=50,
+        method={"name": "dept", "budget": 12, "max_length": 32, "prompt_length": 4, "init_from": str(adapter)},
+        search={
+            "prompt_length": {"low": 4, "high": 4},
+            "lr_prompt": {"low": 0.1, "high": 0.4},
+            "lr_lowrank": {"low": 1e-4, "high": 1e-3},
+        },
+    )
     (job_dir / "sweep.yaml").write_text(yaml.safe_dump(spec))
     assert submit(cluster, "mn-job-1", job_dir).returncode == 0
-    wait_for(lambda: running_with_evaluations(cluster, "mn-job", 1), 240, "an evaluation", job_alive(cluster, "mn-job-1"))
+    wait_for(
+        lambda: running_with_evaluations(cluster, "mn-job", 1), 240, "an evaluation", job_alive(cluster, "mn-job-1")
+    )
     started = time.time()
     tracking = cluster.tracking_outage()  # S3 away for a minute, MLflow for a minute from 10 s in
     with cluster.storage_outage():
@@ -394,10 +518,19 @@ def test_a_submitted_sweep_waits_out_outages_is_stopped_and_resumed(cluster, tmp
         evaluations = sum(len(t.intermediate_values) for t in study_of(cluster, "mn-job").get_trials())
         time.sleep(50)
     storage_s = time.time() - started
-    wait_for(lambda: sum(len(t.intermediate_values) for t in study_of(cluster, "mn-job").get_trials())
-             > evaluations, 60, "progress once S3 is back", job_alive(cluster, "mn-job-1"))
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "stop", "mn-job-1"], env=cluster.client_env(),
-                   capture_output=True, timeout=200, check=True)  # stopped while MLflow is still away
+    wait_for(
+        lambda: sum(len(t.intermediate_values) for t in study_of(cluster, "mn-job").get_trials()) > evaluations,
+        60,
+        "progress once S3 is back",
+        job_alive(cluster, "mn-job-1"),
+    )
+    subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "job", "stop", "mn-job-1"],
+        env=cluster.client_env(),
+        capture_output=True,
+        timeout=200,
+        check=True,
+    )  # stopped while MLflow is still away
     first = wait_job(cluster, "mn-job-1")
     time.sleep(max(0.0, 70 - (time.time() - started)))
     tracking.__exit__(None, None, None)
@@ -419,6 +552,7 @@ def test_a_submitted_sweep_waits_out_outages_is_stopped_and_resumed(cluster, tmp
     assert parent.info.status == "FINISHED" and parent.data.tags["deptune.git_commit"] == "0123abc"
 
     from mlflow import MlflowClient
+
     client = MlflowClient(cluster.mlflow_uri)
     for run in mlflow_runs(cluster, "mn-job"):  # the source adapter travelled: each trial read its node's copy
         spec_file = client.download_artifacts(run.info.run_id, "spec/run_spec.json", str(tmp_path / run.info.run_id))

@@ -17,12 +17,15 @@ from deptune.methods.budget import dept_count, rank_for_budget
 from deptune.methods.dept.config import DePTConfig
 from deptune.methods.prompt_tuning.config import PromptTuningConfig
 from deptune.specs import load_spec, parse_spec
-from deptune.train.spec import SourceSpec
 from deptune.train.loop import train
+from deptune.train.spec import SourceSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_SPECS = sorted(p for p in [*ROOT.glob("search_spaces/*.yaml"), *ROOT.glob("search_spaces/sources/*.yaml")]
-                     if "t5-base" in p.read_text())
+PAPER_SPECS = sorted(
+    p
+    for p in [*ROOT.glob("search_spaces/*.yaml"), *ROOT.glob("search_spaces/sources/*.yaml")]
+    if "t5-base" in p.read_text()
+)
 
 
 def test_every_paper_spec_trains_in_fp32():
@@ -63,35 +66,58 @@ def test_text_init_is_the_official_tokenisation_tiled(method):
     ids = bb.tokenizer(text)["input_ids"]
     assert ids[-1] == bb.tokenizer.eos_token_id  # </s> is part of the initial prompt
     official = (ids * math.ceil(n / len(ids)))[:n]
-    config = (PromptTuningConfig(prompt_length=n, init="text", init_text=text, max_length=32) if method == "pt" else
-              DePTConfig(prompt_length=n, rank=2, init="text", init_text=text, max_length=32))
+    config = (
+        PromptTuningConfig(prompt_length=n, init="text", init_text=text, max_length=32)
+        if method == "pt"
+        else DePTConfig(prompt_length=n, rank=2, init="text", init_text=text, max_length=32)
+    )
     model = build_model(bb, config)
     expected = bb.model.get_input_embeddings().weight.detach()[torch.tensor(official)].float()
     torch.testing.assert_close(model.prompt_embeddings.detach(), expected, rtol=0, atol=0)
     short = build_model(bb, PromptTuningConfig(prompt_length=3, init="text", init_text=text, max_length=32))
-    torch.testing.assert_close(short.prompt_embeddings.detach(),
-                               bb.model.get_input_embeddings().weight.detach()[ids[:3]], rtol=0, atol=0)
+    torch.testing.assert_close(
+        short.prompt_embeddings.detach(), bb.model.get_input_embeddings().weight.detach()[ids[:3]], rtol=0, atol=0
+    )
 
 
 def fewglue_cb(tmp_path: Path, n: int = 32) -> dict:
     """A FewGLUE-layout CB set (SuperGLUE JSONL, string labels) of n training examples."""
     labels = ["entailment", "contradiction", "neutral"]
+
     def write(name: str, count: int) -> str:
-        rows = [{"premise": f"The cat {'sat' if i % 3 else 'ran'} {i}.", "hypothesis": "It moved.",
-                 "label": labels[i % 3], "idx": i} for i in range(count)]
+        rows = [
+            {
+                "premise": f"The cat {'sat' if i % 3 else 'ran'} {i}.",
+                "hypothesis": "It moved.",
+                "label": labels[i % 3],
+                "idx": i,
+            }
+            for i in range(count)
+        ]
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
         return str(tmp_path / name)
+
     return {"train": write("train.jsonl", n), "validation": write("val.jsonl", 12)}
 
 
 @pytest.mark.parametrize("batch_size", [32, 64])
 def test_a_32_example_set_trains_with_batch_32_and_larger(tmp_path, batch_size):
-    spec = parse_spec({
-        "backbone": {"name": "tiny-t5"}, "task": {"name": "cb", "files": fewglue_cb(tmp_path)},
-        "method": {"name": "dept", "prompt_length": 4, "rank": 2, "max_length": 32},
-        "train": {"steps": 3, "batch_size": batch_size, "warmup_steps": 1, "eval_every": 3, "max_new_tokens": 2,
-                  "output_dir": str(tmp_path / "out"), "evaluate_test": True},
-    })
+    spec = parse_spec(
+        {
+            "backbone": {"name": "tiny-t5"},
+            "task": {"name": "cb", "files": fewglue_cb(tmp_path)},
+            "method": {"name": "dept", "prompt_length": 4, "rank": 2, "max_length": 32},
+            "train": {
+                "steps": 3,
+                "batch_size": batch_size,
+                "warmup_steps": 1,
+                "eval_every": 3,
+                "max_new_tokens": 2,
+                "output_dir": str(tmp_path / "out"),
+                "evaluate_test": True,
+            },
+        }
+    )
     result = train(spec, reporter=lambda m, d: None)
     report = result.history[-1]
     assert report["step"] == 3 and math.isfinite(report["train_loss"]) and report["train_loss"] > 0
@@ -103,17 +129,27 @@ def test_a_32_example_set_trains_with_batch_32_and_larger(tmp_path, batch_size):
 
 
 def test_squad_trains_and_scores_end_to_end_on_a_tiny_model(tmp_path):
-    rows = [{"question": f"Who is {i}?", "context": f"Person {i} is Bob.", "answers": {"text": ["Bob"]}}
-            for i in range(6)]
+    rows = [
+        {"question": f"Who is {i}?", "context": f"Person {i} is Bob.", "answers": {"text": ["Bob"]}} for i in range(6)
+    ]
     path = tmp_path / "squad.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = parse_spec({
-        "backbone": {"name": "tiny-t5"},
-        "task": {"name": "squad", "files": {"train": str(path), "validation": str(path), "test": str(path)}},
-        "method": {"name": "prompt_tuning", "prompt_length": 4, "max_length": 32},
-        "train": {"steps": 2, "batch_size": 4, "warmup_steps": 1, "eval_every": 2, "max_new_tokens": 3,
-                  "output_dir": str(tmp_path / "out"), "evaluate_test": False},
-    })
+    spec = parse_spec(
+        {
+            "backbone": {"name": "tiny-t5"},
+            "task": {"name": "squad", "files": {"train": str(path), "validation": str(path), "test": str(path)}},
+            "method": {"name": "prompt_tuning", "prompt_length": 4, "max_length": 32},
+            "train": {
+                "steps": 2,
+                "batch_size": 4,
+                "warmup_steps": 1,
+                "eval_every": 2,
+                "max_new_tokens": 3,
+                "output_dir": str(tmp_path / "out"),
+                "evaluate_test": False,
+            },
+        }
+    )
     report = train(spec, reporter=lambda m, d: None).history[-1]
     assert report["objective"] == report["eval_em"] and report["paper_metric"] == report["eval_f1"]
     assert 0.0 <= report["eval_em"] <= report["eval_f1"] <= 1.0

@@ -26,23 +26,37 @@ PAIRS = [("A man is playing a guitar.", "A man plays music."), ("The cat sleeps.
 def rte_model(tmp_path_factory) -> Path:
     """A tiny BERT + DePT adapter trained for a few steps on the RTE fixture, saved as the registry saves it."""
     tmp = tmp_path_factory.mktemp("rte")
-    spec = parse_spec({
-        "backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64}},
-        "task": {"name": "rte", "data_dir": str(FIXTURES / "RTE")},
-        "method": {"name": "dept", "prompt_length": 4, "rank": 2, "max_length": 48},
-        "train": {"steps": 2, "batch_size": 2, "eval_every": 2, "warmup_steps": 0, "output_dir": str(tmp / "run"),
-                  "evaluate_test": False},
-    }, kind=RunSpec)
+    spec = parse_spec(
+        {
+            "backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64}},
+            "task": {"name": "rte", "data_dir": str(FIXTURES / "RTE")},
+            "method": {"name": "dept", "prompt_length": 4, "rank": 2, "max_length": 48},
+            "train": {
+                "steps": 2,
+                "batch_size": 2,
+                "eval_every": 2,
+                "warmup_steps": 0,
+                "output_dir": str(tmp / "run"),
+                "evaluate_test": False,
+            },
+        },
+        kind=RunSpec,
+    )
     result = train(spec)
     spec_file = tmp / "run_spec.json"
     spec_file.write_text(spec.model_dump_json())
-    return save_pyfunc(tmp / "model", Path(result.adapter_dir), spec_file,
-                       {"sentence1": ["an example sentence1"], "sentence2": ["an example sentence2"]})
+    return save_pyfunc(
+        tmp / "model",
+        Path(result.adapter_dir),
+        spec_file,
+        {"sentence1": ["an example sentence1"], "sentence2": ["an example sentence2"]},
+    )
 
 
 def predict(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deptune.cli", "predict", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "deptune.cli", "predict", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_the_model_is_saved_from_code_with_safetensors_and_no_pickle(rte_model):
@@ -82,8 +96,9 @@ def test_a_missing_column_is_named_with_the_tasks_columns(rte_model):
 
 
 def test_rows_from_options_pair_the_nth_values():
-    frame = rows_from_options(["sentence1", "sentence2"], [], ["sentence1=a", "sentence2=b", "sentence1=c",
-                                                              "sentence2=d"])
+    frame = rows_from_options(
+        ["sentence1", "sentence2"], [], ["sentence1=a", "sentence2=b", "sentence1=c", "sentence2=d"]
+    )
     assert frame.to_dict("records") == [{"sentence1": "a", "sentence2": "b"}, {"sentence1": "c", "sentence2": "d"}]
     assert list(rows_from_options(["sentence"], ["x", "y"], [])["sentence"]) == ["x", "y"]
     with pytest.raises(InputError, match="sentence1 has 2, sentence2 has 1"):

@@ -16,8 +16,9 @@ PUBLIC_UNDERSCORED = {"_replace", "_asdict", "_fields", "_make", "_field_default
 
 
 def _private(name: str) -> bool:
-    return name.startswith("_") and not (name.startswith("__") and name.endswith("__")) and \
-        name not in PUBLIC_UNDERSCORED
+    return (
+        name.startswith("_") and not (name.startswith("__") and name.endswith("__")) and name not in PUBLIC_UNDERSCORED
+    )
 
 
 def _own_names(cls: ast.ClassDef) -> set[str]:
@@ -29,8 +30,11 @@ def _own_names(cls: ast.ClassDef) -> set[str]:
         elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
             for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
                 for leaf in ast.walk(target):
-                    if isinstance(leaf, ast.Attribute) and isinstance(leaf.value, ast.Name) and \
-                            leaf.value.id in ("self", "cls"):
+                    if (
+                        isinstance(leaf, ast.Attribute)
+                        and isinstance(leaf.value, ast.Name)
+                        and leaf.value.id in ("self", "cls")
+                    ):
                         names.add(leaf.attr)
                     elif isinstance(leaf, ast.Name) and node in cls.body:
                         names.add(leaf.id)
@@ -59,11 +63,20 @@ def private_uses(source: str, where: str = "<source>") -> list[str]:
             if any(_private(p) for p in (node.module or "").split(".")) or any(_private(a.name) for a in node.names):
                 found.append(f"{where}:{node.lineno}: from {node.module} import ...")
         elif isinstance(node, ast.Import):
-            found.extend(f"{where}:{node.lineno}: import {a.name}" for a in node.names
-                         if any(_private(p) for p in a.name.split(".")) and not a.name.startswith("deptune"))
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in (
-                "getattr", "setattr", "hasattr") and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) \
-                and isinstance(node.args[1].value, str) and _private(node.args[1].value):
+            found.extend(
+                f"{where}:{node.lineno}: import {a.name}"
+                for a in node.names
+                if any(_private(p) for p in a.name.split(".")) and not a.name.startswith("deptune")
+            )
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "setattr", "hasattr")
+            and len(node.args) > 1
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and _private(node.args[1].value)
+        ):
             found.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
         for child in ast.iter_child_nodes(node):
             visit(child, own)
@@ -73,7 +86,7 @@ def private_uses(source: str, where: str = "<source>") -> list[str]:
 
 
 def test_the_check_catches_private_uses():
-    bad = '''
+    bad = """
 from ray.tune.search.optuna import OptunaSearch
 from ray._private import services
 import optuna._imports
@@ -89,11 +102,18 @@ class Searcher(OptunaSearch):
 
 def f(study, trial, searcher):
     return study._storage, trial._trial_id, searcher._ot_study, getattr(study, "_study_id")
-'''
+"""
     found = [line.split(": ", 1)[1] for line in private_uses(bad)]
-    assert found == ["from ray._private import ...", "import optuna._imports", "from optuna.trial._state import ...",
-                     "self._ot_study", "study._storage", "trial._trial_id", "searcher._ot_study",
-                     "getattr(study, '_study_id')"]
+    assert found == [
+        "from ray._private import ...",
+        "import optuna._imports",
+        "from optuna.trial._state import ...",
+        "self._ot_study",
+        "study._storage",
+        "trial._trial_id",
+        "searcher._ot_study",
+        "getattr(study, '_study_id')",
+    ]
 
 
 def test_the_package_uses_no_private_attribute_of_a_library():

@@ -11,33 +11,60 @@ import ray
 import torch
 from safetensors.torch import load_file
 
+from deptune.cluster.trainer import ReportLog, build_trainer, read_report_log, run_on_ray
 from deptune.specs import parse_spec
-from deptune.cluster.trainer import FAULT_ENV, ReportLog, build_trainer, read_report_log, run_on_ray
+from faults import kill_after_report
 
 pytestmark = pytest.mark.slow
 
-REPORT_KEYS = {"step", "objective", "eval_accuracy", "eval_f1", "train_loss", "step_time_s", "tokens_per_s",
-               "peak_memory_mb", "trainable_params", "best_objective", "best_step"}
+REPORT_KEYS = {
+    "step",
+    "objective",
+    "eval_accuracy",
+    "eval_f1",
+    "train_loss",
+    "step_time_s",
+    "tokens_per_s",
+    "peak_memory_mb",
+    "trainable_params",
+    "best_objective",
+    "best_step",
+}
 
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     control = tmp_path_factory.mktemp("fault") / "kill"
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {FAULT_ENV: str(control), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env=kill_after_report(control, RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="20"),
+    )
     yield control
     ray.shutdown()
 
 
 def make_spec(tmp_path: Path, workers: int = 1, steps: int = 6, eval_every: int = 3, **train):
-    return parse_spec({
-        "backbone": {"name": "tiny-bert", "tiny": {"dropout": 0.0}},
-        "task": {"name": "synthetic", "synthetic_size": 400},
-        "method": {"name": "dept", "prompt_length": 4, "rank": 3, "max_length": 32},
-        "train": {"steps": steps, "batch_size": 16, "eval_every": eval_every, "warmup_steps": 1, "lr_prompt": 0.3,
-                  "lr_lowrank": 5e-3, "lr_head": 1e-2, "output_dir": str(tmp_path), **train},
-        "resources": {"workers": workers},
-    })
+    return parse_spec(
+        {
+            "backbone": {"name": "tiny-bert", "tiny": {"dropout": 0.0}},
+            "task": {"name": "synthetic", "synthetic_size": 400},
+            "method": {"name": "dept", "prompt_length": 4, "rank": 3, "max_length": 32},
+            "train": {
+                "steps": steps,
+                "batch_size": 16,
+                "eval_every": eval_every,
+                "warmup_steps": 1,
+                "lr_prompt": 0.3,
+                "lr_lowrank": 5e-3,
+                "lr_head": 1e-2,
+                "output_dir": str(tmp_path),
+                **train,
+            },
+            "resources": {"workers": workers},
+        }
+    )
 
 
 def fit(spec, name):
@@ -57,8 +84,11 @@ def test_two_gloo_workers_match_one_worker_report_everything_and_checkpoint_the_
     one = fit(make_spec(tmp_path, workers=1, micro_batch_size=4), "one")  # 4 micro-batches accumulated
     two = fit(make_spec(tmp_path, workers=2), "two")  # 8 examples per rank, one micro-batch each
     a, b = adapter_of(one), adapter_of(two)
-    assert a.keys() == b.keys() == {"prompt_embeddings", "lora_embedding_A", "lora_embedding_B",
-                                    "classifier.weight", "classifier.bias"}
+    assert (
+        a.keys()
+        == b.keys()
+        == {"prompt_embeddings", "lora_embedding_A", "lora_embedding_B", "classifier.weight", "classifier.bias"}
+    )
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     assert (a["lora_embedding_B"] != 0).any()  # it trained
@@ -97,8 +127,12 @@ def test_a_run_that_cannot_get_its_workers_fails_clearly(ray_cluster, tmp_path):
     with pytest.raises(ValueError, match=r"3 worker\(s\).*need 3 CPU \(cluster has 2\)"):
         run_on_ray(make_spec(tmp_path, workers=3, batch_size=15))
     assert time.perf_counter() - started < 5  # before any worker starts
-    spec = parse_spec({**make_spec(tmp_path, workers=3, batch_size=15).model_dump(mode="json"),
-                       "resources": {"workers": 3, "wait_for_autoscaler": True}})
+    spec = parse_spec(
+        {
+            **make_spec(tmp_path, workers=3, batch_size=15).model_dump(mode="json"),
+            "resources": {"workers": 3, "wait_for_autoscaler": True},
+        }
+    )
     with pytest.raises(RuntimeError, match="could not start 3 worker"):
         run_on_ray(spec)  # no autoscaler here: Ray's start timeout (20 s in this cluster) ends it
     assert time.perf_counter() - started < 90
@@ -124,8 +158,14 @@ SOURCES = ["synthetic_a", "synthetic_b"]
 
 
 def source_data(tmp_path: Path, workers: int = 1, steps: int = 6) -> dict:
-    fast = {"batch_size": 16, "warmup_steps": 1, "lr_prompt": 0.3, "lr_lowrank": 0.05, "lr_head": 0.05,
-            "evaluate_test": False}
+    fast = {
+        "batch_size": 16,
+        "warmup_steps": 1,
+        "lr_prompt": 0.3,
+        "lr_lowrank": 0.05,
+        "lr_head": 0.05,
+        "evaluate_test": False,
+    }
     return {
         "backbone": {"name": "tiny-bert", "tiny": {"dropout": 0.0}},
         "source_tasks": [{"name": t, "synthetic_size": 200} for t in SOURCES],
@@ -143,14 +183,18 @@ def source_data(tmp_path: Path, workers: int = 1, steps: int = 6) -> dict:
 def teachers(tmp_path_factory):
     """Both source tasks' teachers, trained once in this process."""
     from deptune.train.multitask import train_teacher
+
     spec = parse_spec(source_data(tmp_path_factory.mktemp("teachers")))
     return {task: train_teacher(spec, i, lambda m, d: None) for i, task in enumerate(spec.task_names)}
 
 
 def fit_student_on_ray(spec, teacher_dirs, name):
-    from deptune.cluster.trainer import _student_worker, fit as fit_run
-    return fit_run(spec, name, loop=_student_worker,
-                   extra={"teachers": {task: str(path) for task, path in teacher_dirs.items()}})
+    from deptune.cluster.trainer import _student_worker
+    from deptune.cluster.trainer import fit as fit_run
+
+    return fit_run(
+        spec, name, loop=_student_worker, extra={"teachers": {task: str(path) for task, path in teacher_dirs.items()}}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +207,7 @@ def two_workers(ray_cluster, teachers, tmp_path_factory):
 def test_the_mpt_student_on_two_gloo_workers_matches_the_in_process_one(two_workers, teachers, tmp_path):
     from deptune.methods.io import read_tensors
     from deptune.train.multitask import train_student
+
     alone = train_student(parse_spec(source_data(tmp_path / "alone")), teachers, reporter=lambda m, d: None)
     two, root = two_workers
     a, b = read_tensors(alone.adapter_dir), read_tensors(two.adapter_dir)
@@ -184,6 +229,7 @@ def assert_checkpoint_is_small(history, root: Path) -> None:
 
 def test_a_killed_mpt_student_worker_resumes_from_its_last_checkpoint(ray_cluster, two_workers, teachers, tmp_path):
     from deptune.methods.io import read_tensors
+
     clean, _ = two_workers
     ray_cluster.write_text("1 3")  # rank 1 dies right after reporting step 3
     killed = fit_student_on_ray(parse_spec(source_data(tmp_path / "killed", workers=2)), teachers, "student-killed")
@@ -200,24 +246,43 @@ def test_the_cli_runs_the_source_stage_on_ray_and_its_name_resumes_it_after_a_dr
     import signal
     import subprocess
     import sys
+
     import yaml
     from typer.testing import CliRunner
+
     from deptune.cli import app
     from deptune.methods.record import read_record
     from deptune.train.multitask import finished_teacher, teacher_run
+
     data = source_data(tmp_path, steps=200)
     data["train"]["eval_every"] = 20
     path = tmp_path / "source.yaml"
     path.write_text(yaml.safe_dump(data))
     student_log = tmp_path / "source" / "reports.jsonl"
     driver = subprocess.Popen(  # a driver on this cluster, SIGKILLed once the student has reported step 20
-        [str(Path(sys.executable).parent / "deptune"), "mpt-source", str(path), "--name", "stage-a",
-         "--address", ray.get_runtime_context().gcs_address],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        [
+            str(Path(sys.executable).parent / "deptune"),
+            "mpt-source",
+            str(path),
+            "--name",
+            "stage-a",
+            "--address",
+            ray.get_runtime_context().gcs_address,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
-    while time.time() < deadline and driver.poll() is None and not (
-            student_log.is_file() and any(json.loads(line)["step"] >= 20
-                                          for line in student_log.read_text().splitlines() if line)):
+    while (
+        time.time() < deadline
+        and driver.poll() is None
+        and not (
+            student_log.is_file()
+            and any(json.loads(line)["step"] >= 20 for line in student_log.read_text().splitlines() if line)
+        )
+    ):
         time.sleep(0.05)
     os.killpg(driver.pid, signal.SIGKILL)
     output = driver.communicate()[0]
@@ -244,13 +309,18 @@ def test_the_cli_runs_the_source_stage_on_ray_and_its_name_resumes_it_after_a_dr
 def test_the_train_command_runs_on_ray_and_prints_the_best_validation_metrics(ray_cluster, tmp_path):
     import yaml
     from typer.testing import CliRunner
+
     from deptune.cli import app
+
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(make_spec(tmp_path, steps=2, eval_every=2,
-                                             evaluate_test=False).model_dump(mode="json")))
+    path.write_text(
+        yaml.safe_dump(make_spec(tmp_path, steps=2, eval_every=2, evaluate_test=False).model_dump(mode="json"))
+    )
     result = CliRunner().invoke(app, ["train", str(path)])
     assert result.exit_code == 0, result.output
     assert "(Ray Train, 1 worker(s))" in result.output and f"adapter: {tmp_path / 'best'}" in result.output
     best = next(line for line in result.output.splitlines() if line.startswith("best step 2: validation "))
     assert set(part.split("=")[0] for part in best.removeprefix("best step 2: validation ").split(", ")) == {
-        "accuracy", "f1"}  # the task's metrics, not the evaluation's latency
+        "accuracy",
+        "f1",
+    }  # the task's metrics, not the evaluation's latency

@@ -14,17 +14,24 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from deptune.methods.budget import largest_prompt_length
 from deptune.spec_base import SpecError
 from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.searcher import StudySearcher, summarise_error
-from deptune.methods.budget import largest_prompt_length
+from deptune.sweep.space import plan_search
+from deptune.sweep.study import (
+    close_orphans,
+    last_execution,
+    load_study,
+    open_storage,
+    orphans,
+    start_execution,
+    storage_url,
+)
 from deptune.tracking.journal import RunJournal
 from deptune.tracking.store import ensure_experiment
 from deptune.tracking.trial import PER_EVAL
-from deptune.sweep.space import plan_search
-from deptune.sweep.study import (close_orphans, last_execution, load_study, open_storage, orphans,
-                                 start_execution, storage_url)
 
 POSTGRES_ENV = "DEPTUNE_TEST_POSTGRES_URL"
 
@@ -55,8 +62,10 @@ def storage_of(request, tmp_path):
             spec = spec.model_copy(update={"study": spec.study.model_copy(update={"storage": url})})
             return spec, open_storage(storage_url(spec))
     else:
+
         def make(spec):
             return spec, open_storage(storage_url(spec))
+
     return make
 
 
@@ -94,13 +103,27 @@ def test_searcher_records_complete_pruned_and_failed_trials(tmp_path, storage_of
     study = load_study(spec, storage)
     execution = start_execution(spec, study)
     plan, _ = plan_search(spec, 64)
-    searcher = StudySearcher(spec, plan, study.study_name, storage_url(spec),
-                             optuna.samplers.TPESampler(seed=execution.seed, n_startup_trials=2), execution.number)
+    searcher = StudySearcher(
+        spec,
+        plan,
+        study.study_name,
+        storage_url(spec),
+        optuna.samplers.TPESampler(seed=execution.seed, n_startup_trials=2),
+        execution.number,
+    )
     for trial_id in ("done", "stopped", "broken", "nan", "last-rung"):
         assert set(searcher.suggest(trial_id)) >= {"prompt_length", "rank", "lr_prompt", "lr_lowrank"}
     for step, value in ((10, 0.6), (20, 0.8), (30, 0.7)):  # the best step is not the last
-        searcher.on_trial_result("done", {"step": step, "objective": value, "time_total_s": step / 10,
-                                          "trainable_params": 1100, "checkpoint_path": f"/ckpt/{step}"})
+        searcher.on_trial_result(
+            "done",
+            {
+                "step": step,
+                "objective": value,
+                "time_total_s": step / 10,
+                "trainable_params": 1100,
+                "checkpoint_path": f"/ckpt/{step}",
+            },
+        )
     searcher.on_trial_complete("done", {"step": 30, "objective": 0.7})
     searcher.on_trial_result("stopped", {"step": 10, "objective": 0.4, "time_total_s": 2.0})
     searcher.on_trial_complete("stopped", {"step": 10, "objective": 0.4})
@@ -110,20 +133,22 @@ def test_searcher_records_complete_pruned_and_failed_trials(tmp_path, storage_of
     searcher.on_trial_complete("nan", {"step": 10, "objective": math.nan})
     for step, value in ((10, 0.5), (20, 0.6)):  # ASHA stops it on its last result (a rung at train.steps):
         searcher.on_trial_result("last-rung", {"step": step, "objective": value})  # Tune then sends that result
-    searcher.on_trial_complete("last-rung", {"step": 30, "objective": 0.65})      # to on_trial_complete alone
+    searcher.on_trial_complete("last-rung", {"step": 30, "objective": 0.65})  # to on_trial_complete alone
 
     trials = {t.user_attrs["ray_trial_id"]: t for t in load_study(spec, storage).get_trials()}
     done, stopped, broken, nan, last = (trials[k] for k in ("done", "stopped", "broken", "nan", "last-rung"))
-    assert last.state == TrialState.COMPLETE and last.values == [0.65] and sorted(last.intermediate_values) == \
-        [10, 20, 30]
+    assert (
+        last.state == TrialState.COMPLETE and last.values == [0.65] and sorted(last.intermediate_values) == [10, 20, 30]
+    )
     assert done.state == TrialState.COMPLETE and done.values == [0.8]  # the best evaluation, not the last
     assert done.intermediate_values == {10: 0.6, 20: 0.8, 30: 0.7}
     assert done.user_attrs["best_step"] == 20 and done.user_attrs["adapter_path"] == "/ckpt/20"
     assert done.user_attrs["cpu_seconds"] == pytest.approx(3.0 * (0.5 + 1.0))  # driver + one worker
     assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {10: 0.4}
     assert "stopped at step 10 of 30" in stopped.user_attrs["stop_reason"]
-    assert broken.state == TrialState.FAIL and broken.user_attrs["fail_reason"] == \
-        "IndexError: index out of range in self"
+    assert (
+        broken.state == TrialState.FAIL and broken.user_attrs["fail_reason"] == "IndexError: index out of range in self"
+    )
     assert nan.state == TrialState.FAIL and nan.user_attrs["fail_reason"] == "no evaluation was reported"
     for trial in trials.values():
         assert trial.user_attrs["execution"] == 1
@@ -146,9 +171,15 @@ def test_executions_derive_seeds_resume_checks_the_spec_and_orphans_close(tmp_pa
     assert close_orphans(study, storage, second, "driver died") == 1
     frozen = load_study(spec, storage).trials[trial.number]
     assert frozen.state == TrialState.FAIL and frozen.user_attrs["fail_reason"] == "driver died"
-    other = spec.model_copy(update={"sweep": spec.sweep.model_copy(
-        update={"second_objective": spec.sweep.objective.model_copy(update={"metric": "step_time_s",
-                                                                            "mode": "min"})})})
+    other = spec.model_copy(
+        update={
+            "sweep": spec.sweep.model_copy(
+                update={
+                    "second_objective": spec.sweep.objective.model_copy(update={"metric": "step_time_s", "mode": "min"})
+                }
+            )
+        }
+    )
     with pytest.raises(SpecError, match="optimises"):  # same study name, other directions
         load_study(other, storage)
 
@@ -173,8 +204,15 @@ def test_a_restored_searcher_continues_its_trials_with_what_was_logged_meanwhile
     journals = tmp_path / "journals"
 
     def searcher() -> StudySearcher:
-        return StudySearcher(spec, plan, study.study_name, url, optuna.samplers.TPESampler(seed=execution.seed),
-                             execution.number, journal_root=str(journals))
+        return StudySearcher(
+            spec,
+            plan,
+            study.study_name,
+            url,
+            optuna.samplers.TPESampler(seed=execution.seed),
+            execution.number,
+            journal_root=str(journals),
+        )
 
     def logged(trial_id: str, steps) -> None:  # what rank 0's TrialTracker writes, through the real journal
         journal = RunJournal(journals / trial_id, f"sqlite:///{tmp_path / 'mlflow.db'}", send="driver")
@@ -189,8 +227,9 @@ def test_a_restored_searcher_continues_its_trials_with_what_was_logged_meanwhile
     now = time.time()
     for step in (10, 20):
         logged("resumed", [step])
-        first.on_trial_result("resumed", {"step": step, "objective": step / 100, "time_total_s": step,
-                                          "timestamp": now - 100 + step})
+        first.on_trial_result(
+            "resumed", {"step": step, "objective": step / 100, "time_total_s": step, "timestamp": now - 100 + step}
+        )
     first.save(str(tmp_path / "searcher.pkl"))
     logged("resumed", [30])  # after Tune's last snapshot: the driver died before this reached it
 
@@ -201,8 +240,7 @@ def test_a_restored_searcher_continues_its_trials_with_what_was_logged_meanwhile
     assert sorted(load_study(spec, open_storage(url)).trials[0].intermediate_values) == [10, 20, 30]
     logged("resumed", [30, 40])  # the resumed run re-trains 30 from its step-20 checkpoint: logged once
     second.on_trial_result("resumed", {"step": 30, "objective": 0.3, "time_total_s": 3.0, "timestamp": time.time()})
-    second.on_trial_complete("resumed", {"step": 40, "objective": 0.4, "time_total_s": 6.0,
-                                         "timestamp": time.time()})
+    second.on_trial_complete("resumed", {"step": 40, "objective": 0.4, "time_total_s": 6.0, "timestamp": time.time()})
     trial = load_study(spec, open_storage(url)).trials[0]
     assert trial.state == TrialState.COMPLETE and trial.values == [0.4] and [t.number for t in told] == [0]
     assert trial.intermediate_values == {10: 0.1, 20: 0.2, 30: 0.3, 40: 0.4}

@@ -27,18 +27,28 @@ def ray_cluster():
 
 
 def make_spec(tmp_path, method: dict, search: dict, sweep: dict) -> SweepSpec:
-    return parse_spec({
-        "backbone": TINY,
-        "task": {"name": "synthetic", "synthetic_size": 300},
-        "method": {"name": "dept", "max_length": 32, **method},
-        "search": search,
-        "train": {"steps": 12, "batch_size": 16, "eval_every": 4, "warmup_steps": 2, "lr_head": 0.01,
-                  "output_dir": str(tmp_path), "evaluate_test": False},
-        "resources": {"workers": 1, "cpus_per_worker": 0.75},
-        "sweep": {"max_concurrent": 2, "driver_cpus": 0.25, "scheduler": {"name": "fifo"}, **sweep},
-        "study": {"name": "test"},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
-    }, kind=SweepSpec)
+    return parse_spec(
+        {
+            "backbone": TINY,
+            "task": {"name": "synthetic", "synthetic_size": 300},
+            "method": {"name": "dept", "max_length": 32, **method},
+            "search": search,
+            "train": {
+                "steps": 12,
+                "batch_size": 16,
+                "eval_every": 4,
+                "warmup_steps": 2,
+                "lr_head": 0.01,
+                "output_dir": str(tmp_path),
+                "evaluate_test": False,
+            },
+            "resources": {"workers": 1, "cpus_per_worker": 0.75},
+            "sweep": {"max_concurrent": 2, "driver_cpus": 0.25, "scheduler": {"name": "fifo"}, **sweep},
+            "study": {"name": "test"},
+            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        },
+        kind=SweepSpec,
+    )
 
 
 def study_of(spec):
@@ -47,8 +57,12 @@ def study_of(spec):
 
 def test_executions_grow_one_study_and_every_trial_keeps_the_budget(ray_cluster, tmp_path):
     # d = s = 32 and even m: (l - m) * d is a multiple of s + d, so every trial's count is exactly l * d
-    spec = make_spec(tmp_path, {"budget": 12}, {"prompt_length": {"low": 2, "high": 10, "step": 2}},
-                     {"trials": 2, "startup_trials": 2})
+    spec = make_spec(
+        tmp_path,
+        {"budget": 12},
+        {"prompt_length": {"low": 2, "high": 10, "step": 2}},
+        {"trials": 2, "sampler": {"name": "tpe", "startup_trials": 2}},
+    )
     first = run_sweep(spec)
     assert len(first.study.trials) == 2
     second = run_sweep(spec)
@@ -75,12 +89,24 @@ def test_executions_grow_one_study_and_every_trial_keeps_the_budget(ray_cluster,
 def test_failing_trials_are_recorded_and_a_multi_objective_sweep_has_a_pareto_front(ray_cluster, tmp_path):
     good = {"prompt_length": 4, "rank": 2, "lr_prompt": 0.3, "lr_lowrank": 5e-3}
     spec = make_spec(
-        tmp_path, {}, {"prompt_length": {"low": 2, "high": 60}, "rank": {"low": 1, "high": 4},
-                       "lr_prompt": {"low": 0.01, "high": 1e30}},
-        {"trials": 4, "second_objective": {"metric": "step_time_s", "mode": "min"},
-         "enqueue": [good, {**good, "prompt_length": 8, "rank": 4},
-                     {**good, "lr_prompt": 1e30},  # the prompt overflows: the loss becomes NaN
-                     {**good, "prompt_length": 60}]})  # 60 prompt tokens + the input overflow 64 positions
+        tmp_path,
+        {},
+        {
+            "prompt_length": {"low": 2, "high": 60},
+            "rank": {"low": 1, "high": 4},
+            "lr_prompt": {"low": 0.01, "high": 1e30},
+        },
+        {
+            "trials": 4,
+            "second_objective": {"metric": "step_time_s", "mode": "min"},
+            "enqueue": [
+                good,
+                {**good, "prompt_length": 8, "rank": 4},
+                {**good, "lr_prompt": 1e30},  # the prompt overflows: the loss becomes NaN
+                {**good, "prompt_length": 60},
+            ],
+        },
+    )  # 60 prompt tokens + the input overflow 64 positions
     outcome = run_sweep(spec)
     trials = {(t.params["prompt_length"], t.params["lr_prompt"]): t for t in study_of(spec).get_trials()}
     assert len(trials) == 4
@@ -102,9 +128,15 @@ def test_trials_start_while_the_driver_opens_mlflow_and_log_under_its_parent_run
     """The tracker opens on a thread while Tune starts the trial actors; the trials read the tracking it
     publishes next to the Tune experiment, so their runs are the parent's children as before."""
     from mlflow import MlflowClient
+
     from deptune.tracking.trial import PublishedTracking
-    spec = make_spec(tmp_path, {"budget": 12}, {"prompt_length": {"low": 2, "high": 10, "step": 2}},
-                     {"trials": 2, "startup_trials": 2, "max_concurrent": 1})
+
+    spec = make_spec(
+        tmp_path,
+        {"budget": 12},
+        {"prompt_length": {"low": 2, "high": 10, "step": 2}},
+        {"trials": 2, "sampler": {"name": "tpe", "startup_trials": 2}, "max_concurrent": 1},
+    )
     outcome = run_sweep(spec)
     parent = outcome.tracking.parent_run_id
     published = PublishedTracking(spec.train.ray_storage(), f"{outcome.execution.name}-tracking.json").resolve()
@@ -122,8 +154,12 @@ def test_a_tracker_that_cannot_open_ends_the_sweep_with_its_error(ray_cluster, t
         raise RuntimeError("the tracking server refused the parent run")
 
     monkeypatch.setattr(SweepTracker, "open_parent", refuse)
-    spec = make_spec(tmp_path, {"budget": 12}, {"prompt_length": {"low": 2, "high": 10, "step": 2}},
-                     {"trials": 2, "startup_trials": 2, "max_concurrent": 1})
+    spec = make_spec(
+        tmp_path,
+        {"budget": 12},
+        {"prompt_length": {"low": 2, "high": 10, "step": 2}},
+        {"trials": 2, "sampler": {"name": "tpe", "startup_trials": 2}, "max_concurrent": 1},
+    )
     with pytest.raises(Exception) as raised:
         run_sweep(spec)
     chain, error = [], raised.value
@@ -137,11 +173,17 @@ def test_an_opening_tracker_pickles_without_its_thread_and_builds_its_tracker_ag
     """Tune pickles the searcher's finish hook with its state; restored, it builds the tracker from the
     journals the first execution left."""
     import pickle
+
     from deptune.sweep.study import start_execution
     from deptune.sweep.tracker import OpeningTracker
     from deptune.tracking.trial import PublishedTracking
-    spec = make_spec(tmp_path, {"budget": 12}, {"prompt_length": {"low": 2, "high": 10, "step": 2}},
-                     {"trials": 2, "startup_trials": 2})
+
+    spec = make_spec(
+        tmp_path,
+        {"budget": 12},
+        {"prompt_length": {"low": 2, "high": 10, "step": 2}},
+        {"trials": 2, "sampler": {"name": "tpe", "startup_trials": 2}},
+    )
     study = study_of(spec)
     execution = start_execution(spec, study)
     published = PublishedTracking(str(tmp_path / "ray"), f"{execution.name}-tracking.json")

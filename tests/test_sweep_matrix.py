@@ -17,9 +17,9 @@ from optuna.trial import TrialState
 from pydantic import Field
 from torch import nn
 
+from deptune.methods.catalog import methods, register
 from deptune.methods.config import PromptConfig
 from deptune.methods.model import PromptModel
-from deptune.methods.registry import methods, register
 from deptune.spec_base import FloatRange, Range
 from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
@@ -34,9 +34,11 @@ METHODS = {
     "dept": ({"name": "dept", "prompt_length": 4, "budget": 8}, {"prompt_length": {"low": 2, "high": 4}}),
     "mpt": ({"name": "mpt", "prompt_length": 4}, {}),
 }
-OWN_DIMENSIONS = {"prompt_tuning": {"prompt_length", "lr_prompt"},
-                  "dept": {"prompt_length", "lr_prompt", "lr_lowrank"},
-                  "mpt": {"lr_prompt", "lr_lowrank"}}
+OWN_DIMENSIONS = {
+    "prompt_tuning": {"prompt_length", "lr_prompt"},
+    "dept": {"prompt_length", "lr_prompt", "lr_lowrank"},
+    "mpt": {"lr_prompt", "lr_lowrank"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +49,35 @@ def ray_cluster():
 
 
 def sweep_spec(tmp_path, method: dict, search: dict, backbone: str, **sweep: Any) -> SweepSpec:
-    return parse_spec({
-        "backbone": {"name": backbone, "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}},
-        "task": {"name": "synthetic", "synthetic_size": 200},
-        "method": {**method, "max_length": 24},
-        "search": {"lr_prompt": {"low": 0.05, "high": 0.5}, **search},
-        "train": {"steps": 6, "batch_size": 16, "eval_every": 3, "warmup_steps": 1, "max_target_length": 4,
-                  "max_new_tokens": 2, "output_dir": str(tmp_path), "evaluate_test": False},
-        "resources": {"workers": 1, "cpus_per_worker": 1.0},
-        "sweep": {"trials": 2, "startup_trials": 1, "max_concurrent": 2, "scheduler": {"name": "fifo"}, **sweep},
-        "study": {"name": "matrix"},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_best": False},
-    }, kind=SweepSpec)
+    return parse_spec(
+        {
+            "backbone": {"name": backbone, "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}},
+            "task": {"name": "synthetic", "synthetic_size": 200},
+            "method": {**method, "max_length": 24},
+            "search": {"lr_prompt": {"low": 0.05, "high": 0.5}, **search},
+            "train": {
+                "steps": 6,
+                "batch_size": 16,
+                "eval_every": 3,
+                "warmup_steps": 1,
+                "max_target_length": 4,
+                "max_new_tokens": 2,
+                "output_dir": str(tmp_path),
+                "evaluate_test": False,
+            },
+            "resources": {"workers": 1, "cpus_per_worker": 1.0},
+            "sweep": {
+                "trials": 2,
+                "sampler": {"name": "tpe", "startup_trials": 1},
+                "max_concurrent": 2,
+                "scheduler": {"name": "fifo"},
+                **sweep,
+            },
+            "study": {"name": "matrix"},
+            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_best": False},
+        },
+        kind=SweepSpec,
+    )
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -66,7 +85,7 @@ def sweep_spec(tmp_path, method: dict, search: dict, backbone: str, **sweep: Any
 def test_every_method_sweeps_on_every_family(ray_cluster, tmp_path, method, family):
     method_section, search = METHODS[method]
     spec = sweep_spec(tmp_path, method_section, search, FAMILIES[family])
-    outcome = run_sweep(spec)
+    run_sweep(spec)
     trials = load_study(spec, open_storage(storage_url(spec))).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, [t.user_attrs.get("fail_reason") for t in trials]
     for trial in trials:
@@ -74,8 +93,9 @@ def test_every_method_sweeps_on_every_family(ray_cluster, tmp_path, method, fami
         assert sorted(trial.intermediate_values) == [3, 6]
         assert trial.user_attrs["adapter_params"] > 0
     client = MlflowClient(tracking_uri=spec.tracking.uri)
-    runs = client.search_runs([client.get_experiment_by_name("matrix").experiment_id],
-                              filter_string="tags.`deptune.role` = 'trial'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("matrix").experiment_id], filter_string="tags.`deptune.role` = 'trial'"
+    )
     assert len(runs) == 2
     for run in runs:
         logged = run.data.params
@@ -84,7 +104,32 @@ def test_every_method_sweeps_on_every_family(ray_cluster, tmp_path, method, fami
         assert client.get_metric_history(run.info.run_id, "objective_per_eval")
 
 
+def test_a_gp_sweep_searches_two_objectives(ray_cluster, tmp_path):
+    """Optuna's GPSampler, named in the spec, drives a multi-objective sweep (logEHVI after one random trial)."""
+    method_section, search = METHODS["dept"]
+    spec = sweep_spec(
+        tmp_path,
+        method_section,
+        search,
+        "tiny-bert",
+        trials=3,
+        max_concurrent=1,
+        sampler={"name": "gp", "startup_trials": 1},
+        second_objective={"metric": "step_time_s", "mode": "min"},
+    )
+    run_sweep(spec)
+    trials = load_study(spec, open_storage(storage_url(spec))).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, [t.user_attrs.get("fail_reason") for t in trials]
+    assert all(len(t.values) == 2 and t.values[1] > 0 for t in trials)
+    client = MlflowClient(tracking_uri=spec.tracking.uri)
+    experiment = client.get_experiment_by_name("matrix").experiment_id
+    (parent,) = client.search_runs([experiment], filter_string="tags.`deptune.role` = 'sweep'")
+    assert parent.data.params["sampler"] == "gp" and parent.data.params["startup_trials"] == "1"
+    assert parent.data.params["scheduler"] == "fifo"
+
+
 # ----- a method defined here ----------------------------------------------------------------------------
+
 
 class ScaledPromptConfig(PromptConfig):
     """A toy method: the prompt times one trained scalar, with its own learning rate range."""
@@ -92,8 +137,10 @@ class ScaledPromptConfig(PromptConfig):
     name: Literal["scaled_prompt"] = "scaled_prompt"
     prompt_length: int = Field(4, gt=0)
     learning_rates: ClassVar[tuple[str, ...]] = ("lr_prompt", "lr_lowrank")
-    default_ranges: ClassVar[Mapping[str, Range]] = {"lr_prompt": FloatRange(low=0.1, high=0.3),
-                                                     "lr_lowrank": FloatRange(low=1e-3, high=1e-2)}
+    default_ranges: ClassVar[Mapping[str, Range]] = {
+        "lr_prompt": FloatRange(low=0.1, high=0.3),
+        "lr_lowrank": FloatRange(low=1e-3, high=1e-2),
+    }
 
     def refused_search_keys(self) -> dict[str, str]:
         return {"rank": "scaled_prompt has no rank"}
@@ -124,6 +171,7 @@ def test_a_method_defined_in_a_test_registers_validates_and_sweeps(ray_cluster, 
     assert isinstance(spec.method, ScaledPromptConfig)
     assert SweepSpec.model_validate(spec.model_dump()) == spec  # its own round trip
     from deptune import checks
+
     checked = checks.check(spec, "toy")
     assert set(checked.plan.searched) == {"lr_prompt", "lr_lowrank"}
     run_sweep(spec, plan=checked.plan)

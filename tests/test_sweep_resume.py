@@ -17,9 +17,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from studies import study_trials
 
 from deptune.tracking.trial import PER_EVAL
+from studies import study_trials
 
 pytestmark = pytest.mark.slow
 DEPTUNE = [sys.executable, "-m", "deptune.cli"]
@@ -36,8 +36,15 @@ def spec_file(tmp_path: Path, runner: str) -> Path:
         "task": {"name": "synthetic", "synthetic_size": 300},
         "method": {"name": "dept", "prompt_length": 4, "budget": 12, "max_length": 32},
         "search": {"prompt_length": {"low": 2, "high": 10, "step": 2}},
-        "train": {"steps": steps, "batch_size": 16, "eval_every": every, "warmup_steps": 2, "lr_head": 0.01,
-                  "output_dir": str(tmp_path / "run"), "evaluate_test": False},
+        "train": {
+            "steps": steps,
+            "batch_size": 16,
+            "eval_every": every,
+            "warmup_steps": 2,
+            "lr_head": 0.01,
+            "output_dir": str(tmp_path / "run"),
+            "evaluate_test": False,
+        },
         "resources": {"workers": 1, "cpus_per_worker": 1.5, "runner": runner},
         "sweep": {"trials": 2, "max_concurrent": 1, "driver_cpus": 0.25, "scheduler": {"name": "fifo"}},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
@@ -79,11 +86,17 @@ def test_resume_after_the_driver_is_killed(tmp_path, runner="train"):
     evaluations = list(range(every, steps + 1, every))
     url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
     env = {**os.environ, "RAY_ADDRESS": ""}
-    driver = subprocess.Popen([*DEPTUNE, "sweep", str(path)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = subprocess.Popen(
+        [*DEPTUNE, "sweep", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
-        before = wait_for(url, lambda ts: any(t.state.is_finished() for t in ts)
-                          and any(t.state == TrialState.RUNNING for t in ts))
+        before = wait_for(
+            url, lambda ts: any(t.state.is_finished() for t in ts) and any(t.state == TrialState.RUNNING for t in ts)
+        )
         time.sleep(5)  # past Tune's experiment-state snapshot (every 2 s) and into the running trial
         killed_at = time.time()
         os.kill(driver.pid, signal.SIGKILL)  # the driver alone: its local Ray must not outlive it
@@ -101,8 +114,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, runner="train"):
     finished = {t.number: t.datetime_complete for t in before if t.state.is_finished()}
     interrupted = [t.number for t in before if t.state == TrialState.RUNNING]
 
-    resumed = subprocess.run([*DEPTUNE, "sweep", str(path), "--resume"], env=env, capture_output=True, text=True,
-                             timeout=400)
+    resumed = subprocess.run(
+        [*DEPTUNE, "sweep", str(path), "--resume"], env=env, capture_output=True, text=True, timeout=400
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "study resumable" in resumed.stdout  # the leaderboard
     trials = optuna.load_study(study_name="resumable", storage=url).get_trials()
@@ -128,18 +142,23 @@ def test_resume_after_the_driver_is_killed(tmp_path, runner="train"):
             assert spans <= trial.user_attrs["wall_seconds"] <= whole
             assert trial.user_attrs["wall_seconds"] > (max(after) - min(after) if after else 0.0) + 1.0
 
-    again = subprocess.run([*DEPTUNE, "sweep", str(path), "--resume"], env=env, capture_output=True, text=True,
-                           timeout=120)
+    again = subprocess.run(
+        [*DEPTUNE, "sweep", str(path), "--resume"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert again.returncode == 0 and "nothing to resume" in again.stdout
 
 
 # ----- kills at chosen moments, and ASHA's decisions across them --------------------------------------------------
-GOOD = ({"prompt_length": 4, "lr_prompt": 0.3, "lr_lowrank": 1e-3}, {"prompt_length": 8, "lr_prompt": 0.2,
-                                                                       "lr_lowrank": 5e-4},
-        {"prompt_length": 6, "lr_prompt": 0.4, "lr_lowrank": 2e-3}, {"prompt_length": 2, "lr_prompt": 0.35,
-                                                                      "lr_lowrank": 1e-3})
-BAD = ({"prompt_length": 6, "lr_prompt": 1e-6, "lr_lowrank": 1e-6}, {"prompt_length": 2, "lr_prompt": 1e-5,
-                                                                      "lr_lowrank": 1e-5})
+GOOD = (
+    {"prompt_length": 4, "lr_prompt": 0.3, "lr_lowrank": 1e-3},
+    {"prompt_length": 8, "lr_prompt": 0.2, "lr_lowrank": 5e-4},
+    {"prompt_length": 6, "lr_prompt": 0.4, "lr_lowrank": 2e-3},
+    {"prompt_length": 2, "lr_prompt": 0.35, "lr_lowrank": 1e-3},
+)
+BAD = (
+    {"prompt_length": 6, "lr_prompt": 1e-6, "lr_lowrank": 1e-6},
+    {"prompt_length": 2, "lr_prompt": 1e-5, "lr_lowrank": 1e-5},
+)
 ENQUEUED = [GOOD[0], BAD[0], GOOD[1], BAD[1], GOOD[2], GOOD[3]]  # after the first stop, trials that train long
 
 
@@ -149,14 +168,30 @@ def asha_spec(tmp_path: Path, name: str) -> Path:
         "backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 32, "dropout": 0.0}},
         "task": {"name": "synthetic", "synthetic_size": 300},
         "method": {"name": "dept", "budget": 12, "max_length": 32},
-        "search": {"prompt_length": {"low": 2, "high": 10, "step": 2}, "lr_prompt": {"low": 1e-6, "high": 0.5},
-                   "lr_lowrank": {"low": 1e-6, "high": 1e-2}},
-        "train": {"steps": 480, "batch_size": 16, "eval_every": 10, "warmup_steps": 2, "lr_head": 0.01,
-                  "output_dir": str(tmp_path / name), "evaluate_test": False},
+        "search": {
+            "prompt_length": {"low": 2, "high": 10, "step": 2},
+            "lr_prompt": {"low": 1e-6, "high": 0.5},
+            "lr_lowrank": {"low": 1e-6, "high": 1e-2},
+        },
+        "train": {
+            "steps": 480,
+            "batch_size": 16,
+            "eval_every": 10,
+            "warmup_steps": 2,
+            "lr_head": 0.01,
+            "output_dir": str(tmp_path / name),
+            "evaluate_test": False,
+        },
         "resources": {"workers": 1, "cpus_per_worker": 1.5, "runner": "tune"},
-        "sweep": {"trials": len(ENQUEUED), "max_concurrent": 1, "driver_cpus": 0.25, "enqueue": ENQUEUED, "seed": 7,
-                  "objective": {"metric": "train_loss", "mode": "min"},
-                  "scheduler": {"name": "asha", "grace_period": 20, "reduction_factor": 2}},
+        "sweep": {
+            "trials": len(ENQUEUED),
+            "max_concurrent": 1,
+            "driver_cpus": 0.25,
+            "enqueue": ENQUEUED,
+            "seed": 7,
+            "objective": {"metric": "train_loss", "mode": "min"},
+            "scheduler": {"name": "asha", "grace_period": 20, "reduction_factor": 2},
+        },
         "study": {"name": "asha"},
         "tracking": {"uri": f"sqlite:///{tmp_path / name / 'mlflow.db'}"},
     }
@@ -173,8 +208,11 @@ def settled(run: Path) -> bool:
     """A trial has checkpoints that Tune has certainly saved in its state (a snapshot every 2 s): a kill now
     interrupts a trial that has a checkpoint to resume from."""
     found = checkpoints(run)
-    return any(sum(c.parent == trial for c in found) >= 2 and time.time() - min(
-        c.stat().st_mtime for c in found if c.parent == trial) > 4 for trial in {c.parent for c in found})
+    return any(
+        sum(c.parent == trial for c in found) >= 2
+        and time.time() - min(c.stat().st_mtime for c in found if c.parent == trial) > 4
+        for trial in {c.parent for c in found}
+    )
 
 
 def kill_when(driver: subprocess.Popen, run: Path, moment: str, ready=lambda: True, timeout_s: float = 300) -> None:
@@ -219,8 +257,9 @@ def test_kills_at_every_moment_of_a_trial_resume_and_asha_decides_as_without_the
     ASHA's rungs are rebuilt from the journals: the same trials stop at the same rungs, none at a step that
     is no rung, and every trial's record is whole."""
     env = {**os.environ, "RAY_ADDRESS": ""}
-    plain = subprocess.run([*DEPTUNE, "sweep", str(asha_spec(tmp_path, "plain"))], env=env, capture_output=True,
-                           text=True, timeout=600)
+    plain = subprocess.run(
+        [*DEPTUNE, "sweep", str(asha_spec(tmp_path, "plain"))], env=env, capture_output=True, text=True, timeout=600
+    )
     assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
     expected = outcome(f"sqlite:///{tmp_path / 'plain' / 'study.db'}")
     assert {state for _, _, state, _ in expected} == {"COMPLETE", "PRUNED"}, expected  # ASHA stopped some
@@ -232,17 +271,23 @@ def test_kills_at_every_moment_of_a_trial_resume_and_asha_decides_as_without_the
     pruned = lambda: any(t.state == TrialState.PRUNED for t in study_trials(url, "asha"))  # noqa: E731
     for i, moment in enumerate(("after-checkpoint", "after-deletion", "between")):
         log = (tmp_path / f"driver-{i}.log").open("w")
-        driver = subprocess.Popen([*DEPTUNE, "sweep", str(path), *(["--resume"] if i else [])], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        driver = subprocess.Popen(
+            [*DEPTUNE, "sweep", str(path), *(["--resume"] if i else [])],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:  # the last kill once ASHA has stopped a trial: a resumed ASHA must remember its rungs
-            kill_when(driver, run, moment, ready=lambda: settled(run) and (i < 2 or pruned()))
+            kill_when(driver, run, moment, ready=lambda last=i == 2: settled(run) and (not last or pruned()))
         finally:
             if driver.poll() is None:
                 os.killpg(driver.pid, signal.SIGKILL)
                 driver.wait()
         interrupted += [t.number for t in study_trials(url, "asha") if t.state == TrialState.RUNNING]
-    resumed = subprocess.run([*DEPTUNE, "sweep", str(path), "--resume"], env=env, capture_output=True, text=True,
-                             timeout=600)
+    resumed = subprocess.run(
+        [*DEPTUNE, "sweep", str(path), "--resume"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     got = outcome(url)
     assert got == expected, (got, expected)  # the same trials stopped at the same rungs
@@ -260,8 +305,9 @@ def test_kills_at_every_moment_of_a_trial_resume_and_asha_decides_as_without_the
         if trial.state == TrialState.COMPLETE or trial.user_attrs.get("adapter_path"):
             assert Path(trial.user_attrs["adapter_path"], "adapter_model.safetensors").is_file(), trial.user_attrs
     client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
-    for mlflow_run in client.search_runs([client.get_experiment_by_name("asha").experiment_id],
-                                         "tags.`deptune.role` = 'trial'"):
+    for mlflow_run in client.search_runs(
+        [client.get_experiment_by_name("asha").experiment_id], "tags.`deptune.role` = 'trial'"
+    ):
         trial = trials[int(mlflow_run.data.tags["deptune.optuna_trial"])]
         steps = [m.step for m in client.get_metric_history(mlflow_run.info.run_id, PER_EVAL)]
         assert steps == sorted(set(steps)) and set(steps) >= set(trial.intermediate_values), (trial.number, steps)

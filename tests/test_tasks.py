@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from deptune.tasks.registry import TASK_NAMES, get_task
 from deptune.tasks.base import Example
-from deptune.tasks.loading import load_splits
+from deptune.tasks.catalog import TASK_NAMES, get_task
 from deptune.tasks.config import TaskConfig
-from deptune.tasks.loading import read_table
+from deptune.tasks.loading import load_splits, read_table
 
 GLUE = Path(__file__).parent / "fixtures" / "glue"
 
@@ -27,42 +26,104 @@ def randperm(n: int, seed: int = 42) -> list[int]:
 
 # --- registry ----------------------------------------------------------------------------------------
 
+
 def test_registry_names_all_tasks_and_rejects_unknown():
-    assert TASK_NAMES == ("synthetic", "synthetic_a", "synthetic_b", "cola", "sst2", "mrpc", "qqp", "stsb", "mnli",
-                          "qnli", "rte", "boolq", "cb", "multirc", "wic", "wsc", "squad", "record")
+    assert TASK_NAMES == (
+        "synthetic",
+        "synthetic_a",
+        "synthetic_b",
+        "cola",
+        "sst2",
+        "mrpc",
+        "qqp",
+        "stsb",
+        "mnli",
+        "qnli",
+        "rte",
+        "boolq",
+        "cb",
+        "multirc",
+        "wic",
+        "wsc",
+        "squad",
+        "record",
+    )
     with pytest.raises(ValueError, match="unknown task 'rtee'.*valid tasks: synthetic, synthetic_a"):
         get_task("rtee")
 
 
 # --- formats -----------------------------------------------------------------------------------------
 
-WSC_ROW = {"text": "Mark told Pete many lies about himself, which Pete included in his book. He should have "
-                   "been more truthful.", "span1_index": 0, "span1_text": "Mark", "span2_index": 13,
-           "span2_text": "He", "label": 0}
+WSC_ROW = {
+    "text": "Mark told Pete many lies about himself, which Pete included in his book. He should have "
+    "been more truthful.",
+    "span1_index": 0,
+    "span1_text": "Mark",
+    "span2_index": 13,
+    "span2_text": "He",
+    "label": 0,
+}
 
 FORMATS = [
     ("cola", {"sentence": "They drank the pub.", "label": 0}, "sentence: They drank the pub.", "0"),
     ("sst2", {"sentence": "a gorgeous , witty movie . ", "label": 1}, "sentence: a gorgeous , witty movie . ", "1"),
-    ("mrpc", {"sentence1": "He left .", "sentence2": "He went .", "label": 1},
-     "sentence1: He left . sentence2: He went .", "1"),
+    (
+        "mrpc",
+        {"sentence1": "He left .", "sentence2": "He went .", "label": 1},
+        "sentence1: He left . sentence2: He went .",
+        "1",
+    ),
     ("qqp", {"question1": "Why?", "question2": "How?", "label": 0}, "question1: Why? question2: How?", "0"),
-    ("stsb", {"sentence1": "A man.", "sentence2": "A dog.", "label": 4.75}, "sentence1: A man. sentence2: A dog.",
-     "4.8"),
-    ("mnli", {"premise": "It rains.", "hypothesis": "It is dry.", "label": 2},
-     "premise: It rains. hypothesis: It is dry.", "2"),
+    (
+        "stsb",
+        {"sentence1": "A man.", "sentence2": "A dog.", "label": 4.75},
+        "sentence1: A man. sentence2: A dog.",
+        "4.8",
+    ),
+    (
+        "mnli",
+        {"premise": "It rains.", "hypothesis": "It is dry.", "label": 2},
+        "premise: It rains. hypothesis: It is dry.",
+        "2",
+    ),
     ("qnli", {"question": "Who?", "sentence": "Bob did.", "label": 0}, "question: Who? sentence: Bob did.", "0"),
-    ("rte", {"sentence1": "A b.", "sentence2": "C d.", "label": "not_entailment"}, "sentence1: A b. sentence2: C d.",
-     "1"),
-    ("boolq", {"question": "is it wet", "passage": "Water is wet.", "label": True},
-     "question: is it wet passage: Water is wet.", "1"),
+    (
+        "rte",
+        {"sentence1": "A b.", "sentence2": "C d.", "label": "not_entailment"},
+        "sentence1: A b. sentence2: C d.",
+        "1",
+    ),
+    (
+        "boolq",
+        {"question": "is it wet", "passage": "Water is wet.", "label": True},
+        "question: is it wet passage: Water is wet.",
+        "1",
+    ),
     ("cb", {"premise": "P.", "hypothesis": "H.", "label": "neutral"}, "premise: P. hypothesis: H.", "2"),
-    ("multirc", {"paragraph": "<b>Sent 1: </b>Hi.<br><b>Sent 2: </b>Yo.", "question": "Who <b>said</b> hi?",
-                 "answer": "Bob", "label": 1},
-     "question: Who said hi? answer: Bob paragraph: Sent 1: Hi. Sent 2: Yo.", "1"),
-    ("wic", {"word": "bank", "sentence1": "The river bank.", "sentence2": "The bank loan.", "label": 0},
-     "sentence1: The river bank. sentence2: The bank loan. word: bank", "0"),
-    ("wsc", WSC_ROW, "text: * Mark * told Pete many lies about himself, which Pete included in his book. # He # "
-                     "should have been more truthful.", "0"),
+    (
+        "multirc",
+        {
+            "paragraph": "<b>Sent 1: </b>Hi.<br><b>Sent 2: </b>Yo.",
+            "question": "Who <b>said</b> hi?",
+            "answer": "Bob",
+            "label": 1,
+        },
+        "question: Who said hi? answer: Bob paragraph: Sent 1: Hi. Sent 2: Yo.",
+        "1",
+    ),
+    (
+        "wic",
+        {"word": "bank", "sentence1": "The river bank.", "sentence2": "The bank loan.", "label": 0},
+        "sentence1: The river bank. sentence2: The bank loan. word: bank",
+        "0",
+    ),
+    (
+        "wsc",
+        WSC_ROW,
+        "text: * Mark * told Pete many lies about himself, which Pete included in his book. # He # "
+        "should have been more truthful.",
+        "0",
+    ),
 ]
 
 
@@ -75,10 +136,29 @@ def test_format_matches_dept(name, row, source, target):
 # written out for a table of labels as the hub stores them (float32, which `datasets` yields as a Python float):
 # the 0.1 grid (its docstring's "nearest 0.2" is not what it computes), with numpy's rounding of the float32
 # value (1.15 is 1.1499999... -> "1.1"; 2.25 is an exact half -> "2.2", to even).
-STSB_OFFICIAL = [(2.5, "2.5"), (3.85, "3.8"), (0.1, "0.1"), (5.0, "5.0"), (0, "0.0"), (4.75, "4.8"), (2.25, "2.2"),
-                 (1.15, "1.1"), (0.05, "0.1"), (3.333, "3.3"), (4.666, "4.7"), (0.25, "0.2"), (3.8, "3.8"),
-                 (1.4, "1.4"), (0.6, "0.6"), (2.8, "2.8"), (4.2, "4.2"), (3.2, "3.2"), (0.35, "0.3"), (2.45, "2.5"),
-                 (3.35, "3.3")]
+STSB_OFFICIAL = [
+    (2.5, "2.5"),
+    (3.85, "3.8"),
+    (0.1, "0.1"),
+    (5.0, "5.0"),
+    (0, "0.0"),
+    (4.75, "4.8"),
+    (2.25, "2.2"),
+    (1.15, "1.1"),
+    (0.05, "0.1"),
+    (3.333, "3.3"),
+    (4.666, "4.7"),
+    (0.25, "0.2"),
+    (3.8, "3.8"),
+    (1.4, "1.4"),
+    (0.6, "0.6"),
+    (2.8, "2.8"),
+    (4.2, "4.2"),
+    (3.2, "3.2"),
+    (0.35, "0.3"),
+    (2.45, "2.5"),
+    (3.35, "3.3"),
+]
 
 
 @pytest.mark.parametrize(("score", "target"), STSB_OFFICIAL)
@@ -91,8 +171,14 @@ def test_stsb_target_equals_the_official_code(score, target):
 
 
 def test_wsc_span_after_pronoun_and_regex_characters():
-    row = {"text": "The man (tall) saw him .", "span1_index": 5, "span1_text": ".", "span2_index": 1,
-           "span2_text": "man (tall)", "label": 1}
+    row = {
+        "text": "The man (tall) saw him .",
+        "span1_index": 5,
+        "span1_text": ".",
+        "span2_index": 1,
+        "span2_text": "man (tall)",
+        "label": 1,
+    }
     assert get_task("wsc").format(row).source == "text: The # man (tall) # saw him * . *"
 
 
@@ -104,6 +190,7 @@ def test_bad_label_is_a_clear_error(name, label):
 
 
 # --- metrics -----------------------------------------------------------------------------------------
+
 
 def test_accuracy_strips_and_counts_invalid_wrong():
     assert get_task("rte").compute_metrics([" 1 ", "0", "yes", "1"], ["1", "0", "1", "0"]) == {"accuracy": 0.5}
@@ -127,7 +214,8 @@ def test_matthews_correlation_worked_example():
     targets = ["1", "1", "1", "0", "0", "0"]
     # TP=2, TN=2, FP=1, FN=1: (2*2 - 1*1) / sqrt(3*3*3*3) = 1/3
     assert cola.compute_metrics(["1", "1", "0", "0", "0", "1"], targets) == {
-        "matthews_correlation": pytest.approx(1 / 3)}
+        "matthews_correlation": pytest.approx(1 / 3)
+    }
     assert cola.compute_metrics(["1"] * 6, targets)["matthews_correlation"] == 0.0  # undefined -> 0
     with_invalid = cola.compute_metrics(["1", "1", "1", "0", "0", "oops"], targets)["matthews_correlation"]
     assert 0.0 < with_invalid < 1.0  # the one invalid output is wrong; the rest are right
@@ -172,6 +260,7 @@ def test_metrics_reject_mismatched_lengths():
 
 # --- GLUE TSV folders --------------------------------------------------------------------------------
 
+
 def glue_cfg(name: str, folder: str, **kw) -> TaskConfig:
     return TaskConfig(name=name, data_dir=GLUE / folder, **kw)
 
@@ -181,7 +270,7 @@ def test_read_sst2_tsv_with_header():
     assert columns == ["sentence", "label"]
     assert len(rows) == 6
     assert [r["label"] for r in rows] == ["0", "0", "1", "0", "1", "0"]
-    assert rows[3]["sentence"] == 'the movie \'s " charm is all surface '  # stray quote kept literally
+    assert rows[3]["sentence"] == "the movie 's \" charm is all surface "  # stray quote kept literally
 
 
 def test_sst2_is_large_and_needs_more_than_1000_training_rows():
@@ -195,10 +284,12 @@ def test_cola_without_header_is_small_task():
     assert len(splits.train) == 5 and len(splits.validation) == 2 and len(splits.test) == 2
     assert splits.train[2] == Example("sentence: They drank the pub.", "0")  # train keeps file order
     assert [e.target for e in splits.train] == ["1", "1", "0", "1", "0"]
-    dev = [Example("sentence: The sailors rode the breeze clear of the rocks.", "1"),
-           Example("sentence: The sailors rode the breeze clear of the the rocks.", "0"),
-           Example("sentence: The weights made the rope stretch over the pulley.", "1"),
-           Example('sentence: The "weights made the rope stretch.', "0")]
+    dev = [
+        Example("sentence: The sailors rode the breeze clear of the rocks.", "1"),
+        Example("sentence: The sailors rode the breeze clear of the the rocks.", "0"),
+        Example("sentence: The weights made the rope stretch over the pulley.", "1"),
+        Example('sentence: The "weights made the rope stretch.', "0"),
+    ]
     order = randperm(4)
     assert splits.validation == [dev[i] for i in order[:2]]
     assert splits.test == [dev[i] for i in order[2:]]
@@ -207,11 +298,15 @@ def test_cola_without_header_is_small_task():
 def test_rte_string_labels_map_to_hub_ids_and_dev_is_halved():
     splits = load_splits(glue_cfg("rte", "RTE"))
     assert [e.target for e in splits.train] == ["1", "0", "0", "1"]  # entailment=0, not_entailment=1
-    assert splits.train[3].source == ('sentence1: Judie Vivian, chief executive at ProMedica, said "it is a '
-                                      'landmark. sentence2: The day is important.')
+    assert splits.train[3].source == (
+        'sentence1: Judie Vivian, chief executive at ProMedica, said "it is a '
+        "landmark. sentence2: The day is important."
+    )
     assert (len(splits.validation), len(splits.test)) == (3, 4)  # 7 // 2 and the rest, as DePT
-    dev = [Example(f"sentence1: Premise number {i}. sentence2: Hypothesis number {i}.", "0" if i % 3 else "1")
-           for i in range(7)]
+    dev = [
+        Example(f"sentence1: Premise number {i}. sentence2: Hypothesis number {i}.", "0" if i % 3 else "1")
+        for i in range(7)
+    ]
     order = randperm(7)
     assert splits.validation == [dev[i] for i in order[:3]]
     assert splits.test == [dev[i] for i in order[3:]]
@@ -225,8 +320,10 @@ def test_mrpc_with_bom_and_stray_quotes():
     splits = load_splits(glue_cfg("mrpc", "MRPC"))
     assert len(splits.train) == 4
     assert [e.target for e in splits.train] == ["1", "0", "1", "0"]
-    assert splits.train[2].source == ("sentence1: He said \"the foodservice pie business doesn 't fit . "
-                                      "sentence2: The foodservice pie business does not fit .")
+    assert splits.train[2].source == (
+        "sentence1: He said \"the foodservice pie business doesn 't fit . "
+        "sentence2: The foodservice pie business does not fit ."
+    )
     assert (len(splits.validation), len(splits.test)) == (2, 3)  # 5 dev rows: no quote swallowed a line
     assert all('sentence2: " Second sentence' in e.source for e in splits.validation + splits.test)
 
@@ -239,10 +336,15 @@ def test_sample_limits_follow_dept_subsampling():
 
 
 def test_mnli_and_stsb_glue_headers(tmp_path):
-    mnli_header = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
-                   "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label")
-    for file, tag, label in [("train.tsv", "t", "neutral"), ("dev_matched.tsv", "m", "contradiction"),
-                             ("dev_mismatched.tsv", "x", "entailment")]:
+    mnli_header = (
+        "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+        "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label"
+    )
+    for file, tag, label in [
+        ("train.tsv", "t", "neutral"),
+        ("dev_matched.tsv", "m", "contradiction"),
+        ("dev_mismatched.tsv", "x", "entailment"),
+    ]:
         write_csv(tmp_path / file, mnli_header, [f"0\t1\t1n\tfiction\t(\t(\t(\t(\t{tag} p .\th .\t{label}\t{label}"])
     splits = load_splits(TaskConfig(name="mnli", data_dir=tmp_path))
     assert splits.train == [Example("premise: t p . hypothesis: h .", "1")]
@@ -252,8 +354,11 @@ def test_mnli_and_stsb_glue_headers(tmp_path):
     stsb.mkdir()
     header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
     for file in ("train.tsv", "dev.tsv"):
-        write_csv(stsb / file, header, [f"{i}\tmain-captions\tMSRvid\t2012test\t1\tnone\tnone\tA {i}.\tB.\t3.{i}00"
-                                        for i in range(4)])
+        write_csv(
+            stsb / file,
+            header,
+            [f"{i}\tmain-captions\tMSRvid\t2012test\t1\tnone\tnone\tA {i}.\tB.\t3.{i}00" for i in range(4)],
+        )
     splits = load_splits(TaskConfig(name="stsb", data_dir=stsb))
     assert [e.target for e in splits.train] == ["3.0", "3.1", "3.2", "3.3"]  # the official code's 0.1 grid
 
@@ -267,6 +372,7 @@ def test_glue_dir_rejects_superglue_and_missing_files(tmp_path):
 
 # --- hub (in memory: no network) ---------------------------------------------------------------------
 
+
 @pytest.fixture
 def fake_hub(monkeypatch):
     calls = []
@@ -277,14 +383,15 @@ def fake_hub(monkeypatch):
         def load_dataset(path, name=None, **kwargs):
             calls.append((path, name))
             return loaded
+
         monkeypatch.setattr(datasets, "load_dataset", load_dataset)
         return calls
+
     return install
 
 
 def sst2_rows(n: int, offset: int = 0) -> dict[str, list]:
-    return {"sentence": [f"s{offset + i}" for i in range(n)], "label": [i % 2 for i in range(n)],
-            "idx": list(range(n))}
+    return {"sentence": [f"s{offset + i}" for i in range(n)], "label": [i % 2 for i in range(n)], "idx": list(range(n))}
 
 
 def test_hub_large_task_holds_1000_training_rows_out(fake_hub):
@@ -310,6 +417,7 @@ def test_hub_small_task_and_hub_id_override(fake_hub):
 def test_hub_mnli_selects_on_mismatched_and_tests_on_matched(fake_hub):
     def rows(tag, n):
         return {"premise": [f"{tag}{i}" for i in range(n)], "hypothesis": ["h"] * n, "label": [1] * n}
+
     fake_hub({"train": rows("t", 3), "validation_matched": rows("m", 2), "validation_mismatched": rows("x", 4)})
     splits = load_splits(TaskConfig(name="mnli"))
     assert [e.source[:11] for e in splits.validation] == [f"premise: x{i}" for i in range(4)]
@@ -332,13 +440,28 @@ def test_stsb_targets_from_a_tsv_equal_the_hubs(tmp_path, monkeypatch):
     """The hub's STS-B labels are float32, a TSV's scores text: both give the official code's strings."""
     header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
     for file in ("train.tsv", "dev.tsv"):
-        write_csv(tmp_path / file, header, [f"{i}\tg\tf\t2012\t{i}\ts\ts\tA {i}.\tB.\t{v:.3f}"
-                                            for i, v in enumerate(STSB_GRID)])
-    features = datasets.Features({"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
-                                  "label": datasets.Value("float32"), "idx": datasets.Value("int32")})
-    rows = {"sentence1": [f"A {i}." for i in range(len(STSB_GRID))], "sentence2": ["B."] * len(STSB_GRID),
-            "label": STSB_GRID, "idx": list(range(len(STSB_GRID)))}
-    hub = datasets.DatasetDict({s: datasets.Dataset.from_dict(rows, features=features) for s in ("train", "validation")})
+        write_csv(
+            tmp_path / file,
+            header,
+            [f"{i}\tg\tf\t2012\t{i}\ts\ts\tA {i}.\tB.\t{v:.3f}" for i, v in enumerate(STSB_GRID)],
+        )
+    features = datasets.Features(
+        {
+            "sentence1": datasets.Value("string"),
+            "sentence2": datasets.Value("string"),
+            "label": datasets.Value("float32"),
+            "idx": datasets.Value("int32"),
+        }
+    )
+    rows = {
+        "sentence1": [f"A {i}." for i in range(len(STSB_GRID))],
+        "sentence2": ["B."] * len(STSB_GRID),
+        "label": STSB_GRID,
+        "idx": list(range(len(STSB_GRID))),
+    }
+    hub = datasets.DatasetDict(
+        {s: datasets.Dataset.from_dict(rows, features=features) for s in ("train", "validation")}
+    )
     monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, **kw: hub)
     from_hub, from_tsv = load_splits(TaskConfig(name="stsb")), load_splits(TaskConfig(name="stsb", data_dir=tmp_path))
     official = [str(np.round((label * 5) / 5, decimals=1)) for label in hub["train"]["label"]]  # src/tasks.py STSB
@@ -348,6 +471,7 @@ def test_stsb_targets_from_a_tsv_equal_the_hubs(tmp_path, monkeypatch):
 
 
 # --- local files -------------------------------------------------------------------------------------
+
 
 def write_csv(path: Path, header: str, rows: list[str]) -> Path:
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
@@ -364,7 +488,10 @@ def test_files_with_column_mapping_csv_tsv_jsonl(tmp_path):
     splits = load_splits(cfg)
     assert splits.train == [Example("sentence: Hello, world.", "1"), Example("sentence: Bad grammar me.", "0")]
     assert sorted(e.source for e in splits.validation + splits.test) == [
-        'sentence: "quoted', "sentence: plain", "sentence: x"]
+        'sentence: "quoted',
+        "sentence: plain",
+        "sentence: x",
+    ]
     given = load_splits(cfg.model_copy(update={"files": cfg.files.model_copy(update={"test": test})}))
     assert [e.source for e in given.validation] == ['sentence: "quoted', "sentence: plain", "sentence: x"]
     assert given.test == [Example(f"sentence: t{i}", str(i % 2)) for i in range(3)]  # used as given
@@ -385,8 +512,9 @@ def test_files_errors_missing_file_unknown_field_bad_label(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         load_splits(TaskConfig(name="cola", files={"train": train, "validation": tmp_path / "nope.csv"}))
     with pytest.raises(ValueError, match="unknown field.*sentense"):
-        load_splits(TaskConfig(name="cola", files={"train": train, "validation": train},
-                               columns={"sentense": "sentence"}))
+        load_splits(
+            TaskConfig(name="cola", files={"train": train, "validation": train}, columns={"sentense": "sentence"})
+        )
     with pytest.raises(ValueError, match=r"train.csv, row 1: cola: label '7'"):
         load_splits(TaskConfig(name="cola", files={"train": train, "validation": train}))
     with pytest.raises(ValueError, match="no validation data"):  # checked before formatting any row
@@ -394,6 +522,7 @@ def test_files_errors_missing_file_unknown_field_bad_label(tmp_path):
 
 
 # --- built-in task -----------------------------------------------------------------------------------
+
 
 def test_synthetic_splits_are_deterministic_for_a_seed():
     cfg = TaskConfig(name="synthetic", synthetic_size=200)
@@ -414,6 +543,7 @@ def test_synthetic_only_from_builtin_and_builtin_only_synthetic(tmp_path):
 
 # --- the paper's metric beside the selection metric --------------------------------------------------
 
+
 def test_every_task_names_the_metric_the_papers_table_reports():
     paper = {name: get_task(name).paper_metric for name in TASK_NAMES}
     assert paper["cb"] == "accuracy" and get_task("cb").metric_names[0] == "f1_multiclass"  # selects on F1
@@ -424,6 +554,7 @@ def test_every_task_names_the_metric_the_papers_table_reports():
 
 
 # --- few-shot: k in all (DePT/FewGLUE) or k per class ------------------------------------------------
+
 
 def official_k_shot(targets: list[str], k: int, seed: int, n_classes: int) -> list[int]:
     """The official DePT train.py draw, written out on a real `datasets.Dataset` (its shuffle included)."""
@@ -441,8 +572,9 @@ def official_k_shot(targets: list[str], k: int, seed: int, n_classes: int) -> li
 
 def cb_rows(n: int) -> list[dict]:
     labels = ["entailment", "contradiction", "neutral"]
-    return [{"premise": f"P {i}.", "hypothesis": f"H {i}.", "label": labels[(i * 7) % 5 % 3], "idx": i}
-            for i in range(n)]
+    return [
+        {"premise": f"P {i}.", "hypothesis": f"H {i}.", "label": labels[(i * 7) % 5 % 3], "idx": i} for i in range(n)
+    ]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -451,8 +583,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def cb_files(tmp_path: Path, n_train: int = 60) -> dict:
-    return {"train": str(write_jsonl(tmp_path / "train.jsonl", cb_rows(n_train))),
-            "validation": str(write_jsonl(tmp_path / "val.jsonl", cb_rows(8)))}
+    return {
+        "train": str(write_jsonl(tmp_path / "train.jsonl", cb_rows(n_train))),
+        "validation": str(write_jsonl(tmp_path / "val.jsonl", cb_rows(8))),
+    }
 
 
 def cb_shaped_files(tmp_path: Path) -> dict:
@@ -460,8 +594,10 @@ def cb_shaped_files(tmp_path: Path) -> dict:
     labels = ["contradiction"] * 119 + ["entailment"] * 115 + ["neutral"] * 16
     order = np.random.default_rng(7).permutation(len(labels))
     rows = [{"premise": f"P {i}.", "hypothesis": f"H {i}.", "label": labels[j], "idx": i} for i, j in enumerate(order)]
-    return {"train": str(write_jsonl(tmp_path / "train.jsonl", rows)),
-            "validation": str(write_jsonl(tmp_path / "val.jsonl", cb_rows(8)))}
+    return {
+        "train": str(write_jsonl(tmp_path / "train.jsonl", rows)),
+        "validation": str(write_jsonl(tmp_path / "val.jsonl", cb_rows(8))),
+    }
 
 
 @pytest.mark.parametrize(("k", "count"), [(4, 4), (16, 16), (32, 30)])
@@ -481,22 +617,33 @@ def test_total_k_draws_what_the_official_loop_draws(tmp_path, k, count):
         assert counts[0] >= k // 3 and counts[-1] <= k // 3 + 1
         exact = load_splits(cfg.model_copy(update={"few_shot": cfg.few_shot.model_copy(update={"exact_k": True})}))
         assert len(exact.train) == k and exact.train[:count] == drawn.train  # exact_k: the next ones of the shuffle
-    assert load_splits(cfg.model_copy(update={"few_shot": cfg.few_shot.model_copy(update={"seed": 1})})).train \
+    assert (
+        load_splits(cfg.model_copy(update={"few_shot": cfg.few_shot.model_copy(update={"seed": 1})})).train
         != drawn.train
+    )
 
 
 def test_the_official_k_shot_count_and_its_errors(tmp_path):
     from deptune.tasks.loading import official_k_shot_count
+
     assert [official_k_shot_count(k, 3) for k in (1, 2, 3, 4, 5, 16, 32, 33, 34)] == [1, 0, 3, 4, 3, 16, 30, 33, 34]
     assert all(official_k_shot_count(k, 2) == k for k in range(1, 40))  # two classes (and STS-B's bins): always k
     files = cb_shaped_files(tmp_path)
-    with pytest.raises(ValueError, match=r"task.few_shot.k: the official draw of k = 2 over 3 classes takes no "
-                                         r"example.*exact_k: true"):
+    with pytest.raises(
+        ValueError,
+        match=r"task.few_shot.k: the official draw of k = 2 over 3 classes takes no "
+        r"example.*exact_k: true",
+    ):
         load_splits(TaskConfig(name="cb", files=files, few_shot={"k": 2, "per": "total"}))
-    assert len(load_splits(TaskConfig(name="cb", files=files, few_shot={"k": 2, "per": "total", "exact_k": True})
-                           ).train) == 2
-    with pytest.raises(ValueError, match=r"task.few_shot.k: 53 examples in all \(the official draw: 51\), but the "
-                                         r"train split yields only 50"):  # 16 neutral: 17 each is out of reach
+    assert (
+        len(load_splits(TaskConfig(name="cb", files=files, few_shot={"k": 2, "per": "total", "exact_k": True})).train)
+        == 2
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"task.few_shot.k: 53 examples in all \(the official draw: 51\), but the "
+        r"train split yields only 50",
+    ):  # 16 neutral: 17 each is out of reach
         load_splits(TaskConfig(name="cb", files=files, few_shot={"k": 53, "per": "total"}))
     with pytest.raises(ValueError, match="exact_k is for per: total"):
         TaskConfig(name="cb", few_shot={"k": 4, "per": "class", "exact_k": True})
@@ -508,8 +655,10 @@ def test_per_class_k_draws_k_of_every_class_reproducibly(tmp_path):
     drawn = load_splits(cfg)
     assert sorted(e.target for e in drawn.train) == ["0"] * 5 + ["1"] * 5 + ["2"] * 5
     assert load_splits(cfg).train == drawn.train
-    assert load_splits(cfg.model_copy(update={"few_shot": cfg.few_shot.model_copy(update={"seed": 4})})).train \
+    assert (
+        load_splits(cfg.model_copy(update={"few_shot": cfg.few_shot.model_copy(update={"seed": 4})})).train
         != drawn.train
+    )
     with pytest.raises(ValueError, match="task.few_shot.k: 100 examples in all, but the train split yields only"):
         load_splits(TaskConfig(name="cb", files=files, few_shot={"k": 100, "per": "total"}))
 
@@ -517,6 +666,7 @@ def test_per_class_k_draws_k_of_every_class_reproducibly(tmp_path):
 def test_stsb_total_k_balances_the_two_bins_of_the_official_code():
     from deptune.tasks.config import FewShotConfig
     from deptune.tasks.loading import few_shot_total
+
     train = [Example("s", f"{v:.1f}") for v in [0.4, 4.0, 1.0, 3.0, 2.5, 2.6, 0.0, 5.0] * 3]
     drawn = few_shot_total(train, FewShotConfig(k=6, per="total", seed=0), get_task("stsb"))
     bins = ["0" if float(e.target) <= 2.5 else "1" for e in train]  # the official code's STS-B classes
@@ -533,16 +683,36 @@ def test_the_old_k_shot_name_is_a_clear_error():
 # --- SQuAD and ReCoRD ----------------------------------------------------------------------------------
 
 SQUAD_ROWS = [
-    {"id": "a", "title": "T", "context": "Denver (the Broncos) won Super Bowl 50.", "question": "Who won?",
-     "answers": {"text": ["Denver", "the Broncos"], "answer_start": [0, 8]}},
-    {"id": "b", "title": "T", "context": "It was in Santa Clara.", "question": "Where was it?",
-     "answers": {"text": ["Santa Clara"], "answer_start": [10]}},
+    {
+        "id": "a",
+        "title": "T",
+        "context": "Denver (the Broncos) won Super Bowl 50.",
+        "question": "Who won?",
+        "answers": {"text": ["Denver", "the Broncos"], "answer_start": [0, 8]},
+    },
+    {
+        "id": "b",
+        "title": "T",
+        "context": "It was in Santa Clara.",
+        "question": "Where was it?",
+        "answers": {"text": ["Santa Clara"], "answer_start": [10]},
+    },
 ]
 RECORD_ROWS = [
-    {"passage": "A penguin swims.\n@highlight\nBirds can swim", "query": "A @placeholder is a bird.",
-     "entities": ["penguin", "pigeon", "potato"], "answers": ["penguin", "pigeon"], "idx": {"passage": 0}},
-    {"passage": "Paris is big.", "query": "@placeholder is a city.", "entities": ["Paris"], "answers": ["Paris"],
-     "idx": {"passage": 1}},
+    {
+        "passage": "A penguin swims.\n@highlight\nBirds can swim",
+        "query": "A @placeholder is a bird.",
+        "entities": ["penguin", "pigeon", "potato"],
+        "answers": ["penguin", "pigeon"],
+        "idx": {"passage": 0},
+    },
+    {
+        "passage": "Paris is big.",
+        "query": "@placeholder is a city.",
+        "entities": ["Paris"],
+        "answers": ["Paris"],
+        "idx": {"passage": 1},
+    },
 ]
 
 
@@ -551,8 +721,9 @@ def test_squad_formats_as_t5_and_scores_the_best_answer():
     example = squad.format(SQUAD_ROWS[0])
     assert example.source == "question: Who won ?  context: Denver ( the Broncos ) won Super Bowl 50 . "
     assert example.target == "Denver" and example.answers == ("Denver", "the Broncos")
-    scores = squad.compute_metrics(["the broncos!", "Santa", "nothing"],
-                                   [example.reference, "Santa Clara", "Santa Clara"])
+    scores = squad.compute_metrics(
+        ["the broncos!", "Santa", "nothing"], [example.reference, "Santa Clara", "Santa Clara"]
+    )
     # em: "broncos" matches "the Broncos" after normalising; f1: 1, 2*(1*0.5)/1.5 = 2/3, 0
     assert scores == {"em": pytest.approx(1 / 3), "f1": pytest.approx((1 + 2 / 3 + 0) / 3)}
     assert list(scores) == ["em", "f1"]
@@ -562,8 +733,10 @@ def test_record_makes_one_example_per_answer_and_scores_against_all():
     record = get_task("record")
     examples = record.format_all(RECORD_ROWS[0])
     assert [e.target for e in examples] == ["penguin", "pigeon"]
-    assert examples[0].source == ("record query: A @placeholder is a bird. entities: penguin, pigeon, potato "
-                                  "passage: A penguin swims. Birds can swim")
+    assert examples[0].source == (
+        "record query: A @placeholder is a bird. entities: penguin, pigeon, potato "
+        "passage: A penguin swims. Birds can swim"
+    )
     assert record.compute_metrics(["pigeon", "potato"], [e.reference for e in examples]) == {"f1": 0.5, "em": 0.5}
     assert record.format_all({**RECORD_ROWS[1], "answers": []})[0].target == "<unk>"
 
@@ -580,8 +753,10 @@ def test_qa_tasks_load_from_small_files(tmp_path, name, rows, per_row):
 
 def test_record_splits_count_rows_so_an_answers_copies_stay_together(tmp_path):
     rows = [{**RECORD_ROWS[0], "query": f"Q{i} @placeholder."} for i in range(1003)]  # 2 answers each
-    files = {"train": str(write_jsonl(tmp_path / "train.jsonl", rows)),
-             "validation": str(write_jsonl(tmp_path / "val.jsonl", RECORD_ROWS))}
+    files = {
+        "train": str(write_jsonl(tmp_path / "train.jsonl", rows)),
+        "validation": str(write_jsonl(tmp_path / "val.jsonl", RECORD_ROWS)),
+    }
     splits = load_splits(TaskConfig(name="record", files=files))
     assert len(splits.validation) == 2000 and len(splits.train) == 6  # 1,000 rows held out, 3 left, 2 copies each
     held_out = {e.source for e in splits.validation}

@@ -25,15 +25,15 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from deptune.cli import app
+from deptune.methods.record import read_record
+from deptune.registry import promotion as registry
 from deptune.spec_base import SpecError
 from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.driver import run_sweep
-from deptune.methods.record import read_record
-from deptune.registry import promotion as registry
-from deptune.tracking.sources import localize_sources
 from deptune.sweep.tracker import trial_journals_for
 from deptune.tracking.journal import DriverSender, RunJournal, flush_all, journals
+from deptune.tracking.sources import localize_sources
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +47,28 @@ def free_port() -> int:
 def start_server(folder: Path, port: int) -> subprocess.Popen:
     folder.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts"),
-         "--serve-artifacts"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{folder}/mlflow.db",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--serve-artifacts",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
@@ -105,29 +123,51 @@ def sweep_spec(tmp_path: Path, uri: str, name: str, enqueue: list[dict]) -> Swee
     at step 16 a trial whose learning rates are ~0 has a higher loss (0.716) than one that learns (0.673),
     and is stopped there, 8 steps before the end. (At step 8 the learning trial's warm-up still costs it:
     0.705 against 0.691, so that rung lets both go on.)"""
-    return parse_spec({
-        "backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}},
-        "task": {"name": "synthetic", "synthetic_size": 300},
-        "method": {"name": "dept", "max_length": 32, "budget": 12},
-        "search": {"prompt_length": {"low": 2, "high": 10, "step": 2}, "lr_prompt": {"low": 1e-9, "high": 1e30},
-                   "lr_lowrank": {"low": 1e-9, "high": 1.0}, "lr_head": {"low": 1e-9, "high": 1.0}},
-        "train": {"steps": 24, "batch_size": 16, "eval_every": 8, "warmup_steps": 2, "output_dir": str(tmp_path),
-                  "evaluate_test": False},
-        "resources": {"workers": 1, "cpus_per_worker": 1.5},
-        "sweep": {"trials": len(enqueue), "max_concurrent": 1, "driver_cpus": 0.25, "enqueue": enqueue,
-                  "objective": {"metric": "train_loss", "mode": "min"},
-                  "scheduler": {"name": "asha", "grace_period": 8, "reduction_factor": 2}},
-        "study": {"name": name, "storage": f"sqlite:///{tmp_path}/study.db"},
-        "tracking": {"uri": uri, "registered_model": f"{name}-model"},
-    }, kind=SweepSpec)
+    return parse_spec(
+        {
+            "backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}},
+            "task": {"name": "synthetic", "synthetic_size": 300},
+            "method": {"name": "dept", "max_length": 32, "budget": 12},
+            "search": {
+                "prompt_length": {"low": 2, "high": 10, "step": 2},
+                "lr_prompt": {"low": 1e-9, "high": 1e30},
+                "lr_lowrank": {"low": 1e-9, "high": 1.0},
+                "lr_head": {"low": 1e-9, "high": 1.0},
+            },
+            "train": {
+                "steps": 24,
+                "batch_size": 16,
+                "eval_every": 8,
+                "warmup_steps": 2,
+                "output_dir": str(tmp_path),
+                "evaluate_test": False,
+            },
+            "resources": {"workers": 1, "cpus_per_worker": 1.5},
+            "sweep": {
+                "trials": len(enqueue),
+                "max_concurrent": 1,
+                "driver_cpus": 0.25,
+                "enqueue": enqueue,
+                "objective": {"metric": "train_loss", "mode": "min"},
+                "scheduler": {"name": "asha", "grace_period": 8, "reduction_factor": 2},
+            },
+            "study": {"name": name, "storage": f"sqlite:///{tmp_path}/study.db"},
+            "tracking": {"uri": uri, "registered_model": f"{name}-model"},
+        },
+        kind=SweepSpec,
+    )
 
 
 @pytest.fixture(scope="module")
 def swept(server, tmp_path_factory):
     """One sweep: a trial that learns (FINISHED), one that diverges (FAILED), one ASHA stops (KILLED)."""
     tmp = tmp_path_factory.mktemp("sweep")
-    spec = sweep_spec(tmp, server, "tracked", [GOOD, {**GOOD, "lr_prompt": 1e30},
-                                               {**GOOD, "lr_prompt": 1e-9, "lr_lowrank": 1e-9, "lr_head": 1e-9}])
+    spec = sweep_spec(
+        tmp,
+        server,
+        "tracked",
+        [GOOD, {**GOOD, "lr_prompt": 1e30}, {**GOOD, "lr_prompt": 1e-9, "lr_lowrank": 1e-9, "lr_head": 1e-9}],
+    )
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
     try:
         outcome = run_sweep(spec)
@@ -140,10 +180,12 @@ def test_runs_statuses_params_metrics_and_tags_through_the_rest_api(server, swep
     spec, outcome = swept
     states = [t.state for t in outcome.study.get_trials()]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED], outcome.study.get_trials()
-    experiment = requests.get(f"{server}/api/2.0/mlflow/experiments/get-by-name", timeout=10,
-                              params={"experiment_name": "tracked"}).json()["experiment"]
-    runs = requests.post(f"{server}/api/2.0/mlflow/runs/search", timeout=10,
-                         json={"experiment_ids": [experiment["experiment_id"]]}).json()["runs"]
+    experiment = requests.get(
+        f"{server}/api/2.0/mlflow/experiments/get-by-name", timeout=10, params={"experiment_name": "tracked"}
+    ).json()["experiment"]
+    runs = requests.post(
+        f"{server}/api/2.0/mlflow/runs/search", timeout=10, json={"experiment_ids": [experiment["experiment_id"]]}
+    ).json()["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
     parents = [r for r, t in zip(runs, tags) if t.get("deptune.role") == "sweep"]
     children = {t["deptune.optuna_trial"]: (r, t) for r, t in zip(runs, tags) if t.get("deptune.role") == "trial"}
@@ -154,7 +196,7 @@ def test_runs_statuses_params_metrics_and_tags_through_the_rest_api(server, swep
     assert "non-finite loss" in children["1"][1]["deptune.reason"]
     assert "stopped at step 16 of 24" in children["2"][1]["deptune.reason"]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
-    for number, (run, tag) in children.items():
+    for run, tag in children.values():
         assert tag["mlflow.parentRunId"] == parent_id
         assert tag["deptune.sweep"] == "tracked-001" and tag["deptune.study"] == "tracked"
         assert tag["deptune.git_commit"] == commit and len(tag["deptune.spec_hash"]) == 16
@@ -165,13 +207,25 @@ def test_runs_statuses_params_metrics_and_tags_through_the_rest_api(server, swep
         assert {"lr_prompt", "lr_lowrank", "backbone", "task", "method", "seed", "batch_size", "steps"} <= params.keys()
     good, _ = children["0"]
     assert {p["key"]: p["value"] for p in good["data"]["params"]}["trainable_params"] == str(12 * 32 + 32 * 2 + 2)
-    history = requests.get(f"{server}/api/2.0/mlflow/metrics/get-history", timeout=10,
-                           params={"run_id": good["info"]["run_id"],
-                                   "metric_key": "objective_per_eval"}).json()["metrics"]
+    history = requests.get(
+        f"{server}/api/2.0/mlflow/metrics/get-history",
+        timeout=10,
+        params={"run_id": good["info"]["run_id"], "metric_key": "objective_per_eval"},
+    ).json()["metrics"]
     assert [h["step"] for h in history] == [8, 16, 24]
     metrics = {m["key"] for m in good["data"]["metrics"]}
-    assert {"objective_per_eval", "best_objective", "best_step", "eval_accuracy", "train_loss", "tokens_per_s",
-            "step_time_s", "peak_memory_mb", "accelerator_seconds", "cpu_seconds"} <= metrics
+    assert {
+        "objective_per_eval",
+        "best_objective",
+        "best_step",
+        "eval_accuracy",
+        "train_loss",
+        "tokens_per_s",
+        "step_time_s",
+        "peak_memory_mb",
+        "accelerator_seconds",
+        "cpu_seconds",
+    } <= metrics
     assert "objective" not in metrics and "gpu_seconds" not in metrics  # a CPU sweep: no GPU-seconds
     killed = MlflowClient(server).get_metric_history(children["2"][0]["info"]["run_id"], "objective_per_eval")
     assert [m.step for m in killed][:2] == [8, 16]  # its curve up to the stop (rank 0 may log one more
@@ -185,13 +239,23 @@ def test_parent_holds_leaderboard_plots_and_summary(server, swept):
     assert parent.data.metrics["trials_completed"] == 1 and parent.data.metrics["trials_failed"] == 1
     assert parent.data.metrics["trials_stopped"] == 1 and parent.data.metrics["accelerator_seconds"] > 0
     files = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/optimization_history.png", "plots/parallel_coordinate.png", "plots/slice.png",
-            "plots/optuna_plots.html"} <= files
-    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="leaderboard.csv",
-                                                            tracking_uri=server))
+    assert {
+        "plots/optimization_history.png",
+        "plots/parallel_coordinate.png",
+        "plots/slice.png",
+        "plots/optuna_plots.html",
+    } <= files
+    board = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=parent.info.run_id, artifact_path="leaderboard.csv", tracking_uri=server
+        )
+    )
     assert list(board["state"]) == ["COMPLETE", "PRUNED", "FAIL"] and list(board["number"]) == [0, 2, 1]
-    html = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
-                                                    artifact_path="plots/optuna_plots.html", tracking_uri=server))
+    html = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=parent.info.run_id, artifact_path="plots/optuna_plots.html", tracking_uri=server
+        )
+    )
     assert "cdn.plot.ly" not in html.read_text()[:5000] and html.stat().st_size > 1_000_000  # plotly.js embedded
 
     out = CliRunner().invoke(app, ["report", "tracked", "--uri", server, "--metric", "train_loss", "--mode", "min"])
@@ -216,8 +280,10 @@ def test_registered_champion_predicts_and_moves_only_on_improvement(server, swep
 
     # a worse adapter (the ASHA-stopped trial) and then a better one (the finished trial) on a fresh model
     experiment = client.get_run(version.run_id).info.experiment_id
-    by_trial = {r.data.tags["deptune.optuna_trial"]: r.info.run_id
-                for r in client.search_runs([experiment], "tags.`deptune.role` = 'trial'")}
+    by_trial = {
+        r.data.tags["deptune.optuna_trial"]: r.info.run_id
+        for r in client.search_runs([experiment], "tags.`deptune.role` = 'trial'")
+    }
     lock = f"sqlite:///{tmp_path}/locks.db"
     worse = registry.promote(by_trial["2"], "race", "train_loss", "min", server, lock)
     better = registry.promote(by_trial["0"], "race", "train_loss", "min", server, lock)
@@ -228,8 +294,14 @@ def test_registered_champion_predicts_and_moves_only_on_improvement(server, swep
 
     # two promotions racing on a new model: whatever the order, the better one ends up champion
     results = {}
-    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, registry.promote(
-        by_trial[k], "raced", "train_loss", "min", server, lock))) for k in ("2", "0")]
+    threads = [
+        threading.Thread(
+            target=lambda k=k: results.__setitem__(
+                k, registry.promote(by_trial[k], "raced", "train_loss", "min", server, lock)
+            )
+        )
+        for k in ("2", "0")
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -239,16 +311,25 @@ def test_registered_champion_predicts_and_moves_only_on_improvement(server, swep
 
 def test_a_registered_adapter_is_a_transfer_source(server, swept, tmp_path):
     spec, outcome = swept
+
     def named(ref):
-        return spec.model_copy(update={"method": spec.method.model_copy(update={"init_from": ref}),
-                                       "train": spec.train.model_copy(update={"output_dir": tmp_path})})
+        return spec.model_copy(
+            update={
+                "method": spec.method.model_copy(update={"init_from": ref}),
+                "train": spec.train.model_copy(update={"output_dir": tmp_path}),
+            }
+        )
+
     local = localize_sources(named("models:/tracked-model@champion"), server, "spec.yaml")
     folder = local.method.init_from
     assert tmp_path / "sources" in folder.parents
     record = read_record(folder)
     best = outcome.study.trials[0]
-    assert (record.method, record.prompt_length, record.rank) == ("dept", best.params["prompt_length"],
-                                                                  best.user_attrs["rank"])
+    assert (record.method, record.prompt_length, record.rank) == (
+        "dept",
+        best.params["prompt_length"],
+        best.user_attrs["rank"],
+    )
     with pytest.raises(SpecError, match=r"method\.init_from: cannot fetch models:/no-such-model/1"):
         localize_sources(named("models:/no-such-model/1"), server, "spec.yaml")
 
@@ -277,8 +358,11 @@ def test_the_journal_keeps_writes_while_the_server_is_away(mlflow_server, tmp_pa
     mlflow_server.start()  # back, with the same store
     assert flush_all(tmp_path / "j", uri) == []
     client = MlflowClient(uri)
-    assert [(m.step, m.value) for m in client.get_metric_history(journal.run_id, "objective")] == \
-        [(1, 0.5), (2, 0.6), (3, 0.7)]
+    assert [(m.step, m.value) for m in client.get_metric_history(journal.run_id, "objective")] == [
+        (1, 0.5),
+        (2, 0.6),
+        (3, 0.7),
+    ]
     assert client.get_run(journal.run_id).info.status == "FINISHED"
 
 
@@ -336,18 +420,20 @@ def test_the_trials_journals_live_on_the_sweeps_storage_and_were_sent_whole(serv
         assert sorted(m.step for m in client.get_metric_history(journal.run_id, "objective_per_eval")) == logged
 
 
-def trial_runs(server: str, experiment: str) -> dict[int, object]:
+def trial_mlflow_runs(server: str, experiment: str) -> dict[int, object]:
     client = MlflowClient(server)
     found = client.get_experiment_by_name(experiment)
-    return {int(r.data.tags["deptune.optuna_trial"]): r
-            for r in client.search_runs([found.experiment_id], "tags.`deptune.role` = 'trial'")}
+    return {
+        int(r.data.tags["deptune.optuna_trial"]): r
+        for r in client.search_runs([found.experiment_id], "tags.`deptune.role` = 'trial'")
+    }
 
 
 def test_trial_runs_show_the_best_objective_and_the_studys_state(server, swept):
     """The headline metric is what the study ranked (the best train loss and its step), not the last
     evaluation; ASHA stops read PRUNED (tag, name, description), apart from failures."""
     _, outcome = swept
-    client, runs = MlflowClient(server), trial_runs(server, "tracked")
+    client, runs = MlflowClient(server), trial_mlflow_runs(server, "tracked")
     for trial in outcome.study.get_trials():
         run = runs[trial.number]
         tags, metrics = run.data.tags, run.data.metrics
@@ -376,7 +462,7 @@ def test_trial_runs_show_the_best_objective_and_the_studys_state(server, swept):
 
 def test_parent_links_the_best_trial_and_logs_the_effective_search(server, swept):
     spec, outcome = swept
-    client, runs = MlflowClient(server), trial_runs(server, "tracked")
+    client, runs = MlflowClient(server), trial_mlflow_runs(server, "tracked")
     parent = client.get_run(outcome.tracking.parent_run_id)
     best = outcome.study.best_trial
     assert parent.data.tags["deptune.best_run_id"] == runs[best.number].info.run_id
@@ -394,8 +480,11 @@ def test_parent_links_the_best_trial_and_logs_the_effective_search(server, swept
 def test_leaderboard_has_a_column_per_objective_and_runs_that_exist(server, swept):
     _, outcome = swept
     client = MlflowClient(server)
-    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=outcome.tracking.parent_run_id,
-                                                            artifact_path="leaderboard.csv", tracking_uri=server))
+    board = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=outcome.tracking.parent_run_id, artifact_path="leaderboard.csv", tracking_uri=server
+        )
+    )
     assert "values" not in board.columns and "adapter" not in board.columns and "gpu_seconds" not in board.columns
     assert {"train_loss", "run_id", "run_name", "state", "adapter_uri", "registered_model"} <= set(board.columns)
     trials = {t.number: t for t in outcome.study.get_trials()}
@@ -418,10 +507,16 @@ def test_plots_are_built_from_every_trial_that_reported(server, swept):
     """2 of 3 trials reported (one finished, one stopped by ASHA; the diverged one never evaluated): each plot's
     data holds both, the stopped one marked, rank among the dimensions."""
     _, outcome = swept
+
     def figure(name):
-        return json.loads(Path(mlflow.artifacts.download_artifacts(
-            run_id=outcome.tracking.parent_run_id, artifact_path=f"plots/{name}.json",
-            tracking_uri=server)).read_text())
+        return json.loads(
+            Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=outcome.tracking.parent_run_id, artifact_path=f"plots/{name}.json", tracking_uri=server
+                )
+            ).read_text()
+        )
+
     history = {t.get("name"): t for t in figure("optimization_history")["data"]}
     assert len(history["train_loss"]["x"]) == 2 and sorted(history["train_loss"]["x"]) == [0, 2]
     assert history["stopped early (best value before the stop)"]["x"] == [2]
@@ -434,11 +529,15 @@ def test_plots_are_built_from_every_trial_that_reported(server, swept):
     titles = {v["title"]["text"] for k, v in slices["layout"].items() if k.startswith("xaxis") and "title" in v}
     assert {"rank", "trial_state", "lr_prompt", "prompt_length"} <= titles, titles
     assert all(len(t["x"]) == 2 for t in slices["data"] if t.get("mode") == "markers" and "x" in t)
-    log_axes = {v["title"]["text"] for k, v in slices["layout"].items()
-                if k.startswith("xaxis") and v.get("type") == "log"}
+    log_axes = {
+        v["title"]["text"] for k, v in slices["layout"].items() if k.startswith("xaxis") and v.get("type") == "log"
+    }
     assert {"lr_prompt", "lr_lowrank", "lr_head"} <= log_axes
-    html = Path(mlflow.artifacts.download_artifacts(run_id=outcome.tracking.parent_run_id,
-                                                    artifact_path="plots/optuna_plots.html", tracking_uri=server))
+    html = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=outcome.tracking.parent_run_id, artifact_path="plots/optuna_plots.html", tracking_uri=server
+        )
+    )
     assert "2 trials reported: 1 completed, 1 stopped early" in html.read_text()
     assert "Parameter importances need at least 10 completed trials; this study has 1." in html.read_text()
 
@@ -459,7 +558,7 @@ def test_a_registered_version_loads_from_code_in_a_fresh_process_without_pickles
 import json, sys, mlflow, mlflow.pyfunc, pandas as pd
 from pathlib import Path
 mlflow.set_tracking_uri({server!r})
-local = Path(mlflow.artifacts.download_artifacts({promotion.uri!r}, dst_path={str(tmp_path / 'm')!r}))
+local = Path(mlflow.artifacts.download_artifacts({promotion.uri!r}, dst_path={str(tmp_path / "m")!r}))
 files = [p.relative_to(local).as_posix() for p in local.rglob('*') if p.is_file()]
 model = mlflow.pyfunc.load_model({promotion.uri!r})
 out = model.predict(pd.DataFrame({{'sentence': {texts!r}}}))
@@ -472,8 +571,21 @@ print(json.dumps({{'files': files, 'labels': list(out['label']), 'mlmodel': (loc
     assert "python_model.pkl" not in found["files"]
     assert "model_code_path" in found["mlmodel"] and "python_model.pkl" not in found["mlmodel"]
     assert any(f.endswith("adapter/adapter_model.safetensors") for f in found["files"])
-    cli = subprocess.run([sys.executable, "-m", "deptune.cli", "predict", promotion.uri, "--uri", server,
-                          *(arg for t in texts for arg in ("--text", t))], capture_output=True, text=True, timeout=300)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deptune.cli",
+            "predict",
+            promotion.uri,
+            "--uri",
+            server,
+            *(arg for t in texts for arg in ("--text", t)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stderr
     assert [line.split("\t")[1] for line in cli.stdout.strip().splitlines()] == found["labels"]
     assert [line.split("\t")[2] for line in cli.stdout.strip().splitlines()] == texts
@@ -485,6 +597,7 @@ def test_an_outage_across_the_end_of_a_sweep_defers_registration_to_sync(tmp_pat
     server is back, `deptune sync` sends every journal, registers the champion and writes a whole
     leaderboard (every trial's run id and adapter URI)."""
     from deptune.sweep.tracker import journal_dir_for
+
     server = Server(tmp_path / "server")
     server.start()
     spec = sweep_spec(tmp_path / "run", server.uri, "outage", [GOOD, {**GOOD, "prompt_length": 6}])

@@ -9,30 +9,51 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from deptune.backbones import BackboneConfig, load_backbone
 from deptune.cli import app
+from deptune.methods.adapters import build_model, load_adapter
+from deptune.methods.dept.config import DePTConfig
 from deptune.spec_base import SpecError
 from deptune.specs import load_spec, parse_spec
-from deptune.methods.dept.config import DePTConfig
-from deptune.methods.adapters import build_model
-from deptune.methods.adapters import load_adapter
-from deptune.backbones import BackboneConfig, load_backbone
-from deptune.tasks.registry import get_task
 from deptune.tasks.base import Example
+from deptune.tasks.catalog import get_task
 from deptune.train.data import GlobalBatches, encode, eval_batch, train_batch
 from deptune.train.loop import train
 
-METRIC_KEYS = {"step", "objective", "eval_accuracy", "eval_f1", "train_loss", "step_time_s", "tokens_per_s",
-               "peak_memory_mb", "trainable_params", "best_objective", "best_step"}
+METRIC_KEYS = {
+    "step",
+    "objective",
+    "eval_accuracy",
+    "eval_f1",
+    "train_loss",
+    "step_time_s",
+    "tokens_per_s",
+    "peak_memory_mb",
+    "trainable_params",
+    "best_objective",
+    "best_step",
+}
 
 
 def spec(tmp_path, backbone="tiny-bert", steps=300, **train):
-    return parse_spec({
-        "backbone": {"name": backbone},
-        "task": {"name": "synthetic", "synthetic_size": 1000},
-        "method": {"name": "dept", "prompt_length": 8, "budget": 16, "max_length": 32},
-        "train": {"steps": steps, "batch_size": 32, "lr_prompt": 0.3, "lr_lowrank": 0.005, "lr_head": 0.01,
-                  "warmup_steps": 30, "eval_every": 50, "output_dir": str(tmp_path), **train},
-    })
+    return parse_spec(
+        {
+            "backbone": {"name": backbone},
+            "task": {"name": "synthetic", "synthetic_size": 1000},
+            "method": {"name": "dept", "prompt_length": 8, "budget": 16, "max_length": 32},
+            "train": {
+                "steps": steps,
+                "batch_size": 32,
+                "lr_prompt": 0.3,
+                "lr_lowrank": 0.005,
+                "lr_head": 0.01,
+                "warmup_steps": 30,
+                "eval_every": 50,
+                "output_dir": str(tmp_path),
+                **train,
+            },
+        }
+    )
 
 
 def test_the_loop_learns_the_synthetic_task_and_keeps_the_best_adapter(tmp_path):
@@ -43,10 +64,15 @@ def test_the_loop_learns_the_synthetic_task_and_keeps_the_best_adapter(tmp_path)
     assert result.best_metrics["accuracy"] >= 0.9 and result.test_metrics["accuracy"] >= 0.9  # chance is 0.5
     best = max(reports, key=lambda r: r[0]["objective"])  # first maximum wins: ties keep the earlier step
     assert result.best_step == best[0]["step"] and best[1] == tmp_path / "best"
-    assert reports[-1][0]["trainable_params"] == result.trainable_params == 8 * 64 + 5 * (32 + 64) + 130  # r = (16-8)*64 // 96 = 5
+    assert (
+        reports[-1][0]["trainable_params"] == result.trainable_params == 8 * 64 + 5 * (32 + 64) + 130
+    )  # r = (16-8)*64 // 96 = 5
     assert all(m["tokens_per_s"] > 0 and m["step_time_s"] > 0 and m["peak_memory_mb"] > 0 for m, _ in reports)
     reloaded = load_adapter(load_backbone(BackboneConfig(name="tiny-bert")), result.adapter_dir)
-    assert reloaded.config.rank == 5 and json.loads((result.adapter_dir / "adapter_config.json").read_text())["task"] == "synthetic"
+    assert (
+        reloaded.config.rank == 5
+        and json.loads((result.adapter_dir / "adapter_config.json").read_text())["task"] == "synthetic"
+    )
 
 
 @pytest.mark.parametrize("backbone", ["tiny-t5", "tiny-gpt2", "tiny-llama"])
@@ -55,7 +81,9 @@ def test_generative_families_train_and_evaluate_by_generation(tmp_path, backbone
     first, last = result.history[0], result.history[-1]
     assert [h["step"] for h in result.history] == [20, 40]
     assert last["train_loss"] < first["train_loss"]  # the loss falls
-    assert 0.0 <= result.test_metrics["accuracy"] <= 1.0 and (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert (
+        0.0 <= result.test_metrics["accuracy"] <= 1.0 and (result.adapter_dir / "adapter_model.safetensors").is_file()
+    )
 
 
 def test_causal_batches_mask_the_source_and_left_pad_for_generation():
@@ -66,13 +94,16 @@ def test_causal_batches_mask_the_source_and_left_pad_for_generation():
     first = items[0]
     n_src, n_tgt = len(first.source_ids), len(first.target_ids)
     assert batch["labels"][0, :n_src].eq(-100).all()
-    assert batch["labels"][0, n_src:n_src + n_tgt].tolist() == first.target_ids
+    assert batch["labels"][0, n_src : n_src + n_tgt].tolist() == first.target_ids
     assert first.target_ids[-1] == bb.tokenizer.eos_token_id
-    assert batch["labels"][0, n_src + n_tgt:].eq(-100).all() and batch["attention_mask"][0, n_src + n_tgt:].eq(0).all()
+    assert (
+        batch["labels"][0, n_src + n_tgt :].eq(-100).all() and batch["attention_mask"][0, n_src + n_tgt :].eq(0).all()
+    )
     ev = eval_batch(items, bb)
     assert ev["attention_mask"][0, 0] == 0 and ev["attention_mask"][0, -1] == 1  # left padded
     model = build_model(bb, DePTConfig(prompt_length=4, rank=2, max_length=32))
     from deptune.train.loss import item_count, loss_sum
+
     assert item_count(batch, "causal") == sum(len(i.target_ids) for i in items)  # every answer token scored
     assert loss_sum(model, batch).item() > 0
 
@@ -86,7 +117,7 @@ def test_official_causal_examples_are_the_official_codes():
     assert short.source_ids == tok("sentence: good Label : ")["input_ids"]
     assert short.target_ids == tok("1")["input_ids"] + [tok.pad_token_id]
     assert long.target_ids == tok("0")["input_ids"] + [tok.pad_token_id]  # the answer is kept, the source cut
-    assert long.source_ids == tok(examples[1].source)["input_ids"][:24 - len(long.target_ids)]
+    assert long.source_ids == tok(examples[1].source)["input_ids"][: 24 - len(long.target_ids)]
     aligned = encode(examples, bb, task, 24, 8)[0]
     assert aligned.target_ids == tok(" 1", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert len(aligned.source_ids) < len(short.source_ids)  # no cue
@@ -99,12 +130,16 @@ def test_an_official_causal_run_learns_and_its_adapter_keeps_the_rule(tmp_path):
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     record = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert record["method_config"]["causal_rule"] == "official"
-    assert load_adapter(load_backbone(BackboneConfig(name="tiny-gpt2")), result.adapter_dir).config.causal_rule \
+    assert (
+        load_adapter(load_backbone(BackboneConfig(name="tiny-gpt2")), result.adapter_dir).config.causal_rule
         == "official"
+    )
     del record["method_config"]["causal_rule"]  # an adapter saved before the rule existed: trained aligned
     (result.adapter_dir / "adapter_config.json").write_text(json.dumps(record))
-    assert load_adapter(load_backbone(BackboneConfig(name="tiny-gpt2")), result.adapter_dir).config.causal_rule \
+    assert (
+        load_adapter(load_backbone(BackboneConfig(name="tiny-gpt2")), result.adapter_dir).config.causal_rule
         == "aligned"
+    )
 
 
 def test_global_batches_are_deterministic_and_split_exactly_across_workers():
@@ -125,14 +160,25 @@ def test_global_batches_are_deterministic_and_split_exactly_across_workers():
 
 def test_spec_errors_name_every_key(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"backbone": {"name": "tiny-t5", "hidden": 3}, "task": {"name": "synthetic"},
-                                    "method": {"name": "dept", "prompt_length": 0, "budget": 10},
-                                    "train": {"lr_prompt": -1}, "extra": 1}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "backbone": {"name": "tiny-t5", "hidden": 3},
+                "task": {"name": "synthetic"},
+                "method": {"name": "dept", "prompt_length": 0, "budget": 10},
+                "train": {"lr_prompt": -1},
+                "extra": 1,
+            }
+        )
+    )
     with pytest.raises(SpecError) as err:
         load_spec(path)
     assert set(err.value.errors) == {
-        "backbone.hidden: Extra inputs are not permitted", "extra: Extra inputs are not permitted",
-        "method.prompt_length: Input should be greater than 0", "train.lr_prompt: Input should be greater than 0"}
+        "backbone.hidden: Extra inputs are not permitted",
+        "extra: Extra inputs are not permitted",
+        "method.prompt_length: Input should be greater than 0",
+        "train.lr_prompt: Input should be greater than 0",
+    }
     with pytest.raises(SpecError, match="method.name: unknown method 'lora'; known: dept, mpt, prompt_tuning"):
         parse_spec({"backbone": {"name": "x"}, "task": {"name": "synthetic"}, "method": {"name": "lora"}})
 
@@ -146,8 +192,20 @@ def test_cli_validate_and_train(tmp_path):
     result = runner.invoke(app, ["validate", str(good), str(bad)])
     assert result.exit_code == 2
     assert f"{good}: ok" in result.output and "method.typo: Extra inputs are not permitted" in result.output
-    result = runner.invoke(app, ["train", str(good), "--local", "--set", "train.steps=20", "--set", "train.eval_every=10",
-                                 "--set", "train.warmup_steps=2"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(good),
+            "--local",
+            "--set",
+            "train.steps=20",
+            "--set",
+            "train.eval_every=10",
+            "--set",
+            "train.warmup_steps=2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "best step" in result.output and "test: accuracy=" in result.output and "1,122 trainable" in result.output
 
@@ -163,7 +221,7 @@ def test_data_problems_fail_before_the_backbone_loads(tmp_path):
 
 
 def test_scoring_the_best_adapter_leaves_the_current_one_in_place():
-    from deptune.tasks.registry import get_task
+    from deptune.tasks.catalog import get_task
     from deptune.train.checkpoint import Progress
     from deptune.train.evaluate import evaluate
     from deptune.train.loop import score_best
@@ -194,6 +252,7 @@ def test_scoring_the_best_adapter_leaves_the_current_one_in_place():
 
 def spec_for_scoring():
     from deptune.train.config import TrainConfig
+
     return TrainConfig(steps=2, warmup_steps=0)
 
 
@@ -202,9 +261,13 @@ def test_any_integer_train_seed_trains_and_a_small_one_keeps_its_numbers(tmp_pat
     """Issue 22: numpy, torch and Python's generators each take a different range; every seed is brought
     into 0..2**32-1 (itself when already there, so runs seeded so keep their numbers), never a crash."""
     from deptune.spec_base import rng_seed
+
     run = spec(tmp_path, steps=2, eval_every=2, warmup_steps=1, seed=seed, evaluate_test=False)
-    run = run.model_copy(update={"backbone": run.backbone.model_copy(
-        update={"tiny": run.backbone.tiny.model_copy(update={"seed": seed})})})
+    run = run.model_copy(
+        update={
+            "backbone": run.backbone.model_copy(update={"tiny": run.backbone.tiny.model_copy(update={"seed": seed})})
+        }
+    )
     assert 0 <= run.train.rng_seed < 2**32 and run.train.rng_seed == (seed if 0 <= seed < 2**32 else rng_seed(seed))
     result = train(run)
     assert result.best_step == 2 and result.adapter_dir.is_dir()
@@ -215,7 +278,9 @@ def test_a_checkpoint_retention_deleted_is_replaced_by_the_newest_whole_one(tmp_
     was killed between the two, issue 22): the restore takes the newest whole checkpoint beside it, never a
     half-uploaded one; a checkpoint that exists is taken as it is."""
     from ray.train import Checkpoint
+
     from deptune.cluster.trainer import CHECKPOINT_FILES, restored_checkpoint
+
     trial = tmp_path / "trial"
     for step in (17, 19, 24):
         folder = trial / f"checkpoint_{step:06d}"

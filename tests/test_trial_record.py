@@ -9,10 +9,10 @@ import ray
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from deptune.cluster.trainer import FAULT_ENV
 from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.driver import run_sweep
+from faults import kill_after_report
 
 pytestmark = pytest.mark.slow
 
@@ -22,21 +22,39 @@ FROZEN = {**GOOD, "lr_prompt": 1e-9, "lr_lowrank": 1e-9, "lr_head": 1e-9}  # ASH
 
 def sweep_spec(tmp_path) -> SweepSpec:
     """test_tracking's ASHA sweep (rungs at 8 and 16 on the train loss), one learning and one frozen trial."""
-    return parse_spec({
-        "backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}},
-        "task": {"name": "synthetic", "synthetic_size": 300},
-        "method": {"name": "dept", "max_length": 32, "budget": 12},
-        "search": {"prompt_length": {"low": 2, "high": 10, "step": 2}, "lr_prompt": {"low": 1e-9, "high": 1.0},
-                   "lr_lowrank": {"low": 1e-9, "high": 1.0}, "lr_head": {"low": 1e-9, "high": 1.0}},
-        "train": {"steps": 24, "batch_size": 16, "eval_every": 8, "warmup_steps": 2, "output_dir": str(tmp_path),
-                  "evaluate_test": False},
-        "resources": {"workers": 1, "cpus_per_worker": 1.5, "runner": "train"},  # a Ray Train worker to kill
-        "sweep": {"trials": 2, "max_concurrent": 1, "driver_cpus": 0.25, "enqueue": [GOOD, FROZEN],
-                  "objective": {"metric": "train_loss", "mode": "min"},
-                  "scheduler": {"name": "asha", "grace_period": 8, "reduction_factor": 2}},
-        "study": {"name": "record"},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
-    }, kind=SweepSpec)
+    return parse_spec(
+        {
+            "backbone": {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}},
+            "task": {"name": "synthetic", "synthetic_size": 300},
+            "method": {"name": "dept", "max_length": 32, "budget": 12},
+            "search": {
+                "prompt_length": {"low": 2, "high": 10, "step": 2},
+                "lr_prompt": {"low": 1e-9, "high": 1.0},
+                "lr_lowrank": {"low": 1e-9, "high": 1.0},
+                "lr_head": {"low": 1e-9, "high": 1.0},
+            },
+            "train": {
+                "steps": 24,
+                "batch_size": 16,
+                "eval_every": 8,
+                "warmup_steps": 2,
+                "output_dir": str(tmp_path),
+                "evaluate_test": False,
+            },
+            "resources": {"workers": 1, "cpus_per_worker": 1.5, "runner": "train"},  # a Ray Train worker to kill
+            "sweep": {
+                "trials": 2,
+                "max_concurrent": 1,
+                "driver_cpus": 0.25,
+                "enqueue": [GOOD, FROZEN],
+                "objective": {"metric": "train_loss", "mode": "min"},
+                "scheduler": {"name": "asha", "grace_period": 8, "reduction_factor": 2},
+            },
+            "study": {"name": "record"},
+            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        },
+        kind=SweepSpec,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +63,13 @@ def swept(tmp_path_factory):
     fault = tmp / "kill"
     fault.write_text("0 16")  # the first trial's worker dies right after reporting step 16, once
     spec = sweep_spec(tmp)
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {FAULT_ENV: str(fault)}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        runtime_env=kill_after_report(fault),
+    )
     try:
         outcome = run_sweep(spec)
     finally:

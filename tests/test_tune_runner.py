@@ -8,6 +8,7 @@ actor is SIGKILLed resumes from its checkpoint and finishes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -21,57 +22,96 @@ import torch
 from optuna.trial import TrialState
 from ray.util.state import list_actors
 
+from deptune.backbones import Backbone, head_names
 from deptune.methods.record import read_record
 from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.driver import run_sweep
+from deptune.sweep.space import trial_spec
 from deptune.sweep.study import load_study, open_storage, storage_url
-from deptune.sweep.space import trial_run
-from deptune.train.cache import ProcessCache, frozen_digest
+from deptune.train.cache import ProcessCache
 from deptune.train.loop import train
 from deptune.train.session import LocalSession
 
 TRIAL = {"prompt_length": 4, "lr_prompt": 0.3, "lr_lowrank": 5e-3}
 
 
-def spec(tmp_path: Path, *, steps: int = 12, trials: int = 2, enqueue: list | None = None, scheduler=None,
-         backbone: str = "tiny-bert", **resources) -> SweepSpec:
-    return parse_spec({
-        "backbone": {"name": backbone, "tiny": {"hidden_size": 32, "max_positions": 64}},  # dropout on
-        "task": {"name": "synthetic", "synthetic_size": 300},
-        "method": {"name": "dept", "prompt_length": 4, "budget": 8, "max_length": 24},
-        "search": {"prompt_length": {"low": 2, "high": 6, "step": 2}, "lr_prompt": {"low": 1e-9, "high": 1.0},
-                   "lr_lowrank": {"low": 1e-9, "high": 1.0}},  # wide: the enqueued points must lie inside
-        "train": {"steps": steps, "batch_size": 16, "eval_every": 4, "warmup_steps": 1, "lr_head": 0.05,
-                  "output_dir": str(tmp_path), "evaluate_test": False},
-        "resources": {"workers": 1, "cpus_per_worker": 1.0, **resources},
-        "sweep": {"trials": trials, "startup_trials": 1, "max_concurrent": 1,
-                  "scheduler": scheduler or {"name": "fifo"}, "enqueue": enqueue or []},
-        "study": {"name": "runner"},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_best": False},
-    }, kind=SweepSpec)
+def spec(
+    tmp_path: Path,
+    *,
+    steps: int = 12,
+    trials: int = 2,
+    enqueue: list | None = None,
+    scheduler=None,
+    backbone: str = "tiny-bert",
+    **resources,
+) -> SweepSpec:
+    return parse_spec(
+        {
+            "backbone": {"name": backbone, "tiny": {"hidden_size": 32, "max_positions": 64}},  # dropout on
+            "task": {"name": "synthetic", "synthetic_size": 300},
+            "method": {"name": "dept", "prompt_length": 4, "budget": 8, "max_length": 24},
+            "search": {
+                "prompt_length": {"low": 2, "high": 6, "step": 2},
+                "lr_prompt": {"low": 1e-9, "high": 1.0},
+                "lr_lowrank": {"low": 1e-9, "high": 1.0},
+            },  # wide: the enqueued points must lie inside
+            "train": {
+                "steps": steps,
+                "batch_size": 16,
+                "eval_every": 4,
+                "warmup_steps": 1,
+                "lr_head": 0.05,
+                "output_dir": str(tmp_path),
+                "evaluate_test": False,
+            },
+            "resources": {"workers": 1, "cpus_per_worker": 1.0, **resources},
+            "sweep": {
+                "trials": trials,
+                "sampler": {"name": "tpe", "startup_trials": 1},
+                "max_concurrent": 1,
+                "scheduler": scheduler or {"name": "fifo"},
+                "enqueue": enqueue or [],
+            },
+            "study": {"name": "runner"},
+            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_best": False},
+        },
+        kind=SweepSpec,
+    )
 
 
 def curve(result) -> list[tuple]:
     return [(r["step"], r["objective"], r["eval_f1"], round(r["train_loss"], 4)) for r in result.history]
 
 
+def frozen_digest(backbone: Backbone) -> str:
+    """A hash of every backbone weight a trial must never change (all but an encoder's head)."""
+    digest, head = hashlib.sha256(), set(head_names(backbone))
+    for name, tensor in sorted(backbone.model.state_dict().items()):
+        if name not in head:
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 # ----- the cache, in this process ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backbone", ["tiny-bert", "tiny-t5"])
 def test_a_cached_trial_is_the_trial_a_fresh_process_runs(tmp_path, backbone):
     sweep = spec(tmp_path, backbone=backbone)
-    first = trial_run(sweep, {"prompt_length": 2, "lr_prompt": 0.1, "lr_lowrank": 1e-3})
-    second = trial_run(sweep, TRIAL)
+    first = trial_spec(sweep, {"prompt_length": 2, "lr_prompt": 0.1, "lr_lowrank": 1e-3})
+    second = trial_spec(sweep, TRIAL)
     quiet = lambda *_: None  # noqa: E731
     alone = train(second, session=LocalSession(tmp_path / "alone", torch.device("cpu"), quiet))
     cache = ProcessCache()
     train(first, session=LocalSession(tmp_path / "a", torch.device("cpu"), quiet), cache=cache)
-    digest = frozen_digest(cache.checkout(sweep.backbone, sweep.task, 2, sweep.train.seed, torch.device("cpu")).backbone)
+    loaded = cache.checkout(sweep.backbone, sweep.task, 2, sweep.train.seed, torch.device("cpu"))
+    digest = frozen_digest(loaded.backbone)
     reused = train(second, session=LocalSession(tmp_path / "b", torch.device("cpu"), quiet), cache=cache)
-    assert cache.loads == 1  # one backbone load for both trials
     assert curve(reused) == curve(alone)  # same metrics, same losses: same init, same dropout
     shared = cache.checkout(sweep.backbone, sweep.task, 2, sweep.train.seed, torch.device("cpu"))
+    assert shared is loaded  # one backbone load for both trials
     assert frozen_digest(shared.backbone) == digest  # the frozen weights were never written
     for name, param in shared.backbone.model.named_parameters():  # the head is back at its initial values
         assert not param.requires_grad and param.grad is None
@@ -84,11 +124,12 @@ def test_a_different_backbone_or_task_is_loaded_afresh(tmp_path):
     sweep = spec(tmp_path)
     cpu = torch.device("cpu")
     one = cache.checkout(sweep.backbone, sweep.task, 2, 42, cpu)
-    assert cache.checkout(sweep.backbone, sweep.task, 2, 42, cpu) is one and cache.loads == 1
+    assert cache.checkout(sweep.backbone, sweep.task, 2, 42, cpu) is one
     other_task = sweep.task.model_copy(update={"synthetic_size": 200})
-    assert cache.checkout(sweep.backbone, other_task, 2, 42, cpu) is not one and cache.loads == 2
+    two = cache.checkout(sweep.backbone, other_task, 2, 42, cpu)
+    assert two is not one and len(two.splits.train) != len(one.splits.train)
     other_seed = cache.checkout(sweep.backbone, other_task, 2, 7, cpu)
-    assert cache.loads == 3 and other_seed.splits.train
+    assert other_seed is not two and other_seed.splits.train
 
 
 def test_a_load_is_frozen_out_of_the_collector_and_a_trials_garbage_is_still_collected(tmp_path):
@@ -96,6 +137,7 @@ def test_a_load_is_frozen_out_of_the_collector_and_a_trials_garbage_is_still_col
     what was made since, and still frees the trial's own reference cycles; `release` unfreezes."""
     import gc
     import weakref
+
     from deptune.train.cache import release_trial_memory
 
     class Node:
@@ -123,6 +165,7 @@ def test_a_load_is_frozen_out_of_the_collector_and_a_trials_garbage_is_still_col
 
 # ----- on Ray -----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
@@ -132,8 +175,10 @@ def ray_cluster():
 
 def tune_results(sweep: SweepSpec, execution_name: str) -> dict[str, list[dict]]:
     root = Path(sweep.train.ray_storage()) / execution_name
-    return {p.parent.name: [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-            for p in root.glob("*/result.json")}
+    return {
+        p.parent.name: [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        for p in root.glob("*/result.json")
+    }
 
 
 @pytest.mark.slow
@@ -163,8 +208,13 @@ def test_asha_stops_a_trial_mid_training_and_the_next_trial_reuses_its_actor(ray
     good = {"prompt_length": 4, "lr_prompt": 0.5, "lr_lowrank": 1e-2}
     still = {"prompt_length": 4, "lr_prompt": 1e-9, "lr_lowrank": 1e-9}  # learns nothing
     later = {**good, "prompt_length": 6}  # an enqueued duplicate of `good` would be skipped
-    sweep = spec(tmp_path, steps=24, trials=3, enqueue=[good, still, later],
-                 scheduler={"name": "asha", "grace_period": 8, "reduction_factor": 2})
+    sweep = spec(
+        tmp_path,
+        steps=24,
+        trials=3,
+        enqueue=[good, still, later],
+        scheduler={"name": "asha", "grace_period": 8, "reduction_factor": 2},
+    )
     outcome = run_sweep(sweep)
     trials = load_study(sweep, open_storage(storage_url(sweep))).get_trials()
     assert [t.state for t in trials[:2]] == [TrialState.COMPLETE, TrialState.PRUNED]

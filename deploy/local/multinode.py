@@ -57,9 +57,12 @@ NODE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # `ray start --block` stops at once on SIGTERM
     # a lost node is declared dead within ~3 s instead of ~30 s (read by the head's GCS)
-    "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
-    "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
     "AWS_EC2_METADATA_DISABLED": "true",  # never ask 169.254.169.254 for credentials
     "AWS_DEFAULT_REGION": "us-east-1",
 }
@@ -110,7 +113,7 @@ class Layout:
     next_ip: int = 3
 
     @classmethod
-    def load(cls, state: Path) -> "Layout":
+    def load(cls, state: Path) -> Layout:
         data = json.loads((state / "cluster.json").read_text())
         data["head"] = Node(**data["head"]) if data.get("head") else None
         data["workers"] = [Node(**w) for w in data["workers"]]
@@ -125,8 +128,15 @@ class Layout:
 class MultiNodeCluster:
     """Start, fault and stop the cluster (see the module's docstring)."""
 
-    def __init__(self, state: Path = DEFAULT_STATE, workers: int = 2, cpus: int = 2, study_db: str | None = None,
-                 mlflow_db: str | None = None, private: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        state: Path = DEFAULT_STATE,
+        workers: int = 2,
+        cpus: int = 2,
+        study_db: str | None = None,
+        mlflow_db: str | None = None,
+        private: list[str] | None = None,
+    ) -> None:
         self.state = Path(state).resolve()
         self.n_workers, self.cpus, self.private = workers, cpus, list(private or [])
         self.study_db, self.mlflow_db = study_db, mlflow_db
@@ -156,10 +166,16 @@ class MultiNodeCluster:
     def node_env(self) -> dict[str, str]:
         """The environment of every Ray process of the cluster (head, workers, jobs, trials)."""
         env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
-        env.update(NODE_ENV, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.layout.token,
-                   AWS_ACCESS_KEY_ID="deptune-test", AWS_SECRET_ACCESS_KEY="deptune-test",
-                   AWS_ENDPOINT_URL=self.s3_endpoint, MLFLOW_TRACKING_URI=self.mlflow_uri,
-                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        env.update(
+            NODE_ENV,
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=self.layout.token,
+            AWS_ACCESS_KEY_ID="deptune-test",
+            AWS_SECRET_ACCESS_KEY="deptune-test",
+            AWS_ENDPOINT_URL=self.s3_endpoint,
+            MLFLOW_TRACKING_URI=self.mlflow_uri,
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        )
         return env
 
     def client_env(self) -> dict[str, str]:
@@ -167,15 +183,21 @@ class MultiNodeCluster:
         return {**self.node_env(), "RAY_ADDRESS": self.dashboard, "DEPTUNE_STUDY_STORAGE": self.study_storage}
 
     # ----- up ------------------------------------------------------------------------------------------------
-    def up(self, timeout_s: float = 180) -> "MultiNodeCluster":
+    def up(self, timeout_s: float = 180) -> MultiNodeCluster:
         if (self.state / "cluster.json").exists():
             raise SystemExit(f"multinode: a cluster is recorded in {self.state}; run `down` first")
         self.state.mkdir(parents=True, exist_ok=True)
         self.state.chmod(0o700)
-        self.layout = Layout(state=str(self.state), token=secrets.token_hex(32),
-                             temp_dir=tempfile.mkdtemp(prefix="deptune-mn-", dir="/tmp"),  # short: unix sockets
-                             ports=dict(zip(("gcs", "dashboard", "client", "moto", "s3", "mlflow"), free_ports(6))),
-                             cpus=self.cpus, study_db=self.study_db, mlflow_db=self.mlflow_db, private=self.private)
+        self.layout = Layout(
+            state=str(self.state),
+            token=secrets.token_hex(32),
+            temp_dir=tempfile.mkdtemp(prefix="deptune-mn-", dir="/tmp"),  # short: unix sockets
+            ports=dict(zip(("gcs", "dashboard", "client", "moto", "s3", "mlflow"), free_ports(6))),
+            cpus=self.cpus,
+            study_db=self.study_db,
+            mlflow_db=self.mlflow_db,
+            private=self.private,
+        )
         self.layout.save()
         try:
             self._start_storage()
@@ -193,17 +215,27 @@ class MultiNodeCluster:
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
         log = open(self.state / f"{name}.log", "ab")
-        process = subprocess.Popen(argv, env=env or self.node_env(), stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.state)
+        process = subprocess.Popen(
+            argv,
+            env=env or self.node_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.state,
+        )
         log.close()
         return process.pid
 
     def _start_storage(self) -> None:
         ports = self.layout.ports
-        self.layout.services["moto"] = self._spawn("moto", [tool("moto_server"), "-H", "127.0.0.1", "-p",
-                                                            str(ports["moto"])])
-        self.layout.services["s3-proxy"] = self._spawn("s3-proxy", [sys.executable, __file__, "proxy", "--listen",
-                                                                    str(ports["s3"]), "--target", str(ports["moto"])])
+        self.layout.services["moto"] = self._spawn(
+            "moto", [tool("moto_server"), "-H", "127.0.0.1", "-p", str(ports["moto"])]
+        )
+        self.layout.services["s3-proxy"] = self._spawn(
+            "s3-proxy",
+            [sys.executable, __file__, "proxy", "--listen", str(ports["s3"]), "--target", str(ports["moto"])],
+        )
         self.layout.save()
         deadline = time.monotonic() + 60
         while True:  # moto creates a bucket on an unsigned PUT
@@ -219,48 +251,96 @@ class MultiNodeCluster:
         store = self.mlflow_db or f"sqlite:///{self.state / 'mlflow.db'}"
         if store.startswith("postgresql://"):  # MLflow wants the psycopg 3 dialect spelled out (no psycopg2)
             store = store.replace("postgresql://", "postgresql+psycopg://", 1)
-        return [tool("mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.layout.ports["mlflow"]),
-                "--backend-store-uri", store, "--serve-artifacts", "--artifacts-destination",
-                str(self.state / "mlartifacts"), "--workers", "1"]
+        return [
+            tool("mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.layout.ports["mlflow"]),
+            "--backend-store-uri",
+            store,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(self.state / "mlartifacts"),
+            "--workers",
+            "1",
+        ]
 
     def _start_mlflow(self) -> None:
         self.layout.services["mlflow"] = self._spawn("mlflow", self._mlflow_argv())
         self.layout.save()
 
     def _ray_ports(self, head: bool) -> list[str]:
-        names = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-                 "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")
+        names = (
+            "node-manager-port",
+            "object-manager-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+        )
         taken = {*self.layout.ports.values()}
-        ports = dict(zip(names, [p for p in free_ports(len(names) + len(taken)) if p not in taken][:len(names)]))
+        ports = dict(zip(names, [p for p in free_ports(len(names) + len(taken)) if p not in taken][: len(names)]))
         first = 20000 + 400 * (self.layout.next_ip - 2)  # disjoint worker-port ranges: the nodes share one host
-        return [f"--{k}={v}" for k, v in ports.items()] + [f"--min-worker-port={first}",
-                                                           f"--max-worker-port={first + 399}"]
+        return [f"--{k}={v}" for k, v in ports.items()] + [
+            f"--min-worker-port={first}",
+            f"--max-worker-port={first + 399}",
+        ]
 
     def _start_head(self) -> Node:
         ports = self.layout.ports
-        argv = [tool("ray"), "start", "--head", "--block", "--num-cpus=0", f"--node-ip-address={HEAD_IP}",
-                f"--port={ports['gcs']}", f"--dashboard-host={HEAD_IP}", f"--dashboard-port={ports['dashboard']}",
-                f"--ray-client-server-port={ports['client']}", f"--temp-dir={self.layout.temp_dir}",
-                "--object-store-memory=200000000", "--disable-usage-stats", *self._ray_ports(head=True)]
+        argv = [
+            tool("ray"),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus=0",
+            f"--node-ip-address={HEAD_IP}",
+            f"--port={ports['gcs']}",
+            f"--dashboard-host={HEAD_IP}",
+            f"--dashboard-port={ports['dashboard']}",
+            f"--ray-client-server-port={ports['client']}",
+            f"--temp-dir={self.layout.temp_dir}",
+            "--object-store-memory=200000000",
+            "--disable-usage-stats",
+            *self._ray_ports(head=True),
+        ]
         return Node("head", HEAD_IP, self._spawn("head", argv), {})
 
     def add_node(self, wait: bool = True, timeout_s: float = 120) -> Node:
         """A worker node on the next loopback address (a replacement, too: a new node with a new id)."""
         layout = self.layout
         ip, name = f"127.0.0.{layout.next_ip}", f"worker{layout.next_ip - 2}"
-        ray = shlex.join([tool("ray"), "start", "--block", f"--address={self.gcs_address}",
-                          f"--node-ip-address={ip}", f"--num-cpus={layout.cpus}",
-                          "--object-store-memory=200000000", "--disable-usage-stats", *self._ray_ports(head=False)])
+        ray = shlex.join(
+            [
+                tool("ray"),
+                "start",
+                "--block",
+                f"--address={self.gcs_address}",
+                f"--node-ip-address={ip}",
+                f"--num-cpus={layout.cpus}",
+                "--object-store-memory=200000000",
+                "--disable-usage-stats",
+                *self._ray_ports(head=False),
+            ]
+        )
         hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
         lines = ["set -e", "mount -t tmpfs -o mode=1777 deptune-private /tmp"]
         for code in self._code_under_tmp():  # bound back from the harness's view of /tmp, read-only
-            lines.append(f"mkdir -p {shlex.quote(code)} && mount --bind -o ro "
-                         f"{shlex.quote(f'/proc/{os.getpid()}/root{code}')} {shlex.quote(code)}")
+            lines.append(
+                f"mkdir -p {shlex.quote(code)} && mount --bind -o ro "
+                f"{shlex.quote(f'/proc/{os.getpid()}/root{code}')} {shlex.quote(code)}"
+            )
         for private in [hf_home, *layout.private]:
             lines.append(f"mkdir -p {shlex.quote(private)} && mount -t tmpfs deptune-private {shlex.quote(private)}")
         lines.append(f"exec {ray}")
-        node = Node(name, ip, self._spawn(name, ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                                                "\n".join(lines)]), {})
+        node = Node(
+            name,
+            ip,
+            self._spawn(name, ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines)]),
+            {},
+        )
         layout.next_ip += 1
         layout.workers.append(node)
         layout.save()
@@ -304,8 +384,10 @@ class MultiNodeCluster:
                 if len(found) == alive:
                     return found
             time.sleep(0.5)
-        raise TimeoutError(f"{len(found)} of {alive} Ray nodes alive after {timeout_s} s:\n"
-                           + "".join(self._log_tail(n.name) for n in [self.layout.head, *self.layout.workers]))
+        raise TimeoutError(
+            f"{len(found)} of {alive} Ray nodes alive after {timeout_s} s:\n"
+            + "".join(self._log_tail(n.name) for n in [self.layout.head, *self.layout.workers])
+        )
 
     def wait_dead(self, ip: str, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
@@ -382,10 +464,11 @@ class MultiNodeCluster:
         return killed
 
     @classmethod
-    def attach(cls, state: Path = DEFAULT_STATE) -> "MultiNodeCluster":
+    def attach(cls, state: Path = DEFAULT_STATE) -> MultiNodeCluster:
         layout = Layout.load(Path(state).resolve())
-        cluster = cls(Path(layout.state), len(layout.workers), layout.cpus, layout.study_db, layout.mlflow_db,
-                      layout.private)
+        cluster = cls(
+            Path(layout.state), len(layout.workers), layout.cpus, layout.study_db, layout.mlflow_db, layout.private
+        )
         cluster.layout = layout
         return cluster
 
@@ -428,6 +511,7 @@ def _kill_tree(root: int, sig: int) -> None:
 def proxy(listen: int, target: int) -> None:
     """Forward 127.0.0.1:listen to 127.0.0.1:target; SIGUSR1 closes the port and every connection (S3 is
     away: connections are refused), SIGUSR2 opens it again."""
+
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while data := await reader.read(65536):
@@ -477,8 +561,11 @@ def main() -> None:
             p.add_argument("--workers", type=int, default=2)
             p.add_argument("--cpus", type=int, default=2, help="logical CPUs of each worker node")
             p.add_argument("--study-db", help="the Optuna study's database URL (default: sqlite in the state folder)")
-            p.add_argument("--mlflow-db", help="MLflow's backend store URL, e.g. PostgreSQL in a schema of its own "
-                                               "(default: sqlite in the state folder)")
+            p.add_argument(
+                "--mlflow-db",
+                help="MLflow's backend store URL, e.g. PostgreSQL in a schema of its own "
+                "(default: sqlite in the state folder)",
+            )
             p.add_argument("--private", action="append", default=[], help="a folder hidden from the workers")
     p = sub.add_parser("proxy")
     p.add_argument("--listen", type=int, required=True)
@@ -487,10 +574,14 @@ def main() -> None:
     if args.command == "proxy":
         proxy(args.listen, args.target)
     elif args.command == "up":
-        cluster = MultiNodeCluster(args.state, args.workers, args.cpus, args.study_db, args.mlflow_db, args.private).up()
-        print(f"Ray head {cluster.gcs_address} (jobs: {cluster.dashboard}), {args.workers} worker node(s); "
-              f"S3 {cluster.s3_endpoint} (bucket {BUCKET}); MLflow {cluster.mlflow_uri}\n"
-              f"next: eval \"$({sys.executable} {__file__} env --state {cluster.state})\"")
+        cluster = MultiNodeCluster(
+            args.state, args.workers, args.cpus, args.study_db, args.mlflow_db, args.private
+        ).up()
+        print(
+            f"Ray head {cluster.gcs_address} (jobs: {cluster.dashboard}), {args.workers} worker node(s); "
+            f"S3 {cluster.s3_endpoint} (bucket {BUCKET}); MLflow {cluster.mlflow_uri}\n"
+            f'next: eval "$({sys.executable} {__file__} env --state {cluster.state})"'
+        )
     elif args.command == "env":
         env = MultiNodeCluster.attach(args.state).client_env()
         keys = [k for k in env if k not in os.environ or os.environ[k] != env[k] or k.startswith(("RAY_", "AWS_"))]

@@ -25,10 +25,21 @@ TINY_BACKBONES = ("tiny-t5", "tiny-gpt2", "tiny-llama", "tiny-bert")
 _T5 = {"model_type": "t5", "is_encoder_decoder": True}
 _BERT = {"model_type": "bert", "max_position_embeddings": 512}
 KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
-    **{name: {**_T5, "d_model": d} for name, d in {
-        "t5-small": 512, "t5-base": 768, "t5-large": 1024, "google-t5/t5-small": 512, "google-t5/t5-base": 768,
-        "google-t5/t5-large": 1024, "google/t5-v1_1-base": 768, "google/t5-v1_1-large": 1024,
-        "google/flan-t5-base": 768, "google/flan-t5-large": 1024}.items()},
+    **{
+        name: {**_T5, "d_model": d}
+        for name, d in {
+            "t5-small": 512,
+            "t5-base": 768,
+            "t5-large": 1024,
+            "google-t5/t5-small": 512,
+            "google-t5/t5-base": 768,
+            "google-t5/t5-large": 1024,
+            "google/t5-v1_1-base": 768,
+            "google/t5-v1_1-large": 1024,
+            "google/flan-t5-base": 768,
+            "google/flan-t5-large": 1024,
+        }.items()
+    },
     **{name: {"model_type": "gpt2", "n_embd": 768, "n_positions": 1024} for name in ("gpt2", "openai-community/gpt2")},
     **{name: {**_BERT, "hidden_size": 768} for name in ("bert-base-uncased", "google-bert/bert-base-uncased")},
     "sentence-transformers/all-MiniLM-L6-v2": {**_BERT, "hidden_size": 384},
@@ -41,15 +52,36 @@ validate` checks budgets and positions offline without the hub's config in the c
 HIDDEN_SIZE_KEYS = ("d_model", "hidden_size", "n_embd", "dim")
 POSITION_KEYS = ("max_position_embeddings", "n_positions")
 CAUSAL_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt_neox", "opt"}
-ENCODER_TYPES = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
-                 "mpnet", "camembert", "modernbert"}
+ENCODER_TYPES = {
+    "bert",
+    "roberta",
+    "distilbert",
+    "albert",
+    "electra",
+    "deberta",
+    "deberta-v2",
+    "xlm-roberta",
+    "mpnet",
+    "camembert",
+    "modernbert",
+}
 MAX_NAME = 4096
 """The longest backbone name: PATH_MAX (a hub id has at most 96 characters)."""
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 """What `from_pretrained` loads a local folder's weights from (deptune never passes from_tf / from_flax)."""
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.txt", "vocab.json",
-                   "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.txt",
+    "vocab.json",
+    "sentencepiece.bpe.model",
+)
 
 
 class TinySize(StrictModel):
@@ -58,8 +90,11 @@ class TinySize(StrictModel):
     heads: PositiveInt = 4
     ff_size: PositiveInt = 128
     max_positions: PositiveInt = 512
-    init_std: float | None = Field(None, gt=0, description="weight init std; default 1/sqrt(hidden_size), so a "
-                                                             "frozen random network still mixes its tokens")
+    init_std: float | None = Field(
+        None,
+        gt=0,
+        description="weight init std; default 1/sqrt(hidden_size), so a frozen random network still mixes its tokens",
+    )
     dropout: float = Field(0.1, ge=0, lt=1)
     seed: int = Field(0, description="the random weights' seed (any integer)")
 
@@ -79,7 +114,7 @@ class BackboneConfig(StrictModel):
         return name
 
     @model_validator(mode="after")
-    def _tiny_shape_builds(self) -> "BackboneConfig":
+    def _tiny_shape_builds(self) -> BackboneConfig:
         if self.name in TINY_BACKBONES and (problem := tiny_shape_problem(self.name, self.tiny)):
             raise ValueError(f"backbone.tiny.heads: {problem}")
         return self
@@ -94,8 +129,10 @@ def tiny_shape_problem(name: str, size: TinySize) -> str | None:
         return f"{heads} does not divide backbone.tiny.hidden_size ({d}): each head is hidden_size / heads wide"
     if name == "tiny-llama":
         if heads % max(1, heads // 2):
-            return (f"tiny-llama has heads // 2 key/value heads, which must divide the {heads} heads: use 1, 3 or an "
-                    f"even number")
+            return (
+                f"tiny-llama has heads // 2 key/value heads, which must divide the {heads} heads: use 1, 3 or an "
+                f"even number"
+            )
         if (d // heads) % 2:
             return f"tiny-llama's rotary embeddings need an even head width, and {d} / {heads} = {d // heads}"
     return None
@@ -138,8 +175,10 @@ def declared_family(config: dict[str, Any]) -> Family | None:
     if config.get("is_encoder_decoder"):
         return "seq2seq"
     architectures = config.get("architectures") or []
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) \
-            or config.get("model_type") in CAUSAL_TYPES:
+    if (
+        any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+        or config.get("model_type") in CAUSAL_TYPES
+    ):
         return "causal"
     if architectures or config.get("model_type") in ENCODER_TYPES:
         return "encoder"
@@ -155,6 +194,7 @@ def load_backbone(cfg: BackboneConfig, num_labels: int = 2) -> Backbone:
     if cfg.family is not None and cfg.family != family:
         raise ValueError(f"backbone.family: {cfg.name} is a {family} model, not {cfg.family}")
     import torch
+
     model.to(getattr(torch, cfg.dtype))
     for param in model.parameters():
         param.requires_grad_(False)
@@ -162,8 +202,14 @@ def load_backbone(cfg: BackboneConfig, num_labels: int = 2) -> Backbone:
 
 
 def _load_pretrained(cfg: BackboneConfig, num_labels: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Family]:
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
-                              AutoModelForSequenceClassification, AutoTokenizer)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
     config = AutoConfig.from_pretrained(cfg.name, revision=cfg.revision)
     family = cfg.family or infer_family(config)
     tokenizer = AutoTokenizer.from_pretrained(cfg.name, revision=cfg.revision)
@@ -175,20 +221,45 @@ def _load_pretrained(cfg: BackboneConfig, num_labels: int) -> tuple[PreTrainedMo
             tokenizer.pad_token = tokenizer.eos_token
     else:
         model = AutoModelForSequenceClassification.from_pretrained(
-            cfg.name, revision=cfg.revision, num_labels=num_labels)
+            cfg.name, revision=cfg.revision, num_labels=num_labels
+        )
     return model, tokenizer, family
 
 
 _SPECIALS = ["<pad>", "</s>", "<unk>", "<s>", "[CLS]", "[SEP]", "[MASK]"]
-_EXTRA_WORDS = ["sentence", "sentence1", "sentence2", "question", "question1", "question2", "premise",
-                "hypothesis", "passage", "answer", "paragraph", "word", "text", "true", "false", "yes", "no",
-                ":", ".", ",", "?", "!", "'", "-"] + [str(i) for i in range(10)]
+_EXTRA_WORDS = [
+    "sentence",
+    "sentence1",
+    "sentence2",
+    "question",
+    "question1",
+    "question2",
+    "premise",
+    "hypothesis",
+    "passage",
+    "answer",
+    "paragraph",
+    "word",
+    "text",
+    "true",
+    "false",
+    "yes",
+    "no",
+    ":",
+    ".",
+    ",",
+    "?",
+    "!",
+    "'",
+    "-",
+] + [str(i) for i in range(10)]
 
 
 def tiny_tokenizer(family: Family) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the synthetic task's words (others map to <unk>): fast and offline."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
+
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(_SPECIALS + _EXTRA_WORDS + list(WORDS)))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
@@ -197,41 +268,100 @@ def tiny_tokenizer(family: Family) -> PreTrainedTokenizerFast:
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     elif family == "encoder":
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   bos_token="<s>", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                   model_max_length=1_000_000)
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=1_000_000,
+    )
 
 
 def _build_tiny(name: str, size: TinySize, num_labels: int) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, Family]:
-    from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                              LlamaForCausalLM, T5Config, T5ForConditionalGeneration)
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
     family: Family = {"tiny-t5": "seq2seq", "tiny-bert": "encoder"}.get(name, "causal")
     tokenizer = tiny_tokenizer(family)
     vocab, d = len(tokenizer), size.hidden_size
-    std = size.init_std or d ** -0.5
+    std = size.init_std or d**-0.5
     common = dict(vocab_size=vocab, pad_token_id=0, eos_token_id=1, bos_token_id=3)
     p = size.dropout
     import torch
+
     torch.manual_seed(rng_seed(size.seed))
     if name == "tiny-t5":
-        model = T5ForConditionalGeneration(T5Config(
-            d_model=d, d_kv=d // size.heads, d_ff=size.ff_size, num_layers=size.layers, num_heads=size.heads,
-            decoder_start_token_id=0, initializer_factor=std * d ** 0.5, dropout_rate=p, **common))
+        model = T5ForConditionalGeneration(
+            T5Config(
+                d_model=d,
+                d_kv=d // size.heads,
+                d_ff=size.ff_size,
+                num_layers=size.layers,
+                num_heads=size.heads,
+                decoder_start_token_id=0,
+                initializer_factor=std * d**0.5,
+                dropout_rate=p,
+                **common,
+            )
+        )
     elif name == "tiny-gpt2":
-        model = GPT2LMHeadModel(GPT2Config(n_embd=d, n_layer=size.layers, n_head=size.heads,
-                                           n_inner=size.ff_size, n_positions=size.max_positions, initializer_range=std,
-                                           resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, **common))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                n_embd=d,
+                n_layer=size.layers,
+                n_head=size.heads,
+                n_inner=size.ff_size,
+                n_positions=size.max_positions,
+                initializer_range=std,
+                resid_pdrop=p,
+                embd_pdrop=p,
+                attn_pdrop=p,
+                **common,
+            )
+        )
     elif name == "tiny-llama":
-        model = LlamaForCausalLM(LlamaConfig(
-            hidden_size=d, intermediate_size=size.ff_size, num_hidden_layers=size.layers,
-            num_attention_heads=size.heads, num_key_value_heads=max(1, size.heads // 2),
-            max_position_embeddings=size.max_positions, initializer_range=std, attention_dropout=p, **common))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=d,
+                intermediate_size=size.ff_size,
+                num_hidden_layers=size.layers,
+                num_attention_heads=size.heads,
+                num_key_value_heads=max(1, size.heads // 2),
+                max_position_embeddings=size.max_positions,
+                initializer_range=std,
+                attention_dropout=p,
+                **common,
+            )
+        )
     else:
-        model = BertForSequenceClassification(BertConfig(
-            hidden_size=d, num_hidden_layers=size.layers, num_attention_heads=size.heads,
-            intermediate_size=size.ff_size, max_position_embeddings=size.max_positions, num_labels=num_labels,
-            initializer_range=std, hidden_dropout_prob=p, attention_probs_dropout_prob=p, **common))
+        model = BertForSequenceClassification(
+            BertConfig(
+                hidden_size=d,
+                num_hidden_layers=size.layers,
+                num_attention_heads=size.heads,
+                intermediate_size=size.ff_size,
+                max_position_embeddings=size.max_positions,
+                num_labels=num_labels,
+                initializer_range=std,
+                hidden_dropout_prob=p,
+                attention_probs_dropout_prob=p,
+                **common,
+            )
+        )
     model.config.name_or_path = name
     return model, tokenizer, family
 
@@ -257,6 +387,7 @@ def is_local(name: str) -> bool:
 def hub_id_problem(name: str) -> str | None:
     """Why `name` cannot be a Hugging Face hub id (None when it can be one)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id  # light, unlike transformers
+
     try:
         validate_repo_id(name)
     except HFValidationError as exc:
@@ -282,14 +413,19 @@ def model_config(backbone: BackboneConfig, online: bool = False) -> dict[str, An
     if backbone.name in TINY_BACKBONES:
         t = backbone.tiny
         model_type = {"tiny-t5": "t5", "tiny-gpt2": "gpt2", "tiny-llama": "llama", "tiny-bert": "bert"}[backbone.name]
-        return {"hidden_size": t.hidden_size, "model_type": model_type, "is_encoder_decoder": model_type == "t5",
-                "max_position_embeddings": None if model_type == "t5" else t.max_positions}
+        return {
+            "hidden_size": t.hidden_size,
+            "model_type": model_type,
+            "is_encoder_decoder": model_type == "t5",
+            "max_position_embeddings": None if model_type == "t5" else t.max_positions,
+        }
     config_file = Path(backbone.name) / "config.json"
     if _is(config_file):
         return read_config(config_file)
     if is_local(backbone.name):
         return None
     from huggingface_hub import try_to_load_from_cache  # light, unlike transformers: validate stays fast
+
     try:
         cached = try_to_load_from_cache(backbone.name, "config.json", revision=backbone.revision)
     except ValueError:  # HFValidationError: not a hub repo id
@@ -299,6 +435,7 @@ def model_config(backbone: BackboneConfig, online: bool = False) -> dict[str, An
     if online and hub_id_problem(backbone.name) is None:
         try:
             from transformers import AutoConfig
+
             return AutoConfig.from_pretrained(backbone.name, revision=backbone.revision).to_dict()
         except (OSError, ValueError):
             pass
@@ -310,7 +447,7 @@ def hidden_size(backbone: BackboneConfig, config: dict[str, Any] | None = None) 
     """d from the backbone's config or our table; None if unknown offline."""
     config = config if config is not None else model_config(backbone)
     for source in (config or {}, KNOWN_CONFIGS.get(backbone.name, {})):
-        if (found := next((source[k] for k in HIDDEN_SIZE_KEYS if isinstance(source.get(k), int)), None)):
+        if found := next((source[k] for k in HIDDEN_SIZE_KEYS if isinstance(source.get(k), int)), None):
             return found
     return None
 

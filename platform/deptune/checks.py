@@ -13,17 +13,27 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from deptune.backbones import (TINY_BACKBONES, ConfigUnreadable, declared_family, family_of, hidden_size,
-                               hub_id_problem, is_local, missing_files, model_config, position_limit)
+from deptune.backbones import (
+    TINY_BACKBONES,
+    ConfigUnreadable,
+    declared_family,
+    family_of,
+    hidden_size,
+    hub_id_problem,
+    is_local,
+    missing_files,
+    model_config,
+    position_limit,
+)
 from deptune.methods.config import is_registry_uri
 from deptune.methods.record import ADAPTER_FILES, CONFIG_FILE, read_record
 from deptune.spec_base import IntRange, SpecError, database_url_problem, redact
 from deptune.sweep.config import STORAGE_ENV, TRAINING_METRICS, SweepSpec, storage_url
 from deptune.sweep.space import SearchPlan, plan_search
+from deptune.tasks.catalog import get_task
 from deptune.tasks.config import TaskConfig
 from deptune.tasks.contents import content_findings
 from deptune.tasks.loading import data_errors
-from deptune.tasks.registry import get_task
 from deptune.tracking.store import URI_ENV, missing_store, resolve_uri, uri_problem
 from deptune.train.spec import RunSpec, SourceSpec
 
@@ -38,8 +48,14 @@ class Checked:
     warnings: tuple[str, ...] = ()
 
 
-def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False, online: bool = False,
-          local: bool = False, tracking_uri: str | None = None) -> Checked:
+def check(
+    spec: RunSpec | SourceSpec,
+    source: str,
+    local_cluster: bool = False,
+    online: bool = False,
+    local: bool = False,
+    tracking_uri: str | None = None,
+) -> Checked:
     """Raise a `SpecError` listing every problem; `local_cluster`: the run will start a Ray on this
     machine; `local`: it runs in this process (`--local`); `online`: a run is about to start, so the
     backbone's config may be read from the hub (the run needs d) and torch may settle what the data's
@@ -47,8 +63,11 @@ def check(spec: RunSpec | SourceSpec, source: str, local_cluster: bool = False, 
     sweep spec names its own)."""
     warnings: list[str] = []
     if isinstance(spec, SourceSpec):
-        errors = [e for i, task in enumerate(spec.source_tasks)
-                  for e in _task_errors(task, f"source_tasks.{i}", online, warnings)]
+        errors = [
+            e
+            for i, task in enumerate(spec.source_tasks)
+            for e in _task_errors(task, f"source_tasks.{i}", online, warnings)
+        ]
         errors += _writable("train.output_dir", spec.train.output_dir) + _runs_here(spec, local_cluster, local)
         if errors:
             raise SpecError(source, errors)
@@ -85,17 +104,36 @@ def _runs_here(spec: RunSpec | SourceSpec, local_cluster: bool, local: bool) -> 
     if not (local_cluster or local):
         return []
     from deptune.cluster.fit import exceeds_this_machine, local_gpus
+
     errors = []
     if local_cluster:
         errors += exceeds_this_machine(spec, spec.sweep.driver_cpus if isinstance(spec, SweepSpec) else 0.0)
     if spec.train.device == "cuda" and local_gpus() == 0:
-        errors.append("train.device: cuda, but this machine has no CUDA GPU; use auto or cpu, or pass "
-                      "--address to run on a cluster that has one")
+        errors.append(
+            "train.device: cuda, but this machine has no CUDA GPU; use auto or cpu, or pass "
+            "--address to run on a cluster that has one"
+        )
     return errors
 
 
-PSEUDO_FILESYSTEMS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "securityfs",
-                      "tracefs", "configfs", "efivarfs", "bpf", "pstore", "mqueue", "fusectl", "hugetlbfs"}
+PSEUDO_FILESYSTEMS = {
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "cgroup",
+    "cgroup2",
+    "debugfs",
+    "securityfs",
+    "tracefs",
+    "configfs",
+    "efivarfs",
+    "bpf",
+    "pstore",
+    "mqueue",
+    "fusectl",
+    "hugetlbfs",
+}
 
 
 def _writable(key: str, path: Path) -> list[str]:
@@ -124,8 +162,11 @@ def _mounts() -> list[tuple[Path, str]]:
 
 def _mount_point(path: Path) -> Path:
     resolved = path.resolve()
-    return max((m for m, _ in _mounts() if resolved == m or m in resolved.parents), key=lambda m: len(m.parts),
-               default=Path("/"))
+    return max(
+        (m for m, _ in _mounts() if resolved == m or m in resolved.parents),
+        key=lambda m: len(m.parts),
+        default=Path("/"),
+    )
 
 
 def _filesystem(path: Path) -> str | None:
@@ -140,8 +181,11 @@ def enqueue_errors(spec: SweepSpec, plan: SearchPlan) -> list[str]:
     errors = []
     for i, point in enumerate(spec.sweep.enqueue):
         key = f"sweep.enqueue.{i}"
-        point_errors = [f"{key}.{name}: {problem}" for name, value in point.items()
-                        if (problem := _point_value_error(plan, name, value))]
+        point_errors = [
+            f"{key}.{name}: {problem}"
+            for name, value in point.items()
+            if (problem := _point_value_error(plan, name, value))
+        ]
         if not point_errors:
             values = {k: v for k, v in plan.dimensions.items() if isinstance(v, int)} | dict(point)
             values.setdefault("prompt_length", getattr(plan.prompt_length, "low", plan.prompt_length))
@@ -166,7 +210,8 @@ def _point_value_error(plan: SearchPlan, name: str, value: object) -> str | None
             return f"{value} is not an integer"
         if not dim.low <= value <= dim.high or (int(value) - dim.low) % dim.step:
             return f"{value} is outside the searched range {dim.low}-{dim.high}" + (
-                f" (step {dim.step})" if dim.step != 1 else "")
+                f" (step {dim.step})" if dim.step != 1 else ""
+            )
         return None
     if not dim.low <= value <= dim.high:
         return f"{value:g} is outside the searched range {dim.low:g}-{dim.high:g}"
@@ -199,8 +244,11 @@ def _source_adapter(spec: RunSpec, tracking_uri: str | None = None) -> list[str]
     if is_registry_uri(init_from):
         uri = resolve_uri(spec.tracking.uri if isinstance(spec, SweepSpec) else tracking_uri)
         problem = uri_problem(uri) or missing_store(uri)
-        return [f"method.init_from: {init_from} is looked up in the Model Registry at {redact(uri)}, but {problem}"
-                ] if problem else []
+        return (
+            [f"method.init_from: {init_from} is looked up in the Model Registry at {redact(uri)}, but {problem}"]
+            if problem
+            else []
+        )
     missing = [f for f in ADAPTER_FILES if not (Path(init_from) / f).is_file()]
     if missing:
         return [f"method.init_from: no adapter in {init_from}: {' and '.join(missing)} missing"]
@@ -225,9 +273,11 @@ def _searched_source_fit(spec: SweepSpec, plan: SearchPlan) -> list[str]:
     for name in ("prompt_length", "rank"):
         dim, fixed = plan.dimensions.get(name), getattr(record, name, None)
         if isinstance(dim, IntRange) and fixed is not None and (dim.low, dim.high) != (fixed, fixed):
-            errors.append(f"search.{name}: {dim.low}-{dim.high} is searched, but every trial starts from "
-                          f"method.init_from {init_from}, whose {name} is {fixed}: set search.{name}: "
-                          f"{{low: {fixed}, high: {fixed}}}")
+            errors.append(
+                f"search.{name}: {dim.low}-{dim.high} is searched, but every trial starts from "
+                f"method.init_from {init_from}, whose {name} is {fixed}: set search.{name}: "
+                f"{{low: {fixed}, high: {fixed}}}"
+            )
     return errors
 
 
@@ -245,18 +295,24 @@ def _backbone(spec: RunSpec, config: dict | None, online: bool, warnings: list[s
             return [f"backbone.name: {name!r} is neither a local folder nor a hub id ({problem})"]
         if config is None and online:
             offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
-            return [f"backbone.name: cannot read the config of {name!r}{offline}: not cached, and offline or not a "
-                    f"model on the hub"]
+            return [
+                f"backbone.name: cannot read the config of {name!r}{offline}: not cached, and offline or not a "
+                f"model on the hub"
+            ]
         if config is None:
-            warnings.append(f"backbone.name: the config of {name!r} is not in the Hugging Face cache, and validate "
-                            f"does not download: not checked: the budget and search plan (d), prompt + input "
-                            f"positions, backbone.family; `deptune sweep` and `train` read it from the hub and check "
-                            f"them")
+            warnings.append(
+                f"backbone.name: the config of {name!r} is not in the Hugging Face cache, and validate "
+                f"does not download: not checked: the budget and search plan (d), prompt + input "
+                f"positions, backbone.family; `deptune sweep` and `train` read it from the hub and check "
+                f"them"
+            )
     declared = declared_family(config) if config else None
     if family is not None and declared is not None and declared != family:
         article = "an" if declared == "encoder" else "a"
-        return [f"backbone.family: {name} is {article} {declared} model (its config says so), not {family}; leave "
-                f"backbone.family out"]
+        return [
+            f"backbone.family: {name} is {article} {declared} model (its config says so), not {family}; leave "
+            f"backbone.family out"
+        ]
     return []
 
 
@@ -286,8 +342,11 @@ def _method_fits(spec: RunSpec, d: int) -> list[str]:
     try:
         resolve(d)
     except ValueError as exc:
-        key = "method.rank" if spec.method.rank is not None and spec.method.prompt_length < spec.method.budget \
+        key = (
+            "method.rank"
+            if spec.method.rank is not None and spec.method.prompt_length < spec.method.budget
             else "method.prompt_length"
+        )
         return [f"{key}: {exc}"]
     return []
 
@@ -306,11 +365,16 @@ def _positions(spec: RunSpec, config: dict | None) -> list[str]:
     if total <= limit:
         return []
     alone_too_long = spec.method.max_length + answer + 1 > limit  # even a 1-token prompt would not fit
-    key = "search.prompt_length.high" if prompt != spec.method.prompt_length and not alone_too_long \
+    key = (
+        "search.prompt_length.high"
+        if prompt != spec.method.prompt_length and not alone_too_long
         else "method.max_length"
-    return [f"{key}: prompt ({prompt}) + method.max_length ({spec.method.max_length})"
-            + (f" + train.max_target_length ({answer})" if answer else "")
-            + f" = {total} positions, but {spec.backbone.name} has {limit}; shorten the prompt or max_length"]
+    )
+    return [
+        f"{key}: prompt ({prompt}) + method.max_length ({spec.method.max_length})"
+        + (f" + train.max_target_length ({answer})" if answer else "")
+        + f" = {total} positions, but {spec.backbone.name} has {limit}; shorten the prompt or max_length"
+    ]
 
 
 def _causal_rule(spec: RunSpec, config: dict | None) -> list[str]:
@@ -318,8 +382,10 @@ def _causal_rule(spec: RunSpec, config: dict | None) -> list[str]:
     family = _family(spec, config)
     if spec.method.causal_rule != "official" or family in (None, "causal"):
         return []
-    return [f"method.causal_rule: official is the official code's decoder-only layout, but {spec.backbone.name} is "
-            f"a {family} backbone; leave causal_rule out"]
+    return [
+        f"method.causal_rule: official is the official code's decoder-only layout, but {spec.backbone.name} is "
+        f"a {family} backbone; leave causal_rule out"
+    ]
 
 
 def _family(spec: RunSpec, config: dict | None) -> str | None:
@@ -330,6 +396,8 @@ def _family(spec: RunSpec, config: dict | None) -> str | None:
 
 def _objectives(spec: SweepSpec) -> list[str]:
     known = (*TRAINING_METRICS, *(f"eval_{m}" for m in get_task(spec.task.name).metric_names))
-    return [f"sweep.{key}.metric: {objective.metric!r} is not reported; choose one of {', '.join(known)}"
-            for key, objective in (("objective", spec.sweep.objective), ("second_objective", spec.sweep.second_objective))
-            if objective is not None and objective.metric not in known]
+    return [
+        f"sweep.{key}.metric: {objective.metric!r} is not reported; choose one of {', '.join(known)}"
+        for key, objective in (("objective", spec.sweep.objective), ("second_objective", spec.sweep.second_objective))
+        if objective is not None and objective.metric not in known
+    ]

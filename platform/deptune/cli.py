@@ -16,13 +16,16 @@ from deptune.methods.config import is_registry_uri
 from deptune.spec_base import SpecError, redact
 from deptune.specs import load_run_spec, load_spec
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Hyperparameter search for Decomposed Prompt Tuning (DePT) on Ray.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Hyperparameter search for Decomposed Prompt Tuning (DePT) on Ray."
+)
+
 
 @app.callback()
 def _main() -> None:
     """Hyperparameter search for Decomposed Prompt Tuning (DePT) on Ray."""
     from deptune.spec_base import redact_logs
+
     redact_logs()  # no log line of this process shows a password, whoever logs it
 
 
@@ -34,6 +37,7 @@ def validate(files: Annotated[list[Path], typer.Argument(help="spec files")]) ->
     """Check spec files without starting Ray; exit 2 listing every error with its key path. Every file is
     checked, whatever an earlier one held."""
     from deptune import checks
+
     failed = False
     for path in files:
         try:
@@ -71,6 +75,7 @@ def echo_warnings(warnings: list[str] | tuple[str, ...]) -> None:
 def check_address(address: str | None) -> None:
     """An --address (or $RAY_ADDRESS) Ray cannot join is refused before anything is read or written."""
     from deptune.cluster.local import address_problem  # standard library only: no Ray imported
+
     if address and (problem := address_problem(address)):
         raise SpecError("--address", [f"--address: {problem}"])
 
@@ -84,6 +89,7 @@ def prepare_ray(address: str | None) -> None:
     """Before `import ray`: a local Ray must bind to 127.0.0.1 only (`deptune.cluster.local.apply`)."""
     if starts_local_ray(False, address):
         from deptune.cluster import local as local_ray
+
         local_ray.apply()
 
 
@@ -92,26 +98,39 @@ def where_it_ran(local: bool, workers: int) -> str:
 
 
 @app.command()
-def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task, method, train, resources)")],
-          overrides: SetOption = None,
-          local: Annotated[bool, typer.Option("--local", help="run in this process, without Ray")] = False,
-          address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, "
-                                                           "else a local Ray on 127.0.0.1)")] = None,
-          workers: Annotated[int | None, typer.Option(min=1, help="override resources.workers")] = None,
-          name: Annotated[str | None, typer.Option(help="Ray run name; an existing one in storage is resumed "
-                                                        "(default: a new timestamped name)")] = None) -> None:
+def train(
+    spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task, method, train, resources)")],
+    overrides: SetOption = None,
+    local: Annotated[bool, typer.Option("--local", help="run in this process, without Ray")] = False,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="override resources.workers")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Ray run name; an existing one in storage is resumed (default: a new timestamped name)"),
+    ] = None,
+) -> None:
     """Run one DePT / PT training configuration on Ray Train (or --local) and print its metrics."""
     from deptune import checks
+
     overrides = list(overrides or []) + ([f"resources.workers={workers}"] if workers else [])
     address = None if local else address or os.environ.get("RAY_ADDRESS")
     with exit_on(SpecError, 2):
         check_address(address)
         run_spec, tracking_uri = load_run_spec(spec, overrides)  # a sweep spec trains its base run
-        checked = checks.check(run_spec, str(spec), local_cluster=starts_local_ray(local, address), online=True,
-                               local=local, tracking_uri=tracking_uri)
+        checked = checks.check(
+            run_spec,
+            str(spec),
+            local_cluster=starts_local_ray(local, address),
+            online=True,
+            local=local,
+            tracking_uri=tracking_uri,
+        )
         if is_registry_uri(run_spec.method.init_from):  # a registered source adapter, fetched once all else passed
             from deptune.tracking.sources import localize_sources
             from deptune.tracking.store import resolve_uri
+
             run_spec = localize_sources(run_spec, resolve_uri(tracking_uri), str(spec))
             checks.check_fetched_source(run_spec, str(spec))
     echo_warnings(checked.warnings)
@@ -119,6 +138,7 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
     started = time.perf_counter()
     if local:
         from deptune.train.loop import train as run_training  # torch/transformers load only when needed
+
         result = run_training(run_spec)
         if result.diverged_at_step is not None:
             typer.echo(f"training diverged: non-finite loss at step {result.diverged_at_step}", err=True)
@@ -126,72 +146,103 @@ def train(spec: Annotated[Path, typer.Argument(help="a spec YAML (backbone, task
     else:
         prepare_ray(address)
         from deptune.cluster.trainer import run_on_ray
+
         with exit_on(FloatingPointError, 1):
             result = run_on_ray(run_spec, address, name)
     elapsed = time.perf_counter() - started
     where = where_it_ran(local, run_spec.resources.workers)
-    typer.echo(f"\n{run_spec.method.name} on {run_spec.task.name} with {run_spec.backbone.name} ({where}): "
-               f"{result.trainable_params:,} trainable parameters, {elapsed:.1f} s")
-    typer.echo(f"best step {result.best_step}: validation "
-               + ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items()))
+    typer.echo(
+        f"\n{run_spec.method.name} on {run_spec.task.name} with {run_spec.backbone.name} ({where}): "
+        f"{result.trainable_params:,} trainable parameters, {elapsed:.1f} s"
+    )
+    typer.echo(
+        f"best step {result.best_step}: validation " + ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items())
+    )
     if result.test_metrics:
         typer.echo("test: " + ", ".join(f"{k}={v:.4f}" for k, v in result.test_metrics.items()))
     typer.echo(f"adapter: {result.adapter_dir}")
 
 
 @app.command("mpt-source")
-def mpt_source(spec: Annotated[Path, typer.Argument(help="a source spec YAML (backbone, source_tasks, method: mpt, "
-                                                        "teacher, train, distill, mixing, resources)")],
-               overrides: SetOption = None,
-               local: Annotated[bool, typer.Option("--local", help="run in this process, without Ray")] = False,
-               address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, "
-                                                                "else a local Ray on 127.0.0.1)")] = None,
-               name: Annotated[str | None, typer.Option(help="the stage's Ray run name; an earlier stage's name "
-                                                             "resumes it: finished teachers are kept, the rest "
-                                                             "continue from their checkpoints")] = None) -> None:
+def mpt_source(
+    spec: Annotated[
+        Path,
+        typer.Argument(
+            help="a source spec YAML (backbone, source_tasks, method: mpt, teacher, train, distill, mixing, resources)"
+        ),
+    ],
+    overrides: SetOption = None,
+    local: Annotated[bool, typer.Option("--local", help="run in this process, without Ray")] = False,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="the stage's Ray run name; an earlier stage's name "
+            "resumes it: finished teachers are kept, the rest "
+            "continue from their checkpoints"
+        ),
+    ] = None,
+) -> None:
     """MPT's source stage on Ray Train (or --local): a PT teacher per source task, then P* and each task's
     (u, v) distilled on the task mixture; prints where the source adapter is."""
     from deptune import checks
     from deptune.train.spec import SourceSpec
+
     address = None if local else address or os.environ.get("RAY_ADDRESS")
     with exit_on(SpecError, 2):
         check_address(address)
         source_spec = load_spec(spec, overrides, kind=SourceSpec)
-        checked = checks.check(source_spec, str(spec), local_cluster=starts_local_ray(local, address), local=local,
-                               online=True)
+        checked = checks.check(
+            source_spec, str(spec), local_cluster=starts_local_ray(local, address), local=local, online=True
+        )
     echo_warnings(checked.warnings)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     with exit_on(FloatingPointError, 1):
         if local:
             from deptune.train.multitask import train_source
+
             result = train_source(source_spec)
         else:
             prepare_ray(address)
             from deptune.cluster.trainer import run_source_on_ray
+
             result = run_source_on_ray(source_spec, address, name)
     where = where_it_ran(local, source_spec.resources.workers)
-    typer.echo(f"\nMPT source stage on {', '.join(source_spec.task_names)} with {source_spec.backbone.name} "
-               f"({where}): {time.perf_counter() - started:.1f} s")
-    typer.echo(f"best step {result.best_step}: validation "
-               + ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items()))
+    typer.echo(
+        f"\nMPT source stage on {', '.join(source_spec.task_names)} with {source_spec.backbone.name} "
+        f"({where}): {time.perf_counter() - started:.1f} s"
+    )
+    typer.echo(
+        f"best step {result.best_step}: validation " + ", ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items())
+    )
     typer.echo("teachers: " + ", ".join(f"{task} {path}" for task, path in result.teacher_dirs.items()))
     typer.echo(f"source adapter: {result.adapter_dir}  (a target run: method.init_from={result.adapter_dir})")
 
 
 @app.command()
-def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_spaces/*.yaml)")],
-          overrides: SetOption = None,
-          resume: Annotated[bool, typer.Option("--resume", help="continue the study's last execution (its "
-                                                                "driver was killed) instead of starting one")] = False,
-          address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, "
-                                                           "else a local Ray on 127.0.0.1)")] = None,
-          top: Annotated[int, typer.Option(help="leaderboard rows")] = 10) -> None:
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_spaces/*.yaml)")],
+    overrides: SetOption = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="continue the study's last execution (its driver was killed) instead of starting one"
+        ),
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    ] = None,
+    top: Annotated[int, typer.Option(help="leaderboard rows")] = 10,
+) -> None:
     """Search m, r and the learning rates with Ray Tune + Optuna (+ ASHA); the study persists across runs."""
     from deptune import checks
     from deptune.sweep.config import SweepSpec
     from deptune.tracking.sources import localize_sources
     from deptune.tracking.store import resolve_uri
+
     address = address or os.environ.get("RAY_ADDRESS")
     with exit_on(SpecError, 2):
         check_address(address)
@@ -202,6 +253,7 @@ def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_s
     prepare_ray(address)
     from deptune.sweep.driver import SweepLocked, refuse_before_writing, run_sweep
     from deptune.sweep.leaderboard import render, render_pareto
+
     with exit_on(SpecError, 2):
         refuse_before_writing(sweep_spec, str(spec), resume, address)  # before a source adapter is fetched
         if is_registry_uri(sweep_spec.method.init_from):
@@ -218,15 +270,20 @@ def sweep(spec: Annotated[Path, typer.Argument(help="a sweep spec YAML (search_s
         raise typer.Exit(3) from None
     metrics = [o.metric for o in sweep_spec.sweep.objectives]
     if outcome.resumed_nothing:
-        typer.echo(f"execution {outcome.execution.number} of study {outcome.study.study_name!r} already finished; "
-                   f"nothing to resume")
+        typer.echo(
+            f"execution {outcome.execution.number} of study {outcome.study.study_name!r} already finished; "
+            f"nothing to resume"
+        )
     render(outcome.study, metrics, top)
     if outcome.pareto:
         render_pareto(outcome.pareto, metrics)
     from deptune.sweep.study import storage_url
-    typer.echo(f"\nexecution {outcome.execution.number} ({outcome.execution.name}) in {time.perf_counter() - started:.0f} s"
-               f"\nstudy: {outcome.study.study_name} in {redact(storage_url(sweep_spec))}"
-               f"\nRay Tune results: {outcome.experiment_path}")
+
+    typer.echo(
+        f"\nexecution {outcome.execution.number} ({outcome.execution.name}) in {time.perf_counter() - started:.0f} s"
+        f"\nstudy: {outcome.study.study_name} in {redact(storage_url(sweep_spec))}"
+        f"\nRay Tune results: {outcome.experiment_path}"
+    )
     best = _best_adapter(outcome.study)
     if best:
         typer.echo(f"best adapter: {best}")
@@ -242,12 +299,19 @@ def _echo_tracking(tracking, spec) -> None:
     if tracking is None:
         return
     from deptune.tracking.store import resolve_uri
+
     if spec is not None:
         typer.echo(f"MLflow: {redact(resolve_uri(spec.tracking.uri))}, parent run {tracking.parent_run_id}")
     if tracking.promotion is not None:
         p = tracking.promotion
-        typer.echo(f"registered {p.uri}: " + (f"now models:/{p.model}@champion ({p.reason})" if p.champion
-                                              else f"challenger, champion unchanged ({p.reason})"))
+        typer.echo(
+            f"registered {p.uri}: "
+            + (
+                f"now models:/{p.model}@champion ({p.reason})"
+                if p.champion
+                else f"challenger, champion unchanged ({p.reason})"
+            )
+        )
     if tracking.not_logged:
         typer.echo("not yet in MLflow (kept in their journals; `deptune sync` sends them):", err=True)
         for line in tracking.not_logged:
@@ -276,6 +340,7 @@ def reading_store(uri: str | None) -> str:
     seconds; a password in the URI moves to MLflow's environment, out of every message (exit 2)."""
     from deptune.spec_base import split_credentials
     from deptune.tracking.store import check_store, resolve_uri
+
     resolved = resolve_uri(uri)
     try:
         check_store(resolved, "--uri", given=uri or os.environ.get("MLFLOW_TRACKING_URI"))
@@ -299,26 +364,33 @@ def mlflow_errors(what: str) -> Iterator[None]:
     """MLflow's errors as one redacted line: something that is not there (a run, a model, an experiment)
     is the user's input (exit 2); anything else (a server that broke mid-way) exit 1."""
     from mlflow.exceptions import MlflowException
+
     try:
         yield
     except MlflowException as exc:
         missing = exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
-        fail([f"{what}: {str(exc.message).splitlines()[0][:300] if exc.message else exc.error_code}"],
-             2 if missing else 1)
+        fail(
+            [f"{what}: {str(exc.message).splitlines()[0][:300] if exc.message else exc.error_code}"],
+            2 if missing else 1,
+        )
     except (OSError, ValueError) as exc:  # requests' errors are OSErrors; a version that is no model
         fail([f"{what}: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"], 1)
 
 
 @app.command()
-def report(experiment: Annotated[str, typer.Argument(help="MLflow experiment (a sweep's study name)")],
-           uri: Annotated[str | None, typer.Option(help="tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                                                        "sqlite:///mlflow.db)")] = None,
-           metric: Annotated[str, typer.Option(help="rank trials by this metric's best value")] = "objective",
-           mode: Annotated[Mode, typer.Option(help="whether larger or smaller is better")] = Mode.max,
-           top: Annotated[int, typer.Option(min=1, help="rows")] = 20) -> None:
+def report(
+    experiment: Annotated[str, typer.Argument(help="MLflow experiment (a sweep's study name)")],
+    uri: Annotated[
+        str | None, typer.Option(help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    ] = None,
+    metric: Annotated[str, typer.Option(help="rank trials by this metric's best value")] = "objective",
+    mode: Annotated[Mode, typer.Option(help="whether larger or smaller is better")] = Mode.max,
+    top: Annotated[int, typer.Option(min=1, help="rows")] = 20,
+) -> None:
     """Print an experiment's trials from MLflow, best first."""
     tracking_uri = reading_store(uri)
     from deptune.registry.report import render_experiment
+
     with mlflow_errors(f"experiment {experiment!r}"):
         try:
             render_experiment(tracking_uri, experiment, metric, mode.value, top)
@@ -327,20 +399,42 @@ def report(experiment: Annotated[str, typer.Argument(help="MLflow experiment (a 
 
 
 @app.command()
-def predict(model_uri: Annotated[str, typer.Argument(help="e.g. models:/deptune-rte-dept@champion, or a model folder")],
-            text: Annotated[list[str] | None, typer.Option(
-                "--text", help="a text of the task's first column (repeat for several rows)")] = None,
-            inputs: Annotated[list[str] | None, typer.Option(
-                "--input", help="COLUMN=TEXT, one per text column of the task (e.g. --input sentence1=... "
-                                "--input sentence2=...); repeat a column for more rows")] = None,
-            file: Annotated[Path | None, typer.Option(
-                "--file", exists=True, dir_okay=False, readable=True,
-                help="a .csv/.tsv/.jsonl file of rows with the task's columns")] = None,
-            uri: Annotated[str | None, typer.Option(help="tracking URI")] = None) -> None:
+def predict(
+    model_uri: Annotated[str, typer.Argument(help="e.g. models:/deptune-rte-dept@champion, or a model folder")],
+    text: Annotated[
+        list[str] | None, typer.Option("--text", help="a text of the task's first column (repeat for several rows)")
+    ] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            help="COLUMN=TEXT, one per text column of the task (e.g. --input sentence1=... "
+            "--input sentence2=...); repeat a column for more rows",
+        ),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="a .csv/.tsv/.jsonl file of rows with the task's columns",
+        ),
+    ] = None,
+    uri: Annotated[str | None, typer.Option(help="tracking URI")] = None,
+) -> None:
     """Predict labels with a registered adapter, loaded once for every row: prints the class name, the
     verbalised label and the row's texts, tab-separated."""
-    from deptune.registry.predict import (InputError, check_columns, model_columns, needs_store, rows_from_file,
-                                          rows_from_options)
+    from deptune.registry.predict import (
+        InputError,
+        check_columns,
+        model_columns,
+        needs_store,
+        rows_from_file,
+        rows_from_options,
+    )
+
     if file is not None and (text or inputs):
         fail(["give rows either as --text/--input or as --file, not both"])
     try:
@@ -356,39 +450,54 @@ def predict(model_uri: Annotated[str, typer.Argument(help="e.g. models:/deptune-
         except InputError as exc:
             fail([str(exc)])
         from deptune.registry.predict import Predictor
+
         result = Predictor.load(model_uri, tracking_uri).predict(rows)
     for row in result.to_dict("records"):
         typer.echo("\t".join([str(row["label_name"]), str(row["label"]), *(str(row[c]) for c in columns)]))
 
 
 @app.command()
-def promote(run_id: Annotated[str, typer.Argument(help="an MLflow run holding an `adapter` artifact")],
-            model: Annotated[str, typer.Option(help="registered model name")],
-            metric: Annotated[str, typer.Option(help="compare champions on this metric's best value")] = "objective",
-            mode: Annotated[Mode, typer.Option(help="whether larger or smaller is better")] = Mode.max,
-            uri: Annotated[str | None, typer.Option(help="tracking URI")] = None,
-            lock_url: Annotated[str | None, typer.Option(help="database holding the promotion lock (default: "
-                                                              "$DEPTUNE_LOCK_URL, else a lock on this machine)")] = None
-            ) -> None:
+def promote(
+    run_id: Annotated[str, typer.Argument(help="an MLflow run holding an `adapter` artifact")],
+    model: Annotated[str, typer.Option(help="registered model name")],
+    metric: Annotated[str, typer.Option(help="compare champions on this metric's best value")] = "objective",
+    mode: Annotated[Mode, typer.Option(help="whether larger or smaller is better")] = Mode.max,
+    uri: Annotated[str | None, typer.Option(help="tracking URI")] = None,
+    lock_url: Annotated[
+        str | None,
+        typer.Option(
+            help="database holding the promotion lock (default: $DEPTUNE_LOCK_URL, else a lock on this machine)"
+        ),
+    ] = None,
+) -> None:
     """Register a run's adapter as a new model version; `champion` moves only if it is better."""
     tracking_uri = reading_store(uri)
-    from deptune.registry.promotion import promote as promote_run, promotable
+    from deptune.registry.promotion import promotable
+    from deptune.registry.promotion import promote as promote_run
+
     with mlflow_errors(f"run {run_id}"):
         if problem := promotable(run_id, metric, mode.value, tracking_uri):  # nothing registered before this
             fail([problem])
         result = promote_run(run_id, model, metric, mode.value, tracking_uri, lock_url)
-    typer.echo(f"registered {result.uri}: " + ("champion" if result.champion else "challenger")
-               + f" ({result.reason})")
+    typer.echo(f"registered {result.uri}: " + ("champion" if result.champion else "challenger") + f" ({result.reason})")
 
 
 @app.command()
-def sync(location: Annotated[str, typer.Argument(help="a journal folder a sweep named (<output_dir>/mlflow-journal/"
-                                                      "<execution>, or the trials' journals on its storage)")],
-         uri: Annotated[str | None, typer.Option(help="tracking URI")] = None) -> None:
+def sync(
+    location: Annotated[
+        str,
+        typer.Argument(
+            help="a journal folder a sweep named (<output_dir>/mlflow-journal/"
+            "<execution>, or the trials' journals on its storage)"
+        ),
+    ],
+    uri: Annotated[str | None, typer.Option(help="tracking URI")] = None,
+) -> None:
     """Send MLflow writes a sweep kept while the tracking server was away; for an execution whose end
     waited for the server, register its best adapter and write its leaderboard, as the sweep would have."""
     from deptune.sweep.tracker import finish_unfinished
     from deptune.tracking.journal import flush_all, journals
+
     if "://" not in location and not Path(location).is_dir():
         fail([f"{location}: no such folder"])
     if not journals(location):

@@ -54,14 +54,17 @@ def _retry(try_once, key: str, wait_s: float) -> None:
 @contextmanager
 def _advisory(key: str, url: str, wait_s: float) -> Iterator[None]:
     import sqlalchemy
+
     if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     lock_id = _key_id(key)
     try:
         with engine.connect() as conn:
+
             def try_once() -> bool:
                 return bool(conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:id)"), {"id": lock_id}).scalar())
+
             _retry(try_once, key, wait_s)
             try:
                 yield
@@ -75,12 +78,14 @@ def _advisory(key: str, url: str, wait_s: float) -> Iterator[None]:
 def _file_lock(path: Path, key: str, wait_s: float) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
+
         def try_once() -> bool:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return True
             except BlockingIOError:
                 return False
+
         _retry(try_once, key, wait_s)
         try:
             handle.truncate(0)

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import (BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, ValidationInfo, field_validator, model_validator
 
 MASK = "***"
 """What a secret becomes, as in SQLAlchemy's `URL.render_as_string(hide_password=True)`."""
@@ -25,10 +24,17 @@ _URL_PASSWORD = re.compile(r"(?<![^\s:/@'\"])(?P<head>[^\s:/@'\"]{1,128}):(?P<pa
 """`user:password@` wherever it stands: in a URL (`scheme://user:password@host`) and in a malformed one
 (`postgresql:/user:password@host`, `user:password@host/db`) alike. Tried only where a word starts, and
 bounded, so a long line costs linear time."""
-_QUERY_SECRET = re.compile(r"(?i)(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_?key|access_?key|"
-                           r"sslpassword)=)[^&;#\s'\"]+")
-SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "RAY_AUTH_TOKEN", "MLFLOW_AUTH_ADMIN_PASSWORD",
-              "PGPASSWORD")
+_QUERY_SECRET = re.compile(
+    r"(?i)(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_?key|access_?key|"
+    r"sslpassword)=)[^&;#\s'\"]+"
+)
+SECRET_ENV = (
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "RAY_AUTH_TOKEN",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "PGPASSWORD",
+)
 """Environment variables whose values are secrets wherever they turn up."""
 
 
@@ -102,6 +108,7 @@ def database_url_problem(url: str) -> str | None:
     connection: reachability is the run's to check); None when it is one. Never echoes the URL."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -109,8 +116,10 @@ def database_url_problem(url: str) -> str | None:
     try:
         dialect = parsed.get_dialect()
     except NoSuchModuleError:
-        return (f"unknown database {parsed.drivername!r}; use sqlite:///path or postgresql://user@host/database "
-                f"(or another SQLAlchemy dialect whose driver is installed)")
+        return (
+            f"unknown database {parsed.drivername!r}; use sqlite:///path or postgresql://user@host/database "
+            f"(or another SQLAlchemy dialect whose driver is installed)"
+        )
     try:
         dialect.import_dbapi()
     except ImportError as exc:
@@ -151,7 +160,10 @@ class StrictModel(BaseModel):
     @classmethod
     def _strict_ints_and_bools(cls, value: Any, info: ValidationInfo) -> Any:
         field = cls.model_fields.get(info.field_name or "")
-        kinds = _kinds(field.annotation) - {type(None)} if field is not None else {object}
+        declared = _kinds(field.annotation) if field is not None else {object}
+        kinds = declared - {type(None)}
+        if value is None and type(None) in declared:
+            return value
         if kinds == {bool} and not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {value!r}")
         if isinstance(value, bool) and bool not in kinds and kinds & {int, float}:
@@ -167,6 +179,7 @@ M = TypeVar("M", bound=BaseModel)
 def absolute_paths(model: M, base: Path) -> M:
     """`model` with every relative path made absolute against `base`: a run's workers and trial actors
     run in other folders, maybe on other nodes. Sub-models are copied, never re-validated from a dump."""
+
     def fix(value: Any) -> Any:
         if isinstance(value, Path) and not value.is_absolute():
             return base / value
@@ -176,8 +189,11 @@ def absolute_paths(model: M, base: Path) -> M:
             return [fix(v) for v in value]
         return value
 
-    update = {name: fixed for name in type(model).model_fields
-              if (fixed := fix(getattr(model, name))) is not getattr(model, name)}
+    update = {
+        name: fixed
+        for name in type(model).model_fields
+        if (fixed := fix(getattr(model, name))) is not getattr(model, name)
+    }
     return model.model_copy(update=update) if update else model
 
 
@@ -198,7 +214,7 @@ class IntRange(StrictModel):
     log: bool = False
 
     @model_validator(mode="after")
-    def _ordered(self) -> "IntRange":
+    def _ordered(self) -> IntRange:
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
         if self.log and self.step != 1:
@@ -214,7 +230,7 @@ class FloatRange(StrictModel):
     log: bool = True
 
     @model_validator(mode="after")
-    def _ordered(self) -> "FloatRange":
+    def _ordered(self) -> FloatRange:
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
         return self

@@ -65,7 +65,7 @@ def apply_overrides(data: Any, overrides: list[str]) -> Any:
         for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                where = ".".join(parents[:depth + 1])
+                where = ".".join(parents[: depth + 1])
                 raise SpecError("--set", [f"{key}: {where} is {type(node).__name__} {node!r}, not a section"])
         try:
             node[leaf] = _load_yaml(raw)
@@ -99,8 +99,10 @@ def _too_deep(text: str) -> str | None:
                 depth += 1
                 if depth > MAX_DEPTH:
                     mark = event.start_mark
-                    return (f"nested more than {MAX_DEPTH} levels deep (at line {mark.line + 1}, column "
-                            f"{mark.column + 1}); a spec's sections nest a few levels")
+                    return (
+                        f"nested more than {MAX_DEPTH} levels deep (at line {mark.line + 1}, column "
+                        f"{mark.column + 1}); a spec's sections nest a few levels"
+                    )
             elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 depth -= 1
     finally:
@@ -131,8 +133,9 @@ def _expansion_problem(root: yaml.Node) -> str | None:
             depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
             open_nodes.discard(key)
             if size[key] > MAX_NODES:
-                return (f"its aliases expand to more than {MAX_NODES:,} values (an alias bomb?); a spec holds a few "
-                        f"hundred")
+                return (
+                    f"its aliases expand to more than {MAX_NODES:,} values (an alias bomb?); a spec holds a few hundred"
+                )
             if depth[key] > MAX_DEPTH:
                 return f"its aliases nest more than {MAX_DEPTH} levels deep; a spec's sections nest a few levels"
         elif key not in size:
@@ -215,8 +218,10 @@ def read_spec_data(path: str | Path) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(str(path), [f"<file>: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
-                                    f"{exc.start}); save the spec as UTF-8"]) from None
+        raise SpecError(
+            str(path),
+            [f"<file>: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the spec as UTF-8"],
+        ) from None
     try:
         return _load_yaml(text)
     except _DuplicateKeys as exc:
@@ -225,8 +230,9 @@ def read_spec_data(path: str | Path) -> Any:
         raise SpecError(str(path), [f"<yaml>: {_yaml_problem(exc)}"]) from None
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None, kind: type[StrictModel] | None = None,
-              data: Any = None) -> Any:
+def load_spec(
+    path: str | Path, overrides: list[str] | None = None, kind: type[StrictModel] | None = None, data: Any = None
+) -> Any:
     """The spec in `path` (or its already read `data`); `kind=RunSpec` on a sweep spec gives its base run
     (run checks only)."""
     path = Path(path)

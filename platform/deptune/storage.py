@@ -30,8 +30,19 @@ RETRY_ENV = "DEPTUNE_STORAGE_RETRY_S"
 DEFAULT_RETRY_S = 300.0
 T = TypeVar("T")
 
-TRANSIENT = ("NETWORK_CONNECTION", "curlCode", "Could not connect", "Connection refused", "Connection reset",
-             "timed out", "Timeout", "SERVICE_UNAVAILABLE", "SlowDown", "InternalError", "Service Unavailable")
+TRANSIENT = (
+    "NETWORK_CONNECTION",
+    "curlCode",
+    "Could not connect",
+    "Connection refused",
+    "Connection reset",
+    "timed out",
+    "Timeout",
+    "SERVICE_UNAVAILABLE",
+    "SlowDown",
+    "InternalError",
+    "Service Unavailable",
+)
 """Error texts of a store that is away or overloaded (pyarrow raises a plain OSError for all of them)."""
 
 
@@ -58,8 +69,7 @@ def uri_of(location: str, path: str) -> str:
 
 def transient(error: BaseException) -> bool:
     """A connection problem worth waiting out (not a missing file, a refused permission, a bad bucket)."""
-    if isinstance(error, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
-                          NotADirectoryError)):
+    if isinstance(error, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
     return isinstance(error, (OSError, ConnectionError, TimeoutError)) and any(t in str(error) for t in TRANSIENT)
 
@@ -90,10 +100,13 @@ def ray_storage(location: str) -> tuple[pafs.FileSystem, str]:
     if not isinstance(filesystem, pafs.S3FileSystem):
         return filesystem, path
     query = {k: v[-1] for k, v in parse_qs(urlsplit(str(location)).query).items()}
-    endpoint = query.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") \
-        or os.environ.get("AWS_ENDPOINT_URL")
-    options = {"region": filesystem.region, "retry_strategy": pafs.AwsStandardS3RetryStrategy(
-        max_attempts=8 + max(0, int((retry_seconds() - 60) // 20)))}
+    endpoint = (
+        query.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    options = {
+        "region": filesystem.region,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=8 + max(0, int((retry_seconds() - 60) // 20))),
+    }
     if endpoint:
         parts = urlsplit(endpoint if "://" in endpoint else f"{query.get('scheme', 'https')}://{endpoint}")
         options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
@@ -111,8 +124,12 @@ class _Outage:
             if self.since is None:
                 self.since = time.monotonic()
                 first = str(error).splitlines()[0][:200]
-                log.warning("storage %s unreachable (%s): waiting and retrying for up to %.0f s", self.location,
-                            first, retry_seconds())
+                log.warning(
+                    "storage %s unreachable (%s): waiting and retrying for up to %.0f s",
+                    self.location,
+                    first,
+                    retry_seconds(),
+                )
 
     def recovered(self) -> None:
         with self.lock:
@@ -127,12 +144,16 @@ _OUTAGES: dict[str, _Outage] = {}
 def with_retries(location: str, call: Callable[[], T]) -> T:
     """`call()`, retried while the store at `location` is unreachable (up to `retry_seconds()`)."""
     import tenacity
+
     key = str(location).split("://", 1)[-1].split("/", 1)[0] if is_uri(location) else "local"
     outage = _OUTAGES.setdefault(key, _Outage(str(location).split("?", 1)[0]))
     retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(transient), reraise=True,
-        wait=tenacity.wait_exponential(multiplier=0.5, max=10), stop=tenacity.stop_after_delay(retry_seconds()),
-        before_sleep=lambda state: outage.failed(state.outcome.exception()))
+        retry=tenacity.retry_if_exception(transient),
+        reraise=True,
+        wait=tenacity.wait_exponential(multiplier=0.5, max=10),
+        stop=tenacity.stop_after_delay(retry_seconds()),
+        before_sleep=lambda state: outage.failed(state.outcome.exception()),
+    )
     result = retrying(call)
     outage.recovered()
     return result
@@ -156,7 +177,7 @@ class Folder:
     def __reduce__(self):
         return (Folder, (self.location,))
 
-    def child(self, *parts: str) -> "Folder":
+    def child(self, *parts: str) -> Folder:
         return Folder(join(self.location, *parts))
 
     def _at(self, name: str) -> str:
@@ -167,9 +188,11 @@ class Folder:
         an object whole."""
         target = self._at(name)
         if not self.local:
+
             def put() -> None:
                 with self.fs.open_output_stream(target) as out:
                     out.write(data)
+
             self._do(put)
             return
         self.fs.create_dir(posixpath.dirname(target), recursive=True)
@@ -182,6 +205,7 @@ class Folder:
         def get() -> bytes:
             with self.fs.open_input_stream(self._at(name)) as handle:
                 return handle.read()
+
         return self._do(get)
 
     def exists(self, name: str = "") -> bool:
@@ -191,13 +215,17 @@ class Folder:
         """The files below `name`, as paths relative to it, sorted (none if it does not exist)."""
         base = self._at(name)
         found = self._do(lambda: self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)))
-        return sorted(posixpath.relpath(f.path, base) for f in found
-                      if f.type == pafs.FileType.File and ".tmp-" not in posixpath.basename(f.path))
+        return sorted(
+            posixpath.relpath(f.path, base)
+            for f in found
+            if f.type == pafs.FileType.File and ".tmp-" not in posixpath.basename(f.path)
+        )
 
     def folders(self) -> list[str]:
         """The folders directly in this one."""
-        found = self._do(lambda: self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False,
-                                                                         allow_not_found=True)))
+        found = self._do(
+            lambda: self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False, allow_not_found=True))
+        )
         return sorted(posixpath.basename(f.path) for f in found if f.type == pafs.FileType.Directory)
 
     def upload(self, local_dir: str | os.PathLike, name: str) -> None:

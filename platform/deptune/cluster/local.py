@@ -59,8 +59,10 @@ def address_problem(address: str) -> str | None:
 
 def apply() -> None:
     if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
-        warnings.warn("ray was imported before deptune.cluster.local.apply(): a local Ray may listen on all interfaces",
-                      stacklevel=2)
+        warnings.warn(
+            "ray was imported before deptune.cluster.local.apply(): a local Ray may listen on all interfaces",
+            stacklevel=2,
+        )
     for key, value in {**LOCAL_RAY_ENV, **TRAIN_ENV}.items():
         os.environ.setdefault(key, value)
 
@@ -69,8 +71,11 @@ def private_ray_token() -> Path | None:
     """The token a local Ray 2.60 reads (and, when missing, writes with the umask's mode, 0644) at
     ~/.ray/auth_token: made here first, 0600 in a 0700 folder, and an existing one made private. Nothing
     to do when the token comes from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH or token auth is off."""
-    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token" or os.environ.get("RAY_AUTH_TOKEN") \
-            or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+    if (
+        os.environ.get("RAY_AUTH_MODE", "token").lower() != "token"
+        or os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    ):
         return None
     path = Path.home() / ".ray" / "auth_token"
     path.parent.mkdir(mode=0o700, exist_ok=True)
@@ -91,6 +96,7 @@ def connect(address: str | None = None) -> bool:
     For a loopback-only local Ray, `deptune.cluster.local.apply()` must have run before `import ray`.
     """
     import ray  # here: apply() must run before the first `import ray` of a process
+
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -99,9 +105,13 @@ def connect(address: str | None = None) -> bool:
         return False
     apply()  # the CLI applied it before importing ray; this covers library callers' env vars
     for other in running_rays():
-        print(f"warning: another Ray runs on this machine (GCS {other}); this run starts its own, and the two "
-              f"share the machine's {os.cpu_count()} CPUs: pass --address {other} (or set RAY_ADDRESS) to join it, "
-              f"or wait for it to end", file=sys.stderr, flush=True)
+        print(
+            f"warning: another Ray runs on this machine (GCS {other}); this run starts its own, and the two "
+            f"share the machine's {os.cpu_count()} CPUs: pass --address {other} (or set RAY_ADDRESS) to join it, "
+            f"or wait for it to end",
+            file=sys.stderr,
+            flush=True,
+        )
     private_ray_token()
     # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner polls: without it a
     # run whose controller is killed (a trial ASHA stops) keeps its workers' CPUs until Ray shuts down.
@@ -133,8 +143,15 @@ POLL_S = 2.0
 def _start_reaper() -> None:
     if not Path("/proc").is_dir():  # the reaper reads Linux's process table
         return
-    _REAPERS.append(subprocess.Popen([sys.executable, "-I", __file__, str(os.getpid())], stdin=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+    _REAPERS.append(
+        subprocess.Popen(
+            [sys.executable, "-I", __file__, str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    )
 
 
 def _process_table() -> dict[int, tuple[int, str]]:

@@ -52,8 +52,11 @@ class Shipment:
 def local_paths(spec: Any) -> list[LocalPath]:
     """Every local path a run of `spec` reads (made absolute against the driver's working directory)."""
     found: list[LocalPath] = []
-    tasks = [("task", spec.task)] if hasattr(spec, "task") else \
-        [(f"source_tasks.{i}", task) for i, task in enumerate(spec.source_tasks)]
+    tasks = (
+        [("task", spec.task)]
+        if hasattr(spec, "task")
+        else [(f"source_tasks.{i}", task) for i, task in enumerate(spec.source_tasks)]
+    )
     for prefix, task in tasks:
         if task.data_dir is not None:
             found.append(LocalPath(f"{prefix}.data_dir", "data", Path(task.data_dir).absolute()))
@@ -86,6 +89,7 @@ def fingerprint(path: str) -> list[tuple[str, int, str]] | None:
 def other_nodes() -> list[str]:
     """The alive nodes of the connected cluster other than this process's."""
     import ray
+
     here = ray.get_runtime_context().get_node_id()
     return [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != here]
 
@@ -94,9 +98,12 @@ def _probe(paths: list[str], nodes: list[str], timeout_s: float = 120) -> dict[s
     """Each node's fingerprint of each path: {path: [fingerprint on node 1, ...]}."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     look = ray.remote(num_cpus=0)(lambda ps: [fingerprint(p) for p in ps])
-    refs = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(paths)
-            for node in nodes]
+    refs = [
+        look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(paths)
+        for node in nodes
+    ]
     seen = ray.get(refs, timeout=timeout_s)
     return {path: [node_view[i] for node_view in seen] for i, path in enumerate(paths)}
 
@@ -104,6 +111,7 @@ def _probe(paths: list[str], nodes: list[str], timeout_s: float = 120) -> dict[s
 def job_working_dir() -> Path | None:
     """The driver's copy of its Ray job's `--working-dir`, if it runs in a job that has one."""
     import ray
+
     return Path.cwd() if ray.get_runtime_context().runtime_env.working_dir() else None
 
 
@@ -123,10 +131,12 @@ def storage_errors(spec: Any, nodes: list[str]) -> list[str]:
     if all(view == mine for view in seen):
         return []
     key = "train.storage_path" if spec.train.storage_path else "train.output_dir"
-    return [f"{key}: Ray's storage {location} is on the driver's disk, and {sum(v is None for v in seen)} of the "
-            f"cluster's {len(nodes)} other node(s) do not see it: checkpoints, Tune's state and the trials' "
-            f"records must be where every node reaches them: set train.storage_path to s3://bucket/path (the "
-            f"nodes' environment giving its endpoint and credentials) or to a folder every node mounts"]
+    return [
+        f"{key}: Ray's storage {location} is on the driver's disk, and {sum(v is None for v in seen)} of the "
+        f"cluster's {len(nodes)} other node(s) do not see it: checkpoints, Tune's state and the trials' "
+        f"records must be where every node reaches them: set train.storage_path to s3://bucket/path (the "
+        f"nodes' environment giving its endpoint and credentials) or to a folder every node mounts"
+    ]
 
 
 def travel(spec: Any, source: str) -> tuple[Any, Shipment | None]:
@@ -151,20 +161,29 @@ def travel(spec: Any, source: str) -> tuple[Any, Shipment | None]:
             continue  # shared storage: every node sees the same files
         size = sum(size for _, size, _ in mine or [])
         missing = sum(view is None for view in views[str(entry.path)])
-        where = f"{missing} of the cluster's {len(nodes)} other node(s) do not see it" if missing else \
-            "other nodes see different files there"
+        where = (
+            f"{missing} of the cluster's {len(nodes)} other node(s) do not see it"
+            if missing
+            else "other nodes see different files there"
+        )
         if entry.kind == "backbone":
-            errors.append(f"{entry.key}: {entry.path} is on the driver's disk ({where}); on a cluster give a hub "
-                          f"name, a folder every node mounts, or one inside the job's --working-dir")
+            errors.append(
+                f"{entry.key}: {entry.path} is on the driver's disk ({where}); on a cluster give a hub "
+                f"name, a folder every node mounts, or one inside the job's --working-dir"
+            )
         elif size > SHIP_LIMIT:
-            errors.append(f"{entry.key}: {entry.path} is on the driver's disk ({where}) and holds "
-                          f"{size / 2**20:.0f} MB, more than the {SHIP_LIMIT // 2**20} MB that travel with a run; "
-                          f"put it on storage every node mounts, or inside the job's --working-dir")
+            errors.append(
+                f"{entry.key}: {entry.path} is on the driver's disk ({where}) and holds "
+                f"{size / 2**20:.0f} MB, more than the {SHIP_LIMIT // 2**20} MB that travel with a run; "
+                f"put it on storage every node mounts, or inside the job's --working-dir"
+            )
         else:
             ship.append(entry)
     if sum(sum(s for _, s, _ in fingerprint(str(e.path)) or []) for e in ship) > SHIP_LIMIT:
-        errors.append(f"{', '.join(e.key for e in ship)}: together more than the {SHIP_LIMIT // 2**20} MB that "
-                      f"travel with a run; put the data on storage every node mounts")
+        errors.append(
+            f"{', '.join(e.key for e in ship)}: together more than the {SHIP_LIMIT // 2**20} MB that "
+            f"travel with a run; put the data on storage every node mounts"
+        )
     if errors:
         raise SpecError(source, errors)
     return with_paths(spec, {k: Path(v) for k, v in relative.items()}), pack(ship)
@@ -174,6 +193,7 @@ def pack(entries: list[LocalPath]) -> Shipment | None:
     if not entries:
         return None
     import ray
+
     content: dict[str, bytes] = {}
     folders, files = {}, {}
     for i, entry in enumerate(entries):
@@ -196,6 +216,7 @@ def arrive(spec: Any, shipment: Shipment | None) -> Any:
     trial into its own folder and names the original in TUNE_ORIG_WORKING_DIR), shipped files written to
     this node's temp folder once and the spec pointed at them."""
     from deptune.spec_base import absolute_paths
+
     spec = absolute_paths(spec, Path(os.environ.get("TUNE_ORIG_WORKING_DIR") or os.getcwd()))
     return with_paths(spec, unpack(shipment)) if shipment is not None else spec
 
@@ -207,6 +228,7 @@ def unpack(shipment: Shipment) -> dict[str, Path]:
         import shutil
 
         import ray
+
         root.parent.mkdir(parents=True, exist_ok=True)
         aside = Path(tempfile.mkdtemp(prefix=f"{shipment.digest}-", dir=root.parent))
         for name, data in ray.get(shipment.ref).items():
@@ -216,8 +238,10 @@ def unpack(shipment: Shipment) -> dict[str, Path]:
             aside.rename(root)  # another trial on this node may have written it first: theirs stands
         except OSError:
             shutil.rmtree(aside, ignore_errors=True)
-    return {key: root / folder / shipment.files[key] if key in shipment.files else root / folder
-            for key, folder in shipment.folders.items()}
+    return {
+        key: root / folder / shipment.files[key] if key in shipment.files else root / folder
+        for key, folder in shipment.folders.items()
+    }
 
 
 def with_paths(spec: Any, updates: dict[str, Path]) -> Any:

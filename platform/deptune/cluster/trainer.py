@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,24 +24,19 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from deptune.cluster.fit import check_fits
 from deptune.cluster.local import connect
 from deptune.cluster.paths import LocalPath, arrive, other_nodes, pack, travel, unpack
+from deptune.methods.catalog import restore, snapshot
+from deptune.methods.record import ADAPTER_FILES, copy_adapter
 from deptune.storage import ray_storage
 from deptune.train.checkpoint import STATE_FILE
 from deptune.train.config import IMPROVED_AT
-from deptune.train.spec import RunSpec, SourceSpec
-from deptune.methods.record import ADAPTER_FILES, copy_adapter
-from deptune.methods.registry import restore, snapshot
 from deptune.train.session import print_reporter
+from deptune.train.spec import RunSpec, SourceSpec
 
 if TYPE_CHECKING:
     from deptune.train.loop import TrainResult
     from deptune.train.multitask import SourceResult
 
 log = logging.getLogger(__name__)
-
-FAULT_ENV = "DEPTUNE_FAULT_FILE"
-"""Test hook: while the file this names exists and holds "RANK STEP", worker RANK deletes it and SIGKILLs
-itself after reporting STEP: a real process death mid-run, once."""
-
 
 ReportHook = Callable[[dict[str, float], Path | None], None]
 """Rank 0's extra consumer of each evaluation: its metrics and, when the adapter improved, its folder."""
@@ -67,7 +60,6 @@ class RaySession:
             self.on_report(metrics, checkpoint_dir if improved else None)
         checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
-        _maybe_inject_fault(self.rank, int(metrics["step"]))
 
 
 class ReportLog(ray.train.UserCallback):
@@ -95,10 +87,16 @@ def restored_checkpoint(checkpoint: Checkpoint | None) -> Path | None:
     fs, path = checkpoint.filesystem, checkpoint.path
     if not _whole(fs, path):
         from pyarrow.fs import FileSelector, FileType
+
         parent = path.rstrip("/").rsplit("/", 1)[0]
-        siblings = sorted((info.path for info in fs.get_file_info(FileSelector(parent))
-                           if info.type == FileType.Directory and info.base_name.startswith("checkpoint_")),
-                          reverse=True)
+        siblings = sorted(
+            (
+                info.path
+                for info in fs.get_file_info(FileSelector(parent))
+                if info.type == FileType.Directory and info.base_name.startswith("checkpoint_")
+            ),
+            reverse=True,
+        )
         found = next((p for p in siblings if _whole(fs, p)), None)
         log.warning("checkpoint %s is gone; resuming from %s", path, found or "the start (no checkpoint is whole)")
         if found is None:
@@ -110,6 +108,7 @@ def restored_checkpoint(checkpoint: Checkpoint | None) -> Path | None:
 def newest_checkpoint(experiment: str, trial_id: str) -> Path | None:
     """The newest whole checkpoint a Tune trial left in `experiment` (its folder is named after its id)."""
     from deptune.storage import Folder
+
     folder = Folder(experiment)
     trial = next((name for name in folder.folders() if f"_{trial_id}_" in name), None)
     if trial is None:
@@ -124,6 +123,7 @@ def newest_checkpoint(experiment: str, trial_id: str) -> Path | None:
 
 def _whole(fs, path: str) -> bool:
     from pyarrow.fs import FileType
+
     return all(info.type == FileType.File for info in fs.get_file_info([f"{path}/{name}" for name in CHECKPOINT_FILES]))
 
 
@@ -131,20 +131,11 @@ def read_report_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
 
 
-def _maybe_inject_fault(rank: int, step: int) -> None:
-    control = os.environ.get(FAULT_ENV)
-    if not control or not os.path.exists(control):
-        return
-    kill_rank, kill_step = (int(v) for v in Path(control).read_text().split())
-    if rank == kill_rank and step >= kill_step:
-        os.remove(control)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _worker(config: dict) -> dict:
     """Rank 0's return value becomes `Result.return_value`: how the driver learns training diverged.
     `config["rank0_hook"]`, if given, makes rank 0's report hook from the spec (a sweep's MLflow logging)."""
     from deptune.train.loop import train  # here, not at the top: the Train controller unpickles this function
+
     restore(config.get("methods") or {})  # methods registered in the driver only (e.g. defined by a test)
     spec = arrive(RunSpec.model_validate(config["spec"]), config.get("shipment"))
     session = RaySession()
@@ -157,6 +148,7 @@ def _worker(config: dict) -> dict:
 def _student_worker(config: dict) -> dict:
     """A rank of MPT's multitask student (`config["teachers"]`: each source task's teacher adapter)."""
     from deptune.train.multitask import fit_student  # the Train controller unpickles this function
+
     restore(config.get("methods") or {})
     spec = arrive(SourceSpec.model_validate(config["spec"]), config.get("shipment"))
     teachers = {task: Path(path) for task, path in config["teachers"].items()}
@@ -169,11 +161,15 @@ def diverged_at_step(result: ray.train.Result) -> int | None:
     return (getattr(result, "return_value", None) or {}).get("diverged_at_step")
 
 
-def build_trainer(spec: RunSpec | SourceSpec, name: str, storage: str | None = None,
-                  callbacks: Sequence[ray.train.UserCallback] = (),
-                  loop: Callable[[dict], None] | None = None,
-                  rank0_hook: Callable[[RunSpec], ReportHook] | None = None,
-                  extra: dict | None = None) -> TorchTrainer:
+def build_trainer(
+    spec: RunSpec | SourceSpec,
+    name: str,
+    storage: str | None = None,
+    callbacks: Sequence[ray.train.UserCallback] = (),
+    loop: Callable[[dict], None] | None = None,
+    rank0_hook: Callable[[RunSpec], ReportHook] | None = None,
+    extra: dict | None = None,
+) -> TorchTrainer:
     """A TorchTrainer running the loop (or `loop`, given {"spec": ..., **extra}) with the spec's resources,
     checkpoint retention and restarts; `rank0_hook(spec)` makes rank 0's report hook in the worker."""
     res, cfg = spec.resources, spec.train
@@ -181,16 +177,25 @@ def build_trainer(spec: RunSpec | SourceSpec, name: str, storage: str | None = N
     filesystem, storage_path = ray_storage(storage or spec.train.ray_storage())
     return TorchTrainer(
         loop or _worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "rank0_hook": rank0_hook, "methods": snapshot(),
-                           **(extra or {})},
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "rank0_hook": rank0_hook,
+            "methods": snapshot(),
+            **(extra or {}),
+        },
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=name, storage_path=storage_path, storage_filesystem=filesystem, callbacks=list(callbacks),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
-                                               checkpoint_score_attribute=IMPROVED_AT, checkpoint_score_order="max"),
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            callbacks=list(callbacks),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=IMPROVED_AT, checkpoint_score_order="max"
+            ),
             # a worker group that cannot start fails the run instead of being retried forever
-            failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0)),
+            failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=0),
+        ),
     )
 
 
@@ -198,13 +203,15 @@ def training_error(spec: RunSpec | SourceSpec, exc: Exception) -> RuntimeError:
     """Ray Train's failure, said in the spec's terms."""
     res = spec.resources
     if isinstance(exc, ray.train.ControllerError):  # the worker group never started (or the controller broke)
-        return RuntimeError(f"Ray Train could not start {res.workers} worker(s) with {res.cpus_per_worker:g} CPU / "
-                            f"{res.gpus_per_worker:g} GPU each: {exc.controller_failure}")
+        return RuntimeError(
+            f"Ray Train could not start {res.workers} worker(s) with {res.cpus_per_worker:g} CPU / "
+            f"{res.gpus_per_worker:g} GPU each: {exc.controller_failure}"
+        )
     failures = "; ".join(f"rank {r}: {e}" for r, e in sorted(exc.worker_failures.items()))
     return RuntimeError(f"training failed after {spec.train.max_failures} restart(s): {failures}")
 
 
-def run_on_ray(spec: RunSpec, address: str | None = None, name: str | None = None) -> "TrainResult":
+def run_on_ray(spec: RunSpec, address: str | None = None, name: str | None = None) -> TrainResult:
     """Fit the run on Ray; the best adapter is copied to `<output_dir>/best` as in a local run, and every
     report is logged to `<output_dir>/reports.jsonl`.
 
@@ -215,17 +222,19 @@ def run_on_ray(spec: RunSpec, address: str | None = None, name: str | None = Non
     try:
         check_fits(spec)
         spec, shipment = travel(spec, "<spec>")
-        return fit(spec, name or f"train-{time.strftime('%Y%m%d-%H%M%S')}", fresh=name is None,
-                   extra={"shipment": shipment})
+        return fit(
+            spec, name or f"train-{time.strftime('%Y%m%d-%H%M%S')}", fresh=name is None, extra={"shipment": shipment}
+        )
     finally:
         if started:
             ray.shutdown()
 
 
-def run_source_on_ray(spec: SourceSpec, address: str | None = None, name: str | None = None) -> "SourceResult":
+def run_source_on_ray(spec: SourceSpec, address: str | None = None, name: str | None = None) -> SourceResult:
     """MPT's source stage as Ray Train runs `<name>-teacher-<task>` and `<name>-student`. Given the `name` of an
     earlier stage (its driver died), teachers it finished are kept and the rest resume from their checkpoints."""
     from deptune.train.multitask import finished_teacher, mark_teacher_finished, source_result, teacher_run
+
     stage = name or f"mpt-source-{time.strftime('%Y%m%d-%H%M%S')}"
     started = connect(address)
     try:
@@ -237,24 +246,36 @@ def run_source_on_ray(spec: SourceSpec, address: str | None = None, name: str | 
             teachers[task] = finished_teacher(run, stage) if name else None
             if teachers[task] is None:
                 print(f"[mpt-source] teacher {i + 1}/{len(spec.task_names)}: {task}", flush=True)
-                teachers[task] = fit(run, f"{stage}-teacher-{task}", fresh=name is None,
-                                     extra={"shipment": shipment}).adapter_dir
+                teachers[task] = fit(
+                    run, f"{stage}-teacher-{task}", fresh=name is None, extra={"shipment": shipment}
+                ).adapter_dir
                 if teachers[task] is None:
                     raise RuntimeError(f"the teacher of {task} left no checkpoint (run {stage}-teacher-{task})")
                 mark_teacher_finished(run, stage)
         print(f"[mpt-source] student on {', '.join(spec.task_names)}", flush=True)
-        teacher_files = pack([LocalPath(f"teachers.{task}", "adapter", path.resolve())
-                              for task, path in teachers.items()]) if other_nodes() else None
-        result = fit(spec, f"{stage}-student", fresh=name is None, loop=_student_worker,
-                     extra={"teachers": {task: str(path.resolve()) for task, path in teachers.items()},
-                            "shipment": shipment, "teacher_files": teacher_files})
+        teacher_files = (
+            pack([LocalPath(f"teachers.{task}", "adapter", path.resolve()) for task, path in teachers.items()])
+            if other_nodes()
+            else None
+        )
+        result = fit(
+            spec,
+            f"{stage}-student",
+            fresh=name is None,
+            loop=_student_worker,
+            extra={
+                "teachers": {task: str(path.resolve()) for task, path in teachers.items()},
+                "shipment": shipment,
+                "teacher_files": teacher_files,
+            },
+        )
     finally:
         if started:
             ray.shutdown()
     return source_result(result, teachers, spec.train.output_dir / "best")
 
 
-def fit(spec: RunSpec | SourceSpec, name: str, fresh: bool = True, **trainer: object) -> "TrainResult":
+def fit(spec: RunSpec | SourceSpec, name: str, fresh: bool = True, **trainer: object) -> TrainResult:
     """Fit one Ray Train run on the connected cluster: its best adapter lands in `<output_dir>/best`, its
     reports in `<output_dir>/reports.jsonl` (appended to when the run resumes: `fresh` False)."""
     log_path = (spec.train.output_dir / "reports.jsonl").resolve()
@@ -273,6 +294,7 @@ def fit(spec: RunSpec | SourceSpec, name: str, fresh: bool = True, **trainer: ob
         with best.as_directory() as src:
             copy_adapter(src, best_dir)
     from deptune.train.loop import TrainResult
+
     metrics = dict(result.metrics or {})
     history = read_report_log(log_path) if log_path.is_file() else []
     rows = [r for r in history if "objective" in r]
@@ -282,4 +304,6 @@ def fit(spec: RunSpec | SourceSpec, name: str, fresh: bool = True, **trainer: ob
         best_metrics={k[5:]: v for k, v in best_row.items() if k.startswith("eval_") and k != "eval_latency_ms"},
         test_metrics={k[5:]: v for k, v in metrics.items() if k.startswith("test_")},
         adapter_dir=best_dir if best is not None else None,
-        trainable_params=int(metrics.get("trainable_params", 0)), history=history)
+        trainable_params=int(metrics.get("trainable_params", 0)),
+        history=history,
+    )

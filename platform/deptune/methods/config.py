@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, PositiveInt, model_validator
 
-from deptune.spec_base import FloatRange, IntRange, Range, StrictModel
+from deptune.spec_base import FloatRange, Range, StrictModel
 
 PromptInit = Literal["text", "sample_vocab", "random"]
 CausalRule = Literal["aligned", "official"]
@@ -46,15 +46,18 @@ class PromptConfig(StrictModel):
     max_length: PositiveInt = Field(256, description="s: the longest input (tokens) the adapter accepts")
     init: PromptInit = "sample_vocab"
     init_text: str | None = Field(None, description="text whose embeddings initialise the prompt (init: text)")
-    init_from: AdapterRef | None = Field(None, description="a saved adapter to start from (transfer): a folder "
-                                                          "or models:/NAME/VERSION")
+    init_from: AdapterRef | None = Field(
+        None, description="a saved adapter to start from (transfer): a folder or models:/NAME/VERSION"
+    )
     causal_rule: CausalRule = Field(
-        "aligned", description="decoder-only backbones: aligned (rows and positions count from the first real token; "
-                               "the answer gets no low-rank update; training and generation see the same layout) "
-                               "or official (the official DePT code's: input '{x} Label : ', answer "
-                               "tokenizer(y) + pad, each sequence laid out as if left-padded to s, so a token's "
-                               "low-rank row and training position count back from s and the answer is updated "
-                               "too); only decoder-only backbones take official")
+        "aligned",
+        description="decoder-only backbones: aligned (rows and positions count from the first real token; "
+        "the answer gets no low-rank update; training and generation see the same layout) "
+        "or official (the official DePT code's: input '{x} Label : ', answer "
+        "tokenizer(y) + pad, each sequence laid out as if left-padded to s, so a token's "
+        "low-rank row and training position count back from s and the answer is updated "
+        "too); only decoder-only backbones take official",
+    )
 
     learning_rates: ClassVar[tuple[str, ...]] = ("lr_prompt",)
     """The `train.lr_*` settings this method's tensors train with (an encoder's head adds lr_head)."""
@@ -62,7 +65,7 @@ class PromptConfig(StrictModel):
     """Searched when the spec's `search` omits them (the paper's winners)."""
 
     @model_validator(mode="after")
-    def _text_init_needs_text(self) -> "PromptConfig":
+    def _text_init_needs_text(self) -> PromptConfig:
         if self.init == "text" and not self.init_text:
             raise ValueError("method.init_text: required when method.init is 'text'")
         return self
@@ -70,8 +73,10 @@ class PromptConfig(StrictModel):
     # ----- what the search may vary ----------------------------------------------------------------------
     def refused_search_keys(self) -> dict[str, str]:
         """Search keys this method cannot take, each with the reason a user is shown."""
-        return {"rank": f"{self.name} has no low-rank pair; remove it",
-                "lr_lowrank": f"{self.name} has no low-rank pair; remove it"}
+        return {
+            "rank": f"{self.name} has no low-rank pair; remove it",
+            "lr_lowrank": f"{self.name} has no low-rank pair; remove it",
+        }
 
     def search_errors(self, ranges: Mapping[str, Range]) -> list[str]:
         """Problems of the given ranges that need no hidden size ('search.key: message')."""
@@ -100,19 +105,23 @@ class PromptConfig(StrictModel):
     # ----- what a run records ----------------------------------------------------------------------------
     def logged_params(self) -> dict[str, Any]:
         """The method's MLflow params (its learning rates are logged from the train section)."""
-        return {"method": self.name, "prompt_length": self.prompt_length, "max_length": self.max_length,
-                "init": self.init}
+        return {
+            "method": self.name,
+            "prompt_length": self.prompt_length,
+            "max_length": self.max_length,
+            "init": self.init,
+        }
 
     def source_errors(self, record: Any) -> list[str]:
         """Why a source adapter (its `adapter_config.json` record) cannot initialise this method."""
         if record.method != self.name:
-            return [f"method.init_from: {self.init_from} holds a {record.method} adapter; a {self.name} run "
-                    f"starts from a {self.name} adapter"]
+            return [
+                f"method.init_from: {self.init_from} holds a {record.method} adapter; a {self.name} run "
+                f"starts from a {self.name} adapter"
+            ]
         if record.prompt_length != self.prompt_length:
-            return [f"method.prompt_length: {self.prompt_length}, but the source adapter {self.init_from} has "
-                    f"{record.prompt_length} prompt tokens"]
+            return [
+                f"method.prompt_length: {self.prompt_length}, but the source adapter {self.init_from} has "
+                f"{record.prompt_length} prompt tokens"
+            ]
         return []
-
-
-def int_range(dim: Dimension) -> IntRange | None:
-    return dim if isinstance(dim, IntRange) else None

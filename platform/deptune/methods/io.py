@@ -17,17 +17,27 @@ from deptune import __version__
 from deptune.methods.record import CONFIG_FILE, WEIGHTS_FILE, AdapterRecord
 
 
-def save_adapter(model: Any, directory: str | Path, backbone_name: str, backbone_revision: str | None = None,
-                 task: str | None = None) -> Path:
+def save_adapter(
+    model: Any, directory: str | Path, backbone_name: str, backbone_revision: str | None = None, task: str | None = None
+) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     record = AdapterRecord(
-        method=cfg.name, prompt_length=cfg.prompt_length, rank=getattr(cfg, "rank", None),
-        max_length=cfg.max_length, alpha=getattr(cfg, "alpha", None), hidden_size=model.hidden_size,
-        backbone=backbone_name, backbone_revision=backbone_revision, family=model.family, task=task,
-        init=cfg.init, method_config=cfg.model_dump(mode="json", exclude={"init_from"}),
-        deptune_version=__version__)
+        method=cfg.name,
+        prompt_length=cfg.prompt_length,
+        rank=getattr(cfg, "rank", None),
+        max_length=cfg.max_length,
+        alpha=getattr(cfg, "alpha", None),
+        hidden_size=model.hidden_size,
+        backbone=backbone_name,
+        backbone_revision=backbone_revision,
+        family=model.family,
+        task=task,
+        init=cfg.init,
+        method_config=cfg.model_dump(mode="json", exclude={"init_from"}),
+        deptune_version=__version__,
+    )
     (directory / CONFIG_FILE).write_text(record.model_dump_json(indent=2))
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.adapter_tensors().items()}
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "method": cfg.name})
@@ -53,11 +63,16 @@ def load_adapter_tensors(model: Any, directory: str | Path, skip_head: bool = Fa
     if skip_head:
         saved = {k: v for k, v in saved.items() if k in expected}
     missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
-    mismatched = [f"{k}: file {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in saved and saved[k].shape != v.shape]
+    mismatched = [
+        f"{k}: file {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in saved and saved[k].shape != v.shape
+    ]
     if missing or unexpected or mismatched:
-        raise ValueError(f"adapter {path} does not fit this model: missing {missing}, unexpected {unexpected}, "
-                         f"shape mismatch {mismatched}")
+        raise ValueError(
+            f"adapter {path} does not fit this model: missing {missing}, unexpected {unexpected}, "
+            f"shape mismatch {mismatched}"
+        )
     with torch.no_grad():
         for key, param in expected.items():
             param.copy_(saved[key].to(param.dtype))

@@ -70,17 +70,24 @@ class PromptModel(nn.Module):
 
     def _check_position_limit(self) -> None:
         limit = getattr(self.backbone.config, "max_position_embeddings", None)
-        if self.family != "seq2seq" and limit is not None \
-                and self.config.prompt_length + self.config.max_length > limit:
-            raise ValueError(f"prompt_length + max_length = {self.config.prompt_length + self.config.max_length} "
-                             f"exceeds the backbone's {limit} positions")
+        if (
+            self.family != "seq2seq"
+            and limit is not None
+            and self.config.prompt_length + self.config.max_length > limit
+        ):
+            raise ValueError(
+                f"prompt_length + max_length = {self.config.prompt_length + self.config.max_length} "
+                f"exceeds the backbone's {limit} positions"
+            )
 
     def transfer_from(self, directory: Path) -> None:
         """Start from a source-task adapter: its method tensors, never its head (another task's labels)."""
         method = read_record(directory).method
         if method != self.config.name:
-            raise ValueError(f"method.init_from: {directory} holds a {method} adapter; a {self.config.name} run "
-                             f"starts from a {self.config.name} adapter")
+            raise ValueError(
+                f"method.init_from: {directory} holds a {method} adapter; a {self.config.name} run "
+                f"starts from a {self.config.name} adapter"
+            )
         load_adapter_tensors(self, directory, skip_head=True)
 
     # ----- what is trained and saved --------------------------------------------------------------------
@@ -96,8 +103,7 @@ class PromptModel(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters per learning-rate group: `prompt`, `lowrank` (DePT), `head` (encoders)."""
         params = dict(self.backbone.named_parameters())
-        return {"prompt": [self.prompt_embeddings], "lowrank": [],
-                "head": [params[name] for name in self.head_names]}
+        return {"prompt": [self.prompt_embeddings], "lowrank": [], "head": [params[name] for name in self.head_names]}
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -107,8 +113,12 @@ class PromptModel(nn.Module):
         """The (l x d) soft prompt prepended to every input (MPT composes it from its factors)."""
         return self.prompt_embeddings
 
-    def update_embeddings(self, embeds: Tensor, attention_mask: Tensor, update_mask: Tensor) -> Tensor:
-        """Hook for methods that change the input token embeddings (PT: none)."""
+    def update_embeddings(
+        self, input_ids: Tensor, embeds: Tensor, attention_mask: Tensor, update_mask: Tensor
+    ) -> Tensor:
+        """Hook for methods that change the input token embeddings (PT: none): `embeds` are the frozen
+        table's rows for `input_ids` (a method may look the ids up itself, e.g. a LoRA on the table), and
+        `update_mask` marks the tokens a method may update."""
         self.check_input_length(update_mask)
         return embeds
 
@@ -117,11 +127,13 @@ class PromptModel(nn.Module):
         if longest > self.config.max_length:
             raise ValueError(f"input of {longest} tokens exceeds the adapter's max_length s={self.config.max_length}")
 
-    def _prompted_inputs(self, input_ids: Tensor, attention_mask: Tensor,
-                         update_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _prompted_inputs(
+        self, input_ids: Tensor, attention_mask: Tensor, update_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         embeds = self.word_embeddings(input_ids)
-        embeds = self.update_embeddings(embeds, attention_mask,
-                                        attention_mask if update_mask is None else update_mask)
+        embeds = self.update_embeddings(
+            input_ids, embeds, attention_mask, attention_mask if update_mask is None else update_mask
+        )
         batch = input_ids.shape[0]
         prompt = self.prompt().to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
         prompt_mask = attention_mask.new_ones(batch, self.config.prompt_length)
@@ -137,12 +149,14 @@ class PromptModel(nn.Module):
         embeds, mask = self._prompted_inputs(input_ids, attention_mask, update_mask)
         if self.family == "causal":
             if labels is not None:
-                labels = torch.cat([labels.new_full((labels.shape[0], self.config.prompt_length), IGNORE_INDEX),
-                                    labels], dim=1)
+                labels = torch.cat(
+                    [labels.new_full((labels.shape[0], self.config.prompt_length), IGNORE_INDEX), labels], dim=1
+                )
             position_ids = positions(mask)
-            position_ids[:, self.config.prompt_length:] += self.window_shift(attention_mask)
-            return self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
-                                 labels=labels, **backbone_kwargs)
+            position_ids[:, self.config.prompt_length :] += self.window_shift(attention_mask)
+            return self.backbone(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, labels=labels, **backbone_kwargs
+            )
         return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels, **backbone_kwargs)
 
     def window_shift(self, mask: Tensor) -> Tensor:
@@ -156,8 +170,14 @@ class PromptModel(nn.Module):
     def generate(self, input_ids: Tensor, attention_mask: Tensor, max_new_tokens: int = 20, **kwargs) -> Tensor:
         """Greedy decoding of new tokens only (causal inputs must be left-padded)."""
         embeds, mask = self._prompted_inputs(input_ids, attention_mask)
-        return self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                      do_sample=False, num_beams=1, **kwargs)
+        return self.backbone.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            **kwargs,
+        )
 
 
 def positions(attention_mask: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ class Predictor:
     def load(cls, model_uri: str, tracking_uri: str | None = None) -> Predictor:
         import mlflow
         import mlflow.pyfunc
+
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
         model = mlflow.pyfunc.load_model(model_uri)
@@ -58,9 +59,12 @@ def model_columns(model_uri: str, tracking_uri: str | None = None) -> list[str]:
     """The model's input columns, from its MLmodel alone (rows are checked before the model loads)."""
     import mlflow
     from mlflow.models import get_model_info
+
     if not needs_store(model_uri) and not (Path(model_uri) / "MLmodel").is_file():
-        raise InputError(f"{model_uri}: no model there (a models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ URI, "
-                         f"or a folder holding an MLmodel file)")
+        raise InputError(
+            f"{model_uri}: no model there (a models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ URI, "
+            f"or a folder holding an MLmodel file)"
+        )
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     return list(get_model_info(model_uri).signature.inputs.input_names())
@@ -69,8 +73,10 @@ def model_columns(model_uri: str, tracking_uri: str | None = None) -> list[str]:
 def check_columns(rows: pd.DataFrame, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in rows.columns]
     if missing:
-        raise InputError(f"missing input column(s) {', '.join(missing)}: this model's task takes "
-                         f"{', '.join(columns)} (give each as --input COLUMN=TEXT, or a --file with these columns)")
+        raise InputError(
+            f"missing input column(s) {', '.join(missing)}: this model's task takes "
+            f"{', '.join(columns)} (give each as --input COLUMN=TEXT, or a --file with these columns)"
+        )
     if rows.empty:
         raise InputError(f"no rows to predict: give --input COLUMN=TEXT for {', '.join(columns)}, or a --file")
 
@@ -90,8 +96,9 @@ def rows_from_options(columns: Sequence[str], texts: Sequence[str], inputs: Sequ
         values.setdefault(columns[0], []).extend(texts)
     lengths = {c: len(v) for c, v in values.items()}
     if len(set(lengths.values())) > 1:
-        raise InputError("every column needs the same number of values: "
-                         + ", ".join(f"{c} has {n}" for c, n in lengths.items()))
+        raise InputError(
+            "every column needs the same number of values: " + ", ".join(f"{c} has {n}" for c, n in lengths.items())
+        )
     frame = pd.DataFrame(values)
     check_columns(frame, columns)
     return frame
@@ -108,14 +115,16 @@ def rows_from_file(path: Path) -> pd.DataFrame:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise InputError(f"--file {path}:{line}: byte 0x{raw[exc.start]:02x} is not UTF-8; save the file as UTF-8"
-                         ) from None
+        raise InputError(
+            f"--file {path}:{line}: byte 0x{raw[exc.start]:02x} is not UTF-8; save the file as UTF-8"
+        ) from None
     if not text.strip():
         raise InputError(f"--file {path}: empty; give a header line (the task's columns) and rows")
     try:
         if suffix in (".csv", ".tsv"):
-            return pd.read_csv(io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str,
-                               keep_default_na=False)
+            return pd.read_csv(
+                io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False
+            )
         if suffix == ".jsonl":
             _check_json_lines(path, text)
         return pd.read_json(io.StringIO(text), lines=suffix == ".jsonl", dtype=str)

@@ -30,6 +30,7 @@ def quiet_transformers():
     """Transformers' load report off: loading an encoder's backbone says its head is "MISSING ... newly
     initialized", true of the backbone alone and wrong for the model: the adapter's head is loaded next."""
     from transformers.utils import logging as hf_logging
+
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -46,7 +47,8 @@ def label_names(task) -> dict[str, str]:
 
 def input_columns(task_name: str) -> list[str]:
     """The text fields the task formats (`label` is what the model predicts)."""
-    from deptune.tasks.registry import get_task
+    from deptune.tasks.catalog import get_task
+
     task = get_task(task_name)
     fields = getattr(task, "inputs", ("sentence",)) + getattr(task, "extra_fields", ())
     return list(fields)
@@ -56,10 +58,11 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     """Backbone + adapter, rebuilt from the run's spec; predictions are the task's verbalised labels."""
 
     def load_context(self, context) -> None:
-        from deptune.methods.adapters import load_adapter
         from deptune.backbones import load_backbone
-        from deptune.tasks.registry import get_task
+        from deptune.methods.adapters import load_adapter
+        from deptune.tasks.catalog import get_task
         from deptune.train.loop import resolve_device
+
         self.spec = RunSpec.model_validate_json(Path(context.artifacts[SPEC]).read_text())
         self.task = get_task(self.spec.task.name)
         with quiet_transformers():
@@ -71,15 +74,29 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from deptune.train.data import encode
         from deptune.train.evaluate import predict
+
         if isinstance(model_input, dict):
             model_input = pd.DataFrame(model_input)
         placeholder = 0.0 if self.task.is_regression else self.task.label_names[0]
         rows = [{**row, "label": placeholder} for row in model_input.to_dict("records")]
         examples = [self.task.format(row) for row in rows]
-        items = encode(examples, self.backbone, self.task, self.model.config.max_length,
-                       self.spec.train.max_target_length, self.model.config.causal_rule)
-        labels = predict(self.model, self.backbone, self.task, items, self.spec.train.eval_batch_size,
-                         self.spec.train.max_new_tokens, self.device)
+        items = encode(
+            examples,
+            self.backbone,
+            self.task,
+            self.model.config.max_length,
+            self.spec.train.max_target_length,
+            self.model.config.causal_rule,
+        )
+        labels = predict(
+            self.model,
+            self.backbone,
+            self.task,
+            items,
+            self.spec.train.eval_batch_size,
+            self.spec.train.max_new_tokens,
+            self.device,
+        )
         return pd.DataFrame({OUTPUT: labels, NAME: [self.names.get(label, label) for label in labels]})
 
 
@@ -87,10 +104,16 @@ def save_pyfunc(path: Path, adapter_dir: Path, spec_file: Path, example: dict[st
     """Write the pyfunc model folder (signature and input example included) to `path`."""
     shutil.rmtree(path, ignore_errors=True)
     columns = list(example)
-    signature = ModelSignature(inputs=Schema([ColSpec("string", c) for c in columns]),
-                               outputs=Schema([ColSpec("string", OUTPUT), ColSpec("string", NAME)]))
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", c) for c in columns]),
+        outputs=Schema([ColSpec("string", OUTPUT), ColSpec("string", NAME)]),
+    )
     mlflow.pyfunc.save_model(
-        str(path), python_model=str(CODE), artifacts={ADAPTER: str(adapter_dir), SPEC: str(spec_file)},
-        signature=signature, input_example=pd.DataFrame(example),
-        pip_requirements=[f"deptune=={__version__}", "torch", "transformers", "safetensors", "pandas"])
+        str(path),
+        python_model=str(CODE),
+        artifacts={ADAPTER: str(adapter_dir), SPEC: str(spec_file)},
+        signature=signature,
+        input_example=pd.DataFrame(example),
+        pip_requirements=[f"deptune=={__version__}", "torch", "transformers", "safetensors", "pandas"],
+    )
     return path

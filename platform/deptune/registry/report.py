@@ -9,7 +9,7 @@ from deptune.tracking.store import TAG
 from deptune.tracking.tables import fmt, wide_console
 
 
-def trial_runs(uri: str, experiment: str, metric: str, mode: str) -> list:
+def trial_mlflow_runs(uri: str, experiment: str, metric: str, mode: str) -> list:
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -18,8 +18,10 @@ def trial_runs(uri: str, experiment: str, metric: str, mode: str) -> list:
     runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{TAG}role` = 'trial'", max_results=5000)
     if runs and metric != "objective" and all(_score(r.data.metrics, metric) is None for r in runs):
         known = sorted({m for r in runs for m in r.data.metrics})
-        raise LookupError(f"--metric {metric!r}: no trial run of {experiment!r} logged it; they logged "
-                          f"{', '.join(known) or 'no metric'}")
+        raise LookupError(
+            f"--metric {metric!r}: no trial run of {experiment!r} logged it; they logged "
+            f"{', '.join(known) or 'no metric'}"
+        )
     scored = [r for r in runs if _score(r.data.metrics, metric) is not None]
     scored.sort(key=lambda r: _score(r.data.metrics, metric), reverse=mode == "max")
     return scored + [r for r in runs if _score(r.data.metrics, metric) is None]
@@ -31,20 +33,40 @@ def _score(metrics: dict[str, float], metric: str) -> float | None:
 
 
 def render_experiment(uri: str, experiment: str, metric: str = "objective", mode: str = "max", top: int = 20) -> None:
-    runs = trial_runs(uri, experiment, metric, mode)
+    runs = trial_mlflow_runs(uri, experiment, metric, mode)
     table = Table(title=f"{experiment}: {len(runs)} trial runs in {uri}")
     score = "best objective" if metric == "objective" else metric
-    for column in ("run", "sweep", "status", "state", "m", "r", score, "lr_prompt", "lr_lowrank", "lr_head",
-                   "trainable", "accelerator-s"):
+    for column in (
+        "run",
+        "sweep",
+        "status",
+        "state",
+        "m",
+        "r",
+        score,
+        "lr_prompt",
+        "lr_lowrank",
+        "lr_head",
+        "trainable",
+        "accelerator-s",
+    ):
         table.add_column(column, justify="left" if column in ("run", "sweep", "status", "state") else "right")
     for run in runs[:top]:
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-        table.add_row(run.info.run_name, tags.get(f"{TAG}sweep", "-"), run.info.status,
-                      tags.get(f"{TAG}state", "-"),
-                      params.get("prompt_length", "-"), params.get("rank", "-"), fmt(_score(metrics, metric)),
-                      _number(params.get("lr_prompt")), _number(params.get("lr_lowrank")), _number(params.get("lr_head")),
-                      fmt(int(metrics["trainable_params"])) if "trainable_params" in metrics else "-",
-                      fmt(metrics.get("accelerator_seconds")))
+        table.add_row(
+            run.info.run_name,
+            tags.get(f"{TAG}sweep", "-"),
+            run.info.status,
+            tags.get(f"{TAG}state", "-"),
+            params.get("prompt_length", "-"),
+            params.get("rank", "-"),
+            fmt(_score(metrics, metric)),
+            _number(params.get("lr_prompt")),
+            _number(params.get("lr_lowrank")),
+            _number(params.get("lr_head")),
+            fmt(int(metrics["trainable_params"])) if "trainable_params" in metrics else "-",
+            fmt(metrics.get("accelerator_seconds")),
+        )
     wide_console().print(table)
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from deptune.methods.registry import methods
+from deptune.methods.catalog import methods
 from deptune.spec_base import FloatRange, IntRange, Range, StrictModel
+from deptune.sweep.components import ASHAConfig, Sampler, Scheduler, TPEConfig
 from deptune.tracking.config import TrackingConfig
 from deptune.train.spec import RunSpec
 
@@ -43,32 +44,45 @@ class SearchConfig(StrictModel):
 
 SEARCH_KEYS = tuple(SearchConfig.model_fields)
 
+
 class Objective(StrictModel):
-    metric: str = Field("objective", description="a reported metric: objective (the task's first metric), "
-                                                 "eval_<task metric>, " + ", ".join(TRAINING_METRICS[1:]))
+    metric: str = Field(
+        "objective",
+        description="a reported metric: objective (the task's first metric), "
+        "eval_<task metric>, " + ", ".join(TRAINING_METRICS[1:]),
+    )
     mode: Literal["max", "min"] = "max"
-
-
-class SchedulerConfig(StrictModel):
-    name: Literal["asha", "fifo"] = Field("asha", description="asha stops weak trials early; fifo runs all")
-    grace_period: PositiveInt | None = Field(None, description="steps every trial trains before ASHA may stop it "
-                                                               "(default: two evaluations)")
-    reduction_factor: float = Field(3.0, gt=1, description="ASHA keeps 1/reduction_factor of the trials per rung")
 
 
 class SweepConfig(StrictModel):
     trials: PositiveInt = Field(8, le=MAX_TRIALS, description="trials each execution adds to the study")
     max_concurrent: PositiveInt = Field(1, le=MAX_TRIALS, description="trials running at once (each uses `resources`)")
     objective: Objective = Objective()
-    second_objective: Objective | None = Field(None, description="optional, e.g. {metric: step_time_s, mode: min}: "
-                                                                 "a multi-objective search and its Pareto front")
-    scheduler: SchedulerConfig = SchedulerConfig()
+    second_objective: Objective | None = Field(
+        None,
+        description="optional, e.g. {metric: step_time_s, mode: min}: a multi-objective search and its Pareto front",
+    )
+    sampler: Sampler = Field(TPEConfig(), description="how trials are chosen: {name: tpe|gp|random, ...}")
+    scheduler: Scheduler = Field(ASHAConfig(), description="when trials stop early: {name: asha|fifo, ...}")
     seed: int = Field(0, description="the sampler's seed; each execution of the study derives its own from it")
     time_budget_s: PositiveFloat | None = Field(None, description="stop the execution after this many seconds")
     driver_cpus: PositiveFloat = Field(0.5, description="CPUs for each trial's driver (Ray rejects zero)")
-    startup_trials: NonNegativeInt = Field(4, description="TPE samples at random until the study has this many")
-    enqueue: list[dict[str, int | float]] = Field(default_factory=list, description="configurations to try first, e.g. "
-                                            "the paper's: [{prompt_length: 60, lr_prompt: 0.3, lr_lowrank: 1e-4}]")
+    enqueue: list[dict[str, int | float]] = Field(
+        default_factory=list,
+        description="configurations to try first, e.g. "
+        "the paper's: [{prompt_length: 60, lr_prompt: 0.3, lr_lowrank: 1e-4}]",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_startup_trials(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "startup_trials" in data:
+            n = data["startup_trials"]
+            raise ValueError(
+                f"sweep.startup_trials: renamed, because it belongs to the sampler: write "
+                f"`sampler: {{name: tpe, startup_trials: {n}}}` (gp takes it too; random has none)"
+            )
+        return data
 
     @property
     def objectives(self) -> list[Objective]:
@@ -78,8 +92,11 @@ class SweepConfig(StrictModel):
 
 class StudyConfig(StrictModel):
     name: str | None = Field(None, min_length=1, description="Optuna study name (default: the spec file's stem)")
-    storage: str | None = Field(None, description="RDB URL (sqlite:///..., postgresql://...); default "
-                                                  "$DEPTUNE_STUDY_STORAGE, else sqlite next to the run")
+    storage: str | None = Field(
+        None,
+        description="RDB URL (sqlite:///..., postgresql://...); default "
+        "$DEPTUNE_STUDY_STORAGE, else sqlite next to the run",
+    )
 
 
 class SweepSpec(RunSpec):
@@ -96,7 +113,7 @@ class SweepSpec(RunSpec):
         return base_run_data(data)
 
     @model_validator(mode="after")
-    def _search_fits_method(self) -> "SweepSpec":
+    def _search_fits_method(self) -> SweepSpec:
         ranges = self.search.ranges()
         refused = self.method.refused_search_keys()
         for key in ranges:
@@ -104,21 +121,17 @@ class SweepSpec(RunSpec):
                 raise ValueError(f"search.{key}: {refused[key]}")
         if errors := self.method.search_errors(ranges):
             raise ValueError(errors[0])
-        grace = self.sweep.scheduler.grace_period
-        if grace is not None and grace >= self.train.steps:
-            raise ValueError(f"sweep.scheduler.grace_period: {grace} must be < train.steps ({self.train.steps}), "
-                             f"else ASHA can never stop a trial")
+        for component in (self.sweep.sampler, self.sweep.scheduler):
+            if problems := component.problems(self):
+                raise ValueError(problems[0])
         for i, point in enumerate(self.sweep.enqueue):
             if unknown := set(point) - set(SEARCH_KEYS):
-                raise ValueError(f"sweep.enqueue.{i}: unknown parameter(s) {sorted(unknown)}; "
-                                 f"known: {sorted(SEARCH_KEYS)}")
+                raise ValueError(
+                    f"sweep.enqueue.{i}: unknown parameter(s) {sorted(unknown)}; known: {sorted(SEARCH_KEYS)}"
+                )
         if self.sweep.second_objective and self.sweep.second_objective.metric == self.sweep.objective.metric:
             raise ValueError("sweep.second_objective.metric: must differ from sweep.objective.metric")
         return self
-
-    @property
-    def grace_period(self) -> int:
-        return self.sweep.scheduler.grace_period or min(2 * self.train.eval_every, self.train.steps - 1)
 
     def base_run(self) -> RunSpec:
         """The run a trial starts from (the spec's own sub-models, not re-validated from a dump)."""
@@ -126,19 +139,25 @@ class SweepSpec(RunSpec):
 
     def warnings(self) -> list[str]:
         """Settings that are valid but likely not what the user meant ('key.path: message')."""
-        sweep = self.sweep
-        if sweep.trials <= sweep.startup_trials:
-            return [f"sweep.trials: {sweep.trials} trial(s) <= sweep.startup_trials ({sweep.startup_trials}): a "
-                    f"first execution samples every trial at random and TPE never engages; raise sweep.trials or "
-                    f"lower sweep.startup_trials (later executions of the study build on its trials)"]
+        sweep, startup = self.sweep, self.sweep.sampler.startup
+        if startup and sweep.trials <= startup:
+            return [
+                f"sweep.trials: {sweep.trials} trial(s) <= sweep.sampler.startup_trials ({startup}): a first "
+                f"execution samples every trial at random and {sweep.sampler.name} never engages; raise "
+                f"sweep.trials or lower sweep.sampler.startup_trials (later executions of the study build on "
+                f"its trials)"
+            ]
         return []
 
 
 def base_run_data(data: Any) -> Any:
     """A searched m (or r) need not be fixed in the method section: the base run (`deptune train` on a
     sweep spec) takes the low end of its range, for the method fields the method has."""
-    if not isinstance(data, dict) or not isinstance(method := data.get("method"), dict) \
-            or not isinstance(search := data.get("search"), dict):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(method := data.get("method"), dict)
+        or not isinstance(search := data.get("search"), dict)
+    ):
         return data
     registered = methods().get(method.get("name"))
     if registered is None:

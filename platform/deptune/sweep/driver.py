@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import optuna
 import ray
 from optuna.trial import FrozenTrial
 from ray import tune
-from ray.tune.schedulers import FIFOScheduler
 
 from deptune import locks
 from deptune.backbones import hidden_size, model_config
@@ -27,19 +25,27 @@ from deptune.cluster import local as local_ray
 from deptune.cluster.fit import check_fits
 from deptune.cluster.local import connect
 from deptune.cluster.paths import Shipment, travel
-from deptune.methods.registry import snapshot
+from deptune.methods.catalog import snapshot
 from deptune.registry.promotion import LOCK_ENV
 from deptune.spec_base import SpecError, absolute_paths, redact, split_credentials
 from deptune.storage import Folder, join, ray_storage
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.retention import CheckpointRetention, clean_up
-from deptune.sweep.schedulers import ASHA
 from deptune.sweep.searcher import StudyEvents, StudySearcher
 from deptune.sweep.space import SearchPlan, plan_search
-from deptune.sweep.study import (Execution, close_orphans, last_execution, load_study, open_storage,
-                                 pareto_front, resume_problem, start_execution, storage_url)
+from deptune.sweep.study import (
+    Execution,
+    close_orphans,
+    last_execution,
+    load_study,
+    open_storage,
+    pareto_front,
+    resume_problem,
+    start_execution,
+    storage_url,
+)
 from deptune.sweep.tracker import OpeningTracker, SweepOutcomeTracking, SweepTracker, trial_journals_for
-from deptune.sweep.trainable import run_trial
+from deptune.sweep.trainable import train_trial
 from deptune.tracking.sources import localize_sources
 from deptune.tracking.store import check_reachable, resolve_uri
 from deptune.tracking.trial import PublishedTracking, TrialTracking
@@ -110,8 +116,13 @@ def refuse_before_writing(spec: SweepSpec, source: str, resume: bool, address: s
         raise SpecError(source, [f"--resume: {problem}; run without --resume to start an execution"])
 
 
-def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False, address: str | None = None,
-              plan: SearchPlan | None = None) -> SweepOutcome:
+def run_sweep(
+    spec: SweepSpec,
+    source: str = "<spec>",
+    resume: bool = False,
+    address: str | None = None,
+    plan: SearchPlan | None = None,
+) -> SweepOutcome:
     """One execution of the spec's study, under the study's lock: two executions never run at once.
     `plan`: the search plan `deptune.checks` made (it is made here otherwise)."""
     address = address or os.environ.get("RAY_ADDRESS")
@@ -130,17 +141,34 @@ def run_sweep(spec: SweepSpec, source: str = "<spec>", resume: bool = False, add
         with locks.exclusive(f"sweep:{study.study_name}", lock_url):
             return _run_execution(spec, source, resume, address, plan, url, tracking_uri, storage_db, study)
     except locks.LockHeld:
-        raise SweepLocked(f"another execution of study {study.study_name!r} is running (its lock is held in "
-                          f"{redact(lock_url)}); this one did not start") from None
+        raise SweepLocked(
+            f"another execution of study {study.study_name!r} is running (its lock is held in "
+            f"{redact(lock_url)}); this one did not start"
+        ) from None
 
 
-def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | None, plan: SearchPlan, url: str,
-                   tracking_uri: str, storage_db, study: optuna.Study) -> SweepOutcome:
+def _run_execution(
+    spec: SweepSpec,
+    source: str,
+    resume: bool,
+    address: str | None,
+    plan: SearchPlan,
+    url: str,
+    tracking_uri: str,
+    storage_db,
+    study: optuna.Study,
+) -> SweepOutcome:
     storage = spec.train.ray_storage()
     execution = last_execution(spec, study) if resume else None
     if execution is not None and _execution_done(storage, execution.name, spec):
-        return SweepOutcome(study=study, execution=execution, experiment_path=join(storage, execution.name),
-                            interrupted=False, errors=0, resumed_nothing=True)
+        return SweepOutcome(
+            study=study,
+            execution=execution,
+            experiment_path=join(storage, execution.name),
+            interrupted=False,
+            errors=0,
+            resumed_nothing=True,
+        )
     started = connect(address)
     sigterm = _GracefulStop()  # after connect(): Ray's own SIGTERM handler, installed by ray.init, would win
     tracker = opening = None
@@ -159,8 +187,15 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
             tracker.open_parent(source)
             tuner = _restored_tuner(spec, execution, storage, trials, tracker.trial_tracking())
         else:  # MLflow opens while Tune starts the first trial actors (see OpeningTracker)
-            opening = OpeningTracker(spec, tracking_uri, execution, study, plan, source, PublishedTracking(
-                storage, f"{execution.name}-tracking.json"))
+            opening = OpeningTracker(
+                spec,
+                tracking_uri,
+                execution,
+                study,
+                plan,
+                source,
+                PublishedTracking(storage, f"{execution.name}-tracking.json"),
+            )
             tuner = _new_tuner(spec, plan, study, url, execution, storage, trials, opening)
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state for --resume stays fresh
         # a trial that fails before its first evaluation must be recorded as failed, not stop the sweep
@@ -176,10 +211,16 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
         interrupted = bool(_unfinished_trials(storage, execution.name))
         if not interrupted:
             close_orphans(study, storage_db, execution, "the trial did not finish before its execution ended")
-            if spec.resources.trial_runner == "tune":  # Ray Train runs keep their own
+            if spec.resources.resolved_runner == "tune":  # Ray Train runs keep their own
                 clean_up(path, best_adapters(study, execution))
-        return SweepOutcome(study=study, execution=execution, experiment_path=path, interrupted=interrupted,
-                            errors=len(results.errors), tracking=tracker.finish(interrupted))
+        return SweepOutcome(
+            study=study,
+            execution=execution,
+            experiment_path=path,
+            interrupted=interrupted,
+            errors=len(results.errors),
+            tracking=tracker.finish(interrupted),
+        )
     finally:
         for opened in (tracker, opening):  # its sender thread, if the sweep ended before `finish` stopped it
             if opened is not None:
@@ -187,12 +228,16 @@ def _run_execution(spec: SweepSpec, source: str, resume: bool, address: str | No
         sigterm.restore()
         if started:
             import ray
+
             ray.shutdown()
 
 
 def best_adapters(study: optuna.Study, execution: Execution) -> set[str]:
-    return {t.user_attrs["adapter_path"] for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("execution") == execution.number and "adapter_path" in t.user_attrs}
+    return {
+        t.user_attrs["adapter_path"]
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("execution") == execution.number and "adapter_path" in t.user_attrs
+    }
 
 
 class _GracefulStop:
@@ -214,8 +259,11 @@ class _GracefulStop:
         if self.received or not self.fitting or not callable(tune_stop):
             raise SystemExit(128 + signum)
         self.received = True
-        print("SIGTERM: stopping the sweep (running trials stopped, state saved for --resume)", file=sys.stderr,
-              flush=True)
+        print(
+            "SIGTERM: stopping the sweep (running trials stopped, state saved for --resume)",
+            file=sys.stderr,
+            flush=True,
+        )
         tune_stop(signum, frame)
 
     def restore(self) -> None:
@@ -243,13 +291,21 @@ class Trials:
     shipment: Shipment | None
 
 
-def _trainable(spec: SweepSpec, execution: Execution, storage: str, trials: Trials,
-               tracking: TrialTracking | PublishedTracking):
+def _trainable(
+    spec: SweepSpec, execution: Execution, storage: str, trials: Trials, tracking: TrialTracking | PublishedTracking
+):
     train_storage = join(storage, f"{execution.name}-train")
-    fn = tune.with_parameters(run_trial, spec=trials.spec, methods=_ship_methods(), train_storage=train_storage,
-                              tracking=tracking, shipment=trials.shipment, experiment=join(storage, execution.name))
+    fn = tune.with_parameters(
+        train_trial,
+        spec=trials.spec,
+        methods=_ship_methods(),
+        train_storage=train_storage,
+        tracking=tracking,
+        shipment=trials.shipment,
+        experiment=join(storage, execution.name),
+    )
     res = spec.resources
-    if res.trial_runner == "tune":  # the actor is the trial's one worker
+    if res.resolved_runner == "tune":  # the actor is the trial's one worker
         return tune.with_resources(fn, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker})
     return tune.with_resources(fn, {"cpu": spec.sweep.driver_cpus})
 
@@ -259,37 +315,46 @@ def _run_config(spec: SweepSpec, execution: Execution, storage: str, callbacks: 
     deletes the superseded ones once no saved state can name them; Ray Train runs keep their own and restart
     their own dead workers. Tune restarts a trial whose actor died (with its node): one in its actor from
     Tune's checkpoint, one on Ray Train from its run's (the run is named after the trial)."""
-    in_actor = spec.resources.trial_runner == "tune"
+    in_actor = spec.resources.resolved_runner == "tune"
     if in_actor:
         callbacks = [*callbacks, CheckpointRetention(spec.train.keep_checkpoints)]
     filesystem, path = ray_storage(storage)
-    return tune.RunConfig(name=execution.name, storage_path=path, storage_filesystem=filesystem, callbacks=callbacks,
-                          failure_config=tune.FailureConfig(max_failures=spec.train.max_failures), verbose=1)
+    return tune.RunConfig(
+        name=execution.name,
+        storage_path=path,
+        storage_filesystem=filesystem,
+        callbacks=callbacks,
+        failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
+        verbose=1,
+    )
 
 
-def _new_tuner(spec: SweepSpec, plan: SearchPlan, study: optuna.Study, url: str, execution: Execution,
-               storage: str, trials: Trials, opening: OpeningTracker) -> tune.Tuner:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=execution.seed, n_startup_trials=spec.sweep.startup_trials,
-                                             multivariate=True, constant_liar=spec.sweep.max_concurrent > 1)
-    searcher = StudySearcher(spec, plan, study.study_name, url, sampler, execution.number,
-                             journal_root=trial_journals_for(spec, execution))
+def _new_tuner(
+    spec: SweepSpec,
+    plan: SearchPlan,
+    study: optuna.Study,
+    url: str,
+    execution: Execution,
+    storage: str,
+    trials: Trials,
+    opening: OpeningTracker,
+) -> tune.Tuner:
+    sampler = spec.sweep.sampler.build(execution.seed, spec)
+    searcher = StudySearcher(
+        spec, plan, study.study_name, url, sampler, execution.number, journal_root=trial_journals_for(spec, execution)
+    )
     searcher.on_finished = opening.finish_trial  # each child run is closed as soon as the study records it
-    primary = spec.sweep.objective
-    if spec.sweep.scheduler.name == "asha":
-        scheduler = ASHA(primary.metric, primary.mode, grace_period=spec.grace_period,
-                         reduction_factor=spec.sweep.scheduler.reduction_factor,
-                         max_t=spec.train.steps + 1,  # at max_t ASHA would stop a finishing trial
-                         journal_root=trial_journals_for(spec, execution))  # its rungs, rebuilt on --resume
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = spec.sweep.scheduler.build(spec, trial_journals_for(spec, execution))
     return tune.Tuner(
         _trainable(spec, execution, storage, trials, opening.published),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.sweep.trials,
-                                    max_concurrent_trials=spec.sweep.max_concurrent,
-                                    time_budget_s=spec.sweep.time_budget_s,
-                                    reuse_actors=spec.resources.trial_runner == "tune"),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=spec.sweep.trials,
+            max_concurrent_trials=spec.sweep.max_concurrent,
+            time_budget_s=spec.sweep.time_budget_s,
+            reuse_actors=spec.resources.resolved_runner == "tune",
+        ),
         run_config=_run_config(spec, execution, storage, [StudyEvents(searcher), _TrackingOpened(opening)]),
     )
 
@@ -305,14 +370,20 @@ class _TrackingOpened(tune.Callback):
             raise error
 
 
-def _restored_tuner(spec: SweepSpec, execution: Execution, storage: str, trials: Trials,
-                    tracking: TrialTracking) -> tune.Tuner:
+def _restored_tuner(
+    spec: SweepSpec, execution: Execution, storage: str, trials: Trials, tracking: TrialTracking
+) -> tune.Tuner:
     filesystem, path = ray_storage(join(storage, execution.name))
     if not tune.Tuner.can_restore(path, storage_filesystem=filesystem):
         raise SpecError("--resume", [f"--resume: no Tune experiment state at {join(storage, execution.name)}"])
-    return tune.Tuner.restore(path, trainable=_trainable(spec, execution, storage, trials, tracking),
-                              resume_unfinished=True,
-                              resume_errored=False, restart_errored=False, storage_filesystem=filesystem)
+    return tune.Tuner.restore(
+        path,
+        trainable=_trainable(spec, execution, storage, trials, tracking),
+        resume_unfinished=True,
+        resume_errored=False,
+        restart_errored=False,
+        storage_filesystem=filesystem,
+    )
 
 
 def _analysis(storage: str, name: str) -> tune.ExperimentAnalysis | None:

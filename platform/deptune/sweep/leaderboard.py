@@ -33,18 +33,41 @@ def render(study: optuna.Study, metrics: list[str], top: int = 10, console: Cons
     rows = ranked_rows(study, metrics)
     counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     runners = sorted({r["runner"] for r in rows if r.get("runner")})
-    table = Table(title=f"study {study.study_name}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
-                  + (f" (runner: {', '.join(runners)})" if runners else ""))
+    table = Table(
+        title=f"study {study.study_name}: "
+        + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
+        + (f" (runner: {', '.join(runners)})" if runners else "")
+    )
     rates = [k for k in LEARNING_RATES if any(r[k] is not None for r in rows)]  # every searched rate
     gpus = any(r.get("gpu_seconds") for r in rows)
-    for column in ("#", "exec", "state", "m", "r", *metrics, *rates, "best step", "trainable", "CPU-s",
-                   *(["GPU-s"] if gpus else [])):
+    for column in (
+        "#",
+        "exec",
+        "state",
+        "m",
+        "r",
+        *metrics,
+        *rates,
+        "best step",
+        "trainable",
+        "CPU-s",
+        *(["GPU-s"] if gpus else []),
+    ):
         table.add_column(column, justify="right" if column not in ("state",) else "left")
     for row in rows[:top]:
-        table.add_row(str(row["number"]), fmt(row["execution"]), row["state"], fmt(row["prompt_length"]),
-                      fmt(row["rank"]), *(fmt(row[m]) for m in metrics), *(fmt(row[k]) for k in rates),
-                      fmt(row["best_step"]), fmt(row["trainable_params"]), fmt(row["cpu_seconds"]),
-                      *([fmt(row.get("gpu_seconds"))] if gpus else []))
+        table.add_row(
+            str(row["number"]),
+            fmt(row["execution"]),
+            row["state"],
+            fmt(row["prompt_length"]),
+            fmt(row["rank"]),
+            *(fmt(row[m]) for m in metrics),
+            *(fmt(row[k]) for k in rates),
+            fmt(row["best_step"]),
+            fmt(row["trainable_params"]),
+            fmt(row["cpu_seconds"]),
+            *([fmt(row.get("gpu_seconds"))] if gpus else []),
+        )
     console.print(table)
     failed = [r for r in rows if r["state"] == "FAIL"]
     for row in failed[:5]:
@@ -57,6 +80,10 @@ def render_pareto(front: list[optuna.trial.FrozenTrial], metrics: list[str], con
     for column in ("#", "m", "r", *metrics):
         table.add_column(column, justify="right")
     for trial in sorted(front, key=lambda t: t.values[0]):
-        table.add_row(str(trial.number), fmt(trial.user_attrs.get("prompt_length")),
-                      fmt(trial.user_attrs.get("rank")), *(fmt(v) for v in trial.values))
+        table.add_row(
+            str(trial.number),
+            fmt(trial.user_attrs.get("prompt_length")),
+            fmt(trial.user_attrs.get("rank")),
+            *(fmt(v) for v in trial.values),
+        )
     console.print(table)

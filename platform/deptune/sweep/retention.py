@@ -56,10 +56,9 @@ class CheckpointRetention(tune.Callback):
 
     def _delete(self, superseded_before: float) -> None:
         for kept in self.trials.values():
-            improvements = [k for k in kept if k.improved][-self.keep:]
+            improvements = [k for k in kept if k.improved][-self.keep :]
             for k in list(kept):
-                if k is kept[-1] or k in improvements or k.superseded_at is None \
-                        or k.superseded_at > superseded_before:
+                if k is kept[-1] or k in improvements or k.superseded_at is None or k.superseded_at > superseded_before:
                     continue
                 try:
                     k.checkpoint.filesystem.delete_dir(k.checkpoint.path)

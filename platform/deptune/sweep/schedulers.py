@@ -24,14 +24,23 @@ from deptune.tracking.trial import RENAMED, SUMMARY_STEP
 
 
 class ASHA(FIFOScheduler):
-    def __init__(self, metric: str, mode: str, grace_period: int, reduction_factor: float, max_t: int,
-                 time_attr: str = "step", journal_root: str | None = None) -> None:
+    def __init__(
+        self,
+        metric: str,
+        mode: str,
+        grace_period: int,
+        reduction_factor: float,
+        max_t: int,
+        time_attr: str = "step",
+        journal_root: str | None = None,
+    ) -> None:
         super().__init__()
         self._metric, self.sign, self.time_attr, self.max_t = metric, 1.0 if mode == "max" else -1.0, time_attr, max_t
         self.rf, self.journal_root = reduction_factor, journal_root
         count = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
         self.rungs: list[tuple[float, dict[str, float]]] = [
-            (grace_period * reduction_factor ** k, {}) for k in reversed(range(count))]  # highest first
+            (grace_period * reduction_factor**k, {}) for k in reversed(range(count))
+        ]  # highest first
         self.stopped = 0
         self.decided: set[str] = set()  # runs a rebuild found stopped
         self._restored = False
@@ -82,8 +91,11 @@ class ASHA(FIFOScheduler):
         folder, made = Folder(self.journal_root), []
         for trial_id in folder.folders():
             logged = RunJournal(folder.child(trial_id).location, "").logged_metrics()
-            made += [(m["timestamp_ms"], trial_id, step, m[name]) for step, m in logged.items()
-                     if step != SUMMARY_STEP and name in m]
+            made += [
+                (m["timestamp_ms"], trial_id, step, m[name])
+                for step, m in logged.items()
+                if step != SUMMARY_STEP and name in m
+            ]
         self.decided = set()
         for _, trial_id, step, value in sorted(made):
             if trial_id not in self.decided and self.judge(trial_id, step, value) == TrialScheduler.STOP:

@@ -35,14 +35,14 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from deptune.cluster.fit import run_demand
+from deptune.storage import join, uri_of
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import open_storage, storage_trial_id
 from deptune.sweep.trainable import DIVERGED, OPTUNA_TRIAL_KEY, RUN_KEY
-from deptune.train.config import RESUMED_FROM
-from deptune.storage import join, uri_of
 from deptune.tracking.journal import RunJournal
 from deptune.tracking.trial import RENAMED, SUMMARY_STEP
+from deptune.train.config import RESUMED_FROM
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # added to a report by Tune's TuneReportCallback
@@ -55,8 +55,16 @@ class StudySearcher(Searcher):
     """Tune's searcher for one execution of the study. Its state (`get_state`) is plain data, saved by Tune
     every few seconds and restored by `--resume`; the study connection and the finish hook are live."""
 
-    def __init__(self, spec: SweepSpec, plan: SearchPlan, study_name: str, storage_url: str,
-                 sampler: optuna.samplers.BaseSampler, execution: int, journal_root: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: SweepSpec,
+        plan: SearchPlan,
+        study_name: str,
+        storage_url: str,
+        sampler: optuna.samplers.BaseSampler,
+        execution: int,
+        journal_root: str | None = None,
+    ) -> None:
         primary = spec.sweep.objective
         super().__init__(metric=primary.metric, mode=primary.mode)
         self.objectives = [(o.metric, o.mode) for o in spec.sweep.objectives]
@@ -64,7 +72,7 @@ class StudySearcher(Searcher):
         self.demand = run_demand(spec.base_run(), spec.sweep.driver_cpus)
         self.plan, self.study_name, self.storage_url, self.sampler = plan, study_name, storage_url, sampler
         self.execution = execution
-        self.runner = spec.resources.trial_runner  # where trials train: recorded on each (leaderboard, report)
+        self.runner = spec.resources.resolved_runner  # where trials train: recorded on each (leaderboard, report)
         self.journal_root = journal_root  # rank 0's MLflow journals (on the sweep's storage): what each logged
         self.storage = spec.train.ray_storage()  # checkpoints' paths are on its filesystem
         self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
@@ -138,8 +146,13 @@ class StudySearcher(Searcher):
         self._where(trial_id, result)
         if result.get(DIVERGED) is not None:  # a notice, not an evaluation
             return
-        self._add(trial_id, {k: result.get(k) for k in (*(m for m, _ in self.objectives), "step",
-                                                        CHECKPOINT_PATH_KEY, "trainable_params")})
+        self._add(
+            trial_id,
+            {
+                k: result.get(k)
+                for k in (*(m for m, _ in self.objectives), "step", CHECKPOINT_PATH_KEY, "trainable_params")
+            },
+        )
 
     def checkpointed(self, trial_id: str, path: str, step: float | None) -> None:
         """Tune kept the checkpoint of the trial's evaluation at `step` (a trial in its Tune actor; a Ray Train
@@ -180,9 +193,14 @@ class StudySearcher(Searcher):
         trials = self.study.get_trials(deepcopy=False)
         finished = {t.number for t in trials if t.state.is_finished()}
         known = set(self.numbers.values())
-        self.forgotten = [(t.number, t.user_attrs["ray_trial_id"]) for t in trials  # asked after the last snapshot
-                          if t.state == TrialState.RUNNING and t.user_attrs.get("execution") == self.execution
-                          and t.number not in known and "ray_trial_id" in t.user_attrs]
+        self.forgotten = [
+            (t.number, t.user_attrs["ray_trial_id"])
+            for t in trials  # asked after the last snapshot
+            if t.state == TrialState.RUNNING
+            and t.user_attrs.get("execution") == self.execution
+            and t.number not in known
+            and "ray_trial_id" in t.user_attrs
+        ]
         for trial_id in set(self.numbers) - self.done:
             if self.numbers[trial_id] in finished:  # told by the dead driver after Tune's last snapshot: its
                 self.done.add(trial_id)  # results Tune delivers again change nothing
@@ -236,7 +254,8 @@ class StudySearcher(Searcher):
         elif stopped_at is not None or max(r["step"] for r in rows) < self.total_steps:
             last = max(stopped_at or 0, max(r["step"] for r in rows))  # an evaluation in flight at the stop counts
             self._trial(trial_id).set_user_attr(
-                "stop_reason", f"stopped at step {last} of {self.total_steps} (ASHA or the time budget)")
+                "stop_reason", f"stopped at step {last} of {self.total_steps} (ASHA or the time budget)"
+            )
             self._finish(trial_id, TrialState.PRUNED)
         else:
             self._finish(trial_id, TrialState.COMPLETE, values=self._values(rows))
@@ -271,8 +290,10 @@ class StudySearcher(Searcher):
         """Where and how the trial ran as the study has it (the dead driver wrote it after Tune's last snapshot
         of this searcher): its next run is recorded after those."""
         attrs = self._frozen(trial_id).user_attrs
-        self.where[trial_id] = {"nodes": list(attrs.get("nodes", [])),
-                                "runs": [[None, step] for step in attrs.get("resumed_from", [])]}
+        self.where[trial_id] = {
+            "nodes": list(attrs.get("nodes", [])),
+            "runs": [[None, step] for step in attrs.get("resumed_from", [])],
+        }
 
     def _where(self, trial_id: str, result: dict) -> None:
         """Record each node the trial ran on, and for each run of it (a new process, or a worker group
@@ -293,14 +314,25 @@ class StudySearcher(Searcher):
         if not self.journal_root:
             return
         journal = RunJournal(join(self.journal_root, self.run_ids.get(trial_id, trial_id)), "")
-        logged = {step: {k: metrics.get(RENAMED.get(k, k)) for k in (*(m for m, _ in self.objectives),
-                                                                      "trainable_params", "timestamp_ms")}
-                  for step, metrics in journal.logged_metrics().items() if step != SUMMARY_STEP}
+        logged = {
+            step: {
+                k: metrics.get(RENAMED.get(k, k))
+                for k in (*(m for m, _ in self.objectives), "trainable_params", "timestamp_ms")
+            }
+            for step, metrics in journal.logged_metrics().items()
+            if step != SUMMARY_STEP
+        }
         have = {r["step"] for r in self.history.get(trial_id, [])}
         for step, metrics in sorted(logged.items()):
             if step not in have:
-                self._add(trial_id, {**{m: metrics.get(m) for m, _ in self.objectives}, "step": step,
-                                     "trainable_params": metrics.get("trainable_params")})
+                self._add(
+                    trial_id,
+                    {
+                        **{m: metrics.get(m) for m, _ in self.objectives},
+                        "step": step,
+                        "trainable_params": metrics.get("trainable_params"),
+                    },
+                )
         run = (self.runs.get(trial_id) or [[]])[-1]
         latest = max((m["timestamp_ms"] / 1000 for m in logged.values()), default=0.0)
         if run and latest > run[0]:
@@ -338,8 +370,9 @@ class StudySearcher(Searcher):
             if best.get(CHECKPOINT_PATH_KEY):
                 trial.set_user_attr("adapter_path", uri_of(self.storage, best[CHECKPOINT_PATH_KEY]))
 
-    def _finish(self, trial_id: str, state: TrialState, values: list[float] | None = None,
-                reason: str | None = None) -> None:
+    def _finish(
+        self, trial_id: str, state: TrialState, values: list[float] | None = None, reason: str | None = None
+    ) -> None:
         if reason:
             self._trial(trial_id).set_user_attr("fail_reason", reason[:2000])
         self.study.tell(self.numbers[trial_id], values if state == TrialState.COMPLETE else None, state=state)

@@ -74,11 +74,12 @@ def plan_search(spec: SweepSpec, d: int) -> tuple[SearchPlan | None, list[str]]:
     return SearchPlan(method=spec.method, hidden_size=d, dimensions=dims), []
 
 
-def trial_run(spec: SweepSpec, params: dict[str, Any]) -> RunSpec:
+def trial_spec(spec: SweepSpec, params: dict[str, Any]) -> RunSpec:
     """The sweep's base run with the trial's values: method fields (m, r) go to the method section, the
     learning rates to the train section."""
     base = spec.base_run()
     method = {k: v for k, v in params.items() if k in type(base.method).model_fields}
     train = {k: v for k, v in params.items() if k in type(base.train).model_fields and k not in method}
-    return base.model_copy(update={"method": base.method.model_copy(update=method),
-                                   "train": base.train.model_copy(update=train)})
+    return base.model_copy(
+        update={"method": base.method.model_copy(update=method), "train": base.train.model_copy(update=train)}
+    )

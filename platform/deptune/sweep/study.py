@@ -19,8 +19,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from deptune.spec_base import SpecError, derive_seed, redact
-from deptune.sweep.config import STORAGE_ENV, storage_url  # noqa: F401 -- defined beside the spec, used from here too
-from deptune.sweep.config import SEARCH_KEYS, SweepSpec
+from deptune.sweep.config import SEARCH_KEYS, STORAGE_ENV, SweepSpec, storage_url  # noqa: F401 -- defined beside the spec, used from here too
 
 LEARNING_RATES = tuple(k for k in SEARCH_KEYS if k.startswith("lr_"))
 
@@ -28,13 +27,14 @@ LEARNING_RATES = tuple(k for k in SEARCH_KEYS if k.startswith("lr_"))
 def open_storage(url: str, source: str = "<spec>") -> RDBStorage:
     """Connect (and create the schema) now, so a bad URL fails before any Ray work."""
     if "://" not in url:
-        raise SpecError(source, [f"study.storage: {redact(url)!r} is not a database URL (sqlite:///path, "
-                                 f"postgresql://...)"])
+        raise SpecError(
+            source, [f"study.storage: {redact(url)!r} is not a database URL (sqlite:///path, postgresql://...)"]
+        )
     try:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
-    except Exception as exc:  # sqlalchemy raises many kinds; the message is what the user needs
+    except Exception as exc:  # noqa: BLE001 -- sqlalchemy raises many kinds; the message is what the user needs
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SpecError(source, [f"study.storage: cannot open {redact(url)}: {redact(first)}"]) from None
 
@@ -63,8 +63,13 @@ def load_study(spec: SweepSpec, storage: RDBStorage) -> optuna.Study:
     study = optuna.create_study(storage=storage, study_name=name, directions=wanted, load_if_exists=True)
     have = [d.name.lower() for d in study.directions]
     if have != wanted:
-        raise SpecError("study.name", [f"study.name: study {name!r} in this storage optimises {have}, the spec "
-                                       f"asks {wanted}; use another study name"])
+        raise SpecError(
+            "study.name",
+            [
+                f"study.name: study {name!r} in this storage optimises {have}, the spec "
+                f"asks {wanted}; use another study name"
+            ],
+        )
     return study
 
 
@@ -86,9 +91,12 @@ def start_execution(spec: SweepSpec, study: optuna.Study) -> Execution:
     """Record a new execution: number n, sampler seed derived from the spec's seed and n."""
     done = executions(study)
     number = len(done) + 1
-    execution = Execution(number=number, name=f"{study.study_name}-{number:03d}",
-                          seed=sampler_seed(spec.sweep.seed, number, {e.seed for e in done}),
-                          spec_hash=spec_hash(spec))
+    execution = Execution(
+        number=number,
+        name=f"{study.study_name}-{number:03d}",
+        seed=sampler_seed(spec.sweep.seed, number, {e.seed for e in done}),
+        spec_hash=spec_hash(spec),
+    )
     study.set_user_attr("executions", [e.__dict__ for e in done] + [execution.__dict__])
     return execution
 
@@ -98,6 +106,7 @@ def resume_problem(url: str, study_name: str) -> str | None:
     without executions), found by reading only: a resume that is refused creates no database, no study and
     no tables. None when there is an execution to look at."""
     from sqlalchemy import create_engine, inspect
+
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         return f"study {study_name!r} has never run: there is no study database {url.removeprefix('sqlite:///')}"
     engine = create_engine(url, connect_args={"connect_timeout": 10} if url.startswith("postgresql") else {})
@@ -127,15 +136,23 @@ def last_execution(spec: SweepSpec, study: optuna.Study) -> Execution:
         raise SpecError("--resume", [f"--resume: study {study.study_name!r} has no execution to resume"])
     last = done[-1]
     if last.spec_hash != spec_hash(spec):
-        raise SpecError("--resume", [f"--resume: the spec changed since execution {last.number} started; run "
-                                     f"without --resume to start a new execution of the study"])
+        raise SpecError(
+            "--resume",
+            [
+                f"--resume: the spec changed since execution {last.number} started; run "
+                f"without --resume to start a new execution of the study"
+            ],
+        )
     return last
 
 
 def orphans(study: optuna.Study, execution: Execution) -> list[FrozenTrial]:
     """Trials of this execution still RUNNING in the study (their driver died)."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.user_attrs.get("execution") == execution.number]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.user_attrs.get("execution") == execution.number
+    ]
 
 
 def storage_trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
@@ -151,8 +168,9 @@ def close_orphans(study: optuna.Study, storage: BaseStorage, execution: Executio
     return len(stale)
 
 
-def trial_row(trial: FrozenTrial, metrics: tuple[str, ...] | list[str] = ("objective",),
-              maximize: bool = True) -> dict[str, Any]:
+def trial_row(
+    trial: FrozenTrial, metrics: tuple[str, ...] | list[str] = ("objective",), maximize: bool = True
+) -> dict[str, Any]:
     """One leaderboard row: the trial's state, parameters, derived rank, one column per objective (a stopped
     trial's best intermediate value, its state says it did not finish) and costs (GPU-seconds only when the
     trial had GPUs)."""
@@ -160,16 +178,27 @@ def trial_row(trial: FrozenTrial, metrics: tuple[str, ...] | list[str] = ("objec
     values = list(trial.values) if trial.values else [None] * len(metrics)
     if trial.state == TrialState.PRUNED and trial.intermediate_values:  # Optuna stores the last one as its value
         values = [(max if maximize else min)(trial.intermediate_values.values()), *[None] * (len(metrics) - 1)]
-    costs = {"cpu_seconds": attrs.get("cpu_seconds"), "wall_seconds": attrs.get("wall_seconds"),
-             **({"gpu_seconds": attrs["gpu_seconds"]} if attrs.get("gpu_seconds") else {})}
-    return {"number": trial.number, "state": trial.state.name, "execution": attrs.get("execution"),
-            "runner": attrs.get("runner"),
-            "prompt_length": attrs.get("prompt_length"), "rank": attrs.get("rank"),
-            **{key: trial.params.get(key) for key in LEARNING_RATES},
-            **dict(zip(metrics, values)), "best_step": attrs.get("best_step"),
-            "last_step": attrs.get("last_step"), "adapter_params": attrs.get("adapter_params"),
-            "trainable_params": attrs.get("trainable_params"), **costs,
-            "reason": attrs.get("fail_reason") or attrs.get("stop_reason")}
+    costs = {
+        "cpu_seconds": attrs.get("cpu_seconds"),
+        "wall_seconds": attrs.get("wall_seconds"),
+        **({"gpu_seconds": attrs["gpu_seconds"]} if attrs.get("gpu_seconds") else {}),
+    }
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "execution": attrs.get("execution"),
+        "runner": attrs.get("runner"),
+        "prompt_length": attrs.get("prompt_length"),
+        "rank": attrs.get("rank"),
+        **{key: trial.params.get(key) for key in LEARNING_RATES},
+        **dict(zip(metrics, values)),
+        "best_step": attrs.get("best_step"),
+        "last_step": attrs.get("last_step"),
+        "adapter_params": attrs.get("adapter_params"),
+        "trainable_params": attrs.get("trainable_params"),
+        **costs,
+        "reason": attrs.get("fail_reason") or attrs.get("stop_reason"),
+    }
 
 
 def pareto_front(study: optuna.Study) -> list[FrozenTrial]:

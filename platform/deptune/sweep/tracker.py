@@ -21,20 +21,26 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from deptune.registry import promotion as registry
 from deptune.spec_base import private_dir, redact
 from deptune.storage import join
 from deptune.sweep.config import SEARCH_KEYS, SweepSpec
 from deptune.sweep.leaderboard import ranked_rows
-from deptune.sweep.study import Execution, spec_hash
+from deptune.sweep.space import SearchPlan
+from deptune.sweep.study import Execution, spec_hash, storage_url
 from deptune.tasks.loading import dataset_fingerprint
-from deptune.registry import promotion as registry
 from deptune.tracking.journal import DriverSender, RunJournal, flush_all
 from deptune.tracking.plots import warm_imports, write_plots
-from deptune.sweep.space import SearchPlan
-from deptune.sweep.study import storage_url
 from deptune.tracking.store import TAG, ensure_experiment, save_trials_view, trials_view_state
-from deptune.tracking.trial import (NOTE_TAG, STATE_TAG, SUMMARY_STEP, PublishedTracking, TrialTracking,
-                                    run_params, trial_key)
+from deptune.tracking.trial import (
+    NOTE_TAG,
+    STATE_TAG,
+    SUMMARY_STEP,
+    PublishedTracking,
+    TrialTracking,
+    run_params,
+    trial_key,
+)
 
 STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 UNFINISHED = "unfinished.json"
@@ -46,8 +52,9 @@ def git_commit() -> str:
     if os.environ.get("DEPTUNE_GIT_COMMIT"):
         return os.environ["DEPTUNE_GIT_COMMIT"]
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -74,8 +81,10 @@ def describe(trial: FrozenTrial, maximize: bool, metric: str) -> str:
     if trial.state == TrialState.COMPLETE:
         return f"**COMPLETE**: trained to the end; {best}."
     if trial.state == TrialState.PRUNED:
-        return (f"**PRUNED** (not a failure): {trial.user_attrs.get('stop_reason', 'stopped early')}; {best} "
-                f"before the stop.")
+        return (
+            f"**PRUNED** (not a failure): {trial.user_attrs.get('stop_reason', 'stopped early')}; {best} "
+            f"before the stop."
+        )
     return f"**FAIL**: {trial.user_attrs.get('fail_reason', 'the trial failed')}; {best}."
 
 
@@ -98,17 +107,23 @@ def trial_journals_for(spec: SweepSpec, execution: Execution) -> str:
 
 
 class SweepTracker:
-    def __init__(self, spec: SweepSpec, uri: str, execution: Execution, study: optuna.Study,
-                 plan: SearchPlan | None = None) -> None:
+    def __init__(
+        self, spec: SweepSpec, uri: str, execution: Execution, study: optuna.Study, plan: SearchPlan | None = None
+    ) -> None:
         self.spec, self.uri, self.execution, self.study, self.plan = spec, uri, execution, study, plan
         self.experiment_id = ensure_experiment(uri, spec.tracking.experiment or study.study_name)
         # the journals hold every write before MLflow has it: this user's only
         self.journal_dir = journal_dir_for(spec, execution)
         self.trial_journals = trial_journals_for(spec, execution)
         self.parent = RunJournal(self.journal_dir / "parent", uri)
-        self.tags = {f"{TAG}sweep": execution.name, f"{TAG}study": study.study_name,
-                     f"{TAG}execution": str(execution.number), f"{TAG}git_commit": git_commit(),
-                     f"{TAG}spec_hash": spec_hash(spec), f"{TAG}dataset_fingerprint": dataset_fingerprint(spec.task)}
+        self.tags = {
+            f"{TAG}sweep": execution.name,
+            f"{TAG}study": study.study_name,
+            f"{TAG}execution": str(execution.number),
+            f"{TAG}git_commit": git_commit(),
+            f"{TAG}spec_hash": spec_hash(spec),
+            f"{TAG}dataset_fingerprint": dataset_fingerprint(spec.task),
+        }
         self.metrics = [o.metric for o in spec.sweep.objectives]
         self.maximize = spec.sweep.objective.mode == "max"
         self.view: str | None = None
@@ -118,8 +133,13 @@ class SweepTracker:
         """The experiment's saved runs-table view of its trials (see `tracking.store.save_trials_view`)."""
         searched = list(self.plan.dimensions) if self.plan else list(SEARCH_KEYS)
         columns = ["prompt_length", "rank", *[k for k in searched if k.startswith("lr_")], "trainable_params"]
-        state = trials_view_state(columns, ["best_objective", "best_step", "cpu_seconds"], [STATE_TAG],
-                                  "best_objective", ascending=not self.maximize)
+        state = trials_view_state(
+            columns,
+            ["best_objective", "best_step", "cpu_seconds"],
+            [STATE_TAG],
+            "best_objective",
+            ascending=not self.maximize,
+        )
         try:
             return save_trials_view(self.uri, self.experiment_id, state)
         except Exception:  # noqa: BLE001 -- a convenience of the UI; the sweep does not depend on it
@@ -132,9 +152,12 @@ class SweepTracker:
             self.sender = DriverSender(self.trial_journals, self.uri)
         self.view = self._save_view()
         if not self.parent.exists():
-            self.parent.start(self.experiment_id, self.execution.name, find_by={f"{TAG}sweep": self.execution.name,
-                                                                              f"{TAG}role": "sweep"},
-                              tags={**self.tags, f"{TAG}role": "sweep", NOTE_TAG: self._note(None)})
+            self.parent.start(
+                self.experiment_id,
+                self.execution.name,
+                find_by={f"{TAG}sweep": self.execution.name, f"{TAG}role": "sweep"},
+                tags={**self.tags, f"{TAG}role": "sweep", NOTE_TAG: self._note(None)},
+            )
             self.parent.params(self._parent_params())
             if spec_file and Path(spec_file).is_file():
                 with tempfile.TemporaryDirectory(prefix="deptune-spec-") as folder:
@@ -153,40 +176,63 @@ class SweepTracker:
         params = {k: v for k, v in run_params(self.spec.base_run()).items() if k not in SEARCH_KEYS}
         sweep = self.spec.sweep
         search = self.plan.effective_search() if self.plan else None
-        if search is not None and "rank" not in search and self.plan.rank is None \
-                and getattr(self.spec.method, "budget", None):
+        if (
+            search is not None
+            and "rank" not in search
+            and self.plan.rank is None
+            and getattr(self.spec.method, "budget", None)
+        ):
             search["rank"] = "derived from prompt_length and the budget"
-        return {**params, "trials": sweep.trials, "max_concurrent": sweep.max_concurrent,
-                "objective": f"{sweep.objective.metric}:{sweep.objective.mode}",
-                "second_objective": (f"{sweep.second_objective.metric}:{sweep.second_objective.mode}"
-                                     if sweep.second_objective else None),
-                "scheduler": sweep.scheduler.name, "grace_period": self.spec.grace_period,
-                "sweep_seed": sweep.seed, "sampler_seed": self.execution.seed,
-                "startup_trials": sweep.startup_trials,
-                "search": json.dumps(search) if search is not None else None}
+        return {
+            **params,
+            "trials": sweep.trials,
+            "max_concurrent": sweep.max_concurrent,
+            "objective": f"{sweep.objective.metric}:{sweep.objective.mode}",
+            "second_objective": (
+                f"{sweep.second_objective.metric}:{sweep.second_objective.mode}" if sweep.second_objective else None
+            ),
+            **sweep.scheduler.params(self.spec),
+            "sampler": sweep.sampler.name,
+            "sweep_seed": sweep.seed,
+            "sampler_seed": self.execution.seed,
+            "startup_trials": sweep.sampler.startup,
+            "search": json.dumps(search) if search is not None else None,
+        }
 
     def _note(self, best: tuple[FrozenTrial, str | None] | None) -> str:
         """The parent run's description: what the execution is, and a link to its best trial's run."""
         sweep = self.spec.sweep
-        lines = [f"Execution {self.execution.number} of study `{self.study.study_name}`: {sweep.trials} trials "
-                 f"of {self.spec.method.name} on {self.spec.task.name} with {self.spec.backbone.name}, ranked on "
-                 f"{sweep.objective.metric} ({sweep.objective.mode}). Sampler seed {self.execution.seed} "
-                 f"(derived from sweep.seed {sweep.seed} and the execution number, so executions differ)."]
+        lines = [
+            f"Execution {self.execution.number} of study `{self.study.study_name}`: {sweep.trials} trials "
+            f"of {self.spec.method.name} on {self.spec.task.name} with {self.spec.backbone.name}, ranked on "
+            f"{sweep.objective.metric} ({sweep.objective.mode}). Sampler seed {self.execution.seed} "
+            f"(derived from sweep.seed {sweep.seed} and the execution number, so executions differ)."
+        ]
         if self.view:
-            lines.append(f"[Trials, best first]({self.view}) (the runs table's Views menu: *deptune: trials, "
-                         f"best first*).")
+            lines.append(
+                f"[Trials, best first]({self.view}) (the runs table's Views menu: *deptune: trials, best first*)."
+            )
         if best is not None:
             trial, run_id = best
-            link = f"[trial-{trial.number:03d}](#/experiments/{self.experiment_id}/runs/{run_id})" if run_id \
+            link = (
+                f"[trial-{trial.number:03d}](#/experiments/{self.experiment_id}/runs/{run_id})"
+                if run_id
                 else f"trial-{trial.number:03d}"
+            )
             lines.append(f"Best trial: {link}, {sweep.objective.metric} = {trial.values[0]:.4g}.")
         return "\n\n".join(lines)
 
     def trial_tracking(self) -> TrialTracking:
         objective = self.spec.sweep.objective
-        return TrialTracking(uri=self.uri, experiment_id=self.experiment_id, parent_run_id=self.parent.run_id or "",
-                             journal_root=self.trial_journals, objective=objective.metric, mode=objective.mode,
-                             tags={**self.tags, "mlflow.parentRunId": self.parent.run_id or ""})
+        return TrialTracking(
+            uri=self.uri,
+            experiment_id=self.experiment_id,
+            parent_run_id=self.parent.run_id or "",
+            journal_root=self.trial_journals,
+            objective=objective.metric,
+            mode=objective.mode,
+            tags={**self.tags, "mlflow.parentRunId": self.parent.run_id or ""},
+        )
 
     def _final_journal(self, trial: FrozenTrial) -> RunJournal:
         return RunJournal(self.journal_dir / f"{trial.user_attrs['ray_trial_id']}.final", self.uri)
@@ -210,23 +256,41 @@ class SweepTracker:
         self._send_trial(ray_id)  # what the trial journaled, in full, first
         tracking = self.trial_tracking()
         name = f"trial-{trial.number:03d}"
-        journal.start(self.experiment_id, name, find_by=trial_key(tracking, ray_id),
-                      tags={**tracking.tags, f"{TAG}role": "trial", f"{TAG}optuna_trial": str(trial.number)})
+        journal.start(
+            self.experiment_id,
+            name,
+            find_by=trial_key(tracking, ray_id),
+            tags={**tracking.tags, f"{TAG}role": "trial", f"{TAG}optuna_trial": str(trial.number)},
+        )
         if not self._trial_journal(ray_id).exists():  # rank 0 never started: the run is ours
-            journal.params({"prompt_length": trial.user_attrs.get("prompt_length"),
-                            "rank": trial.user_attrs.get("rank"), **trial.params})
+            journal.params(
+                {
+                    "prompt_length": trial.user_attrs.get("prompt_length"),
+                    "rank": trial.user_attrs.get("rank"),
+                    **trial.params,
+                }
+            )
         reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("stop_reason")
-        journal.tags({f"{TAG}optuna_state": trial.state.name, STATE_TAG: trial.state.name,
-                      "mlflow.runName": name + SUFFIX[trial.state],
-                      NOTE_TAG: describe(trial, self.maximize, self.spec.sweep.objective.metric),
-                      **({f"{TAG}reason": reason} if reason else {})})
+        journal.tags(
+            {
+                f"{TAG}optuna_state": trial.state.name,
+                STATE_TAG: trial.state.name,
+                "mlflow.runName": name + SUFFIX[trial.state],
+                NOTE_TAG: describe(trial, self.maximize, self.spec.sweep.objective.metric),
+                **({f"{TAG}reason": reason} if reason else {}),
+            }
+        )
         value, step = best_value(trial, self.maximize)
         if value is not None:  # the study's word, logged at the last possible step so the runs table shows it:
             # rank 0 may have logged an evaluation or two after ASHA's stop, which the study never saw
-            journal.metrics({"best_objective": value, **({"best_step": step} if step is not None else {})},
-                            self.spec.train.steps)
-        costs = {k: trial.user_attrs[k] for k in ("cpu_seconds", "gpu_seconds", "wall_seconds")
-                 if trial.user_attrs.get(k) or (k != "gpu_seconds" and k in trial.user_attrs)}
+            journal.metrics(
+                {"best_objective": value, **({"best_step": step} if step is not None else {})}, self.spec.train.steps
+            )
+        costs = {
+            k: trial.user_attrs[k]
+            for k in ("cpu_seconds", "gpu_seconds", "wall_seconds")
+            if trial.user_attrs.get(k) or (k != "gpu_seconds" and k in trial.user_attrs)
+        }
         if costs:
             costs["accelerator_seconds"] = costs.get("gpu_seconds") or costs.get("cpu_seconds", 0.0)
             journal.metrics(costs, SUMMARY_STEP)
@@ -244,9 +308,15 @@ class SweepTracker:
         left = flush_all(self.trial_journals, self.uri) + flush_all(self.journal_dir, self.uri)
         if left:
             self._mark_unfinished(interrupted)
-            return SweepOutcomeTracking(self.parent.run_id or "", None, left, unfinished=(
-                "MLflow did not take every write, so the best adapter is not registered and the leaderboard is "
-                f"not written yet: once the server answers, run `deptune sync {self.journal_dir}`"))
+            return SweepOutcomeTracking(
+                self.parent.run_id or "",
+                None,
+                left,
+                unfinished=(
+                    "MLflow did not take every write, so the best adapter is not registered and the leaderboard is "
+                    f"not written yet: once the server answers, run `deptune sync {self.journal_dir}`"
+                ),
+            )
         return self.complete(interrupted)
 
     def complete(self, interrupted: bool) -> SweepOutcomeTracking:
@@ -258,13 +328,16 @@ class SweepTracker:
             try:
                 promotion = self._register(best)
             except Exception as exc:  # noqa: BLE001 -- the sweep's results stand; registration can be redone
-                problems.append(f"registering the best adapter failed ({type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); redo it with "
-                                f"`deptune promote RUN_ID --model ...`")
+                problems.append(
+                    f"registering the best adapter failed ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); redo it with "
+                    f"`deptune promote RUN_ID --model ...`"
+                )
         if best is not None:
             run_id = self._final_journal(best).run_id
-            self.parent.tags({BEST_RUN_TAG: run_id or "", f"{TAG}best_trial": str(best.number),
-                              NOTE_TAG: self._note((best, run_id))})
+            self.parent.tags(
+                {BEST_RUN_TAG: run_id or "", f"{TAG}best_trial": str(best.number), NOTE_TAG: self._note((best, run_id))}
+            )
         self._parent_files(mine, promotion)
         self._summary(mine, promotion)
         self.parent.end("KILLED" if interrupted else "FINISHED")
@@ -273,14 +346,20 @@ class SweepTracker:
         return SweepOutcomeTracking(self.parent.run_id or "", promotion, problems + left)
 
     def _trials(self) -> list[FrozenTrial]:
-        return [t for t in self.study.get_trials(deepcopy=False)
-                if t.user_attrs.get("execution") == self.execution.number]
+        return [
+            t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("execution") == self.execution.number
+        ]
 
     def _mark_unfinished(self, interrupted: bool) -> None:
         """What `deptune sync` needs to finish this execution's tracking from its journal folder."""
-        record = {"spec": self.spec.model_dump(mode="json"), "uri": self.uri, "study": storage_url(self.spec),
-                  "study_name": self.study.study_name, "execution": self.execution.__dict__,
-                  "interrupted": interrupted}
+        record = {
+            "spec": self.spec.model_dump(mode="json"),
+            "uri": self.uri,
+            "study": storage_url(self.spec),
+            "study_name": self.study.study_name,
+            "execution": self.execution.__dict__,
+            "interrupted": interrupted,
+        }
         (self.journal_dir / UNFINISHED).write_text(json.dumps(record))
 
     def stop_sending(self) -> None:
@@ -302,13 +381,21 @@ class SweepTracker:
         objective = self.spec.sweep.objective
         name = self.spec.tracking.registered_model or f"deptune-{self.spec.task.name}-{self.spec.method.name}"
         lock_url = os.environ.get(registry.LOCK_ENV) or storage_url(self.spec)
-        return registry.promote(run_id, name, metric=objective.metric, mode=objective.mode, uri=self.uri,
-                                lock_url=lock_url, lineage={f"{TAG}optuna_value": repr(best.values[0])})
+        return registry.promote(
+            run_id,
+            name,
+            metric=objective.metric,
+            mode=objective.mode,
+            uri=self.uri,
+            lock_url=lock_url,
+            lineage={f"{TAG}optuna_value": repr(best.values[0])},
+        )
 
     def _rows(self, trials: list[FrozenTrial], promotion: registry.Promotion | None) -> list[dict]:
         """The leaderboard of this execution: one column per objective, each trial's MLflow run (id, name)
         and where its adapter is in MLflow (the artifact URI; the registered version for the best)."""
         from mlflow import MlflowClient
+
         client, mine = MlflowClient(tracking_uri=self.uri), {t.number: t for t in trials}
         rows = []
         for row in ranked_rows(self.study, self.metrics):
@@ -318,10 +405,17 @@ class SweepTracker:
             run_id = self._final_journal(trial).run_id
             run = client.get_run(run_id) if run_id else None
             registered = promotion.uri if promotion and run and promotion.run_id == run_id else None
-            rows.append({"number": row.pop("number"), "state": row.pop("state"),
-                         "run_name": run.info.run_name if run else None, "run_id": run_id, **row,
-                         "adapter_uri": f"{run.info.artifact_uri}/adapter" if run else None,
-                         "registered_model": registered})
+            rows.append(
+                {
+                    "number": row.pop("number"),
+                    "state": row.pop("state"),
+                    "run_name": run.info.run_name if run else None,
+                    "run_id": run_id,
+                    **row,
+                    "adapter_uri": f"{run.info.artifact_uri}/adapter" if run else None,
+                    "registered_model": registered,
+                }
+            )
         return rows
 
     def _parent_files(self, trials: list[FrozenTrial], promotion: registry.Promotion | None) -> None:
@@ -338,9 +432,12 @@ class SweepTracker:
 
     def _summary(self, trials: list[FrozenTrial], promotion: registry.Promotion | None) -> None:
         counts = {state: sum(t.state == state for t in trials) for state in STATUS}
-        summary = {"trials_completed": counts[TrialState.COMPLETE], "trials_stopped": counts[TrialState.PRUNED],
-                   "trials_failed": counts[TrialState.FAIL],
-                   "cpu_seconds": sum(t.user_attrs.get("cpu_seconds", 0.0) for t in trials)}
+        summary = {
+            "trials_completed": counts[TrialState.COMPLETE],
+            "trials_stopped": counts[TrialState.PRUNED],
+            "trials_failed": counts[TrialState.FAIL],
+            "cpu_seconds": sum(t.user_attrs.get("cpu_seconds", 0.0) for t in trials),
+        }
         gpu = sum(t.user_attrs.get("gpu_seconds", 0.0) for t in trials)
         if gpu:
             summary["gpu_seconds"] = gpu
@@ -350,8 +447,9 @@ class SweepTracker:
             summary["best_objective"] = best.values[0]
         self.parent.metrics(summary, SUMMARY_STEP)
         if promotion is not None:
-            self.parent.tags({f"{TAG}registered_version": promotion.uri,
-                              f"{TAG}champion": str(promotion.champion).lower()})
+            self.parent.tags(
+                {f"{TAG}registered_version": promotion.uri, f"{TAG}champion": str(promotion.champion).lower()}
+            )
 
 
 class OpeningTracker:
@@ -361,8 +459,16 @@ class OpeningTracker:
     Whoever needs the tracker first waits for it. Pickled with Tune's state (the searcher's finish hook), it
     keeps what builds the tracker again from the journals on disk, as `--resume` does."""
 
-    def __init__(self, spec: SweepSpec, uri: str, execution: Execution, study: optuna.Study,
-                 plan: SearchPlan | None, source: str | None, published: PublishedTracking) -> None:
+    def __init__(
+        self,
+        spec: SweepSpec,
+        uri: str,
+        execution: Execution,
+        study: optuna.Study,
+        plan: SearchPlan | None,
+        source: str | None,
+        published: PublishedTracking,
+    ) -> None:
         self.args = (spec, uri, execution, study, plan)
         self.source, self.published = source, published
         self._tracker: SweepTracker | None = None
@@ -408,8 +514,15 @@ class OpeningTracker:
             self._tracker.stop_sending()
 
     def __getstate__(self) -> dict:
-        return {"args": self.args, "source": self.source, "published": self.published, "_tracker": None,
-                "_error": None, "_thread": None, "_ready": None}
+        return {
+            "args": self.args,
+            "source": self.source,
+            "published": self.published,
+            "_tracker": None,
+            "_error": None,
+            "_thread": None,
+            "_ready": None,
+        }
 
 
 def finish_unfinished(journal_dir: Path) -> SweepOutcomeTracking | None:
@@ -419,12 +532,17 @@ def finish_unfinished(journal_dir: Path) -> SweepOutcomeTracking | None:
     if not marker.is_file():
         return None
     from deptune.sweep.study import open_storage
+
     record = json.loads(marker.read_text())
     spec = SweepSpec.model_validate(record["spec"])
     study = optuna.load_study(study_name=record["study_name"], storage=open_storage(record["study"]))
     tracker = SweepTracker(spec, record["uri"], Execution(**record["execution"]), study)
     left = flush_all(tracker.trial_journals, tracker.uri) + flush_all(tracker.journal_dir, tracker.uri)
     if left:
-        return SweepOutcomeTracking(tracker.parent.run_id or "", None, left, unfinished="MLflow still did not "
-                                    "take every write; run `deptune sync` again once it answers")
+        return SweepOutcomeTracking(
+            tracker.parent.run_id or "",
+            None,
+            left,
+            unfinished="MLflow still did not take every write; run `deptune sync` again once it answers",
+        )
     return tracker.complete(record["interrupted"])

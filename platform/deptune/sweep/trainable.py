@@ -25,16 +25,21 @@ from ray import tune
 from ray.tune import Checkpoint
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from deptune.methods.registry import Method, restore
-from deptune.train.spec import RunSpec
-from deptune.sweep.config import SEARCH_KEYS, SweepSpec
-from deptune.sweep.space import trial_run
-from deptune.tracking.trial import PublishedTracking, TrackerHook, TrialTracking
 from deptune.cluster.paths import Shipment, arrive
-from deptune.cluster.trainer import (build_trainer, diverged_at_step, newest_checkpoint, restored_checkpoint,
-                                     training_error)
+from deptune.cluster.trainer import (
+    build_trainer,
+    diverged_at_step,
+    newest_checkpoint,
+    restored_checkpoint,
+    training_error,
+)
+from deptune.methods.catalog import Method, restore
+from deptune.sweep.config import SEARCH_KEYS, SweepSpec
+from deptune.sweep.space import trial_spec
+from deptune.tracking.trial import PublishedTracking, TrackerHook, TrialTracking
 from deptune.train.cache import PROCESS_CACHE, release_trial_memory
 from deptune.train.loop import train
+from deptune.train.spec import RunSpec
 
 OPTUNA_TRIAL_KEY = "optuna_trial"  # added to each config by the searcher: the study's trial number
 RUN_KEY = "run_id"
@@ -53,8 +58,12 @@ class TuneSession:
     rank = 0
     world_size = 1
 
-    def __init__(self, device: torch.device, on_report: Callable[[dict, Path | None], None] | None,
-                 earlier: tuple[str | None, str] = (None, "")) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        on_report: Callable[[dict, Path | None], None] | None,
+        earlier: tuple[str | None, str] = (None, ""),
+    ) -> None:
         self.device, self.on_report, self.earlier = device, on_report, earlier
 
     def restore_dir(self) -> Path | None:
@@ -86,24 +95,36 @@ class TrialReport(TuneReportCallback):
             super().after_report(run_context, metrics, checkpoint)
 
 
-def run_trial(config: dict[str, Any], spec: SweepSpec, methods: dict[str, Method], train_storage: str,
-              tracking: TrialTracking | PublishedTracking | None = None, shipment: Shipment | None = None,
-              experiment: str | None = None) -> None:
+def train_trial(
+    config: dict[str, Any],
+    spec: SweepSpec,
+    methods: dict[str, Method],
+    train_storage: str,
+    tracking: TrialTracking | PublishedTracking | None = None,
+    shipment: Shipment | None = None,
+    experiment: str | None = None,
+) -> None:
     """`shipment`: the driver's files that travel to the trials' nodes (`cluster.paths`); `experiment`: the Tune
     experiment's folder, where a trial started again under a new id finds its first id's checkpoints."""
     restore(methods)  # methods registered in the driver only (e.g. defined by a test) are known here too
     if isinstance(tracking, PublishedTracking):  # the driver opened MLflow while this actor started
         tracking = tracking.resolve()
-    run = trial_run(spec, {k: v for k, v in config.items() if k in SEARCH_KEYS})
+    run = trial_spec(spec, {k: v for k, v in config.items() if k in SEARCH_KEYS})
     trial_id = tune.get_context().get_trial_id()
     run_id = config.get(RUN_KEY, trial_id)
     hook = TrackerHook(tracking, run_id, config.get(OPTUNA_TRIAL_KEY)) if tracking else None
-    if run.resources.trial_runner == "tune":
+    if run.resources.resolved_runner == "tune":
         earlier = experiment if run_id != trial_id else None
         _train_in_actor(arrive(run, shipment), hook, (earlier, run_id))
         return
-    trainer = build_trainer(run, name=run_id, storage=train_storage, callbacks=[TrialReport()], rank0_hook=hook,
-                            extra={"shipment": shipment})  # each worker's node gets the files
+    trainer = build_trainer(
+        run,
+        name=run_id,
+        storage=train_storage,
+        callbacks=[TrialReport()],
+        rank0_hook=hook,
+        extra={"shipment": shipment},
+    )  # each worker's node gets the files
     try:
         result = trainer.fit()
     except (ray.train.ControllerError, ray.train.WorkerGroupError) as exc:

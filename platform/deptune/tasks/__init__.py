@@ -1,1 +1,1 @@
-"""Tasks: text-to-text formats, verbalisers, metrics, splits and data files (`registry`, `loading`)."""
+"""Tasks: text-to-text formats, verbalisers, metrics, splits and data files (`catalog`, `loading`)."""

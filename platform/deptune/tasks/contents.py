@@ -24,8 +24,17 @@ from typing import Any
 
 from deptune.tasks.base import Example
 from deptune.tasks.config import FewShotConfig, TaskConfig
-from deptune.tasks.loading import (GLUE_FILES, GLUE_LAYOUTS, LARGE_VALIDATION_SIZE, BenchmarkTask, benchmark_task,
-                                   few_shot_class, few_shot_per_class, few_shot_total, make_splits)
+from deptune.tasks.loading import (
+    GLUE_FILES,
+    GLUE_LAYOUTS,
+    LARGE_VALIDATION_SIZE,
+    BenchmarkTask,
+    benchmark_task,
+    few_shot_class,
+    few_shot_per_class,
+    few_shot_total,
+    make_splits,
+)
 from deptune.tasks.qa import QATask, answer_texts
 from deptune.tasks.synthetic import SYNTHETIC_TASKS
 
@@ -90,14 +99,18 @@ def _more(read: ReadFile) -> str | None:
 def _dropped_warning(read: ReadFile) -> str:
     more = ", ..." if len(read.dropped) > ROW_ERRORS_SHOWN else ""
     lines = ", ".join(map(str, read.dropped[:ROW_ERRORS_SHOWN])) + more
-    return (f"{read.key}: {read.path}: {len(read.dropped):,} line(s) short of fields (line {lines}) are dropped, as "
-            f"GLUE's own loader drops them")
+    return (
+        f"{read.key}: {read.path}: {len(read.dropped):,} line(s) short of fields (line {lines}) are dropped, as "
+        f"GLUE's own loader drops them"
+    )
 
 
 # --- which files, read how ------------------------------------------------------------------------------
 
-def _file_specs(cfg: TaskConfig, task: BenchmarkTask) -> Iterator[tuple[str, Path, str, dict[str, str],
-                                                                        Sequence[str] | None, bool]]:
+
+def _file_specs(
+    cfg: TaskConfig, task: BenchmarkTask
+) -> Iterator[tuple[str, Path, str, dict[str, str], Sequence[str] | None, bool]]:
     """(spec key, path, role, task field -> column, header of a headerless file, drop short rows) per file."""
     if cfg.resolved_source == "glue_dir":
         layout = GLUE_LAYOUTS[task.name]
@@ -110,8 +123,15 @@ def _file_specs(cfg: TaskConfig, task: BenchmarkTask) -> Iterator[tuple[str, Pat
             yield f"files.{role}", Path(path), role, mapping, None, False
 
 
-def _read(task: BenchmarkTask, key: str, path: Path, role: str, mapping: dict[str, str],
-          header: Sequence[str] | None, drop_short: bool) -> ReadFile:
+def _read(
+    task: BenchmarkTask,
+    key: str,
+    path: Path,
+    role: str,
+    mapping: dict[str, str],
+    header: Sequence[str] | None,
+    drop_short: bool,
+) -> ReadFile:
     read = ReadFile(key, path, role)
     try:
         text = _text(path)
@@ -186,8 +206,10 @@ def _qa_targets(task: QATask, row: Mapping[str, Any]) -> list[str]:
 def _empty(read: ReadFile, task: BenchmarkTask, header: Sequence[str] | None) -> str:
     if read.dropped:
         layout = f"{task.name}'s GLUE files have {len(header)} columns" if header else "the header names more"
-        return (f"{read.key}: {read.path}: no usable rows: each of its {len(read.dropped):,} line(s) has fewer "
-                f"fields than the task reads ({layout}); is this {task.name}'s folder?")
+        return (
+            f"{read.key}: {read.path}: no usable rows: each of its {len(read.dropped):,} line(s) has fewer "
+            f"fields than the task reads ({layout}); is this {task.name}'s folder?"
+        )
     return f"{read.key}: {read.path}: no data rows (a header only, or empty)"
 
 
@@ -224,8 +246,9 @@ def _jsonl_records(text: str, mapping: Mapping[str, str], read: ReadFile) -> Ite
         yield number, {name: record.get(column) for name, column in mapping.items()}, ""
 
 
-def _table_records(text: str, path: Path, header: Sequence[str] | None, mapping: Mapping[str, str],
-                   read: ReadFile) -> Iterator[Record]:
+def _table_records(
+    text: str, path: Path, header: Sequence[str] | None, mapping: Mapping[str, str], read: ReadFile
+) -> Iterator[Record]:
     """CSV/TSV records as `csv.DictReader` reads them (a field a short line lacks is None)."""
     dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.suffix.lower() == ".tsv" else {}
     reader = csv.reader(io.StringIO(text, newline=""), **dialect)
@@ -252,19 +275,24 @@ def _table_records(text: str, path: Path, header: Sequence[str] | None, mapping:
 
 # --- the splits the run makes ---------------------------------------------------------------------------
 
+
 def _split_errors(cfg: TaskConfig, task: BenchmarkTask, files: Mapping[str, ReadFile]) -> list[str]:
     """DePT's split rule applied to the row counts: every split it makes holds a row."""
     train, validation = files["train"], files.get("validation")
     if validation is None or cfg.validation_split == "whole" or "test" in files:
         return []
     if task.split_rule == "small" and len(validation.rows) < 2:
-        return [f"{validation.key}: {validation.path}: {len(validation.rows)} row cannot be halved into validation "
-                f"and test (DePT's split for small tasks); give at least 2 rows, or task.validation_split: whole "
-                f"(no test split)"]
+        return [
+            f"{validation.key}: {validation.path}: {len(validation.rows)} row cannot be halved into validation "
+            f"and test (DePT's split for small tasks); give at least 2 rows, or task.validation_split: whole "
+            f"(no test split)"
+        ]
     if task.split_rule == "large" and len(train.rows) <= LARGE_VALIDATION_SIZE:
-        return [f"{train.key}: {train.path}: {task.name} holds {LARGE_VALIDATION_SIZE:,} training rows out as "
-                f"validation (DePT's rule for large tasks), but the file has only {len(train.rows):,}; give more, or "
-                f"task.validation_split: whole (the validation file selects, no test split)"]
+        return [
+            f"{train.key}: {train.path}: {task.name} holds {LARGE_VALIDATION_SIZE:,} training rows out as "
+            f"validation (DePT's rule for large tasks), but the file has only {len(train.rows):,}; give more, or "
+            f"task.validation_split: whole (the validation file selects, no test split)"
+        ]
     return []
 
 
@@ -279,8 +307,9 @@ def _train_needs_a_shuffle(cfg: TaskConfig, task: BenchmarkTask, train_rows: int
     return removed or None
 
 
-def _few_shot(cfg: TaskConfig, task: BenchmarkTask, files: Mapping[str, ReadFile], shuffles: bool,
-              findings: Findings) -> None:
+def _few_shot(
+    cfg: TaskConfig, task: BenchmarkTask, files: Mapping[str, ReadFile], shuffles: bool, findings: Findings
+) -> None:
     train = files["train"]
     removed = _train_needs_a_shuffle(cfg, task, len(train.rows), "test" in files)
     if removed is None:
@@ -289,8 +318,9 @@ def _few_shot(cfg: TaskConfig, task: BenchmarkTask, files: Mapping[str, ReadFile
         official = {role: (str(f.path), [row for _, row in f.rows]) for role, f in files.items()}
         findings.errors += _draw_errors(make_splits(task, official, cfg).train, cfg.few_shot, task, torch_ok=True)
     else:
-        findings.errors += _bounded_draw(Counter(few_shot_class(task, e) for e in _examples(train)), removed,
-                                         cfg.few_shot, task, findings)
+        findings.errors += _bounded_draw(
+            Counter(few_shot_class(task, e) for e in _examples(train)), removed, cfg.few_shot, task, findings
+        )
 
 
 def _examples(read: ReadFile) -> list[Example]:
@@ -326,17 +356,21 @@ def _bounded_draw(classes: Counter, removed: int, few: FewShotConfig, task: Any,
         sure = all(n - removed >= few.k for n in classes.values())
     else:
         if total - removed < few.k:
-            return [f"few_shot.k: {few.k} examples in all, but the train split keeps at most "
-                    f"{max(total - removed, 0):,} of the train file's {total:,}"]
+            return [
+                f"few_shot.k: {few.k} examples in all, but the train split keeps at most "
+                f"{max(total - removed, 0):,} of the train file's {total:,}"
+            ]
         if task.label_names or task.is_regression:  # the draw takes k // n_classes of each class first
             per_class = few.k // (2 if task.is_regression else len(task.label_names))
             sure = sum(min(max(n - removed, 0), per_class) for n in classes.values()) >= few.k
         else:
             sure = True
     if not sure:
-        findings.warnings.append(f"few_shot.k: whether the train split left after a seeded shuffle holds the draw "
-                                 f"depends on that shuffle; `deptune sweep` and `train` check it (validate does not "
-                                 f"load torch)")
+        findings.warnings.append(
+            "few_shot.k: whether the train split left after a seeded shuffle holds the draw "
+            "depends on that shuffle; `deptune sweep` and `train` check it (validate does not "
+            "load torch)"
+        )
     return []
 
 
@@ -345,5 +379,5 @@ def _few_shot_on_builtin(cfg: TaskConfig) -> Findings:
     if cfg.few_shot is None:
         return Findings()
     task = next(t for t in SYNTHETIC_TASKS if t.name == cfg.name)
-    train = task.splits(cfg.synthetic_size, cfg.split_seed).train[:cfg.max_train_samples]
+    train = task.splits(cfg.synthetic_size, cfg.split_seed).train[: cfg.max_train_samples]
     return Findings(errors=_draw_errors(train, cfg.few_shot, task))

@@ -44,8 +44,7 @@ class TextTask:
     class_names: tuple[str, ...] = ()  # the hub's label names, so string labels in files map to ids
     extra_fields: tuple[str, ...] = ()  # fields `prepare` needs besides the inputs
     prepare: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
-    official_splits: Mapping[str, str] = field(
-        default_factory=lambda: {"train": "train", "validation": "validation"})
+    official_splits: Mapping[str, str] = field(default_factory=lambda: {"train": "train", "validation": "validation"})
     is_regression: bool = False
     paper_metric: str = ""  # default: metric_names[0]
 
@@ -79,8 +78,10 @@ class TextTask:
         text = str(label).strip()
         index = self.class_names.index(text) if text in self.class_names else _as_int(text)
         if index is None or not 0 <= index < len(self.label_names):
-            raise ValueError(f"{self.name}: label {label!r} is not one of {list(self.label_names)}"
-                             + (f" or {list(self.class_names)}" if self.class_names else ""))
+            raise ValueError(
+                f"{self.name}: label {label!r} is not one of {list(self.label_names)}"
+                + (f" or {list(self.class_names)}" if self.class_names else "")
+            )
         return self.label_names[index]
 
     def compute_metrics(self, predictions: Sequence[str], targets: Sequence[str]) -> dict[str, float]:
@@ -101,14 +102,17 @@ def stsb_target(score: Any) -> str:
     hub's GLUE builder cast it, so every source gives the official string: 3.85 -> "3.8", 2.25 -> "2.2" (an
     exact half, to even), 1.15 -> "1.1" (float32 1.1499999...; the float64 1.15 would round to "1.2")."""
     import numpy as np  # deferred: only STS-B needs it
+
     label = float(np.float32(float(score)))
     return f"{float(np.round((label * 5) / 5, decimals=1)):.1f}"
 
 
 def remove_markup(row: Mapping[str, Any]) -> dict[str, Any]:
     """MultiRC: drop the HTML of its paragraphs and questions (<br> becomes a space, <b> vanishes)."""
+
     def clean(text: str) -> str:
         return re.sub(r"</?b>", "", text.replace("<br>", " "))
+
     return {**row, **{k: clean(str(row[k])) for k in ("question", "answer", "paragraph")}}
 
 
@@ -128,34 +132,120 @@ def mark_wsc_spans(row: Mapping[str, Any]) -> dict[str, Any]:
 
 BINARY = ("0", "1")
 TASKS: tuple[TextTask, ...] = (
-    TextTask("cola", ("sentence",), BINARY, ("matthews_correlation",), "small", (GLUE_HUB, "cola"),
-             class_names=("unacceptable", "acceptable")),
-    TextTask("sst2", ("sentence",), BINARY, ("accuracy",), "large", (GLUE_HUB, "sst2"),
-             class_names=("negative", "positive")),
-    TextTask("mrpc", ("sentence1", "sentence2"), BINARY, ("accuracy", "f1"), "small", (GLUE_HUB, "mrpc"),
-             class_names=("not_equivalent", "equivalent")),
-    TextTask("qqp", ("question1", "question2"), BINARY, ("accuracy", "f1"), "large", (GLUE_HUB, "qqp"),
-             class_names=("not_duplicate", "duplicate")),
-    TextTask("stsb", ("sentence1", "sentence2"), (), ("pearson", "spearmanr"), "small", (GLUE_HUB, "stsb"),
-             is_regression=True),
-    TextTask("mnli", ("premise", "hypothesis"), ("0", "1", "2"), ("accuracy",), "given", (GLUE_HUB, "mnli"),
-             class_names=("entailment", "neutral", "contradiction"),
-             official_splits={"train": "train", "validation": "validation_mismatched",
-                              "test": "validation_matched"}),
-    TextTask("qnli", ("question", "sentence"), BINARY, ("accuracy",), "large", (GLUE_HUB, "qnli"),
-             class_names=("entailment", "not_entailment")),
-    TextTask("rte", ("sentence1", "sentence2"), BINARY, ("accuracy",), "small", (GLUE_HUB, "rte"),
-             class_names=("entailment", "not_entailment")),
-    TextTask("boolq", ("question", "passage"), BINARY, ("accuracy",), "small", (SUPER_GLUE_HUB, "boolq"),
-             class_names=BOOL_CLASSES),
-    TextTask("cb", ("premise", "hypothesis"), ("0", "1", "2"), ("f1_multiclass", "accuracy"), "small",
-             (SUPER_GLUE_HUB, "cb"), class_names=("entailment", "contradiction", "neutral"),
-             paper_metric="accuracy"),
-    TextTask("multirc", ("question", "answer", "paragraph"), BINARY, ("f1",), "small",
-             (SUPER_GLUE_HUB, "multirc"), class_names=BOOL_CLASSES, prepare=remove_markup),
-    TextTask("wic", ("sentence1", "sentence2", "word"), BINARY, ("accuracy",), "small",
-             (SUPER_GLUE_HUB, "wic"), class_names=BOOL_CLASSES),
-    TextTask("wsc", ("text",), BINARY, ("accuracy",), "small", (SUPER_GLUE_HUB, "wsc.fixed"),
-             class_names=BOOL_CLASSES, prepare=mark_wsc_spans,
-             extra_fields=("span1_index", "span1_text", "span2_index", "span2_text")),
+    TextTask(
+        "cola",
+        ("sentence",),
+        BINARY,
+        ("matthews_correlation",),
+        "small",
+        (GLUE_HUB, "cola"),
+        class_names=("unacceptable", "acceptable"),
+    ),
+    TextTask(
+        "sst2", ("sentence",), BINARY, ("accuracy",), "large", (GLUE_HUB, "sst2"), class_names=("negative", "positive")
+    ),
+    TextTask(
+        "mrpc",
+        ("sentence1", "sentence2"),
+        BINARY,
+        ("accuracy", "f1"),
+        "small",
+        (GLUE_HUB, "mrpc"),
+        class_names=("not_equivalent", "equivalent"),
+    ),
+    TextTask(
+        "qqp",
+        ("question1", "question2"),
+        BINARY,
+        ("accuracy", "f1"),
+        "large",
+        (GLUE_HUB, "qqp"),
+        class_names=("not_duplicate", "duplicate"),
+    ),
+    TextTask(
+        "stsb",
+        ("sentence1", "sentence2"),
+        (),
+        ("pearson", "spearmanr"),
+        "small",
+        (GLUE_HUB, "stsb"),
+        is_regression=True,
+    ),
+    TextTask(
+        "mnli",
+        ("premise", "hypothesis"),
+        ("0", "1", "2"),
+        ("accuracy",),
+        "given",
+        (GLUE_HUB, "mnli"),
+        class_names=("entailment", "neutral", "contradiction"),
+        official_splits={"train": "train", "validation": "validation_mismatched", "test": "validation_matched"},
+    ),
+    TextTask(
+        "qnli",
+        ("question", "sentence"),
+        BINARY,
+        ("accuracy",),
+        "large",
+        (GLUE_HUB, "qnli"),
+        class_names=("entailment", "not_entailment"),
+    ),
+    TextTask(
+        "rte",
+        ("sentence1", "sentence2"),
+        BINARY,
+        ("accuracy",),
+        "small",
+        (GLUE_HUB, "rte"),
+        class_names=("entailment", "not_entailment"),
+    ),
+    TextTask(
+        "boolq",
+        ("question", "passage"),
+        BINARY,
+        ("accuracy",),
+        "small",
+        (SUPER_GLUE_HUB, "boolq"),
+        class_names=BOOL_CLASSES,
+    ),
+    TextTask(
+        "cb",
+        ("premise", "hypothesis"),
+        ("0", "1", "2"),
+        ("f1_multiclass", "accuracy"),
+        "small",
+        (SUPER_GLUE_HUB, "cb"),
+        class_names=("entailment", "contradiction", "neutral"),
+        paper_metric="accuracy",
+    ),
+    TextTask(
+        "multirc",
+        ("question", "answer", "paragraph"),
+        BINARY,
+        ("f1",),
+        "small",
+        (SUPER_GLUE_HUB, "multirc"),
+        class_names=BOOL_CLASSES,
+        prepare=remove_markup,
+    ),
+    TextTask(
+        "wic",
+        ("sentence1", "sentence2", "word"),
+        BINARY,
+        ("accuracy",),
+        "small",
+        (SUPER_GLUE_HUB, "wic"),
+        class_names=BOOL_CLASSES,
+    ),
+    TextTask(
+        "wsc",
+        ("text",),
+        BINARY,
+        ("accuracy",),
+        "small",
+        (SUPER_GLUE_HUB, "wsc.fixed"),
+        class_names=BOOL_CLASSES,
+        prepare=mark_wsc_spans,
+        extra_fields=("span1_index", "span1_text", "span2_index", "span2_text"),
+    ),
 )

@@ -40,8 +40,9 @@ class GlueLayout:
 
 
 GLUE_LAYOUTS: dict[str, GlueLayout] = {
-    "cola": GlueLayout({"sentence": "sentence", "label": "label"},
-                       header=("source", "label", "original_mark", "sentence")),
+    "cola": GlueLayout(
+        {"sentence": "sentence", "label": "label"}, header=("source", "label", "original_mark", "sentence")
+    ),
     "sst2": GlueLayout({"sentence": "sentence", "label": "label"}),
     "mrpc": GlueLayout({"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"}),
     "qqp": GlueLayout({"question1": "question1", "question2": "question2", "label": "is_duplicate"}),
@@ -50,16 +51,22 @@ GLUE_LAYOUTS: dict[str, GlueLayout] = {
     "qnli": GlueLayout({"question": "question", "sentence": "sentence", "label": "label"}),
     "rte": GlueLayout({"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"}),
 }
-GLUE_FILES = {"train": "train.tsv", "validation": "dev.tsv", "validation_matched": "dev_matched.tsv",
-              "validation_mismatched": "dev_mismatched.tsv"}
+GLUE_FILES = {
+    "train": "train.tsv",
+    "validation": "dev.tsv",
+    "validation_matched": "dev_matched.tsv",
+    "validation_mismatched": "dev_mismatched.tsv",
+}
 
 
 def load_splits(cfg: TaskConfig) -> TaskSplits:
     """The task's train/validation/test examples from the configured source; fails before any training."""
     source = cfg.resolved_source
     if (cfg.name in _SYNTHETIC) != (source == "builtin"):
-        raise ValueError(f"task {cfg.name!r} cannot use source {source!r}: the built-in source serves "
-                         f"only the synthetic tasks ({', '.join(_SYNTHETIC)}), which have no other source")
+        raise ValueError(
+            f"task {cfg.name!r} cannot use source {source!r}: the built-in source serves "
+            f"only the synthetic tasks ({', '.join(_SYNTHETIC)}), which have no other source"
+        )
     if source == "builtin":
         splits = _builtin_splits(cfg)
     else:
@@ -92,19 +99,22 @@ def few_shot_total(train: Sequence[Example], cfg: FewShotConfig, task: Any) -> l
 
     order = np.random.default_rng(cfg.seed).permutation(len(train)).tolist()
     if not task.label_names and not task.is_regression:
-        chosen, count = order[:cfg.k], cfg.k
+        chosen, count = order[: cfg.k], cfg.k
     else:
         n_classes = 2 if task.is_regression else len(task.label_names)
         chosen = _balanced_draw([few_shot_class(task, train[i]) for i in order], cfg, n_classes)
         chosen = [order[j] for j in chosen]
         count = cfg.k if cfg.exact_k else official_k_shot_count(cfg.k, n_classes)
         if count == 0:
-            raise ValueError(f"task.few_shot.k: the official draw of k = {cfg.k} over {n_classes} classes takes no "
-                             "example (k // n_classes is 0 and slot k never opens); raise k or set exact_k: true")
+            raise ValueError(
+                f"task.few_shot.k: the official draw of k = {cfg.k} over {n_classes} classes takes no "
+                "example (k // n_classes is 0 and slot k never opens); raise k or set exact_k: true"
+            )
     if len(chosen) < count:
         drawn = "" if count == cfg.k else f" (the official draw: {count})"
-        raise ValueError(f"task.few_shot.k: {cfg.k} examples in all{drawn}, but the train split yields only "
-                         f"{len(chosen)}")
+        raise ValueError(
+            f"task.few_shot.k: {cfg.k} examples in all{drawn}, but the train split yields only {len(chosen)}"
+        )
     return [train[i] for i in chosen]
 
 
@@ -140,7 +150,7 @@ def few_shot_per_class(train: Sequence[Example], cfg: FewShotConfig, task: Any) 
     short = {label: len(rows) for label, rows in by_class.items() if len(rows) < cfg.k}
     if short:
         raise ValueError(f"task.few_shot.k: {cfg.k} examples per class, but the train split has only {short}")
-    chosen = [e for label in sorted(by_class) for e in by_class[label][:cfg.k]]
+    chosen = [e for label in sorted(by_class) for e in by_class[label][: cfg.k]]
     return [chosen[i] for i in permutation(len(chosen), cfg.seed)]
 
 
@@ -155,12 +165,15 @@ _SYNTHETIC = {t.name: t for t in SYNTHETIC_TASKS}
 
 def _builtin_splits(cfg: TaskConfig) -> TaskSplits:
     splits = _SYNTHETIC[cfg.name].splits(cfg.synthetic_size, cfg.split_seed)
-    return TaskSplits(train=splits.train[:cfg.max_train_samples],
-                      validation=splits.validation[:cfg.max_eval_samples],
-                      test=splits.test[:cfg.max_eval_samples])
+    return TaskSplits(
+        train=splits.train[: cfg.max_train_samples],
+        validation=splits.validation[: cfg.max_eval_samples],
+        test=splits.test[: cfg.max_eval_samples],
+    )
 
 
 # --- splitting ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Part:
@@ -191,13 +204,16 @@ def make_splits(task: BenchmarkTask, official: Official, cfg: TaskConfig) -> Tas
         raise ValueError(f"{task.name}: no validation data (give task.files.validation)")
     formatted = {role: format_row_groups(task, rows, where) for role, (where, rows) in official.items()}
     parts = _partition(task, formatted, cfg.split_seed, cfg.validation_split == "whole")
-    return TaskSplits(train=parts["train"].take(cfg.max_train_samples, cfg.split_seed),
-                      validation=parts["validation"].take(cfg.max_eval_samples, cfg.split_seed),
-                      test=parts["test"].take(cfg.max_eval_samples, cfg.split_seed))
+    return TaskSplits(
+        train=parts["train"].take(cfg.max_train_samples, cfg.split_seed),
+        validation=parts["validation"].take(cfg.max_eval_samples, cfg.split_seed),
+        test=parts["test"].take(cfg.max_eval_samples, cfg.split_seed),
+    )
 
 
-def _partition(task: BenchmarkTask, splits: Mapping[str, list[list[Example]]], seed: int,
-               whole_validation: bool = False) -> dict[str, _Part]:
+def _partition(
+    task: BenchmarkTask, splits: Mapping[str, list[list[Example]]], seed: int, whole_validation: bool = False
+) -> dict[str, _Part]:
     train, validation = splits["train"], splits["validation"]
     if whole_validation:  # `task.validation_split: whole`: the files as given, no test split made up
         return {"train": _Part(train), "validation": _Part(validation), "test": _Part(splits.get("test", []))}
@@ -205,22 +221,27 @@ def _partition(task: BenchmarkTask, splits: Mapping[str, list[list[Example]]], s
         return {"train": _Part(train), "validation": _Part(validation), "test": _Part(splits["test"])}
     if task.split_rule == "small":
         order, half = permutation(len(validation), seed), len(validation) // 2
-        return {"train": _Part(train), "validation": _Part(validation, order[:half]),
-                "test": _Part(validation, order[half:])}
+        return {
+            "train": _Part(train),
+            "validation": _Part(validation, order[:half]),
+            "test": _Part(validation, order[half:]),
+        }
     if task.split_rule == "large":
         if len(train) <= LARGE_VALIDATION_SIZE:
-            raise ValueError(f"{task.name} holds {LARGE_VALIDATION_SIZE} training examples out as validation "
-                             f"(DePT's rule for large tasks), but train has only {len(train)}")
+            raise ValueError(
+                f"{task.name} holds {LARGE_VALIDATION_SIZE} training examples out as validation "
+                f"(DePT's rule for large tasks), but train has only {len(train)}"
+            )
         order = permutation(len(train), seed)
-        return {"train": _Part(train, order[LARGE_VALIDATION_SIZE:]),
-                "validation": _Part(train, order[:LARGE_VALIDATION_SIZE]), "test": _Part(validation)}
-    raise ValueError(f"{task.name} needs a labelled test split besides validation "
-                     f"(official: {', '.join(task.official_splits.values())})")
-
-
-def format_rows(task: BenchmarkTask, rows: Sequence[Row], where: str) -> list[Example]:
-    """Every row's examples; a bad row is an error naming its origin and index (0-based data row)."""
-    return [e for group in format_row_groups(task, rows, where) for e in group]
+        return {
+            "train": _Part(train, order[LARGE_VALIDATION_SIZE:]),
+            "validation": _Part(train, order[:LARGE_VALIDATION_SIZE]),
+            "test": _Part(validation),
+        }
+    raise ValueError(
+        f"{task.name} needs a labelled test split besides validation "
+        f"(official: {', '.join(task.official_splits.values())})"
+    )
 
 
 def format_row_groups(task: BenchmarkTask, rows: Sequence[Row], where: str) -> list[list[Example]]:
@@ -235,6 +256,7 @@ def format_row_groups(task: BenchmarkTask, rows: Sequence[Row], where: str) -> l
 
 
 # --- sources -----------------------------------------------------------------------------------------
+
 
 def _hub_rows(cfg: TaskConfig, task: BenchmarkTask) -> Official:
     import datasets  # deferred: heavy, and only this source needs it
@@ -254,8 +276,9 @@ def hub_official(task: BenchmarkTask, loaded: Mapping[str, Sequence[Row]], name:
 
 def _glue_dir_rows(cfg: TaskConfig, task: BenchmarkTask) -> Official:
     if task.name not in GLUE_LAYOUTS:
-        raise ValueError(f"task.data_dir reads GLUE's TSV layout, which has no {task.name!r}; "
-                         "use source 'hub' or 'files'")
+        raise ValueError(
+            f"task.data_dir reads GLUE's TSV layout, which has no {task.name!r}; use source 'hub' or 'files'"
+        )
     if cfg.data_dir is None:
         raise ValueError("source 'glue_dir' needs task.data_dir")
     layout = GLUE_LAYOUTS[task.name]
@@ -275,8 +298,9 @@ def _files_rows(cfg: TaskConfig, task: BenchmarkTask) -> Official:
         raise ValueError("source 'files' needs task.files")
     unknown = sorted(set(cfg.columns) - set(task.fields))
     if unknown:
-        raise ValueError(f"task.columns maps unknown field(s) {', '.join(unknown)}; "
-                         f"{task.name} reads {', '.join(task.fields)}")
+        raise ValueError(
+            f"task.columns maps unknown field(s) {', '.join(unknown)}; {task.name} reads {', '.join(task.fields)}"
+        )
     mapping = {f: cfg.columns.get(f, f) for f in task.fields}
     official = {}
     for role in ("train", "validation", "test"):
@@ -293,12 +317,17 @@ def _rename(row: Row, mapping: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _check_columns(path: Path, task: BenchmarkTask, present: Sequence[str], mapping: Mapping[str, str]) -> None:
-    missing = [f"{column!r}" + (f" (task field {name!r})" if column != name else "")
-               for name, column in mapping.items() if column not in present]
+    missing = [
+        f"{column!r}" + (f" (task field {name!r})" if column != name else "")
+        for name, column in mapping.items()
+        if column not in present
+    ]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} for task {task.name}; "
-                         f"the file has columns {', '.join(map(repr, present))}. "
-                         "Map task fields to file columns with task.columns.")
+        raise ValueError(
+            f"{path}: missing column(s) {', '.join(missing)} for task {task.name}; "
+            f"the file has columns {', '.join(map(repr, present))}. "
+            "Map task fields to file columns with task.columns."
+        )
 
 
 def read_table(path: Path, header: Sequence[str] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
@@ -327,9 +356,13 @@ def dataset_fingerprint(cfg: TaskConfig) -> str:
     """A short hash of what a run trains and scores on: the task settings plus the bytes of local data
     files (hub data is named by its id; its revision is pinned by the hub's own cache)."""
     import hashlib
+
     digest = hashlib.sha256(cfg.model_dump_json(exclude={"data_dir", "files"}).encode())
-    paths = sorted(Path(cfg.data_dir).glob("*.tsv")) if cfg.data_dir else \
-        [p for p in (cfg.files.model_dump().values() if cfg.files else ()) if p is not None]
+    paths = (
+        sorted(Path(cfg.data_dir).glob("*.tsv"))
+        if cfg.data_dir
+        else [p for p in (cfg.files.model_dump().values() if cfg.files else ()) if p is not None]
+    )
     for path in paths:
         digest.update(Path(path).name.encode())
         with open(path, "rb") as handle:
@@ -340,13 +373,16 @@ def dataset_fingerprint(cfg: TaskConfig) -> str:
 
 # --- checks before any training (deptune validate) ---------------------------------------------------------
 
+
 def data_errors(cfg: TaskConfig) -> list[str]:
     """What `load_splits` would fail on, found by reading only file headers: 'key.path: message' lines
     relative to the task section (the caller prefixes `task.`)."""
     source = cfg.resolved_source
     if (cfg.name in _SYNTHETIC) != (source == "builtin"):
-        return [f"source: task {cfg.name!r} cannot use source {source!r}: the built-in source serves only the "
-                f"synthetic tasks ({', '.join(_SYNTHETIC)}), which have no other source"]
+        return [
+            f"source: task {cfg.name!r} cannot use source {source!r}: the built-in source serves only the "
+            f"synthetic tasks ({', '.join(_SYNTHETIC)}), which have no other source"
+        ]
     if source in ("builtin", "hub"):
         return []  # hub data is fetched (or found in the cache) when the run starts
     task = benchmark_task(cfg.name)
@@ -379,11 +415,14 @@ def _files_errors(cfg: TaskConfig, task: BenchmarkTask) -> list[str]:
     mapping = {f: cfg.columns.get(f, f) for f in task.fields}
     errors = []
     if cfg.files.validation is None:
-        errors.append(f"files.validation: required: {task.name} selects its best step on a validation file "
-                      f"(give the task's dev/validation file)")
+        errors.append(
+            f"files.validation: required: {task.name} selects its best step on a validation file "
+            f"(give the task's dev/validation file)"
+        )
     if task.split_rule == "given" and cfg.files.test is None:
-        errors.append(f"files.test: required: {task.name} tests on its own labelled split "
-                      f"({task.official_splits.get('test')})")
+        errors.append(
+            f"files.test: required: {task.name} tests on its own labelled split ({task.official_splits.get('test')})"
+        )
     for split in ("train", "validation", "test"):
         path = getattr(cfg.files, split)
         if path is None:
@@ -401,12 +440,17 @@ def _header_errors(path: Path, task: BenchmarkTask, mapping: Mapping[str, str]) 
         present = read_header(path)
     except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return [f"{path}: unreadable: {exc}"]
-    missing = [f"{column!r}" + (f" (task field {name!r})" if column != name else "")
-               for name, column in mapping.items() if column not in present]
+    missing = [
+        f"{column!r}" + (f" (task field {name!r})" if column != name else "")
+        for name, column in mapping.items()
+        if column not in present
+    ]
     if not missing:
         return []
-    return [f"{path} lacks column(s) {', '.join(missing)} for task {task.name}; it has "
-            f"{', '.join(map(repr, present)) or 'none'} (map task fields to columns with task.columns)"]
+    return [
+        f"{path} lacks column(s) {', '.join(missing)} for task {task.name}; it has "
+        f"{', '.join(map(repr, present)) or 'none'} (map task fields to columns with task.columns)"
+    ]
 
 
 def read_header(path: Path) -> list[str]:

@@ -21,12 +21,14 @@ MetricFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], float]
 def accuracy(predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str]) -> float:
     """Exact string match: an invalid prediction never equals a target."""
     from sklearn.metrics import accuracy_score
+
     return float(accuracy_score(list(targets), list(predictions)))
 
 
 def f1_with_invalid(predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str]) -> float:
     """Binary F1 of class "1"; a prediction other than "0"/"1" becomes the opposite of its target (T5/DePT)."""
     from sklearn.metrics import f1_score
+
     fixed = [p if p in ("0", "1") else ("0" if t == "1" else "1") for p, t in zip(predictions, targets)]
     return float(f1_score(list(targets), fixed, pos_label="1", average="binary", zero_division=0.0))
 
@@ -37,14 +39,15 @@ def matthews_correlation(predictions: Sequence[str], targets: Sequence[str], lab
     scikit-learn returns 0.0 where MCC is undefined (a single predicted class), matching CoLA's flat start.
     """
     from sklearn.metrics import matthews_corrcoef
+
     return float(matthews_corrcoef(list(targets), list(predictions)))
 
 
 def f1_multiclass(predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str]) -> float:
     """Unweighted mean of per-class F1 over the task's labels (CB); invalid predictions are misses."""
     from sklearn.metrics import f1_score
-    return float(f1_score(list(targets), list(predictions), labels=list(labels), average="macro",
-                          zero_division=0.0))
+
+    return float(f1_score(list(targets), list(predictions), labels=list(labels), average="macro", zero_division=0.0))
 
 
 def to_float(text: str, default: float = -1.0) -> float:
@@ -68,12 +71,14 @@ def _correlation(fn: Callable, predictions: Sequence[str], targets: Sequence[str
 def pearson(predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str]) -> float:
     """Pearson r of float-parsed outputs; 0.0 where undefined (e.g. a constant prediction)."""
     from scipy.stats import pearsonr
+
     return _correlation(pearsonr, predictions, targets)
 
 
 def spearman(predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str]) -> float:
     """Spearman rho of float-parsed outputs; 0.0 where undefined (e.g. a constant prediction)."""
     from scipy.stats import spearmanr
+
     return _correlation(spearmanr, predictions, targets)
 
 
@@ -87,8 +92,9 @@ METRICS: dict[str, MetricFn] = {
 }
 
 
-def compute(metric_names: Sequence[str], predictions: Sequence[str], targets: Sequence[str],
-            labels: Sequence[str]) -> dict[str, float]:
+def compute(
+    metric_names: Sequence[str], predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str]
+) -> dict[str, float]:
     """All named metrics after stripping whitespace from both sides, as DePT's post-processor does."""
     if len(predictions) != len(targets):
         raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")

@@ -91,8 +91,7 @@ class QATask:
     paper_metric: str
     hub: tuple[str, str]
     split_rule: str = "large"
-    official_splits: Mapping[str, str] = field(
-        default_factory=lambda: {"train": "train", "validation": "validation"})
+    official_splits: Mapping[str, str] = field(default_factory=lambda: {"train": "train", "validation": "validation"})
     label_names: tuple[str, ...] = ()
     is_regression: bool = False
 

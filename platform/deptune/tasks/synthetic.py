@@ -18,8 +18,31 @@ from deptune.tasks.base import Example, TaskSplits
 
 POSITIVE_WORDS = ("good", "great", "fine", "happy", "bright", "warm", "lovely", "superb", "calm", "nice")
 NEGATIVE_WORDS = ("bad", "awful", "poor", "sad", "dark", "cold", "ugly", "dull", "grim", "nasty")
-FILLER_WORDS = ("the", "a", "movie", "book", "day", "food", "song", "room", "city", "game", "was",
-                "is", "very", "quite", "and", "but", "so", "really", "it", "this", "that", "my", "our")
+FILLER_WORDS = (
+    "the",
+    "a",
+    "movie",
+    "book",
+    "day",
+    "food",
+    "song",
+    "room",
+    "city",
+    "game",
+    "was",
+    "is",
+    "very",
+    "quite",
+    "and",
+    "but",
+    "so",
+    "really",
+    "it",
+    "this",
+    "that",
+    "my",
+    "our",
+)
 WORDS = POSITIVE_WORDS + NEGATIVE_WORDS + FILLER_WORDS
 
 
@@ -29,8 +52,12 @@ class SyntheticSentiment:
     paper_metric = "accuracy"
     is_regression = False
 
-    def __init__(self, name: str = "synthetic", positive: Sequence[str] = POSITIVE_WORDS,
-                 negative: Sequence[str] = NEGATIVE_WORDS) -> None:
+    def __init__(
+        self,
+        name: str = "synthetic",
+        positive: Sequence[str] = POSITIVE_WORDS,
+        negative: Sequence[str] = NEGATIVE_WORDS,
+    ) -> None:
         self.name, self.positive, self.negative = name, tuple(positive), tuple(negative)
 
     def format(self, row: Mapping[str, Any]) -> Example:
@@ -46,8 +73,7 @@ class SyntheticSentiment:
             positive = rng.random() < 0.5
             words = [rng.choice(FILLER_WORDS) for _ in range(rng.randint(2, 5))]
             for _ in range(rng.randint(2, 4)):
-                words.insert(rng.randrange(len(words) + 1),
-                             rng.choice(self.positive if positive else self.negative))
+                words.insert(rng.randrange(len(words) + 1), rng.choice(self.positive if positive else self.negative))
             rows.append({"sentence": " ".join(words), "label": int(positive)})
         return rows
 
@@ -55,10 +81,13 @@ class SyntheticSentiment:
         """80/10/10 split of `size` generated rows."""
         examples = [self.format(r) for r in self.rows(size, seed)]
         n_eval = max(1, size // 10)
-        return TaskSplits(train=examples[2 * n_eval:], validation=examples[:n_eval],
-                          test=examples[n_eval:2 * n_eval])
+        return TaskSplits(
+            train=examples[2 * n_eval :], validation=examples[:n_eval], test=examples[n_eval : 2 * n_eval]
+        )
 
 
-SYNTHETIC_TASKS = (SyntheticSentiment(),
-                   SyntheticSentiment("synthetic_a", POSITIVE_WORDS[:5], NEGATIVE_WORDS[:5]),
-                   SyntheticSentiment("synthetic_b", POSITIVE_WORDS[5:], NEGATIVE_WORDS[5:]))
+SYNTHETIC_TASKS = (
+    SyntheticSentiment(),
+    SyntheticSentiment("synthetic_a", POSITIVE_WORDS[:5], NEGATIVE_WORDS[:5]),
+    SyntheticSentiment("synthetic_b", POSITIVE_WORDS[5:], NEGATIVE_WORDS[5:]),
+)

@@ -60,8 +60,15 @@ class RunJournal:
     # ----- writes --------------------------------------------------------------------------------------
     def start(self, experiment_id: str, run_name: str, find_by: dict[str, str], tags: dict[str, str]) -> None:
         """Find the run tagged `find_by` (a restarted trial) or create it."""
-        self._record({"op": "start", "experiment_id": experiment_id, "run_name": run_name, "find_by": find_by,
-                      "tags": {**tags, **find_by}})
+        self._record(
+            {
+                "op": "start",
+                "experiment_id": experiment_id,
+                "run_name": run_name,
+                "find_by": find_by,
+                "tags": {**tags, **find_by},
+            }
+        )
 
     def params(self, params: dict[str, Any]) -> None:
         self._record({"op": "params", "params": {k: str(v) for k, v in params.items() if v is not None}})
@@ -109,10 +116,11 @@ class RunJournal:
     def flush(self) -> bool:
         """Send what is unsent, in order; False (and `last_error`) if the server did not take it all."""
         state = self._state()
-        numbers = self._numbers()[state.get("sent", 0):]
+        numbers = self._numbers()[state.get("sent", 0) :]
         if not numbers:
             return True
         from mlflow import MlflowClient
+
         client = MlflowClient(tracking_uri=self.uri)
         try:
             for number in numbers:
@@ -129,19 +137,24 @@ class RunJournal:
 
     def _apply(self, client, op: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         from mlflow.entities import Metric, Param, RunTag
+
         kind, run_id = op["op"], state.get("run_id")
         if kind == "start":
             found = client.search_runs([op["experiment_id"]], filter_string=_tag_filter(op["find_by"]), max_results=1)
-            run_id = found[0].info.run_id if found else client.create_run(
-                op["experiment_id"], tags=op["tags"], run_name=op["run_name"]).info.run_id
+            run_id = (
+                found[0].info.run_id
+                if found
+                else client.create_run(op["experiment_id"], tags=op["tags"], run_name=op["run_name"]).info.run_id
+            )
             return {**state, "run_id": run_id}
         if run_id is None:
             raise RuntimeError("the journal has no run to write to (no start op)")
         if kind == "params":
             client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in op["params"].items()])
         elif kind == "metrics":
-            client.log_batch(run_id, metrics=[Metric(k, v, op["timestamp"], op["step"])
-                                              for k, v in op["metrics"].items()])
+            client.log_batch(
+                run_id, metrics=[Metric(k, v, op["timestamp"], op["step"]) for k, v in op["metrics"].items()]
+            )
         elif kind == "tags":
             client.log_batch(run_id, tags=[RunTag(k, v[:5000]) for k, v in op["tags"].items()])
         elif kind == "artifacts":
@@ -238,7 +251,7 @@ class DriverSender:
                 continue
             try:
                 self._send_new()
-            except Exception:  # noqa: BLE001 -- a journal that cannot be read must not stop the thread
+            except Exception:
                 log.exception("sending the journals in %s failed", self.location)
 
     def _send_new(self) -> None:
@@ -254,8 +267,13 @@ class DriverSender:
             journal = self.journal(Folder(self.location).child(trial).location)
             if not self.send(journal.location):
                 if self._failed_at is None:
-                    log.warning("MLflow at %s unreachable (%s): the trials' writes stay journaled in %s and are "
-                                "sent when it answers", self.uri, journal.last_error, self.location)
+                    log.warning(
+                        "MLflow at %s unreachable (%s): the trials' writes stay journaled in %s and are "
+                        "sent when it answers",
+                        self.uri,
+                        journal.last_error,
+                        self.location,
+                    )
                 self._failed_at = time.monotonic()
                 return
             self._sent[trial] = count
@@ -272,6 +290,8 @@ def flush_all(location: str | Path, uri: str) -> list[str]:
         with _DRIVER_SENDS:  # never beside a driver's sender thread sending the same journal
             sent = journal.flush()
         if not sent:
-            left.append(f"{journal.pending()} write(s) of run {journal.run_id or '(not created yet)'} kept in "
-                        f"{path} ({journal.last_error})")
+            left.append(
+                f"{journal.pending()} write(s) of run {journal.run_id or '(not created yet)'} kept in "
+                f"{path} ({journal.last_error})"
+            )
     return left

@@ -68,9 +68,15 @@ def view_study(study: optuna.Study) -> optuna.Study:
     for trial in trials:  # the others go in as FAIL (not plotted), so trial numbers stay the study's
         params, dists = _distributions(trial, ranks)
         value = _reported(trial, maximize)
-        view.add_trial(optuna.trial.create_trial(
-            state=TrialState.COMPLETE if value is not None else TrialState.FAIL, value=value, params=params,
-            distributions=dists, user_attrs={"trial": trial.number, "state": trial.state.name}))
+        view.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.COMPLETE if value is not None else TrialState.FAIL,
+                value=value,
+                params=params,
+                distributions=dists,
+                user_attrs={"trial": trial.number, "state": trial.state.name},
+            )
+        )
     return view
 
 
@@ -95,9 +101,11 @@ def _plots(study: optuna.Study, view: optuna.Study, metric: str) -> dict[str, tu
     """name -> (optuna.visualization function name, the study it draws, kwargs)."""
     named = {"target_name": metric}
     params = [p for p in {k for t in view.get_trials(deepcopy=False) for k in t.params} if p != STATE_PARAM]
-    plots = {"optimization_history": ("plot_optimization_history", view, named),
-             "parallel_coordinate": ("plot_parallel_coordinate", view, named),
-             "slice": ("plot_slice", view, named)}
+    plots = {
+        "optimization_history": ("plot_optimization_history", view, named),
+        "parallel_coordinate": ("plot_parallel_coordinate", view, named),
+        "slice": ("plot_slice", view, named),
+    }
     completed = _completed_only(view)
     if len(completed.trials) >= MIN_IMPORTANCE_TRIALS:
         plots["param_importances"] = ("plot_param_importances", completed, {**named, "params": sorted(params)})
@@ -106,12 +114,14 @@ def _plots(study: optuna.Study, view: optuna.Study, metric: str) -> dict[str, tu
     return plots
 
 
-def _static(function: str, source: optuna.Study, kwargs: dict, stopped: tuple[list[int], list[float]], folder: Path,
-            name: str) -> None:
+def _static(
+    function: str, source: optuna.Study, kwargs: dict, stopped: tuple[list[int], list[float]], folder: Path, name: str
+) -> None:
     """The matplotlib PNG: sized to its number of subplots, ticks rotated, stopped trials crossed out."""
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as static
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     axes = getattr(static, function)(source, **kwargs)
     flat = list(axes.flat) if hasattr(axes, "flat") else [axes]
     figure = flat[0].figure
@@ -125,21 +135,29 @@ def _static(function: str, source: optuna.Study, kwargs: dict, stopped: tuple[li
                 axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
                 axis.set_minor_formatter(NullFormatter())
     if name == "optimization_history" and stopped[0]:
-        flat[0].scatter(*stopped, marker="x", s=70, color="crimson", zorder=5,
-                        label="stopped early (best value before the stop)")
+        flat[0].scatter(
+            *stopped, marker="x", s=70, color="crimson", zorder=5, label="stopped early (best value before the stop)"
+        )
         flat[0].legend()
     figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
     plt.close(figure)
 
 
-def _interactive(function: str, source: optuna.Study, kwargs: dict, stopped: tuple[list[int], list[float]],
-                 name: str):
+def _interactive(function: str, source: optuna.Study, kwargs: dict, stopped: tuple[list[int], list[float]], name: str):
     import optuna.visualization as interactive
     import plotly.graph_objects as go
+
     figure = getattr(interactive, function)(source, **kwargs)
     if name == "optimization_history" and stopped[0]:
-        figure.add_trace(go.Scatter(x=stopped[0], y=stopped[1], mode="markers", name="stopped early (best value "
-                                    "before the stop)", marker={"symbol": "x", "size": 11, "color": "crimson"}))
+        figure.add_trace(
+            go.Scatter(
+                x=stopped[0],
+                y=stopped[1],
+                mode="markers",
+                name="stopped early (best value before the stop)",
+                marker={"symbol": "x", "size": 11, "color": "crimson"},
+            )
+        )
     if name == "slice":
         figure.update_xaxes(tickangle=30, nticks=5)
     return figure
@@ -148,9 +166,10 @@ def _interactive(function: str, source: optuna.Study, kwargs: dict, stopped: tup
 def warm_imports() -> None:
     """Import the plotting libraries (about a second) ahead of `write_plots`, off the sweep's critical path."""
     import matplotlib
+
     matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
-    import optuna.visualization  # noqa: F401
+    import matplotlib.pyplot
+    import optuna.visualization
     import optuna.visualization.matplotlib  # noqa: F401
     import plotly.graph_objects  # noqa: F401
 
@@ -160,6 +179,7 @@ def write_plots(study: optuna.Study, folder: Path, metrics: list[str] | None = N
     study cannot make yet is skipped, and the page says why importances are missing. Returns the names
     written."""
     import matplotlib
+
     matplotlib.use("Agg")
     folder.mkdir(parents=True, exist_ok=True)
     metric = (metrics or ["objective"])[0]
@@ -176,17 +196,23 @@ def write_plots(study: optuna.Study, folder: Path, metrics: list[str] | None = N
                 log.info("plot %s skipped: %s", name, exc)
                 continue
             (folder / f"{name}.json").write_text(figure.to_json())
-            html.append(f"<h2>{name.replace('_', ' ')}</h2>"
-                        + figure.to_html(full_html=False, include_plotlyjs=not html))
+            html.append(
+                f"<h2>{name.replace('_', ' ')}</h2>" + figure.to_html(full_html=False, include_plotlyjs=not html)
+            )
             written.append(name)
     completed = sum(t.user_attrs["state"] == "COMPLETE" for t in _reporting(view))
-    header = (f"<p>{len(_reporting(view))} trials reported: {completed} completed, {len(stopped[0])} stopped early "
-              f"(plotted with their best value before the stop, marked <i>{STOPPED}</i>).</p>")
+    header = (
+        f"<p>{len(_reporting(view))} trials reported: {completed} completed, {len(stopped[0])} stopped early "
+        f"(plotted with their best value before the stop, marked <i>{STOPPED}</i>).</p>"
+    )
     if "param_importances" not in written:
-        header += (f"<p>Parameter importances need at least {MIN_IMPORTANCE_TRIALS} completed trials; this "
-                   f"study has {completed}.</p>")
+        header += (
+            f"<p>Parameter importances need at least {MIN_IMPORTANCE_TRIALS} completed trials; this "
+            f"study has {completed}.</p>"
+        )
     if html:
         (folder / "optuna_plots.html").write_text(
             f"<html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
-            f"<h1>{study.study_name}</h1>{header}" + "".join(html) + "</body></html>")
+            f"<h1>{study.study_name}</h1>{header}" + "".join(html) + "</body></html>"
+        )
     return written

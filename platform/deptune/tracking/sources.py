@@ -25,6 +25,7 @@ def fetch_adapter(model_uri: str, tracking_uri: str | None, dest: Path) -> Path:
     adapter that lives in the registry. Nothing is left at `dest` when it cannot be fetched."""
     import mlflow
     from mlflow.artifacts import download_artifacts
+
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="deptune-source-") as tmp:
@@ -50,13 +51,19 @@ def localize_sources(spec: S, tracking_uri: str | None, source: str) -> S:
     try:
         check_store(tracking_uri or resolve_uri(None), "tracking.uri")
     except SpecError as exc:
-        raise SpecError(source, [f"method.init_from: cannot fetch {ref} from {shown}: "
-                                 + line.split(": ", 1)[-1] for line in exc.errors]) from None
+        raise SpecError(
+            source,
+            [f"method.init_from: cannot fetch {ref} from {shown}: " + line.split(": ", 1)[-1] for line in exc.errors],
+        ) from None
     dest = spec.train.output_dir / "sources" / re.sub(r"[^A-Za-z0-9_.-]+", "_", str(ref))
     try:
         folder = fetch_adapter(str(ref), tracking_uri, dest)
     except Exception as exc:  # noqa: BLE001 -- registry, network and file errors all mean the same to the user
-        raise SpecError(source, [f"method.init_from: cannot fetch {ref} from {shown}: "
-                                 f"{redact(str(exc).splitlines()[0][:300]) if str(exc) else type(exc).__name__}"]
-                        ) from None
+        raise SpecError(
+            source,
+            [
+                f"method.init_from: cannot fetch {ref} from {shown}: "
+                f"{redact(str(exc).splitlines()[0][:300]) if str(exc) else type(exc).__name__}"
+            ],
+        ) from None
     return spec.model_copy(update={"method": spec.method.model_copy(update={"init_from": folder})})

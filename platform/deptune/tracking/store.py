@@ -40,12 +40,14 @@ def uri_problem(uri: str) -> str | None:
     if name.split("+")[0] in DB_BACKENDS:
         return database_url_problem(uri)
     if name not in OTHER_SCHEMES:
-        return (f"unknown scheme {name + '://'!r}; MLflow tracks to http(s)://HOST:PORT, sqlite:///PATH, "
-                f"postgresql://USER@HOST/DB, mysql://..., or a folder")
+        return (
+            f"unknown scheme {name + '://'!r}; MLflow tracks to http(s)://HOST:PORT, sqlite:///PATH, "
+            f"postgresql://USER@HOST/DB, mysql://..., or a folder"
+        )
     if name in ("http", "https"):
         parts = urlsplit(uri)
         try:
-            parts.port
+            _ = parts.port  # urlsplit parses the port lazily: reading it is the check
         except ValueError:
             return "its port is not a number from 0 to 65535"
         if not parts.hostname:
@@ -83,6 +85,7 @@ def _database_problem(uri: str, existing: bool) -> str | None:
     the database must hold MLflow's tables already."""
     from sqlalchemy import create_engine, inspect
     from sqlalchemy.pool import NullPool
+
     timeout = {"connect_timeout": CONNECT_TIMEOUT_S} if uri.startswith(("postgres", "mysql")) else {}
     engine = create_engine(uri, connect_args=timeout, poolclass=NullPool)
     try:
@@ -127,22 +130,38 @@ def check_reachable(uri: str, source: str, key: str = "tracking.uri", existing: 
         return
     if uri.startswith(("http://", "https://")):
         import requests
+
         try:
-            response = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
-                                    params={"max_results": 1}, timeout=CONNECT_TIMEOUT_S, auth=_basic_auth())
+            response = requests.get(
+                f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+                params={"max_results": 1},
+                timeout=CONNECT_TIMEOUT_S,
+                auth=_basic_auth(),
+            )
         except requests.RequestException as exc:
-            raise SpecError(source, [f"{key}: MLflow at {shown} cannot be reached ({type(exc).__name__}); start the "
-                                     f"server or fix {key} / ${URI_ENV}"]) from None
+            raise SpecError(
+                source,
+                [
+                    f"{key}: MLflow at {shown} cannot be reached ({type(exc).__name__}); start the "
+                    f"server or fix {key} / ${URI_ENV}"
+                ],
+            ) from None
         if response.status_code != 200:
-            hint = (" (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
-                    if response.status_code in (401, 403) else "")
-            raise SpecError(source, [f"{key}: MLflow at {shown} answered HTTP {response.status_code}{hint}: "
-                                     f"{redact(response.text[:200])}"])
+            hint = (
+                " (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+                if response.status_code in (401, 403)
+                else ""
+            )
+            raise SpecError(
+                source,
+                [f"{key}: MLflow at {shown} answered HTTP {response.status_code}{hint}: {redact(response.text[:200])}"],
+            )
         return
     if _is_database(uri) and (problem := _database_problem(uri, existing)):
         raise SpecError(source, [f"{key}: cannot open the MLflow store {shown}: {redact(problem)}"])
     try:
         from mlflow import MlflowClient
+
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 -- sqlalchemy/mlflow raise many kinds; the message is what matters
         first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
@@ -167,6 +186,7 @@ def _basic_auth() -> tuple[str, str] | None:
 def ensure_experiment(uri: str, name: str) -> str:
     """The experiment's id, created (with the embedded default's artifact folder) if missing."""
     from mlflow import MlflowClient
+
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
@@ -182,16 +202,21 @@ VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the MLflow UI's saved views (3.15
 TRIALS_VIEW = "deptune-trials"
 
 
-def trials_view_state(columns: list[str], metrics: list[str], tags: list[str], order_by: str,
-                      ascending: bool) -> dict:
+def trials_view_state(columns: list[str], metrics: list[str], tags: list[str], order_by: str, ascending: bool) -> dict:
     """The runs table the UI opens with `?viewStateShareKey=deptune-trials` (or from its Views menu): the
     trials only, flat, best first, with the columns that matter. Column keys are the UI's own
     (params.`m`, metrics.`best_objective`, tags.`deptune.state`)."""
-    selected = ([f"params.`{c}`" for c in columns] + [f"metrics.`{m}`" for m in metrics]
-                + [f"tags.`{t}`" for t in tags])
-    return {"searchFilter": f"tags.`{TAG}role` = 'trial'", "orderByKey": f"metrics.`{order_by}`",
-            "orderByAsc": ascending, "startTime": "ALL", "lifecycleFilter": "Active",
-            "selectedColumns": selected, "columnOrder": [], "runsExpanded": {}}
+    selected = [f"params.`{c}`" for c in columns] + [f"metrics.`{m}`" for m in metrics] + [f"tags.`{t}`" for t in tags]
+    return {
+        "searchFilter": f"tags.`{TAG}role` = 'trial'",
+        "orderByKey": f"metrics.`{order_by}`",
+        "orderByAsc": ascending,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "selectedColumns": selected,
+        "columnOrder": [],
+        "runsExpanded": {},
+    }
 
 
 def save_trials_view(uri: str, experiment_id: str, state: dict, name: str = "deptune: trials, best first") -> str:
@@ -201,8 +226,11 @@ def save_trials_view(uri: str, experiment_id: str, state: dict, name: str = "dep
     URL fragment."""
     import json
     import time
+
     from mlflow import MlflowClient
+
     envelope = {"name": name, "createdAt": int(time.time() * 1000), "state": json.dumps(state)}
-    MlflowClient(tracking_uri=uri).set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + TRIALS_VIEW,
-                                                      json.dumps(envelope))
+    MlflowClient(tracking_uri=uri).set_experiment_tag(
+        experiment_id, VIEW_TAG_PREFIX + TRIALS_VIEW, json.dumps(envelope)
+    )
     return f"#/experiments/{experiment_id}/runs?viewStateShareKey={TRIALS_VIEW}"

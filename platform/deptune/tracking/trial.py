@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from deptune.storage import Folder, join
-from deptune.train.config import IMPROVED_AT, RESUMED_FROM
-from deptune.train.spec import RunSpec
 from deptune.tracking.journal import RunJournal
 from deptune.tracking.store import TAG
+from deptune.train.config import IMPROVED_AT, RESUMED_FROM
+from deptune.train.spec import RunSpec
 
 PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
@@ -71,8 +71,10 @@ class PublishedTracking:
             deadline = time.monotonic() + self.timeout_s
             while not folder.exists(self.name):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"the sweep driver did not publish its MLflow tracking at {self.path} "
-                                       f"within {self.timeout_s:.0f} s")
+                    raise TimeoutError(
+                        f"the sweep driver did not publish its MLflow tracking at {self.path} "
+                        f"within {self.timeout_s:.0f} s"
+                    )
                 time.sleep(0.05)
             _RESOLVED[self.path] = TrialTracking(**json.loads(folder.read(self.name)))
         return _RESOLVED[self.path]
@@ -81,15 +83,20 @@ class PublishedTracking:
 _RESOLVED: dict[str, TrialTracking] = {}  # this process's published trackings, by path
 
 
-def mlflow_metrics(metrics: dict[str, float], objective: str = "objective", mode: str = "max",
-                   best: float | None = None) -> tuple[dict[str, float], dict[str, float], float | None]:
+def mlflow_metrics(
+    metrics: dict[str, float], objective: str = "objective", mode: str = "max", best: float | None = None
+) -> tuple[dict[str, float], dict[str, float], float | None]:
     """An evaluation's report as MLflow names it: (curves at the step, end-of-run summary, best so far).
 
     `best_objective`/`best_step` are the best value of the sweep's objective so far (the loop's own when the
     objective is the task's first metric); `objective` becomes `objective_per_eval`; test scores are summary."""
-    curves = {RENAMED.get(k, k): v for k, v in metrics.items()
-              if k not in ("step", "best_objective", "best_step", IMPROVED_AT, RESUMED_FROM) and k not in ONCE[1:]
-              and not k.startswith("test_")}
+    curves = {
+        RENAMED.get(k, k): v
+        for k, v in metrics.items()
+        if k not in ("step", "best_objective", "best_step", IMPROVED_AT, RESUMED_FROM)
+        and k not in ONCE[1:]
+        and not k.startswith("test_")
+    }
     summary = {k: v for k, v in metrics.items() if k.startswith("test_")}
     value = metrics.get(objective)
     if objective == "objective" and "best_objective" in metrics:
@@ -114,11 +121,18 @@ def run_params(spec: RunSpec) -> dict[str, Any]:
     encoder's head too), and the run's settings."""
     method, train = spec.method, spec.train
     rates = (*method.learning_rates, "lr_head")  # lr_head: used by encoders' classification heads
-    return {**method.logged_params(), **{key: getattr(train, key) for key in rates},
-            "task": spec.task.name, "backbone": spec.backbone.name,
-            "backbone_revision": spec.backbone.revision or "default", "seed": train.seed,
-            "batch_size": train.batch_size, "steps": train.steps, "workers": spec.resources.workers,
-            "runner": spec.resources.trial_runner}
+    return {
+        **method.logged_params(),
+        **{key: getattr(train, key) for key in rates},
+        "task": spec.task.name,
+        "backbone": spec.backbone.name,
+        "backbone_revision": spec.backbone.revision or "default",
+        "seed": train.seed,
+        "batch_size": train.batch_size,
+        "steps": train.steps,
+        "workers": spec.resources.workers,
+        "runner": spec.resources.resolved_runner,
+    }
 
 
 class TrialTracker:
@@ -135,10 +149,19 @@ class TrialTracker:
         if restarted:
             return
         name = f"trial-{optuna_trial:03d}" if optuna_trial is not None else f"trial-{ray_trial_id}"
-        self.journal.start(tracking.experiment_id, name, find_by=trial_key(tracking, ray_trial_id),
-                           tags={**tracking.tags, f"{TAG}role": "trial", f"{TAG}optuna_trial": str(optuna_trial),
-                                 f"{TAG}backbone_revision": spec.backbone.revision or "default",
-                                 STATE_TAG: "RUNNING", NOTE_TAG: f"{name}: running"})
+        self.journal.start(
+            tracking.experiment_id,
+            name,
+            find_by=trial_key(tracking, ray_trial_id),
+            tags={
+                **tracking.tags,
+                f"{TAG}role": "trial",
+                f"{TAG}optuna_trial": str(optuna_trial),
+                f"{TAG}backbone_revision": spec.backbone.revision or "default",
+                STATE_TAG: "RUNNING",
+                NOTE_TAG: f"{name}: running",
+            },
+        )
         self.journal.params(run_params(spec))
         with tempfile.TemporaryDirectory(prefix="deptune-spec-") as tmp:
             (Path(tmp) / "run_spec.json").write_text(spec.model_dump_json(indent=2))

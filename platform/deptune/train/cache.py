@@ -6,7 +6,7 @@ a sweep pays neither imports nor a backbone load nor tokenisation. Each checkout
 exactly as a fresh process would have it: every weight frozen, an encoder's classification head (the one
 part of the backbone a trial trains) at its initial values, no gradients, and the random-number state
 that loading left behind (so a cached trial draws the same prompt init and dropout as a fresh one).
-The frozen weights themselves are never written; `frozen_digest` lets a test prove it.
+The frozen weights themselves are never written (a test hashes them before and after).
 
 What a load leaves alive (modules, the backbone, the data) lives as long as the cache: it is collected once
 and then frozen out of the cyclic collector's sight (`gc.freeze`), so the collection after each trial
@@ -18,9 +18,8 @@ torch, transformers and Ray (a full collection costs a reused actor ~0.3 s a tri
 from __future__ import annotations
 
 import gc
-import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +37,15 @@ from deptune.train.data import Encoded, encode
 class EncodedSplit:
     """A split's examples, each tokenised once, on first use (a step's batch, the validation split)."""
 
-    def __init__(self, examples: Sequence[Example], backbone: Backbone, task: Task, max_length: int,
-                 max_target_length: int, causal_rule: CausalRule = "aligned") -> None:
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        backbone: Backbone,
+        task: Task,
+        max_length: int,
+        max_target_length: int,
+        causal_rule: CausalRule = "aligned",
+    ) -> None:
         self.examples = examples
         self._encode = lambda rows: encode(rows, backbone, task, max_length, max_target_length, causal_rule)
         self._done: dict[int, Encoded] = {}
@@ -77,23 +83,15 @@ class Shared:
     head: dict[str, torch.Tensor]  # an encoder's head at its initial values (empty for other families)
     encoded: dict[tuple[str, int, int, CausalRule], EncodedSplit] = field(default_factory=dict)
 
-    def split(self, name: str, task: Task, max_length: int, max_target_length: int,
-              causal_rule: CausalRule = "aligned") -> EncodedSplit:
+    def split(
+        self, name: str, task: Task, max_length: int, max_target_length: int, causal_rule: CausalRule = "aligned"
+    ) -> EncodedSplit:
         key = (name, max_length, max_target_length, causal_rule)
         if key not in self.encoded:
-            self.encoded[key] = EncodedSplit(getattr(self.splits, name), self.backbone, task, max_length,
-                                             max_target_length, causal_rule)
+            self.encoded[key] = EncodedSplit(
+                getattr(self.splits, name), self.backbone, task, max_length, max_target_length, causal_rule
+            )
         return self.encoded[key]
-
-
-def frozen_digest(backbone: Backbone) -> str:
-    """A hash of every backbone weight a trial must never change (all but an encoder's head)."""
-    digest, head = hashlib.sha256(), set(head_names(backbone))
-    for name, tensor in sorted(backbone.model.state_dict().items()):
-        if name not in head:
-            digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class ProcessCache:
@@ -102,21 +100,35 @@ class ProcessCache:
     def __init__(self) -> None:
         self._key: tuple | None = None
         self._shared: Shared | None = None
-        self.loads = 0  # how many times this process loaded a backbone (a test's witness of reuse)
 
-    def checkout(self, backbone: BackboneConfig, task: TaskConfig, num_labels: int, seed: int,
-                 device: torch.device, load: Callable[[], tuple[TaskSplits, Backbone]] | None = None) -> Shared:
+    def checkout(
+        self,
+        backbone: BackboneConfig,
+        task: TaskConfig,
+        num_labels: int,
+        seed: int,
+        device: torch.device,
+    ) -> Shared:
         """The shared state for this run, loaded on a miss (the caller has seeded the process)."""
-        key = (backbone.model_dump_json(), task.model_dump_json(), dataset_fingerprint(task), num_labels, seed,
-               str(device))
+        key = (
+            backbone.model_dump_json(),
+            task.model_dump_json(),
+            dataset_fingerprint(task),
+            num_labels,
+            seed,
+            str(device),
+        )
         if key != self._key or self._shared is None:
             self.release()
-            splits, loaded = (load or (lambda: _load(backbone, task, num_labels)))()
+            splits, loaded = _load(backbone, task, num_labels)
             loaded.model.to(device)
-            self._shared = Shared(splits, loaded, rng_states(), {
-                name: p.detach().clone() for name, p in loaded.model.named_parameters() if name in head_names(loaded)})
+            self._shared = Shared(
+                splits,
+                loaded,
+                rng_states(),
+                {name: p.detach().clone() for name, p in loaded.model.named_parameters() if name in head_names(loaded)},
+            )
             self._key = key
-            self.loads += 1
             _freeze_long_lived()
         else:
             self._reset(self._shared)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from deptune.methods.model import PromptModel
 from deptune.methods.io import load_adapter_tensors, save_adapter
+from deptune.methods.model import PromptModel
 
 STATE_FILE = "train_state.pt"
 
@@ -49,12 +49,27 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_checkpoint(directory: Path, model: PromptModel, optimizer, scheduler, progress: Progress,
-                    rng_states: list[dict[str, torch.Tensor]], backbone_name: str, backbone_revision: str | None,
-                    task: str) -> Path:
+def save_checkpoint(
+    directory: Path,
+    model: PromptModel,
+    optimizer,
+    scheduler,
+    progress: Progress,
+    rng_states: list[dict[str, torch.Tensor]],
+    backbone_name: str,
+    backbone_revision: str | None,
+    task: str,
+) -> Path:
     save_adapter(model, directory, backbone_name, backbone_revision, task)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states,
-                **asdict(progress)}, directory / STATE_FILE)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_states,
+            **asdict(progress),
+        },
+        directory / STATE_FILE,
+    )
     return directory
 
 
@@ -66,5 +81,10 @@ def load_checkpoint(directory: Path, model: PromptModel, optimizer, scheduler, r
     scheduler.load_state_dict(state["scheduler"])
     if len(state["rng"]) == world_size:  # a resized worker group keeps its fresh per-rank seeds
         set_rng_state(state["rng"][rank])
-    return Progress(step=state["step"], best_step=state["best_step"], best_objective=state["best_objective"],
-                    best_metrics=state["best_metrics"], best_adapter=state["best_adapter"])
+    return Progress(
+        step=state["step"],
+        best_step=state["best_step"],
+        best_objective=state["best_objective"],
+        best_metrics=state["best_metrics"],
+        best_adapter=state["best_adapter"],
+    )

@@ -29,37 +29,46 @@ class ResourcesConfig(StrictModel):
     cpus_per_worker: PositiveFloat = 1.0
     gpus_per_worker: NonNegativeFloat = Field(0.0, description="0: CPU (gloo); fractions share a GPU (one worker)")
     runner: Literal["auto", "tune", "train"] = Field(
-        "auto", description="where a sweep trial trains: tune = inside its Ray Tune trial actor (one worker; the "
-                            "actor, its imports, the frozen backbone and the tokenised data are reused by the next "
-                            "trial), train = a Ray Train run (DDP over `workers`); auto = tune for one worker, "
-                            "train for several")
-    wait_for_autoscaler: bool = Field(False, description="when the cluster is too small, wait for new nodes "
-                                                         "(bounded by Ray's worker-group start timeout) instead "
-                                                         "of failing at once")
+        "auto",
+        description="where a sweep trial trains: tune = inside its Ray Tune trial actor (one worker; the "
+        "actor, its imports, the frozen backbone and the tokenised data are reused by the next "
+        "trial), train = a Ray Train run (DDP over `workers`); auto = tune for one worker, "
+        "train for several",
+    )
+    wait_for_autoscaler: bool = Field(
+        False,
+        description="when the cluster is too small, wait for new nodes "
+        "(bounded by Ray's worker-group start timeout) instead "
+        "of failing at once",
+    )
 
     @property
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
 
     @property
-    def trial_runner(self) -> Literal["tune", "train"]:
+    def resolved_runner(self) -> Literal["tune", "train"]:
         """The runner `auto` resolves to."""
         if self.runner != "auto":
             return self.runner
         return "tune" if self.workers == 1 else "train"
 
     @model_validator(mode="after")
-    def _tune_runs_one_worker(self) -> "ResourcesConfig":
+    def _tune_runs_one_worker(self) -> ResourcesConfig:
         if self.runner == "tune" and self.workers > 1:
-            raise ValueError(f"resources.runner: tune trains in the trial actor, one worker; workers={self.workers} "
-                             f"needs runner train (or auto)")
+            raise ValueError(
+                f"resources.runner: tune trains in the trial actor, one worker; workers={self.workers} "
+                f"needs runner train (or auto)"
+            )
         return self
 
     @model_validator(mode="after")
-    def _fractional_gpus_need_one_worker(self) -> "ResourcesConfig":
+    def _fractional_gpus_need_one_worker(self) -> ResourcesConfig:
         if 0 < self.gpus_per_worker < 1 and self.workers > 1:
-            raise ValueError(f"resources.gpus_per_worker: {self.gpus_per_worker} with workers={self.workers}: NCCL cannot run "
-                             f"two ranks on one GPU; use whole GPUs for DDP or one worker per fractional GPU")
+            raise ValueError(
+                f"resources.gpus_per_worker: {self.gpus_per_worker} with workers={self.workers}: NCCL cannot run "
+                f"two ranks on one GPU; use whole GPUs for DDP or one worker per fractional GPU"
+            )
         return self
 
 
@@ -68,14 +77,17 @@ class TrainConfig(StrictModel):
     batch_size: PositiveInt = Field(32, description="global batch size (examples per optimizer step)")
     eval_batch_size: PositiveInt = 64
     lr_prompt: PositiveFloat = Field(0.3, description="learning rate of the soft prompt")
-    lr_lowrank: PositiveFloat = Field(1e-4, description="learning rate of the low-rank factors (DePT's A and B, "
-                                                        "MPT's u and v)")
+    lr_lowrank: PositiveFloat = Field(
+        1e-4, description="learning rate of the low-rank factors (DePT's A and B, MPT's u and v)"
+    )
     lr_head: PositiveFloat = Field(1e-3, description="learning rate of an encoder's classification head")
     warmup_steps: NonNegativeInt = Field(100, le=MAX_STEPS, description="linear warm-up, then linear decay to 0")
     adam_eps: PositiveFloat = 1e-6
     weight_decay: NonNegativeFloat = 0.0
     max_grad_norm: PositiveFloat = 1.0
-    eval_every: PositiveInt = Field(100, le=MAX_STEPS, description="evaluate (and keep the best adapter) every K steps and at the last")
+    eval_every: PositiveInt = Field(
+        100, le=MAX_STEPS, description="evaluate (and keep the best adapter) every K steps and at the last"
+    )
     max_target_length: PositiveInt = Field(8, description="tokens of the verbalised label")
     max_new_tokens: PositiveInt = Field(20, description="greedy generation length at evaluation")
     seed: int = Field(42, description="any integer; the generators get rng_seed (itself when 0 <= seed < 2**32)")
@@ -84,12 +96,21 @@ class TrainConfig(StrictModel):
     output_dir: Path = Path("runs/train")
     evaluate_test: bool = Field(True, description="score the best adapter on the test split at the end")
     micro_batch_size: PositiveInt | None = Field(
-        None, description="most examples per forward on one worker; more are accumulated (default: no limit)")
-    max_failures: int = Field(2, ge=-1, description="restarts from the last checkpoint after a Ray Train worker or a "
-                                                    "trial's Tune actor dies (-1: unlimited)")
-    keep_checkpoints: PositiveInt = Field(2, description="checkpoints kept: the latest improvements of the best adapter (the latest checkpoint is also kept)")
-    storage_path: str | None = Field(None, description="Ray Train storage (shared or s3:// on a multi-node cluster); "
-                                                        "default: <output_dir>/ray")
+        None, description="most examples per forward on one worker; more are accumulated (default: no limit)"
+    )
+    max_failures: int = Field(
+        2,
+        ge=-1,
+        description="restarts from the last checkpoint after a Ray Train worker or a "
+        "trial's Tune actor dies (-1: unlimited)",
+    )
+    keep_checkpoints: PositiveInt = Field(
+        2,
+        description="checkpoints kept: the latest improvements of the best adapter (the latest checkpoint is also kept)",
+    )
+    storage_path: str | None = Field(
+        None, description="Ray Train storage (shared or s3:// on a multi-node cluster); default: <output_dir>/ray"
+    )
 
     @property
     def rng_seed(self) -> int:
@@ -101,7 +122,7 @@ class TrainConfig(StrictModel):
         return self.storage_path or str((self.output_dir / "ray").resolve())
 
     @model_validator(mode="after")
-    def _schedule_fits(self) -> "TrainConfig":
+    def _schedule_fits(self) -> TrainConfig:
         if self.warmup_steps >= self.steps:
             raise ValueError(f"train.warmup_steps: {self.warmup_steps} must be < train.steps ({self.steps})")
         return self
@@ -112,8 +133,9 @@ class DistillConfig(StrictModel):
     both distillation terms as the paper writes it. L_logits is KL(teacher || student) of the output
     distributions; L_hidden the MSE of the last-layer hidden states (encoder and decoder for seq2seq)."""
 
-    weight: NonNegativeFloat = Field(1.0, description="lambda: the weight of L_logits + L_hidden beside the task "
-                                                      "loss L_PLM")
+    weight: NonNegativeFloat = Field(
+        1.0, description="lambda: the weight of L_logits + L_hidden beside the task loss L_PLM"
+    )
     temperature: PositiveFloat = Field(1.0, description="softmax temperature of the KL term")
 
     @model_validator(mode="before")
@@ -121,8 +143,10 @@ class DistillConfig(StrictModel):
     def _one_lambda(cls, data: Any) -> Any:
         if isinstance(data, dict) and ({"kl_weight", "mse_weight"} & set(data)):
             key = "kl_weight" if "kl_weight" in data else "mse_weight"
-            raise ValueError(f"distill.{key}: replaced by distill.weight, the paper's one lambda in "
-                             f"L_PLM + lambda * (L_logits + L_hidden)")
+            raise ValueError(
+                f"distill.{key}: replaced by distill.weight, the paper's one lambda in "
+                f"L_PLM + lambda * (L_logits + L_hidden)"
+            )
         return data
 
 
@@ -130,9 +154,13 @@ class MixingConfig(StrictModel):
     """How MPT's source stage mixes its tasks into each batch."""
 
     strategy: Literal["proportional", "balanced"] = Field(
-        "proportional", description="proportional: each example's task drawn in proportion to the tasks' "
-                                    "(capped) training sizes, examples-proportional mixing as the MPT paper; "
-                                    "balanced: batch_size / K examples of every task each step")
+        "proportional",
+        description="proportional: each example's task drawn in proportion to the tasks' "
+        "(capped) training sizes, examples-proportional mixing as the MPT paper; "
+        "balanced: batch_size / K examples of every task each step",
+    )
     size_cap: PositiveInt | None = Field(
-        2 ** 19, description="proportional: a task counts as at most this many examples (T5's K = 2^19 = "
-                             "524,288; above every GLUE source); null: no cap")
+        2**19,
+        description="proportional: a task counts as at most this many examples (T5's K = 2^19 = "
+        "524,288; above every GLUE source); null: no cap",
+    )

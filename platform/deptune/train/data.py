@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from deptune.backbones import Backbone
 from deptune.methods.config import CausalRule
 from deptune.methods.model import IGNORE_INDEX
-from deptune.backbones import Backbone
 from deptune.tasks.base import Example, Task
 
 
@@ -34,31 +34,43 @@ OFFICIAL_CAUSAL_CUE = " Label : "
 """What the official DePT code appends to a decoder-only input (train.py: `f"{x} Label : "`)."""
 
 
-def encode(examples: Sequence[Example], backbone: Backbone, task: Task, max_length: int,
-           max_target_length: int, causal_rule: CausalRule = "aligned") -> list[Encoded]:
+def encode(
+    examples: Sequence[Example],
+    backbone: Backbone,
+    task: Task,
+    max_length: int,
+    max_target_length: int,
+    causal_rule: CausalRule = "aligned",
+) -> list[Encoded]:
     """Tokenise once; sources are truncated to the adapter's s (see `causal_official` for that rule)."""
     tok = backbone.tokenizer
     if backbone.family == "encoder" and not task.label_names and not task.is_regression:
-        raise ValueError(f"task {task.name} is generative (extractive QA): it needs a seq2seq or causal backbone, "
-                         f"not the encoder {backbone.name}")
+        raise ValueError(
+            f"task {task.name} is generative (extractive QA): it needs a seq2seq or causal backbone, "
+            f"not the encoder {backbone.name}"
+        )
     if backbone.family == "causal" and causal_rule == "official":
         return causal_official(examples, backbone, max_length, max_target_length)
     sources = tok([e.source for e in examples], truncation=True, max_length=max_length)["input_ids"]
     if backbone.family == "encoder":
-        labels = [float(e.target) if task.is_regression else float(task.label_names.index(e.target))
-                  for e in examples]
+        labels = [float(e.target) if task.is_regression else float(task.label_names.index(e.target)) for e in examples]
         return [Encoded(s, [], y, e.reference) for s, y, e in zip(sources, labels, examples)]
     if backbone.family == "seq2seq":
         targets = tok([e.target for e in examples], truncation=True, max_length=max_target_length)["input_ids"]
     else:  # causal: the answer follows the source after a space and ends with EOS
-        targets = tok([" " + e.target for e in examples], add_special_tokens=False, truncation=True,
-                      max_length=max_target_length - 1)["input_ids"]
+        targets = tok(
+            [" " + e.target for e in examples],
+            add_special_tokens=False,
+            truncation=True,
+            max_length=max_target_length - 1,
+        )["input_ids"]
         targets = [t + [tok.eos_token_id] for t in targets]
     return [Encoded(s, t, 0.0, e.reference) for s, t, e in zip(sources, targets, examples)]
 
 
-def causal_official(examples: Sequence[Example], backbone: Backbone, max_length: int,
-                    max_target_length: int) -> list[Encoded]:
+def causal_official(
+    examples: Sequence[Example], backbone: Backbone, max_length: int, max_target_length: int
+) -> list[Encoded]:
     """The official code's decoder-only example (train.py `decoder_preprocess_function`): source
     `tokenizer(f"{x} Label : ")`, answer `tokenizer(y)` (each with the tokenizer's own special tokens) + the pad
     id (EOS where the tokenizer has no pad); source + answer lie within s. The official code cuts a longer
@@ -66,10 +78,11 @@ def causal_official(examples: Sequence[Example], backbone: Backbone, max_length:
     loses its tail."""
     tok = backbone.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    answers = [t[:max_target_length - 1] + [pad] for t in tok([e.target for e in examples])["input_ids"]]
-    sources = tok([e.source + OFFICIAL_CAUSAL_CUE for e in examples], truncation=True,
-                  max_length=max_length)["input_ids"]
-    return [Encoded(s[:max_length - len(a)], a, 0.0, e.reference) for s, a, e in zip(sources, answers, examples)]
+    answers = [t[: max_target_length - 1] + [pad] for t in tok([e.target for e in examples])["input_ids"]]
+    sources = tok([e.source + OFFICIAL_CAUSAL_CUE for e in examples], truncation=True, max_length=max_length)[
+        "input_ids"
+    ]
+    return [Encoded(s[: max_length - len(a)], a, 0.0, e.reference) for s, a, e in zip(sources, answers, examples)]
 
 
 def _pad(rows: list[list[int]], value: int, left: bool = False) -> Tensor:
@@ -83,15 +96,19 @@ def train_batch(items: Sequence[Encoded], backbone: Backbone, regression: bool =
     if backbone.family == "causal":
         ids = [e.source_ids + e.target_ids for e in items]
         labels = [[IGNORE_INDEX] * len(e.source_ids) + e.target_ids for e in items]
-        return {"input_ids": _pad(ids, pad), "attention_mask": _pad([[1] * len(r) for r in ids], 0),
-                "labels": _pad(labels, IGNORE_INDEX)}
-    batch = {"input_ids": _pad([e.source_ids for e in items], pad),
-             "attention_mask": _pad([[1] * len(e.source_ids) for e in items], 0)}
+        return {
+            "input_ids": _pad(ids, pad),
+            "attention_mask": _pad([[1] * len(r) for r in ids], 0),
+            "labels": _pad(labels, IGNORE_INDEX),
+        }
+    batch = {
+        "input_ids": _pad([e.source_ids for e in items], pad),
+        "attention_mask": _pad([[1] * len(e.source_ids) for e in items], 0),
+    }
     if backbone.family == "seq2seq":
         batch["labels"] = _pad([e.target_ids for e in items], IGNORE_INDEX)
     else:
-        batch["labels"] = torch.tensor([e.label for e in items],
-                                       dtype=torch.float32 if regression else torch.long)
+        batch["labels"] = torch.tensor([e.label for e in items], dtype=torch.float32 if regression else torch.long)
     return batch
 
 
@@ -99,8 +116,10 @@ def eval_batch(items: Sequence[Encoded], backbone: Backbone) -> dict[str, Tensor
     """Sources only; left-padded for causal generation."""
     left = backbone.family == "causal"
     rows = [e.source_ids for e in items]
-    return {"input_ids": _pad(rows, backbone.tokenizer.pad_token_id, left=left),
-            "attention_mask": _pad([[1] * len(r) for r in rows], 0, left=left)}
+    return {
+        "input_ids": _pad(rows, backbone.tokenizer.pad_token_id, left=left),
+        "attention_mask": _pad([[1] * len(r) for r in rows], 0, left=left),
+    }
 
 
 class GlobalBatches:
@@ -111,7 +130,6 @@ class GlobalBatches:
     def __init__(self, size: int, batch_size: int, seed: int) -> None:
         if size < 1:
             raise ValueError("the train split is empty")
-        self.requested_batch_size = batch_size
         batch_size = min(batch_size, size)
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.per_epoch = size // batch_size
@@ -119,10 +137,12 @@ class GlobalBatches:
 
     def indices(self, step: int, rank: int = 0, world_size: int = 1) -> list[int]:
         if world_size > self.batch_size:
-            raise ValueError(f"the train split has {self.size} examples, fewer than the {world_size} workers: "
-                             "every rank needs at least one")
+            raise ValueError(
+                f"the train split has {self.size} examples, fewer than the {world_size} workers: "
+                "every rank needs at least one"
+            )
         epoch, position = divmod(step, self.per_epoch)
-        batch = self._order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
+        batch = self._order(epoch)[position * self.batch_size : (position + 1) * self.batch_size]
         return batch[rank::world_size].tolist()
 
     def _order(self, epoch: int) -> Tensor:

@@ -28,21 +28,29 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from deptune.train.spec import RunSpec
-from deptune.methods.model import PromptModel
-from deptune.methods.adapters import build_model
 from deptune.backbones import Backbone, load_backbone
+from deptune.methods.adapters import build_model
+from deptune.methods.model import PromptModel
 from deptune.tasks.base import Task
-from deptune.tasks.registry import get_task
+from deptune.tasks.catalog import get_task
 from deptune.tasks.loading import load_splits
-from deptune.train.checkpoint import Progress, load_checkpoint, rng_state, save_checkpoint
 from deptune.train.cache import ProcessCache, Shared
+from deptune.train.checkpoint import Progress, load_checkpoint, rng_state, save_checkpoint
 from deptune.train.config import IMPROVED_AT, RESUMED_FROM, TrainConfig
 from deptune.train.data import Encoded, GlobalBatches, train_batch
 from deptune.train.evaluate import evaluate
 from deptune.train.loss import item_count, loss_sum
-from deptune.train.session import (LocalSession, Reporter, Session, all_gather, all_reduce_gradients,
-                                   all_reduce_sum, broadcast_parameters, print_reporter)
+from deptune.train.session import (
+    LocalSession,
+    Reporter,
+    Session,
+    all_gather,
+    all_reduce_gradients,
+    all_reduce_sum,
+    broadcast_parameters,
+    print_reporter,
+)
+from deptune.train.spec import RunSpec
 
 
 @dataclass
@@ -71,8 +79,11 @@ def resolve_device(train: TrainConfig) -> torch.device:
 def make_optimizer(model: PromptModel, train: TrainConfig) -> torch.optim.AdamW:
     """One AdamW group per learning rate: group `x` of the model trains at `train.lr_x` (prompt, lowrank:
     DePT's A, B or MPT's u, v; head: an encoder's classification head)."""
-    groups = [{"params": params, "lr": getattr(train, f"lr_{name}"), "name": name}
-              for name, params in model.parameter_groups().items() if params]
+    groups = [
+        {"params": params, "lr": getattr(train, f"lr_{name}"), "name": name}
+        for name, params in model.parameter_groups().items()
+        if params
+    ]
     return torch.optim.AdamW(groups, eps=train.adam_eps, weight_decay=train.weight_decay)
 
 
@@ -95,9 +106,9 @@ class Workload(Protocol):
     adapter_task: str  # what a saved adapter is for (the checkpoint's `task`)
     constants: dict[str, float]  # reported with every evaluation (the split sizes)
 
-    def backward(self, step: int, rank: int, world: int, device: torch.device, autocast) -> "StepLoss": ...
+    def backward(self, step: int, rank: int, world: int, device: torch.device, autocast) -> StepLoss: ...
 
-    def evaluate(self, device: torch.device, autocast) -> "Scores": ...
+    def evaluate(self, device: torch.device, autocast) -> Scores: ...
 
     def test(self, progress: Progress, device: torch.device, autocast) -> dict[str, float]: ...
 
@@ -130,12 +141,16 @@ class TaskWorkload:
         self.adapter_task = self.task.name
         self.shared = _load(spec, self.task, device, cache)
         splits, self.backbone = self.shared.splits, self.shared.backbone
-        self.constants = {"examples_train": float(len(splits.train)),
-                          "examples_validation": float(len(splits.validation)),
-                          "examples_test": float(len(splits.test))}
+        self.constants = {
+            "examples_train": float(len(splits.train)),
+            "examples_validation": float(len(splits.validation)),
+            "examples_test": float(len(splits.test)),
+        }
         if rank == 0:
-            print("[data] " + " ".join(f"{k.removeprefix('examples_')}={v:.0f}" for k, v in self.constants.items()),
-                  flush=True)
+            print(
+                "[data] " + " ".join(f"{k.removeprefix('examples_')}={v:.0f}" for k, v in self.constants.items()),
+                flush=True,
+            )
         self.model = build_model(self.backbone, spec.method).to(device)
         self.s, self.rule = self.model.config.max_length, self.model.config.causal_rule
         self.train_items = self.shared.split("train", self.task, self.s, cfg.max_target_length, self.rule)
@@ -147,8 +162,10 @@ class TaskWorkload:
         model, cfg = self.model, self.cfg
         items = self.train_items.take(self.batches.indices(step - 1, rank, world))
         n_micro = -(-len(items) // cfg.micro_batch_size) if cfg.micro_batch_size else 1
-        micro = [{k: v.to(device) for k, v in train_batch(items[i::n_micro], self.backbone,
-                                                          self.task.is_regression).items()} for i in range(n_micro)]
+        micro = [
+            {k: v.to(device) for k, v in train_batch(items[i::n_micro], self.backbone, self.task.is_regression).items()}
+            for i in range(n_micro)
+        ]
         local_count = sum(item_count(b, model.family) for b in micro)
         local_tokens = sum(dataset_tokens(b, model.family) for b in micro)
         (global_count,) = all_reduce_sum([local_count], device)
@@ -174,8 +191,9 @@ class TaskWorkload:
 
     def _score(self, items: list[Encoded], device: torch.device, autocast) -> dict[str, float]:
         with autocast:
-            return evaluate(self.model, self.backbone, self.task, items, self.cfg.eval_batch_size,
-                            self.cfg.max_new_tokens, device)
+            return evaluate(
+                self.model, self.backbone, self.task, items, self.cfg.eval_batch_size, self.cfg.max_new_tokens, device
+            )
 
 
 def _load(spec: RunSpec, task: Task, device: torch.device, cache: ProcessCache | None) -> Shared:
@@ -188,14 +206,19 @@ def _load(spec: RunSpec, task: Task, device: torch.device, cache: ProcessCache |
     return Shared(splits, backbone, (), {})
 
 
-def train(spec: RunSpec, reporter: Reporter = print_reporter, session: Session | None = None,
-          cache: ProcessCache | None = None) -> TrainResult:
+def train(
+    spec: RunSpec,
+    reporter: Reporter = print_reporter,
+    session: Session | None = None,
+    cache: ProcessCache | None = None,
+) -> TrainResult:
     """Train one run; `cache` (a reused Tune trial actor's) supplies the frozen backbone and the data."""
     cfg = spec.train
     session = session or LocalSession(cfg.output_dir, resolve_device(cfg), reporter)
     if cfg.batch_size % session.world_size:
-        raise ValueError(f"train.batch_size ({cfg.batch_size}) must be divisible by resources.workers "
-                         f"({session.world_size})")
+        raise ValueError(
+            f"train.batch_size ({cfg.batch_size}) must be divisible by resources.workers ({session.world_size})"
+        )
     seed_everything(cfg.rng_seed)  # the same head and adapter init on every rank
     return run_loop(TaskWorkload(spec, session.rank, session.device, cache), cfg, session)
 
@@ -212,8 +235,11 @@ def run_loop(work: Workload, cfg: TrainConfig, session: Session) -> TrainResult:
     restore = session.restore_dir()
     progress = load_checkpoint(restore, model, optimizer, scheduler, rank, world) if restore else Progress()
     resumed_from = float(progress.step)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if device.type == "cuda" and cfg.precision in ("auto", "bf16") else nullcontext())
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and cfg.precision in ("auto", "bf16")
+        else nullcontext()
+    )
     window, history = _Window(), []
     model.train()
     for step in range(progress.step + 1, cfg.steps + 1):
@@ -227,8 +253,15 @@ def run_loop(work: Workload, cfg: TrainConfig, session: Session) -> TrainResult:
         loss, tokens = all_reduce_sum([stats.loss, stats.tokens], device)  # one device sync per step
         if not math.isfinite(loss):  # the same on every rank (all-reduced); retrying would diverge again
             session.report({"step": float(step), "diverged_at_step": float(step)}, None, False)
-            return TrainResult(progress.best_step, progress.best_metrics, {}, None,
-                               model.trainable_parameter_count(), history, diverged_at_step=step)
+            return TrainResult(
+                progress.best_step,
+                progress.best_metrics,
+                {},
+                None,
+                model.trainable_parameter_count(),
+                history,
+                diverged_at_step=step,
+            )
         window.stop(loss, int(tokens), stats.terms)
         progress.step = step
         if step % cfg.eval_every and step != cfg.steps:
@@ -237,20 +270,30 @@ def run_loop(work: Workload, cfg: TrainConfig, session: Session) -> TrainResult:
         scores = work.evaluate(device, autocast)
         latency_ms = 1000 * (time.perf_counter() - started) / max(work.constants.get("examples_validation", 1), 1)
         improved = progress.improve(step, scores.objective, scores.metrics, model)
-        report = {"step": float(step), "objective": scores.objective, "paper_metric": scores.paper_metric,
-                  **{f"eval_{k}": v for k, v in scores.metrics.items()},
-                  **window.flush(), "eval_latency_ms": latency_ms, "peak_memory_mb": peak_memory_mb(device),
-                  "trainable_params": float(model.trainable_parameter_count()),
-                  "best_objective": progress.best_objective, "best_step": float(progress.best_step),
-                  IMPROVED_AT: float(step) if improved else 0.0, RESUMED_FROM: resumed_from, **work.constants}
+        report = {
+            "step": float(step),
+            "objective": scores.objective,
+            "paper_metric": scores.paper_metric,
+            **{f"eval_{k}": v for k, v in scores.metrics.items()},
+            **window.flush(),
+            "eval_latency_ms": latency_ms,
+            "peak_memory_mb": peak_memory_mb(device),
+            "trainable_params": float(model.trainable_parameter_count()),
+            "best_objective": progress.best_objective,
+            "best_step": float(progress.best_step),
+            IMPROVED_AT: float(step) if improved else 0.0,
+            RESUMED_FROM: resumed_from,
+            **work.constants,
+        }
         if step == cfg.steps:
             report.update(work.test(progress, device, autocast))
         history.append(report)
         _checkpoint_and_report(session, report, improved, model, optimizer, scheduler, progress, work)
     test = {k[5:]: v for k, v in history[-1].items() if k.startswith("test_")} if history else {}
     best_dir = getattr(session, "best_dir", None)
-    return TrainResult(progress.best_step, progress.best_metrics, test, best_dir, model.trainable_parameter_count(),
-                       history)
+    return TrainResult(
+        progress.best_step, progress.best_metrics, test, best_dir, model.trainable_parameter_count(), history
+    )
 
 
 def dataset_tokens(batch: dict[str, torch.Tensor], family: str) -> int:
@@ -275,16 +318,33 @@ def score_best(model: PromptModel, progress: Progress, score: Callable[[], dict[
     return metrics
 
 
-def _checkpoint_and_report(session: Session, report: dict[str, float], improved: bool, model: PromptModel,
-                           optimizer, scheduler, progress: Progress, work: Workload) -> None:
+def _checkpoint_and_report(
+    session: Session,
+    report: dict[str, float],
+    improved: bool,
+    model: PromptModel,
+    optimizer,
+    scheduler,
+    progress: Progress,
+    work: Workload,
+) -> None:
     """Rank 0 writes the checkpoint (every rank's RNG stream included); every rank reports."""
     rng_states = all_gather(rng_state())
     if session.rank != 0:
         session.report(report, None, improved)
         return
     with tempfile.TemporaryDirectory(prefix="deptune-ckpt-") as tmp:
-        save_checkpoint(Path(tmp), model, optimizer, scheduler, progress, rng_states, work.backbone.name,
-                        work.backbone.revision, work.adapter_task)
+        save_checkpoint(
+            Path(tmp),
+            model,
+            optimizer,
+            scheduler,
+            progress,
+            rng_states,
+            work.backbone.name,
+            work.backbone.revision,
+            work.adapter_task,
+        )
         session.report(report, Path(tmp), improved)
 
 
@@ -311,8 +371,11 @@ class _Window:
 
     def flush(self) -> dict[str, float]:
         n = max(len(self.losses), 1)
-        out = {"train_loss": sum(self.losses) / n, "step_time_s": self.seconds / n,
-               "tokens_per_s": self.tokens / self.seconds if self.seconds else 0.0,
-               **{name: sum(values) / len(values) for name, values in self.terms.items()}}
+        out = {
+            "train_loss": sum(self.losses) / n,
+            "step_time_s": self.seconds / n,
+            "tokens_per_s": self.tokens / self.seconds if self.seconds else 0.0,
+            **{name: sum(values) / len(values) for name, values in self.terms.items()},
+        }
         self.__init__()
         return out

@@ -37,13 +37,14 @@ def scored(model: PromptModel, logits: Tensor, labels: Tensor) -> tuple[Tensor, 
     if model.family == "encoder":
         return logits, labels
     if model.family == "causal":  # logits cover prompt + input; predict token t+1 from t
-        logits, labels = logits[:, model.config.prompt_length:-1], labels[:, 1:]
+        logits, labels = logits[:, model.config.prompt_length : -1], labels[:, 1:]
     keep = labels != IGNORE_INDEX
     return logits[keep], labels[keep]
 
 
-def distillation_terms(model: PromptModel, student, teacher, labels: Tensor, attention_mask: Tensor,
-                       temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+def distillation_terms(
+    model: PromptModel, student, teacher, labels: Tensor, attention_mask: Tensor, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """(L_logits, L_hidden) of MPT's source stage, each a mean.
 
     L_logits: KL(teacher || student) of the scored output distributions, times T^2 (regression: the MSE of
@@ -57,14 +58,25 @@ def distillation_terms(model: PromptModel, student, teacher, labels: Tensor, att
     if s_logits.shape[-1] == 1:  # regression: match the predicted values
         kl = F.mse_loss(s_logits, t_logits)
     else:
-        kl = F.kl_div(F.log_softmax(s_logits / temperature, -1), F.log_softmax(t_logits / temperature, -1),
-                      log_target=True, reduction="batchmean") * temperature ** 2
-    l = model.config.prompt_length
-    hidden = masked_mse(last_hidden(model, student)[:, l:l + attention_mask.shape[1]],
-                        last_hidden(model, teacher)[:, l:l + attention_mask.shape[1]], attention_mask)
+        kl = (
+            F.kl_div(
+                F.log_softmax(s_logits / temperature, -1),
+                F.log_softmax(t_logits / temperature, -1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            * temperature**2
+        )
+    prompt = model.config.prompt_length
+    hidden = masked_mse(
+        last_hidden(model, student)[:, prompt : prompt + attention_mask.shape[1]],
+        last_hidden(model, teacher)[:, prompt : prompt + attention_mask.shape[1]],
+        attention_mask,
+    )
     if model.family == "seq2seq":
-        hidden = hidden + masked_mse(student.decoder_hidden_states[-1], teacher.decoder_hidden_states[-1],
-                                     labels != IGNORE_INDEX)
+        hidden = hidden + masked_mse(
+            student.decoder_hidden_states[-1], teacher.decoder_hidden_states[-1], labels != IGNORE_INDEX
+        )
     return kl, hidden
 
 

@@ -24,24 +24,31 @@ from pathlib import Path
 
 import torch
 
-from deptune.train.spec import RunSpec, SourceSpec
-from deptune.methods.mpt.model import MPTModel
-from deptune.methods.model import PromptModel
-from deptune.methods.prompt_tuning.config import PromptTuningConfig
-from deptune.methods.adapters import build_model
-from deptune.methods.adapters import load_adapter
-from deptune.methods.io import read_tensors
 from deptune.backbones import Backbone, load_backbone
+from deptune.methods.adapters import build_model, load_adapter
+from deptune.methods.io import read_tensors
+from deptune.methods.model import PromptModel
+from deptune.methods.mpt.model import MPTModel
+from deptune.methods.prompt_tuning.config import PromptTuningConfig
 from deptune.tasks.base import Task
-from deptune.tasks.registry import get_task
+from deptune.tasks.catalog import get_task
 from deptune.tasks.loading import load_splits
+from deptune.train.checkpoint import Progress
 from deptune.train.data import Encoded, MixtureBatches, encode, mixing_rates, train_batch
 from deptune.train.evaluate import evaluate
-from deptune.train.checkpoint import Progress
-from deptune.train.loop import (Scores, StepLoss, TrainResult, dataset_tokens, resolve_device, run_loop,
-                                seed_everything, train)
+from deptune.train.loop import (
+    Scores,
+    StepLoss,
+    TrainResult,
+    dataset_tokens,
+    resolve_device,
+    run_loop,
+    seed_everything,
+    train,
+)
 from deptune.train.loss import distillation_terms, item_count, mpt_source_loss, task_loss_sum
 from deptune.train.session import LocalSession, Reporter, Session, print_reporter
+from deptune.train.spec import RunSpec, SourceSpec
 
 TEACHER_DONE = "teacher.json"
 """Written beside a finished teacher's adapter: which source-stage run trained it (resuming that run skips it)."""
@@ -76,19 +83,30 @@ def train_source(spec: SourceSpec, reporter: Reporter = print_reporter) -> Sourc
 def teacher_run(spec: SourceSpec, index: int) -> RunSpec:
     """Task `index`'s vanilla-PT teacher: the student's l, s and prompt init, the stage's resources."""
     task, m = spec.source_tasks[index], spec.method
-    method = PromptTuningConfig(prompt_length=m.prompt_length, max_length=m.max_length, init=m.init,
-                                init_text=m.init_text, causal_rule=m.causal_rule)
+    method = PromptTuningConfig(
+        prompt_length=m.prompt_length,
+        max_length=m.max_length,
+        init=m.init,
+        init_text=m.init_text,
+        causal_rule=m.causal_rule,
+    )
     out = spec.train.output_dir / "teachers" / task.name
-    return RunSpec(backbone=spec.backbone, task=task, method=method, resources=spec.resources,
-                   train=spec.teacher.model_copy(update={"output_dir": out}))
+    return RunSpec(
+        backbone=spec.backbone,
+        task=task,
+        method=method,
+        resources=spec.resources,
+        train=spec.teacher.model_copy(update={"output_dir": out}),
+    )
 
 
 def train_teacher(spec: SourceSpec, index: int, reporter: Reporter = print_reporter) -> Path:
     run = teacher_run(spec, index)
     result = train(run, reporter=lambda m, d: reporter({"teacher": float(index), **m}, d))
     if result.adapter_dir is None:
-        raise FloatingPointError(f"the teacher of {run.task.name} diverged: non-finite loss at step "
-                                 f"{result.diverged_at_step}")
+        raise FloatingPointError(
+            f"the teacher of {run.task.name} diverged: non-finite loss at step {result.diverged_at_step}"
+        )
     return result.adapter_dir
 
 
@@ -110,8 +128,9 @@ def fit_student(spec: SourceSpec, teacher_dirs: dict[str, Path], session: Sessio
     return run_loop(SourceWorkload(spec, teacher_dirs, session.device), spec.train, session)
 
 
-def train_student(spec: SourceSpec, teacher_dirs: dict[str, Path], reporter: Reporter = print_reporter,
-                  session: Session | None = None) -> SourceResult:
+def train_student(
+    spec: SourceSpec, teacher_dirs: dict[str, Path], reporter: Reporter = print_reporter, session: Session | None = None
+) -> SourceResult:
     """The student in this process (unless `session` says otherwise); divergence is an error."""
     cfg = spec.train
     result = fit_student(spec, teacher_dirs, session or LocalSession(cfg.output_dir, resolve_device(cfg), reporter))
@@ -132,18 +151,23 @@ class SourceWorkload:
         n_labels = {len(get_task(t.name).label_names) for t in spec.source_tasks}
         self.backbone = load_backbone(spec.backbone, num_labels=max(1, *n_labels))
         if self.backbone.family == "encoder" and len(n_labels) > 1:
-            raise ValueError(f"source_tasks: an encoder's source tasks need the same number of labels (their heads "
-                             f"are swapped on one backbone); got {sorted(n_labels)}")
-        self.sources = [_source_task(spec, i, self.backbone, teacher_dirs[t.name], device)
-                        for i, t in enumerate(spec.source_tasks)]
+            raise ValueError(
+                f"source_tasks: an encoder's source tasks need the same number of labels (their heads "
+                f"are swapped on one backbone); got {sorted(n_labels)}"
+            )
+        self.sources = [
+            _source_task(spec, i, self.backbone, teacher_dirs[t.name], device) for i, t in enumerate(spec.source_tasks)
+        ]
         self.model = build_model(self.backbone, spec.student_method()).to(device)
         for source in self.sources:  # teachers and heads stay as trained
             for param in [*source.teacher.method_tensors().values(), *_head_params(self.model, source.head)]:
                 param.requires_grad_(False)
         self.mixture = make_mixture(spec, [len(source.train) for source in self.sources])
         self.adapter_task = "+".join(spec.task_names)
-        self.constants = {"examples_train": float(sum(len(s.train) for s in self.sources)),
-                          "examples_validation": float(sum(len(s.validation) for s in self.sources))}
+        self.constants = {
+            "examples_train": float(sum(len(s.train) for s in self.sources)),
+            "examples_validation": float(sum(len(s.validation) for s in self.sources)),
+        }
 
     def backward(self, step: int, rank: int, world: int, device: torch.device, autocast) -> StepLoss:
         """Task k's part weighs (its examples on this rank) / batch_size, so the ranks' parts sum to the step's;
@@ -156,8 +180,9 @@ class SourceWorkload:
             if not mine:  # the draw gave this task no example of this rank's slice this step
                 continue
             items = [source.train[i] for i in mine]
-            batch = {key: v.to(device) for key, v in train_batch(items, self.backbone,
-                                                                 source.task.is_regression).items()}
+            batch = {
+                key: v.to(device) for key, v in train_batch(items, self.backbone, source.task.is_regression).items()
+            }
             with autocast:
                 parts = task_terms(self.model, k, source, batch, self.spec)
             total = mpt_source_loss(parts["loss"], parts["kl"], parts["mse"], self.spec.distill.weight)
@@ -176,11 +201,19 @@ class SourceWorkload:
         for k, source in enumerate(self.sources):
             _use_head(self.model, source.head)
             with self.model.for_task(k), autocast:
-                scores = evaluate(self.model, self.backbone, source.task, source.validation, self.cfg.eval_batch_size,
-                                  self.cfg.max_new_tokens, device)
+                scores = evaluate(
+                    self.model,
+                    self.backbone,
+                    source.task,
+                    source.validation,
+                    self.cfg.eval_batch_size,
+                    self.cfg.max_new_tokens,
+                    device,
+                )
             metrics.update({f"{source.task.name}_{name}": v for name, v in scores.items()})
-        return Scores(self._mean(metrics, lambda t: t.metric_names[0]), self._mean(metrics, lambda t: t.paper_metric),
-                      metrics)
+        return Scores(
+            self._mean(metrics, lambda t: t.metric_names[0]), self._mean(metrics, lambda t: t.paper_metric), metrics
+        )
 
     def test(self, progress: Progress, device: torch.device, autocast) -> dict[str, float]:
         return {}  # the source stage has no test split: its adapter is judged by the target runs
@@ -195,16 +228,22 @@ def make_mixture(spec: SourceSpec, sizes: list[int]) -> MixtureBatches:
     return MixtureBatches(sizes, spec.train.batch_size, spec.train.rng_seed, rates)
 
 
-def _source_task(spec: SourceSpec, index: int, backbone: Backbone, teacher_dir: Path,
-                 device: torch.device) -> SourceTask:
+def _source_task(
+    spec: SourceSpec, index: int, backbone: Backbone, teacher_dir: Path, device: torch.device
+) -> SourceTask:
     task_cfg, cfg = spec.source_tasks[index], spec.train
     task = get_task(task_cfg.name)
     splits = load_splits(task_cfg)
     s, rule = spec.method.max_length, spec.method.causal_rule
     teacher = load_adapter(backbone, teacher_dir).to(device)
     head = {k: v.to(device) for k, v in read_tensors(teacher_dir).items() if k in teacher.head_names}
-    return SourceTask(task, encode(splits.train, backbone, task, s, cfg.max_target_length, rule),
-                      encode(splits.validation, backbone, task, s, cfg.max_target_length, rule), teacher, head)
+    return SourceTask(
+        task,
+        encode(splits.train, backbone, task, s, cfg.max_target_length, rule),
+        encode(splits.validation, backbone, task, s, cfg.max_target_length, rule),
+        teacher,
+        head,
+    )
 
 
 def _head_params(model: PromptModel, head: dict[str, torch.Tensor]) -> list[torch.nn.Parameter]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from deptune.backbones import BackboneConfig
+from deptune.methods.catalog import MethodConfig
 from deptune.methods.mpt.config import MPTConfig
-from deptune.methods.registry import MethodConfig
 from deptune.spec_base import StrictModel
 from deptune.tasks.config import TaskConfig
 from deptune.train.config import DistillConfig, MixingConfig, ResourcesConfig, TrainConfig
@@ -24,13 +24,17 @@ class RunSpec(StrictModel):
     resources: ResourcesConfig = ResourcesConfig()
 
     @model_validator(mode="after")
-    def _batch_splits_across_workers(self) -> "RunSpec":
+    def _batch_splits_across_workers(self) -> RunSpec:
         if self.train.batch_size % self.resources.workers:
-            raise ValueError(f"train.batch_size: {self.train.batch_size} must be divisible by resources.workers "
-                             f"({self.resources.workers}): each rank takes an equal slice of the global batch")
+            raise ValueError(
+                f"train.batch_size: {self.train.batch_size} must be divisible by resources.workers "
+                f"({self.resources.workers}): each rank takes an equal slice of the global batch"
+            )
         if getattr(self.method, "source_tasks", None):
-            raise ValueError("method.source_tasks: a run trains one task; a source adapter over several tasks "
-                             "comes from `deptune mpt-source` (a spec with source_tasks)")
+            raise ValueError(
+                "method.source_tasks: a run trains one task; a source adapter over several tasks "
+                "comes from `deptune mpt-source` (a spec with source_tasks)"
+            )
         return self
 
 
@@ -44,17 +48,21 @@ class SourceSpec(StrictModel):
     source_tasks: list[TaskConfig] = Field(min_length=1, description="the source tasks, each with its data")
     method: MethodConfig
     teacher: TrainConfig = Field(TrainConfig(), description="each teacher's training run (vanilla PT, l tokens)")
-    train: TrainConfig = Field(TrainConfig(), description="the multitask stage; batch_size examples per step, "
-                                                         "mixed across the tasks as `mixing` says; the source "
-                                                         "adapter lands in output_dir/best, the teachers in "
-                                                         "output_dir/teachers")
+    train: TrainConfig = Field(
+        TrainConfig(),
+        description="the multitask stage; batch_size examples per step, "
+        "mixed across the tasks as `mixing` says; the source "
+        "adapter lands in output_dir/best, the teachers in "
+        "output_dir/teachers",
+    )
     distill: DistillConfig = DistillConfig()
     mixing: MixingConfig = MixingConfig()
-    resources: ResourcesConfig = Field(ResourcesConfig(), description="the workers of each teacher's and the "
-                                                                      "student's Ray Train run")
+    resources: ResourcesConfig = Field(
+        ResourcesConfig(), description="the workers of each teacher's and the student's Ray Train run"
+    )
 
     @model_validator(mode="after")
-    def _balanced_and_fresh(self) -> "SourceSpec":
+    def _balanced_and_fresh(self) -> SourceSpec:
         names = self.task_names
         if not isinstance(self.method, MPTConfig):
             raise ValueError(f"method.name: the source stage trains mpt, not {self.method.name}")
@@ -63,17 +71,23 @@ class SourceSpec(StrictModel):
                 raise ValueError(f"source_tasks.{i}.name: {name} is already a source task; give each task once")
         for section in ("teacher", "train"):
             if getattr(self, section).batch_size % self.resources.workers:
-                raise ValueError(f"{section}.batch_size: {getattr(self, section).batch_size} must be divisible by "
-                                 f"resources.workers ({self.resources.workers}): each rank takes an equal slice")
+                raise ValueError(
+                    f"{section}.batch_size: {getattr(self, section).batch_size} must be divisible by "
+                    f"resources.workers ({self.resources.workers}): each rank takes an equal slice"
+                )
         if self.mixing.strategy == "balanced" and self.train.batch_size % len(names):
-            raise ValueError(f"train.batch_size: {self.train.batch_size} must be divisible by the {len(names)} "
-                             f"source tasks (each step takes the same number of examples from each: "
-                             f"mixing.strategy balanced)")
+            raise ValueError(
+                f"train.batch_size: {self.train.batch_size} must be divisible by the {len(names)} "
+                f"source tasks (each step takes the same number of examples from each: "
+                f"mixing.strategy balanced)"
+            )
         if self.method.init_from is not None:
             raise ValueError("method.init_from: the source stage starts fresh; init_from is for target runs")
         if self.method.source_tasks and self.method.source_tasks != names:
-            raise ValueError(f"method.source_tasks: {self.method.source_tasks} differs from source_tasks {names}; "
-                             f"leave it out (it is filled from source_tasks)")
+            raise ValueError(
+                f"method.source_tasks: {self.method.source_tasks} differs from source_tasks {names}; "
+                f"leave it out (it is filled from source_tasks)"
+            )
         return self
 
     @property

@@ -5,9 +5,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from deptune.methods.model import PromptModel, positions
-from deptune.methods.dept.config import DePTConfig
 from deptune.backbones import Backbone
+from deptune.methods.dept.config import DePTConfig
+from deptune.methods.model import PromptModel, positions
 
 
 class DePTModel(PromptModel):
@@ -30,15 +30,20 @@ class DePTModel(PromptModel):
         self.lora_embedding_B = nn.Parameter(torch.zeros(config.rank, self.hidden_size))  # step 0 == PT
         self.scaling = config.alpha / math.sqrt(config.rank)
 
-    def update_embeddings(self, embeds: Tensor, attention_mask: Tensor, update_mask: Tensor) -> Tensor:
+    def update_embeddings(
+        self, input_ids: Tensor, embeds: Tensor, attention_mask: Tensor, update_mask: Tensor
+    ) -> Tensor:
         self.check_input_length(update_mask)
         update = (self.lora_embedding_A @ self.lora_embedding_B) * self.scaling
         rows = (positions(update_mask) + self.window_shift(update_mask)).clamp(max=self.config.max_length - 1)
         return embeds + update.to(embeds.dtype)[rows] * update_mask.unsqueeze(-1).to(embeds.dtype)
 
     def method_tensors(self) -> dict[str, Tensor]:
-        return {**super().method_tensors(), "lora_embedding_A": self.lora_embedding_A,
-                "lora_embedding_B": self.lora_embedding_B}
+        return {
+            **super().method_tensors(),
+            "lora_embedding_A": self.lora_embedding_A,
+            "lora_embedding_B": self.lora_embedding_B,
+        }
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {**super().parameter_groups(), "lowrank": [self.lora_embedding_A, self.lora_embedding_B]}

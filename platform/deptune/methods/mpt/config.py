@@ -23,13 +23,17 @@ class MPTConfig(PromptConfig):
     name: Literal["mpt"] = "mpt"
     prompt_length: PositiveInt = Field(100, description="l: soft-prompt tokens (fixed by a source adapter's P*)")
     rank: PositiveInt = Field(1, description="r: rank of each task's u v^T (1 in the paper)")
-    init_vectors: str = Field(AVERAGE, description="with init_from (ignored without): 'average' of the source "
-                                                   "tasks' (u, v), a source task's name, or 'none' (P* alone)")
-    source_tasks: list[str] = Field(default_factory=list, description="set by `deptune mpt-source`: the tasks "
-                                                                      "of a source adapter, one (u, v) each")
+    init_vectors: str = Field(
+        AVERAGE,
+        description="with init_from (ignored without): 'average' of the source "
+        "tasks' (u, v), a source task's name, or 'none' (P* alone)",
+    )
+    source_tasks: list[str] = Field(
+        default_factory=list, description="set by `deptune mpt-source`: the tasks of a source adapter, one (u, v) each"
+    )
 
     @model_validator(mode="after")
-    def _unique_tasks(self) -> "MPTConfig":
+    def _unique_tasks(self) -> MPTConfig:
         if len(set(self.source_tasks)) != len(self.source_tasks):
             raise ValueError(f"method.source_tasks: each task once, got {self.source_tasks}")
         return self
@@ -39,8 +43,10 @@ class MPTConfig(PromptConfig):
         return max(1, len(self.source_tasks))
 
     learning_rates: ClassVar[tuple[str, ...]] = ("lr_prompt", "lr_lowrank")  # P*; the task vectors u, v
-    default_ranges: ClassVar[Mapping[str, Range]] = {"lr_prompt": FloatRange(low=0.3, high=0.4),
-                                                     "lr_lowrank": FloatRange(low=1e-4, high=5e-3)}
+    default_ranges: ClassVar[Mapping[str, Range]] = {
+        "lr_prompt": FloatRange(low=0.3, high=0.4),
+        "lr_lowrank": FloatRange(low=1e-4, high=5e-3),
+    }
 
     def refused_search_keys(self) -> dict[str, str]:
         return {"rank": "mpt's rank is method.rank (a source adapter fixes it); remove it"}
@@ -61,6 +67,8 @@ class MPTConfig(PromptConfig):
         errors = super().source_errors(record)
         sources = record.method_config.get("source_tasks") or [record.task]
         if not errors and self.init_vectors not in (AVERAGE, NO_VECTORS, *sources):
-            errors.append(f"method.init_vectors: {self.init_vectors!r} is not a source task of {self.init_from} "
-                          f"({', '.join(map(str, sources))}); or use 'average' or 'none'")
+            errors.append(
+                f"method.init_vectors: {self.init_vectors!r} is not a source task of {self.init_from} "
+                f"({', '.join(map(str, sources))}); or use 'average' or 'none'"
+            )
         return errors

@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from deptune.backbones import Backbone
 from deptune.methods.io import read_tensors
 from deptune.methods.model import PromptModel
-from deptune.methods.record import read_record
 from deptune.methods.mpt.config import AVERAGE, NO_VECTORS, MPTConfig
-from deptune.backbones import Backbone
+from deptune.methods.record import read_record
 
 
 def initial_vectors(n_tasks: int, length: int, rank: int, hidden_size: int) -> tuple[Tensor, Tensor]:
@@ -59,8 +59,11 @@ class MPTModel(PromptModel):
             self.task_index = previous
 
     def method_tensors(self) -> dict[str, Tensor]:
-        return {**super().method_tensors(), "prefix_task_cols": self.prefix_task_cols,
-                "prefix_task_rows": self.prefix_task_rows}
+        return {
+            **super().method_tensors(),
+            "prefix_task_cols": self.prefix_task_cols,
+            "prefix_task_rows": self.prefix_task_rows,
+        }
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """u and v train at lr_lowrank: they are the rank-r factors, near 1, unlike P* at embedding scale."""
@@ -70,16 +73,21 @@ class MPTModel(PromptModel):
         """P* from a source adapter, and (u, v) as `init_vectors` says; its tasks' heads are left behind."""
         record, saved = read_record(directory), read_tensors(directory)
         if record.method != "mpt":
-            raise ValueError(f"method.init_from: {directory} holds a {record.method} adapter; an mpt run starts "
-                             f"from an mpt source adapter (deptune mpt-source)")
+            raise ValueError(
+                f"method.init_from: {directory} holds a {record.method} adapter; an mpt run starts "
+                f"from an mpt source adapter (deptune mpt-source)"
+            )
         if self.config.n_tasks != 1:
             raise ValueError("an mpt run with several source_tasks cannot start from an adapter")
         cols, rows = saved["prefix_task_cols"], saved["prefix_task_rows"]
-        expected = {"prompt_embeddings": tuple(self.prompt_embeddings.shape),
-                    "prefix_task_cols": (cols.shape[0], *self.prefix_task_cols.shape[1:]),
-                    "prefix_task_rows": (rows.shape[0], *self.prefix_task_rows.shape[1:])}
-        wrong = [f"{k}: file {tuple(saved[k].shape)} vs model {v}" for k, v in expected.items()
-                 if tuple(saved[k].shape) != v]
+        expected = {
+            "prompt_embeddings": tuple(self.prompt_embeddings.shape),
+            "prefix_task_cols": (cols.shape[0], *self.prefix_task_cols.shape[1:]),
+            "prefix_task_rows": (rows.shape[0], *self.prefix_task_rows.shape[1:]),
+        }
+        wrong = [
+            f"{k}: file {tuple(saved[k].shape)} vs model {v}" for k, v in expected.items() if tuple(saved[k].shape) != v
+        ]
         if wrong:
             raise ValueError(f"source adapter {directory} does not fit this model (l, r and d must match): {wrong}")
         index = self._vector_index(record.method_config.get("source_tasks") or [record.task or "?"], directory)
@@ -89,14 +97,16 @@ class MPTModel(PromptModel):
                 self.prefix_task_cols.copy_(cols.mean(0, keepdim=True))
                 self.prefix_task_rows.copy_(rows.mean(0, keepdim=True))
             elif index != NO_VECTORS:
-                self.prefix_task_cols.copy_(cols[index:index + 1])
-                self.prefix_task_rows.copy_(rows[index:index + 1])
+                self.prefix_task_cols.copy_(cols[index : index + 1])
+                self.prefix_task_rows.copy_(rows[index : index + 1])
 
     def _vector_index(self, tasks: list[str], directory: Path) -> int | str:
         choice = self.config.init_vectors
         if choice in (AVERAGE, NO_VECTORS):
             return choice
         if choice not in tasks:
-            raise ValueError(f"method.init_vectors: {choice!r} is not a source task of {directory} "
-                             f"({', '.join(tasks)}); or use 'average' or 'none'")
+            raise ValueError(
+                f"method.init_vectors: {choice!r} is not a source task of {directory} "
+                f"({', '.join(tasks)}); or use 'average' or 'none'"
+            )
         return tasks.index(choice)

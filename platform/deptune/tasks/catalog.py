@@ -7,8 +7,11 @@ from deptune.tasks.glue import TASKS as BENCHMARK_TASKS
 from deptune.tasks.qa import QA_TASKS
 from deptune.tasks.synthetic import SYNTHETIC_TASKS
 
-_REGISTRY: dict[str, Task] = {**{t.name: t for t in SYNTHETIC_TASKS}, **{t.name: t for t in BENCHMARK_TASKS},
-                            **{t.name: t for t in QA_TASKS}}
+_REGISTRY: dict[str, Task] = {
+    **{t.name: t for t in SYNTHETIC_TASKS},
+    **{t.name: t for t in BENCHMARK_TASKS},
+    **{t.name: t for t in QA_TASKS},
+}
 TASK_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 

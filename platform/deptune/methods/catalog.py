@@ -39,7 +39,10 @@ def register(config: type[PromptConfig], model: str | type) -> None:
     name = config.model_fields["name"].default
     if not isinstance(name, str):
         raise TypeError(f"{config.__name__}.name needs a default: the method's registered name")
-    _METHODS[name] = Method(config, model)
+    method = Method(config, model)
+    if _METHODS.get(name, method) != method:  # the same method again (a worker's `restore`) is no conflict
+        raise ValueError(f"a method named {name!r} is registered already ({_METHODS[name].config.__name__})")
+    _METHODS[name] = method
 
 
 def methods() -> dict[str, Method]:
