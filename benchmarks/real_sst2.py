@@ -42,7 +42,7 @@ def run_prompt_method(args: argparse.Namespace, method: dict, out: Path) -> dict
                 "batch_size": args.batch_size,
                 "eval_batch_size": 128,
                 "lr_prompt": args.lr_prompt,
-                "lr_lowrank": args.lr_lowrank,
+                **({"lr_lowrank": args.lr_lowrank} if method["name"] != "prompt_tuning" else {}),  # PT: none
                 "lr_head": args.lr_head,
                 "warmup_steps": args.steps // 10,
                 "eval_every": args.eval_every,

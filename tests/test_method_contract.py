@@ -49,6 +49,11 @@ def family(request):
 
 @pytest.mark.parametrize("name", sorted(methods()))
 def test_every_registered_method_keeps_the_contract(name, family, tmp_path):
+    check_contract(name, family, tmp_path)
+
+
+def check_contract(name: str, family: str, tmp_path) -> None:
+    """The contract, for one method on one tiny backbone (a method defined in a test calls it too)."""
     torch.manual_seed(0)
     backbone = load_backbone(BackboneConfig(name=family, tiny={"dropout": 0.0}))
     config = method_config(name)
@@ -60,6 +65,8 @@ def test_every_registered_method_keeps_the_contract(name, family, tmp_path):
     assert len({id(p) for p in grouped}) == len(grouped), "a tensor in two learning-rate groups"
     assert {id(p) for p in grouped} == {id(p) for p in trainable}, "groups must cover exactly the trainable tensors"
 
+    declared = type(config).learning_rate_groups()
+    assert {g for g, params in groups.items() if params} <= set(declared), "a group the config does not declare"
     head = sum(p.numel() for p in groups.get("head", []))
     assert model.trainable_parameter_count() == config.adapter_params({}, backbone.hidden_size) + head
 

@@ -41,6 +41,7 @@ FAST = {
     "warmup_steps": 5,
     "evaluate_test": False,
 }
+TEACHER = {k: v for k, v in FAST.items() if k != "lr_lowrank"}  # vanilla PT: no low-rank group
 
 
 def source_spec(tmp_path: Path, backbone: str = "tiny-bert", steps: int = 60) -> SourceSpec:
@@ -52,7 +53,7 @@ def source_data(tmp_path: Path, backbone: str = "tiny-bert", steps: int = 60) ->
         "backbone": {"name": backbone},
         "source_tasks": [{"name": t, "synthetic_size": 400} for t in SOURCES],
         "method": {"name": "mpt", "prompt_length": 8, "max_length": 32},
-        "teacher": {**FAST, "steps": steps + steps // 3, "eval_every": steps + steps // 3},
+        "teacher": {**TEACHER, "steps": steps + steps // 3, "eval_every": steps + steps // 3},
         "train": {**FAST, "steps": steps, "eval_every": steps // 3, "output_dir": str(tmp_path / "source")},
     }
 

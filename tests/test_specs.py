@@ -175,17 +175,17 @@ def test_paper_specs_follow_the_paper():
         assert spec.resources.gpus_per_worker == 1 and spec.resources.workers == 1, path
         assert spec.sweep.scheduler.name == "asha" and 8000 <= spec.sweep.scheduler.grace(spec) < spec.train.steps, path
         assert spec.sweep.objective.metric == "objective" and spec.sweep.objective.mode == "max", path
-        m = spec.search.prompt_length
+        m = spec.search.ranges()["prompt_length"]
         assert m.low <= 40 and m.high >= 80 and m.low <= spec.method.prompt_length <= m.high, path
-        assert spec.search.lr_prompt.low <= 0.3 and spec.search.lr_prompt.high >= 0.4, path
-        assert spec.search.lr_lowrank.low <= 1e-4 and spec.search.lr_lowrank.high >= 5e-3, path
+        assert spec.search.ranges()["lr_prompt"].low <= 0.3 and spec.search.ranges()["lr_prompt"].high >= 0.4, path
+        assert spec.search.ranges()["lr_lowrank"].low <= 1e-4 and spec.search.ranges()["lr_lowrank"].high >= 5e-3, path
         assert spec.base_run().method.resolve(768).rank >= 1, path
 
 
 def test_the_transfer_spec_fixes_m_so_the_source_adapter_fits():
     spec = load_spec(SEARCH_SPACES / "rte_dept_transfer.yaml")
     source = load_spec(SEARCH_SPACES / "glue_mnli_t5_base.yaml").base_run().method.resolve(768)
-    m = spec.search.prompt_length
+    m = spec.search.ranges()["prompt_length"]
     assert m.low == m.high == spec.method.prompt_length == source.prompt_length
     assert spec.base_run().method.resolve(768).rank == source.rank == 30
     assert spec.method.max_length == source.max_length and spec.backbone.name == "t5-base"
@@ -360,6 +360,23 @@ BAD_SPECS = [
     ),
     # learning rates: zero, negative, inverted
     case("train-lr-prompt-zero", {"train.lr_prompt": 0}, "train.lr_prompt"),
+    case("train-lr-of-a-group-dept-lacks", {"train.lr_scale": 0.1}, "train.lr_scale"),
+    case(
+        "train-lr-lowrank-for-prompt-tuning",
+        {
+            "method": {"name": "prompt_tuning", "prompt_length": 8},
+            "search.lr_lowrank": DELETE,
+            "train.lr_lowrank": 1e-3,
+        },
+        "train.lr_lowrank",
+    ),
+    case("train-lr-as-a-mapping", {"train.lr": {"prompt": 0.3}}, "train.lr"),
+    case("train-lr-a-word", {"train.lr_prompt": "fast"}, "train.lr_prompt"),
+    case("train-lr-a-boolean", {"train.lr_head": True}, "train.lr_head"),
+    case("search-a-dimension-dept-lacks", {"search.scale_init": {"low": 0.5, "high": 2.0}}, "search.scale_init"),
+    case(
+        "search-int-dimension-as-floats", {"search.prompt_length": {"low": 2.5, "high": 8}}, "search.prompt_length.low"
+    ),
     case("train-lr-lowrank-negative", {"train.lr_lowrank": -1.0e-3}, "train.lr_lowrank"),
     case("train-lr-head-zero", {"train.lr_head": 0}, "train.lr_head"),
     case("search-lr-prompt-low-zero", {"search.lr_prompt.low": 0}, "search.lr_prompt.low"),
@@ -1232,7 +1249,7 @@ def test_aliases_a_spec_may_use_still_load(tmp_path):
         text.replace("    low: 0.01\n", "    low: &low 0.01\n", 1).replace("  lr_head: 0.01\n", "  lr_head: *low\n")
     )
     spec = load_spec(path)
-    assert spec.train.lr_head == spec.search.lr_prompt.low == 0.01
+    assert spec.train.lr["head"] == spec.search.ranges()["lr_prompt"].low == 0.01
 
 
 def test_validate_says_what_it_did_not_check_for_a_hub_model_it_cannot_read(no_ray, tmp_path, monkeypatch):

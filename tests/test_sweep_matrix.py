@@ -16,15 +16,19 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from pydantic import Field
 from torch import nn
+from typer.testing import CliRunner
 
+from deptune.cli import app
 from deptune.methods.catalog import methods, register
 from deptune.methods.config import PromptConfig
 from deptune.methods.model import PromptModel
-from deptune.spec_base import FloatRange, Range
+from deptune.spec_base import FloatRange, IntRange, Range, SpecError
 from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.driver import run_sweep
+from deptune.sweep.leaderboard import ranked_rows
 from deptune.sweep.study import load_study, open_storage, storage_url
+from test_method_contract import check_contract
 
 pytestmark = pytest.mark.slow
 
@@ -132,14 +136,20 @@ def test_a_gp_sweep_searches_two_objectives(ray_cluster, tmp_path):
 
 
 class ScaledPromptConfig(PromptConfig):
-    """A toy method: the prompt times one trained scalar, with its own learning rate range."""
+    """A toy method: the prompt times one trained scalar, which has its own learning-rate group (`scale`)
+    and starts from its own search dimension (`scale_init`). Nothing outside this module names either."""
 
     name: Literal["scaled_prompt"] = "scaled_prompt"
     prompt_length: int = Field(4, gt=0)
-    learning_rates: ClassVar[tuple[str, ...]] = ("lr_prompt", "lr_lowrank")
+    scale_init: float = Field(1.0, gt=0, description="the scalar's initial value")
+    lr_groups: ClassVar[Mapping[str, float]] = {"prompt": 0.3, "scale": 0.01}
+    search_dimensions: ClassVar[Mapping[str, type[IntRange] | type[FloatRange]]] = {
+        "prompt_length": IntRange,
+        "scale_init": FloatRange,
+    }
     default_ranges: ClassVar[Mapping[str, Range]] = {
         "lr_prompt": FloatRange(low=0.1, high=0.3),
-        "lr_lowrank": FloatRange(low=1e-3, high=1e-2),
+        "lr_scale": FloatRange(low=1e-3, high=1e-2),
     }
 
     def refused_search_keys(self) -> dict[str, str]:
@@ -148,11 +158,14 @@ class ScaledPromptConfig(PromptConfig):
     def adapter_params(self, values, hidden_size: int) -> int:
         return int(values.get("prompt_length", self.prompt_length)) * hidden_size + 1
 
+    def logged_params(self) -> dict[str, Any]:
+        return {**super().logged_params(), "scale_init": self.scale_init}
+
 
 class ScaledPromptModel(PromptModel):
     def __init__(self, backbone, config: ScaledPromptConfig) -> None:
         super().__init__(backbone, config)
-        self.scale = nn.Parameter(torch.ones(1))
+        self.scale = nn.Parameter(torch.full((1,), config.scale_init))
 
     def prompt(self) -> torch.Tensor:
         return self.prompt_embeddings * self.scale
@@ -161,21 +174,50 @@ class ScaledPromptModel(PromptModel):
         return {**super().method_tensors(), "scale": self.scale}
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {**super().parameter_groups(), "lowrank": [self.scale]}
+        return {**super().parameter_groups(), "scale": [self.scale]}
 
 
-def test_a_method_defined_in_a_test_registers_validates_and_sweeps(ray_cluster, tmp_path):
+@pytest.mark.parametrize("runner", ["tune", "train"])
+def test_a_method_defined_in_a_test_registers_validates_sweeps_logs_and_reports(ray_cluster, tmp_path, runner):
+    """Its own learning-rate group and search dimension travel through validation, both runners, the study,
+    MLflow, the leaderboard and `deptune report` with no other file touched: one `register` line."""
     register(ScaledPromptConfig, model=ScaledPromptModel)
     assert "scaled_prompt" in methods()
-    spec = sweep_spec(tmp_path, {"name": "scaled_prompt", "prompt_length": 3}, {}, "tiny-bert")
+    check_contract("scaled_prompt", "tiny-bert", tmp_path / "contract")  # held to what every method owes
+    spec = sweep_spec(
+        tmp_path,
+        {"name": "scaled_prompt", "prompt_length": 3},
+        {"scale_init": {"low": 0.5, "high": 2.0}},
+        "tiny-bert",
+    )
+    spec = SweepSpec.model_validate({**spec.model_dump(), "resources": {"workers": 1, "runner": runner}})
     assert isinstance(spec.method, ScaledPromptConfig)
     assert SweepSpec.model_validate(spec.model_dump()) == spec  # its own round trip
+    with pytest.raises(SpecError, match="train.lr_lowrank: scaled_prompt has no learning-rate group 'lowrank'"):
+        parse_spec({**spec.model_dump(), "train": {**spec.model_dump()["train"], "lr_lowrank": 0.1}})
     from deptune import checks
 
     checked = checks.check(spec, "toy")
-    assert set(checked.plan.searched) == {"lr_prompt", "lr_lowrank"}
+    assert set(checked.plan.searched) == {"lr_prompt", "lr_scale", "scale_init"}
     run_sweep(spec, plan=checked.plan)
     trials = load_study(spec, open_storage(storage_url(spec))).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, [t.user_attrs.get("fail_reason") for t in trials]
     assert all(t.user_attrs["adapter_params"] == 3 * 32 + 1 for t in trials)
-    assert all(1e-3 <= t.params["lr_lowrank"] <= 1e-2 for t in trials)  # the method's own default range
+    assert all(1e-3 <= t.params["lr_scale"] <= 1e-2 for t in trials)  # the method's own default range
+    assert all(0.5 <= t.params["scale_init"] <= 2.0 for t in trials)
+    assert all(t.user_attrs["runner"] == runner for t in trials)
+
+    client = MlflowClient(tracking_uri=spec.tracking.uri)
+    experiment = client.get_experiment_by_name("matrix").experiment_id
+    runs = client.search_runs([experiment], filter_string="tags.`deptune.role` = 'trial'")
+    by_trial = {int(r.data.tags["deptune.optuna_trial"]): r.data.params for r in runs}
+    for trial in trials:  # each run logged the values its trial trained with
+        logged = by_trial[trial.number]
+        assert float(logged["lr_scale"]) == pytest.approx(trial.params["lr_scale"])
+        assert float(logged["scale_init"]) == pytest.approx(trial.params["scale_init"])
+
+    rows = ranked_rows(load_study(spec, open_storage(storage_url(spec))), ["objective"])
+    assert {"lr_prompt", "lr_scale", "scale_init"} <= rows[0].keys()
+    report = CliRunner().invoke(app, ["report", "matrix", "--uri", spec.tracking.uri])
+    assert report.exit_code == 0, report.output
+    assert "lr_scale" in report.output and "scale_init" in report.output

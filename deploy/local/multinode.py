@@ -326,12 +326,17 @@ class MultiNodeCluster:
             ]
         )
         hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
-        lines = ["set -e", "mount -t tmpfs -o mode=1777 deptune-private /tmp"]
-        for code in self._code_under_tmp():  # bound back from the harness's view of /tmp, read-only
-            lines.append(
-                f"mkdir -p {shlex.quote(code)} && mount --bind -o ro "
-                f"{shlex.quote(f'/proc/{os.getpid()}/root{code}')} {shlex.quote(code)}"
-            )
+        code_under_tmp = self._code_under_tmp()
+        # The host's /tmp stays reachable at /mnt (in this namespace only) while a private tmpfs covers /tmp,
+        # so the code that lies under /tmp is bound back from it, read-only. (A bind from /proc/<pid>/root/tmp
+        # after the tmpfs mount found the new, empty /tmp instead: the nodes of a clone in /tmp never started.)
+        lines = ["set -e", *(["mount --bind /tmp /mnt"] if code_under_tmp else [])]
+        lines.append("mount -t tmpfs -o mode=1777 deptune-private /tmp")
+        for code in code_under_tmp:
+            stashed = shlex.quote("/mnt" + code.removeprefix("/tmp"))
+            lines.append(f"mkdir -p {shlex.quote(code)} && mount --bind -o ro {stashed} {shlex.quote(code)}")
+        if code_under_tmp:
+            lines.append("umount -l /mnt")
         for private in [hf_home, *layout.private]:
             lines.append(f"mkdir -p {shlex.quote(private)} && mount -t tmpfs deptune-private {shlex.quote(private)}")
         lines.append(f"exec {ray}")

@@ -358,8 +358,9 @@ def _positions(spec: RunSpec, config: dict | None) -> list[str]:
     if limit is None:
         return []
     prompt = spec.method.prompt_length
-    if isinstance(spec, SweepSpec) and spec.search.prompt_length is not None:
-        prompt = max(prompt, spec.search.prompt_length.high)
+    searched = spec.search.ranges().get("prompt_length") if isinstance(spec, SweepSpec) else None
+    if searched is not None:
+        prompt = max(prompt, searched.high)
     answer = spec.train.max_target_length if _family(spec, config) == "causal" else 0
     total = prompt + spec.method.max_length + answer
     if total <= limit:

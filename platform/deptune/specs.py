@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from deptune.methods.config import LR_PREFIX
 from deptune.spec_base import SpecError, StrictModel
 from deptune.sweep.config import SWEEP_SECTIONS, SweepSpec, base_run_data
 from deptune.train.spec import RunSpec, SourceSpec
@@ -25,12 +26,20 @@ _KEYED_MESSAGE = re.compile(r"^(?:Value error, )?([a-z_]+(?:\.[a-z_0-9]+)+): (.*
 
 def _error_line(error: dict[str, Any]) -> str:
     """'key.path: message'; a cross-field check names its own key path at the start of its message."""
-    parts = [str(p) for p in error["loc"]]
+    parts = _lr_keys([str(p) for p in error["loc"]])
     message = error["msg"].removeprefix("Value error, ")
     keyed = _KEYED_MESSAGE.match(message)
     if keyed and (not parts or keyed.group(1).startswith(parts[0])):
         return f"{keyed.group(1)}: {keyed.group(2)}"
     return f"{'.'.join(parts) or '<root>'}: {message}"
+
+
+def _lr_keys(parts: list[str]) -> list[str]:
+    """A train section's rates are the mapping `lr` inside, `lr_<group>` as the user wrote them."""
+    for i in range(len(parts) - 1):
+        if parts[i] == "lr":
+            return [*parts[:i], LR_PREFIX + parts[i + 1], *parts[i + 2 :]]
+    return parts
 
 
 def spec_kind(data: dict[str, Any]) -> type[StrictModel]:

@@ -14,13 +14,22 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, PositiveInt, model_validator
 
-from deptune.spec_base import FloatRange, Range, StrictModel
+from deptune.spec_base import FloatRange, IntRange, Range, StrictModel
 
 PromptInit = Literal["text", "sample_vocab", "random"]
 CausalRule = Literal["aligned", "official"]
 REGISTRY_URI_PREFIX = "models:/"
-Dimension = Range | int
-"""A search dimension as a method resolves it: a range that is searched, or an int that is fixed."""
+Dimension = Range | int | float
+"""A search dimension as a method resolves it: a range that is searched, or a value that is fixed."""
+HEAD_GROUP, HEAD_LR = "head", 1e-3
+"""An encoder's classification head is a learning-rate group of every method (its default rate)."""
+LR_PREFIX = "lr_"
+"""A group's learning rate is `lr_<group>` wherever it is named: `train.lr_<group>`, `search.lr_<group>`,
+the study's parameter, the MLflow param, the leaderboard's column."""
+
+
+def lr_key(group: str) -> str:
+    return LR_PREFIX + group
 
 
 def is_registry_uri(ref: str | Path | None) -> bool:
@@ -59,10 +68,29 @@ class PromptConfig(StrictModel):
         "too); only decoder-only backbones take official",
     )
 
-    learning_rates: ClassVar[tuple[str, ...]] = ("lr_prompt",)
-    """The `train.lr_*` settings this method's tensors train with (an encoder's head adds lr_head)."""
+    lr_groups: ClassVar[Mapping[str, float]] = {"prompt": 0.3}
+    """The method's learning-rate groups (`PromptModel.parameter_groups` keys) and their default rates; a
+    spec sets one as `train.lr_<group>` and searches it as `search.lr_<group>`. Every method also has the
+    `head` group (an encoder's classification head)."""
+    search_dimensions: ClassVar[Mapping[str, type[IntRange] | type[FloatRange]]] = {"prompt_length": IntRange}
+    """The method's own search dimensions besides its learning rates, each a method field whose value the
+    search sets (a range of ints or of floats)."""
     default_ranges: ClassVar[Mapping[str, Range]] = {"lr_prompt": FloatRange(low=0.3, high=0.4)}
     """Searched when the spec's `search` omits them (the paper's winners)."""
+
+    @classmethod
+    def learning_rate_groups(cls) -> dict[str, float]:
+        """Every group this method trains, with its default rate (the head's included)."""
+        return {**cls.lr_groups, HEAD_GROUP: HEAD_LR}
+
+    @classmethod
+    def dimension_kinds(cls) -> dict[str, type[IntRange] | type[FloatRange]]:
+        """Every key `search` accepts for this method, with the kind of range it takes."""
+        return {**cls.search_dimensions, **{lr_key(g): FloatRange for g in cls.learning_rate_groups()}}
+
+    def learning_rates(self, given: Mapping[str, float]) -> dict[str, float]:
+        """The rate of each group: the spec's (`train.lr_<group>`), else the method's default."""
+        return {group: given.get(group, default) for group, default in self.learning_rate_groups().items()}
 
     @model_validator(mode="after")
     def _text_init_needs_text(self) -> PromptConfig:
@@ -85,9 +113,11 @@ class PromptConfig(StrictModel):
     def dimensions(self, ranges: Mapping[str, Range], hidden_size: int) -> tuple[dict[str, Dimension], list[str]]:
         """The method's dimensions for a backbone of `hidden_size`: the given ranges, the method's defaults
         for the rest, fixed values for what is not searched; or the errors that make the search infeasible."""
-        dims: dict[str, Dimension] = {"prompt_length": ranges.get("prompt_length") or self.prompt_length}
-        for key in self.learning_rates:
+        dims: dict[str, Dimension] = {key: ranges.get(key) or getattr(self, key) for key in self.search_dimensions}
+        for key in map(lr_key, self.lr_groups):
             dims[key] = ranges.get(key) or self.default_ranges[key]
+        if lr_key(HEAD_GROUP) in ranges:  # the head is searched only when asked (only encoders have one)
+            dims[lr_key(HEAD_GROUP)] = ranges[lr_key(HEAD_GROUP)]
         return dims, []
 
     def derived(self, values: Mapping[str, Any], hidden_size: int) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from mlflow import MlflowClient
 from rich.table import Table
 
+from deptune.methods.config import LR_PREFIX
 from deptune.tracking.store import TAG
 from deptune.tracking.tables import fmt, wide_console
 
@@ -36,6 +37,7 @@ def render_experiment(uri: str, experiment: str, metric: str = "objective", mode
     runs = trial_mlflow_runs(uri, experiment, metric, mode)
     table = Table(title=f"{experiment}: {len(runs)} trial runs in {uri}")
     score = "best objective" if metric == "objective" else metric
+    searched = searched_params([r.data.params for r in runs[:top]])
     for column in (
         "run",
         "sweep",
@@ -44,9 +46,7 @@ def render_experiment(uri: str, experiment: str, metric: str = "objective", mode
         "m",
         "r",
         score,
-        "lr_prompt",
-        "lr_lowrank",
-        "lr_head",
+        *searched,
         "trainable",
         "accelerator-s",
     ):
@@ -61,13 +61,24 @@ def render_experiment(uri: str, experiment: str, metric: str = "objective", mode
             params.get("prompt_length", "-"),
             params.get("rank", "-"),
             fmt(_score(metrics, metric)),
-            _number(params.get("lr_prompt")),
-            _number(params.get("lr_lowrank")),
-            _number(params.get("lr_head")),
+            *(_number(params.get(key)) for key in searched),
             fmt(int(metrics["trainable_params"])) if "trainable_params" in metrics else "-",
             fmt(metrics.get("accelerator_seconds")),
         )
     wide_console().print(table)
+
+
+def searched_params(params: list[dict[str, str]]) -> list[str]:
+    """The learning rates (`lr_<group>`, whatever the method's groups) and every other param the runs
+    differ in (a method's own dimension), m and r aside: the columns come from what the runs logged."""
+    keys = {key for p in params for key in p} - {"prompt_length", "rank"}
+    rates = sorted(k for k in keys if k.startswith(LR_PREFIX))
+    varying = sorted(k for k in keys - set(rates) if len({p.get(k) for p in params}) > 1 and k not in RUN_SETTINGS)
+    return rates + varying
+
+
+RUN_SETTINGS = {"seed", "steps", "batch_size", "workers", "runner", "backbone", "backbone_revision", "task"}
+"""Params of how a run ran, not of what was searched (they differ between sweeps in one experiment)."""
 
 
 def _number(param: str | None) -> str:

@@ -6,13 +6,27 @@ learning rates the search overrides per trial; `SweepSpec.base_run()` is the run
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    RootModel,
+    TypeAdapter,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
+from typing_extensions import TypedDict
 
 from deptune.methods.catalog import methods
-from deptune.spec_base import FloatRange, IntRange, Range, StrictModel
+from deptune.methods.config import PromptConfig
+from deptune.spec_base import Range, StrictModel
 from deptune.sweep.components import ASHAConfig, Sampler, Scheduler, TPEConfig
 from deptune.tracking.config import TrackingConfig
 from deptune.train.spec import RunSpec
@@ -26,23 +40,40 @@ TRAINING_METRICS = ("objective", "train_loss", "step_time_s", "tokens_per_s", "p
 """Metrics every report holds besides `eval_<task metric>`; any of them can be an objective."""
 
 
-class SearchConfig(StrictModel):
-    """What the search varies. Omitted dimensions take the method's defaults (the paper's winners for the
-    learning rates; DePT with a budget: m in [min(20, m_max), m_max], where m_max is the largest m that
-    leaves rank >= 1, and r derived from m). A method refuses what it has not (PT: rank, lr_lowrank)."""
+class SearchConfig(RootModel[dict[str, Range]]):
+    """What the search varies: a range for each dimension the method declares (`dimension_kinds`: its own,
+    e.g. prompt_length and DePT's rank, and `lr_<group>` for each of its learning-rate groups). Omitted
+    dimensions take the method's defaults (the paper's winners for the learning rates; DePT with a budget: m
+    in [min(20, m_max), m_max], where m_max is the largest m that leaves rank >= 1, and r derived from m)."""
 
-    prompt_length: IntRange | None = Field(None, description="m for DePT, l for prompt tuning and MPT")
-    rank: IntRange | None = Field(None, description="r, DePT without a budget only (default 4-64, log)")
-    lr_prompt: FloatRange | None = Field(None, description="the prompt's learning rate (default 0.3-0.4)")
-    lr_lowrank: FloatRange | None = Field(None, description="DePT's A, B / MPT's u, v (default 1e-4 - 5e-3)")
-    lr_head: FloatRange | None = Field(None, description="encoders' classification head (default: train.lr_head)")
+    model_config = ConfigDict(frozen=True)
 
     def ranges(self) -> dict[str, Range]:
         """The dimensions the spec gives (not the defaults): what the method checks and fills in."""
-        return {key: value for key, value in self if value is not None}
+        return dict(self.root)
 
 
-SEARCH_KEYS = tuple(SearchConfig.model_fields)
+@functools.cache
+def _search_adapter(method: type[PromptConfig]) -> TypeAdapter:
+    fields = {key: kind for key, kind in method.dimension_kinds().items()}
+    return TypeAdapter(TypedDict(f"{method.__name__}Search", fields, total=False))  # type: ignore[operator]
+
+
+def _search_of_the_method(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> SearchConfig:
+    """Each key a dimension the method declares, parsed as the kind of range it takes."""
+    method = info.data.get("method")
+    if isinstance(value, SearchConfig) or method is None or not isinstance(value, dict):
+        return handler(value)  # parsed already, or the method section's own error comes first
+    refused, kinds = method.refused_search_keys(), type(method).dimension_kinds()
+    value = {key: given for key, given in value.items() if given is not None}  # `key:` with no range: omitted
+    for key in value:
+        if key in refused:
+            raise ValueError(f"search.{key}: {refused[key]}")
+        if key not in kinds:
+            raise ValueError(
+                f"search.{key}: not a dimension of {method.name}; its dimensions: {', '.join(sorted(kinds))}"
+            )
+    return SearchConfig(_search_adapter(type(method)).validate_python(value))
 
 
 class Objective(StrictModel):
@@ -102,7 +133,9 @@ class StudyConfig(StrictModel):
 class SweepSpec(RunSpec):
     """One YAML file = one sweep."""
 
-    search: SearchConfig = SearchConfig()
+    search: Annotated[SearchConfig, WrapValidator(_search_of_the_method)] = Field(
+        default_factory=lambda: SearchConfig({})
+    )
     sweep: SweepConfig = SweepConfig()
     study: StudyConfig = StudyConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -124,11 +157,10 @@ class SweepSpec(RunSpec):
         for component in (self.sweep.sampler, self.sweep.scheduler):
             if problems := component.problems(self):
                 raise ValueError(problems[0])
+        known = type(self.method).dimension_kinds()
         for i, point in enumerate(self.sweep.enqueue):
-            if unknown := set(point) - set(SEARCH_KEYS):
-                raise ValueError(
-                    f"sweep.enqueue.{i}: unknown parameter(s) {sorted(unknown)}; known: {sorted(SEARCH_KEYS)}"
-                )
+            if unknown := set(point) - set(known):
+                raise ValueError(f"sweep.enqueue.{i}: unknown parameter(s) {sorted(unknown)}; known: {sorted(known)}")
         if self.sweep.second_objective and self.sweep.second_objective.metric == self.sweep.objective.metric:
             raise ValueError("sweep.second_objective.metric: must differ from sweep.objective.metric")
         return self

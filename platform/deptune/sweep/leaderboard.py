@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
-from deptune.sweep.study import LEARNING_RATES, trial_row
+from deptune.sweep.study import SHOWN_APART, searched_params, trial_row
 from deptune.tracking.tables import fmt, wide_console
 
 
@@ -25,7 +25,8 @@ def ranked_rows(study: optuna.Study, metrics: list[str] | None = None) -> list[d
             return (1, -sign * (max if sign > 0 else min)(t.intermediate_values.values()))
         return (2, t.number)
 
-    return [trial_row(t, metrics, sign > 0) for t in sorted(trials, key=key)]
+    params = searched_params(trials)
+    return [trial_row(t, metrics, sign > 0, params) for t in sorted(trials, key=key)]
 
 
 def render(study: optuna.Study, metrics: list[str], top: int = 10, console: Console | None = None) -> None:
@@ -38,7 +39,8 @@ def render(study: optuna.Study, metrics: list[str], top: int = 10, console: Cons
         + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
         + (f" (runner: {', '.join(runners)})" if runners else "")
     )
-    rates = [k for k in LEARNING_RATES if any(r[k] is not None for r in rows)]  # every searched rate
+    fixed = {"number", "state", "execution", "runner", *SHOWN_APART, *metrics}
+    searched = [k for k in searched_params(study.get_trials()) if k not in fixed]  # learning rates, a method's own
     gpus = any(r.get("gpu_seconds") for r in rows)
     for column in (
         "#",
@@ -47,7 +49,7 @@ def render(study: optuna.Study, metrics: list[str], top: int = 10, console: Cons
         "m",
         "r",
         *metrics,
-        *rates,
+        *searched,
         "best step",
         "trainable",
         "CPU-s",
@@ -62,7 +64,7 @@ def render(study: optuna.Study, metrics: list[str], top: int = 10, console: Cons
             fmt(row["prompt_length"]),
             fmt(row["rank"]),
             *(fmt(row[m]) for m in metrics),
-            *(fmt(row[k]) for k in rates),
+            *(fmt(row.get(k)) for k in searched),
             fmt(row["best_step"]),
             fmt(row["trainable_params"]),
             fmt(row["cpu_seconds"]),

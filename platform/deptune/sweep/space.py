@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from deptune.methods.config import Dimension, PromptConfig
+from deptune.methods.config import LR_PREFIX, Dimension, PromptConfig
 from deptune.spec_base import FloatRange, IntRange
 from deptune.sweep.config import SweepSpec
 from deptune.train.spec import RunSpec
@@ -33,7 +33,7 @@ class SearchPlan:
 
     @property
     def searched(self) -> dict[str, IntRange | FloatRange]:
-        return {k: v for k, v in self.dimensions.items() if not isinstance(v, int)}
+        return {k: v for k, v in self.dimensions.items() if isinstance(v, (IntRange, FloatRange))}
 
     def suggest(self, trial) -> dict[str, Any]:
         """Optuna define-by-run: sample the dimensions, derive the rest (DePT's r), record m, r and the
@@ -65,21 +65,21 @@ class SearchPlan:
 
 def plan_search(spec: SweepSpec, d: int) -> tuple[SearchPlan | None, list[str]]:
     """Resolve the search against hidden size d: the plan, or the errors ('key.path: message')."""
-    ranges = spec.search.ranges()
-    dims, errors = spec.method.dimensions(ranges, d)
+    dims, errors = spec.method.dimensions(spec.search.ranges(), d)
     if errors:
         return None, errors
-    if "lr_head" in ranges:  # the head is the backbone family's, whatever the method
-        dims["lr_head"] = ranges["lr_head"]
     return SearchPlan(method=spec.method, hidden_size=d, dimensions=dims), []
 
 
 def trial_spec(spec: SweepSpec, params: dict[str, Any]) -> RunSpec:
-    """The sweep's base run with the trial's values: method fields (m, r) go to the method section, the
-    learning rates to the train section."""
+    """The sweep's base run with the trial's values: the method's fields (m, r, a method's own dimension) go
+    to the method section, each `lr_<group>` to the train section's rates."""
     base = spec.base_run()
     method = {k: v for k, v in params.items() if k in type(base.method).model_fields}
-    train = {k: v for k, v in params.items() if k in type(base.train).model_fields and k not in method}
+    rates = {k.removeprefix(LR_PREFIX): v for k, v in params.items() if k.startswith(LR_PREFIX) and k not in method}
     return base.model_copy(
-        update={"method": base.method.model_copy(update=method), "train": base.train.model_copy(update=train)}
+        update={
+            "method": base.method.model_copy(update=method),
+            "train": base.train.model_copy(update={"lr": {**base.train.lr, **rates}}),
+        }
     )

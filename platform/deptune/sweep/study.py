@@ -9,7 +9,7 @@ the same configurations).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,15 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from deptune.spec_base import SpecError, derive_seed, redact
-from deptune.sweep.config import SEARCH_KEYS, STORAGE_ENV, SweepSpec, storage_url  # noqa: F401 -- defined beside the spec, used from here too
+from deptune.sweep.config import STORAGE_ENV, SweepSpec, storage_url  # noqa: F401 -- defined beside the spec, used from here too
 
-LEARNING_RATES = tuple(k for k in SEARCH_KEYS if k.startswith("lr_"))
+SHOWN_APART = ("prompt_length", "rank")
+"""Shown from the trials' attributes (a derived r too), not among the other searched parameters."""
+
+
+def searched_params(trials: Sequence[FrozenTrial]) -> list[str]:
+    """The parameters the trials searched besides m and r (learning rates, a method's own dimensions)."""
+    return sorted({key for t in trials for key in t.params if key not in SHOWN_APART})
 
 
 def open_storage(url: str, source: str = "<spec>") -> RDBStorage:
@@ -169,7 +175,10 @@ def close_orphans(study: optuna.Study, storage: BaseStorage, execution: Executio
 
 
 def trial_row(
-    trial: FrozenTrial, metrics: tuple[str, ...] | list[str] = ("objective",), maximize: bool = True
+    trial: FrozenTrial,
+    metrics: tuple[str, ...] | list[str] = ("objective",),
+    maximize: bool = True,
+    params: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One leaderboard row: the trial's state, parameters, derived rank, one column per objective (a stopped
     trial's best intermediate value, its state says it did not finish) and costs (GPU-seconds only when the
@@ -190,7 +199,7 @@ def trial_row(
         "runner": attrs.get("runner"),
         "prompt_length": attrs.get("prompt_length"),
         "rank": attrs.get("rank"),
-        **{key: trial.params.get(key) for key in LEARNING_RATES},
+        **{key: trial.params.get(key) for key in params},
         **dict(zip(metrics, values)),
         "best_step": attrs.get("best_step"),
         "last_step": attrs.get("last_step"),

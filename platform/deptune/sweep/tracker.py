@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from deptune.registry import promotion as registry
 from deptune.spec_base import private_dir, redact
 from deptune.storage import join
-from deptune.sweep.config import SEARCH_KEYS, SweepSpec
+from deptune.sweep.config import SweepSpec
 from deptune.sweep.leaderboard import ranked_rows
 from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import Execution, spec_hash, storage_url
@@ -131,8 +131,9 @@ class SweepTracker:
 
     def _save_view(self) -> str | None:
         """The experiment's saved runs-table view of its trials (see `tracking.store.save_trials_view`)."""
-        searched = list(self.plan.dimensions) if self.plan else list(SEARCH_KEYS)
-        columns = ["prompt_length", "rank", *[k for k in searched if k.startswith("lr_")], "trainable_params"]
+        dimensions = list(self.plan.dimensions) if self.plan else list(type(self.spec.method).dimension_kinds())
+        others = [k for k in dimensions if k not in ("prompt_length", "rank")]  # rates, a method's own dimensions
+        columns = ["prompt_length", "rank", *others, "trainable_params"]
         state = trials_view_state(
             columns,
             ["best_objective", "best_step", "cpu_seconds"],
@@ -173,7 +174,8 @@ class SweepTracker:
         """The sweep's settings as they took effect: the searched dimensions with defaults filled in (what
         is derived, like DePT's r under a budget, is said so), the spec's seed and the execution's
         sampler seed derived from it."""
-        params = {k: v for k, v in run_params(self.spec.base_run()).items() if k not in SEARCH_KEYS}
+        searched = type(self.spec.method).dimension_kinds()
+        params = {k: v for k, v in run_params(self.spec.base_run()).items() if k not in searched}
         sweep = self.spec.sweep
         search = self.plan.effective_search() if self.plan else None
         if (

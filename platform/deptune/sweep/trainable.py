@@ -34,7 +34,7 @@ from deptune.cluster.trainer import (
     training_error,
 )
 from deptune.methods.catalog import Method, restore
-from deptune.sweep.config import SEARCH_KEYS, SweepSpec
+from deptune.sweep.config import SweepSpec
 from deptune.sweep.space import trial_spec
 from deptune.tracking.trial import PublishedTracking, TrackerHook, TrialTracking
 from deptune.train.cache import PROCESS_CACHE, release_trial_memory
@@ -109,7 +109,8 @@ def train_trial(
     restore(methods)  # methods registered in the driver only (e.g. defined by a test) are known here too
     if isinstance(tracking, PublishedTracking):  # the driver opened MLflow while this actor started
         tracking = tracking.resolve()
-    run = trial_spec(spec, {k: v for k, v in config.items() if k in SEARCH_KEYS})
+    dimensions = type(spec.method).dimension_kinds()
+    run = trial_spec(spec, {k: v for k, v in config.items() if k in dimensions})
     trial_id = tune.get_context().get_trial_id()
     run_id = config.get(RUN_KEY, trial_id)
     hook = TrackerHook(tracking, run_id, config.get(OPTUNA_TRIAL_KEY)) if tracking else None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deptune.methods.config import lr_key
 from deptune.storage import Folder, join
 from deptune.tracking.journal import RunJournal
 from deptune.tracking.store import TAG
@@ -120,10 +121,9 @@ def run_params(spec: RunSpec) -> dict[str, Any]:
     """A run's MLflow params: what the method says about itself, the learning rates it trains with (an
     encoder's head too), and the run's settings."""
     method, train = spec.method, spec.train
-    rates = (*method.learning_rates, "lr_head")  # lr_head: used by encoders' classification heads
     return {
         **method.logged_params(),
-        **{key: getattr(train, key) for key in rates},
+        **{lr_key(group): rate for group, rate in spec.learning_rates().items()},  # lr_head: encoders' heads
         "task": spec.task.name,
         "backbone": spec.backbone.name,
         "backbone_revision": spec.backbone.revision or "default",

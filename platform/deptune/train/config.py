@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_serializer,
+    model_validator,
+)
 
+from deptune.methods.config import LR_PREFIX
 from deptune.spec_base import StrictModel, rng_seed
+
+
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):  # as every number of a spec (StrictModel): `lr_prompt: true` is not 1
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+LearningRate = Annotated[float, BeforeValidator(_not_a_boolean), Field(gt=0, allow_inf_nan=False)]
 
 MAX_STEPS = 10**9
 """More optimizer steps than any run makes (and well inside every int64 counter Ray, Optuna and MLflow keep)."""
@@ -76,11 +95,11 @@ class TrainConfig(StrictModel):
     steps: PositiveInt = Field(1000, le=MAX_STEPS, description="optimizer steps")
     batch_size: PositiveInt = Field(32, description="global batch size (examples per optimizer step)")
     eval_batch_size: PositiveInt = 64
-    lr_prompt: PositiveFloat = Field(0.3, description="learning rate of the soft prompt")
-    lr_lowrank: PositiveFloat = Field(
-        1e-4, description="learning rate of the low-rank factors (DePT's A and B, MPT's u and v)"
+    lr: dict[str, LearningRate] = Field(
+        default_factory=dict,
+        description="written lr_<group>: each learning-rate group's rate (lr_prompt, lr_lowrank, lr_head, or "
+        "a method's own); a group not given trains at the method's default",
     )
-    lr_head: PositiveFloat = Field(1e-3, description="learning rate of an encoder's classification head")
     warmup_steps: NonNegativeInt = Field(100, le=MAX_STEPS, description="linear warm-up, then linear decay to 0")
     adam_eps: PositiveFloat = 1e-6
     weight_decay: NonNegativeFloat = 0.0
@@ -111,6 +130,24 @@ class TrainConfig(StrictModel):
     storage_path: str | None = Field(
         None, description="Ray Train storage (shared or s3:// on a multi-node cluster); default: <output_dir>/ray"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _learning_rates_by_group(cls, data: Any) -> Any:
+        """`lr_<group>: rate` keys are the `lr` mapping (one spelling for a group's rate, everywhere)."""
+        if not isinstance(data, dict):
+            return data
+        if "lr" in data:
+            raise ValueError("train.lr: write each group's rate as its own key, e.g. lr_prompt: 0.3")
+        rates = {
+            k.removeprefix(LR_PREFIX): v for k, v in data.items() if isinstance(k, str) and k.startswith(LR_PREFIX)
+        }
+        return {**{k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith(LR_PREFIX))}, "lr": rates}
+
+    @model_serializer(mode="wrap")
+    def _flat_learning_rates(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {**{k: v for k, v in data.items() if k != "lr"}, **{LR_PREFIX + g: r for g, r in data["lr"].items()}}
 
     @property
     def rng_seed(self) -> int:

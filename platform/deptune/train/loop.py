@@ -77,10 +77,11 @@ def resolve_device(train: TrainConfig) -> torch.device:
 
 
 def make_optimizer(model: PromptModel, train: TrainConfig) -> torch.optim.AdamW:
-    """One AdamW group per learning rate: group `x` of the model trains at `train.lr_x` (prompt, lowrank:
-    DePT's A, B or MPT's u, v; head: an encoder's classification head)."""
+    """One AdamW group per learning-rate group of the method: group `x` trains at `train.lr_x`, else at the
+    method's default (prompt; lowrank: DePT's A, B or MPT's u, v; head: an encoder's classification head)."""
+    rates = model.config.learning_rates(train.lr)
     groups = [
-        {"params": params, "lr": getattr(train, f"lr_{name}"), "name": name}
+        {"params": params, "lr": rates[name], "name": name}
         for name, params in model.parameter_groups().items()
         if params
     ]

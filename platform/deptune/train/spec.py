@@ -8,10 +8,23 @@ from pydantic import Field, model_validator
 
 from deptune.backbones import BackboneConfig
 from deptune.methods.catalog import MethodConfig
+from deptune.methods.config import PromptConfig, lr_key
 from deptune.methods.mpt.config import MPTConfig
+from deptune.methods.prompt_tuning.config import PromptTuningConfig
 from deptune.spec_base import StrictModel
 from deptune.tasks.config import TaskConfig
 from deptune.train.config import DistillConfig, MixingConfig, ResourcesConfig, TrainConfig
+
+
+def unknown_lr_groups(section: str, train: TrainConfig, method: type[PromptConfig]) -> None:
+    """A rate for a group the method does not train is an error naming the key (a typo would train nothing)."""
+    groups = method.learning_rate_groups()
+    for group in train.lr:
+        if group not in groups:
+            raise ValueError(
+                f"{section}.{lr_key(group)}: {method.model_fields['name'].default} has no learning-rate group "
+                f"{group!r}; its groups: {', '.join(lr_key(g) for g in sorted(groups))}"
+            )
 
 
 class RunSpec(StrictModel):
@@ -22,6 +35,15 @@ class RunSpec(StrictModel):
     method: MethodConfig
     train: TrainConfig = TrainConfig()
     resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="after")
+    def _learning_rates_are_the_methods(self) -> RunSpec:
+        unknown_lr_groups("train", self.train, type(self.method))
+        return self
+
+    def learning_rates(self) -> dict[str, float]:
+        """Each of the method's groups at the spec's rate, else the method's default."""
+        return self.method.learning_rates(self.train.lr)
 
     @model_validator(mode="after")
     def _batch_splits_across_workers(self) -> RunSpec:
@@ -83,6 +105,8 @@ class SourceSpec(StrictModel):
             )
         if self.method.init_from is not None:
             raise ValueError("method.init_from: the source stage starts fresh; init_from is for target runs")
+        unknown_lr_groups("teacher", self.teacher, PromptTuningConfig)
+        unknown_lr_groups("train", self.train, type(self.method))
         if self.method.source_tasks and self.method.source_tasks != names:
             raise ValueError(
                 f"method.source_tasks: {self.method.source_tasks} differs from source_tasks {names}; "

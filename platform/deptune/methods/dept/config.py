@@ -27,7 +27,11 @@ class DePTConfig(PromptConfig):
     budget: PositiveInt | None = Field(None, description="l: PT-equivalent tokens; derives r")
     alpha: PositiveFloat = Field(8.0, description="the update is scaled by alpha / sqrt(r)")
 
-    learning_rates: ClassVar[tuple[str, ...]] = ("lr_prompt", "lr_lowrank")
+    lr_groups: ClassVar[Mapping[str, float]] = {"prompt": 0.3, "lowrank": 1e-4}  # the prompt; A and B
+    search_dimensions: ClassVar[Mapping[str, type[IntRange] | type[FloatRange]]] = {
+        "prompt_length": IntRange,
+        "rank": IntRange,
+    }
     default_ranges: ClassVar[Mapping[str, Range]] = {
         "lr_prompt": FloatRange(low=0.3, high=0.4),
         "lr_lowrank": FloatRange(low=1e-4, high=5e-3),
@@ -79,6 +83,7 @@ class DePTConfig(PromptConfig):
 
     def dimensions(self, ranges: Mapping[str, Range], hidden_size: int) -> tuple[dict[str, Dimension], list[str]]:
         dims, _ = super().dimensions(ranges, hidden_size)
+        dims.pop("rank")  # searched without a budget (below), derived from m with one
         s, given_m = self.max_length, ranges.get("prompt_length")
         if self.budget is None:
             dims["prompt_length"] = given_m or DEFAULT_UNBUDGETED_M

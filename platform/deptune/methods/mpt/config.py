@@ -42,7 +42,7 @@ class MPTConfig(PromptConfig):
     def n_tasks(self) -> int:
         return max(1, len(self.source_tasks))
 
-    learning_rates: ClassVar[tuple[str, ...]] = ("lr_prompt", "lr_lowrank")  # P*; the task vectors u, v
+    lr_groups: ClassVar[Mapping[str, float]] = {"prompt": 0.3, "lowrank": 1e-4}  # P*; the task vectors u, v
     default_ranges: ClassVar[Mapping[str, Range]] = {
         "lr_prompt": FloatRange(low=0.3, high=0.4),
         "lr_lowrank": FloatRange(low=1e-4, high=5e-3),
