@@ -18,6 +18,7 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from deptune.sweep.trainable import TRIAL_FOLDER_PREFIX
 from deptune.tracking.trial import PER_EVAL
 from studies import study_trials
 
@@ -201,7 +202,7 @@ def asha_spec(tmp_path: Path, name: str) -> Path:
 
 
 def checkpoints(run: Path) -> set[Path]:
-    return set(run.glob("ray/asha-001/run_trial_*/checkpoint_*"))
+    return set(run.glob(f"ray/asha-001/{TRIAL_FOLDER_PREFIX}*/checkpoint_*"))
 
 
 def settled(run: Path) -> bool:
@@ -299,7 +300,9 @@ def test_kills_at_every_moment_of_a_trial_resume_and_asha_decides_as_without_the
     for number in continued:  # continued from a checkpoint, not restarted
         first, *restarts = trials[number].user_attrs["resumed_from"]
         assert first == 0 and restarts and all(step > 0 for step in restarts), trials[number].user_attrs
-    for trial_dir in (run / "ray" / "asha-001").glob("run_trial_*"):  # retention: the latest + 2 improvements
+    for trial_dir in (run / "ray" / "asha-001").glob(
+        f"{TRIAL_FOLDER_PREFIX}*"
+    ):  # retention: the latest + 2 improvements
         assert 1 <= len(list(trial_dir.glob("checkpoint_*"))) <= 3, sorted(trial_dir.glob("checkpoint_*"))
     for trial in trials:  # the best adapter's checkpoint is one retention kept
         if trial.state == TrialState.COMPLETE or trial.user_attrs.get("adapter_path"):

@@ -73,7 +73,7 @@ def searched_params(params: list[dict[str, str]]) -> list[str]:
     differ in (a method's own dimension), m and r aside: the columns come from what the runs logged."""
     keys = {key for p in params for key in p} - {"prompt_length", "rank"}
     rates = sorted(k for k in keys if k.startswith(LR_PREFIX))
-    varying = sorted(k for k in keys - set(rates) if len({p.get(k) for p in params}) > 1 and k not in RUN_SETTINGS)
+    varying = sorted(k for k in keys - set(rates) - RUN_SETTINGS if len({p[k] for p in params if k in p}) > 1)
     return rates + varying
 
 

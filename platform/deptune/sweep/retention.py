@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ray import tune
 
 from deptune.storage import Folder
+from deptune.sweep.trainable import TRIAL_FOLDER_PREFIX
 from deptune.train.config import IMPROVED_AT
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def clean_up(experiment: str, best: set[str]) -> None:
     the study's adapter paths)."""
     folder = Folder(experiment)
     kept = {tuple(uri.rstrip("/").rsplit("/", 2)[-2:]) for uri in best}  # (trial folder, checkpoint)
-    for trial in (name for name in folder.folders() if name.startswith("run_trial_")):
+    for trial in (name for name in folder.folders() if name.startswith(TRIAL_FOLDER_PREFIX)):
         names = sorted(n for n in folder.child(trial).folders() if n.startswith("checkpoint_"))
         for name in names[:-1]:
             if (trial, name) not in kept:

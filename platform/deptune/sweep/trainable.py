@@ -134,6 +134,10 @@ def train_trial(
         tune.report({"step": float(step), DIVERGED: float(step)})
 
 
+TRIAL_FOLDER_PREFIX = f"{train_trial.__name__}_"
+"""Tune names each trial's folder in the experiment after the trainable: `train_trial_<trial id>`."""
+
+
 def _train_in_actor(run: RunSpec, hook: TrackerHook | None, earlier: tuple[str | None, str]) -> None:
     """The loop in this actor, on the process's cached backbone and data; memory of the trial's own
     tensors is given back when it ends (however it ends: finished, stopped by ASHA, diverged)."""
