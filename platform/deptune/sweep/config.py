@@ -55,8 +55,8 @@ class SearchConfig(RootModel[dict[str, Range]]):
 
 @functools.cache
 def _search_adapter(method: type[PromptConfig]) -> TypeAdapter:
-    fields = {key: kind for key, kind in method.dimension_kinds().items()}
-    return TypeAdapter(TypedDict(f"{method.__name__}Search", fields, total=False))  # type: ignore[operator]
+    """A method's search section as a typed mapping: each key parsed as the kind of range it declares."""
+    return TypeAdapter(TypedDict(f"{method.__name__}Search", method.dimension_kinds(), total=False))  # type: ignore[operator]
 
 
 def _search_of_the_method(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> SearchConfig:

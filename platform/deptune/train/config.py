@@ -147,7 +147,8 @@ class TrainConfig(StrictModel):
     @model_serializer(mode="wrap")
     def _flat_learning_rates(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        return {**{k: v for k, v in data.items() if k != "lr"}, **{LR_PREFIX + g: r for g, r in data["lr"].items()}}
+        rates = data.pop("lr", {})  # absent when a dump excludes it
+        return {**data, **{LR_PREFIX + group: rate for group, rate in rates.items()}}
 
     @property
     def rng_seed(self) -> int:
