@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # the benchmark script in its own process
 def test_efficiency_table_on_the_tiny_shape():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/efficiency.py"), "--shapes", "tiny", "--repeats", "1", "--batch", "1"],

@@ -67,6 +67,7 @@ def test_the_model_is_saved_from_code_with_safetensors_and_no_pickle(rte_model):
     assert "model_code_path" in (rte_model / "MLmodel").read_text()
 
 
+@pytest.mark.slow  # three `deptune predict` processes, each importing torch and MLflow
 def test_pair_rows_from_options_and_from_a_file_give_the_same_class_names(rte_model, tmp_path):
     options = [arg for a, b in PAIRS for arg in ("--input", f"sentence1={a}", "--input", f"sentence2={b}")]
     by_option = predict(str(rte_model), *options)
