@@ -37,7 +37,7 @@ def render_experiment(uri: str, experiment: str, metric: str = "objective", mode
     runs = trial_mlflow_runs(uri, experiment, metric, mode)
     table = Table(title=f"{experiment}: {len(runs)} trial runs in {uri}")
     score = "best objective" if metric == "objective" else metric
-    searched = searched_params([r.data.params for r in runs[:top]])
+    searched = searched_columns([r.data.params for r in runs[:top]])
     for column in (
         "run",
         "sweep",
@@ -68,7 +68,7 @@ def render_experiment(uri: str, experiment: str, metric: str = "objective", mode
     wide_console().print(table)
 
 
-def searched_params(params: list[dict[str, str]]) -> list[str]:
+def searched_columns(params: list[dict[str, str]]) -> list[str]:
     """The learning rates (`lr_<group>`, whatever the method's groups) and every other param the runs
     differ in (a method's own dimension), m and r aside: the columns come from what the runs logged."""
     keys = {key for p in params for key in p} - {"prompt_length", "rank"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import Field, NonNegativeInt, PositiveInt, SerializeAsAny, WrapValidator
 
@@ -22,7 +22,16 @@ if TYPE_CHECKING:
     import optuna
     from ray.tune.schedulers import TrialScheduler
 
-    from deptune.sweep.config import SweepSpec
+
+class SweepSpec(Protocol):
+    """What a component reads of a sweep spec (`sweep.config.SweepSpec`, which imports this module: so it is
+    named here by what it has, and no import runs either way)."""
+
+    @property
+    def sweep(self) -> Any: ...
+
+    @property
+    def train(self) -> Any: ...
 
 
 class Component(StrictModel):
