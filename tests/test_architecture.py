@@ -77,6 +77,31 @@ def test_no_two_modules_import_each_other():
     assert _cycles(graph) == []
 
 
+MLFLOW_SIDE = ("mlflow", "deptune.tracking.store", "deptune.tracking.journal", "deptune.tracking.mlflow_execution")
+"""MLflow and what speaks its language (tag names, views, journal sending): `tracking/`'s, not the sweep's."""
+
+
+def test_the_sweep_layer_talks_to_a_tracker_not_to_mlflow():
+    sys.path.insert(0, str(ROOT / "platform"))
+    try:
+        graph = grimp.build_graph("deptune", cache_dir=None, include_external_packages=True)
+    finally:
+        sys.path.remove(str(ROOT / "platform"))
+    sweep = sorted(m for m in graph.modules if m.startswith("deptune.sweep."))
+    assert len(sweep) >= 10
+    direct = {
+        (module, imported)
+        for module in sweep
+        for imported in graph.find_modules_directly_imported_by(module)
+        if imported.startswith(MLFLOW_SIDE)
+    }
+    assert direct == set()
+    names = ("RENAMED", "SUMMARY_STEP", "STATE_TAG", "NOTE_TAG", "TAG", "mlflow.")
+    for path in (ROOT / "platform/deptune/sweep").glob("*.py"):
+        text = path.read_text()
+        assert not [n for n in names if f"import {n}" in text or f" {n}," in text or f'"{n}' in text], path
+
+
 def test_validate_reads_every_shipped_spec_without_torch_ray_or_mlflow():
     code = (
         "import json, sys, time\n"

@@ -5,7 +5,6 @@ and a multi-objective sweep ends with a Pareto front."""
 from __future__ import annotations
 
 import pytest
-import ray
 from optuna.trial import TrialState
 
 from deptune.specs import parse_spec
@@ -16,14 +15,6 @@ from deptune.sweep.study import load_study, open_storage, storage_url
 pytestmark = pytest.mark.slow
 
 TINY = {"name": "tiny-bert", "tiny": {"hidden_size": 32, "max_positions": 64, "dropout": 0.0}}
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    # the dashboard serves the state API Ray Train's placement-group cleaner needs when ASHA stops a trial
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
 
 
 def make_spec(tmp_path, method: dict, search: dict, sweep: dict) -> SweepSpec:
@@ -189,8 +180,8 @@ def test_an_opening_tracker_pickles_without_its_thread_and_builds_its_tracker_ag
     published = PublishedTracking(str(tmp_path / "ray"), f"{execution.name}-tracking.json")
     opening = OpeningTracker(spec, spec.tracking.uri, execution, study, None, None, published)
     tracker = opening.get()
-    assert published.resolve() == tracker.trial_tracking() and tracker.parent.run_id
+    assert published.resolve() == tracker.trial_tracking() and tracker.run_id
     restored = pickle.loads(pickle.dumps(opening))
     assert restored.error() is None
     again = restored.get()
-    assert again is not tracker and again.parent.run_id == tracker.parent.run_id
+    assert again is not tracker and again.run_id == tracker.run_id

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import pytest
-import ray
 import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
@@ -43,13 +42,6 @@ OWN_DIMENSIONS = {
     "dept": {"prompt_length", "lr_prompt", "lr_lowrank"},
     "mpt": {"lr_prompt", "lr_lowrank"},
 }
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
 
 
 def sweep_spec(tmp_path, method: dict, search: dict, backbone: str, **sweep: Any) -> SweepSpec:
@@ -213,7 +205,7 @@ def test_a_method_defined_in_a_test_registers_validates_sweeps_logs_and_reports(
     by_trial = {int(r.data.tags["deptune.optuna_trial"]): r.data.params for r in runs}
     for trial in trials:  # each run logged the values its trial trained with
         logged = by_trial[trial.number]
-        assert float(logged["lr_scale"]) == pytest.approx(trial.params["lr_scale"])
+        assert float(logged["lr_scale"]) == pytest.approx(trial.params["lr_scale"], rel=1e-3)  # 4 digits logged
         assert float(logged["scale_init"]) == pytest.approx(trial.params["scale_init"])
 
     rows = ranked_rows(load_study(spec, open_storage(storage_url(spec))), ["objective"])

@@ -160,7 +160,7 @@ def sweep_spec(tmp_path: Path, uri: str, name: str, enqueue: list[dict]) -> Swee
 
 @pytest.fixture(scope="module")
 def swept(server, tmp_path_factory):
-    """One sweep: a trial that learns (FINISHED), one that diverges (FAILED), one ASHA stops (KILLED)."""
+    """One sweep: a trial that learns (FINISHED), one that diverges (FAILED), one ASHA stops (FINISHED, state PRUNED)."""
     tmp = tmp_path_factory.mktemp("sweep")
     spec = sweep_spec(
         tmp,
@@ -192,7 +192,9 @@ def test_runs_statuses_params_metrics_and_tags_through_the_rest_api(server, swep
     assert len(parents) == 1 and sorted(children) == ["0", "1", "2"]
     parent_id = parents[0]["info"]["run_id"]
     assert parent_id == outcome.tracking.parent_run_id and parents[0]["info"]["status"] == "FINISHED"
-    assert {k: children[k][0]["info"]["status"] for k in children} == {"0": "FINISHED", "1": "FAILED", "2": "KILLED"}
+    # a stopped trial is no failure: FINISHED, its state PRUNED (MLflow draws KILLED with FAILED's red cross)
+    statuses = {k: (children[k][0]["info"]["status"], children[k][1]["deptune.state"]) for k in children}
+    assert statuses == {"0": ("FINISHED", "COMPLETE"), "1": ("FAILED", "FAIL"), "2": ("FINISHED", "PRUNED")}
     assert "non-finite loss" in children["1"][1]["deptune.reason"]
     assert "stopped at step 16 of 24" in children["2"][1]["deptune.reason"]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
@@ -205,6 +207,8 @@ def test_runs_statuses_params_metrics_and_tags_through_the_rest_api(server, swep
         m, r = int(params["prompt_length"]), int(params["rank"])
         assert params["budget"] == "12" and m * 32 + r * 64 <= 12 * 32 and r == (12 - m) * 32 // 64
         assert {"lr_prompt", "lr_lowrank", "backbone", "task", "method", "seed", "batch_size", "steps"} <= params.keys()
+        for key in ("lr_prompt", "lr_lowrank", "lr_head"):  # readable: 4 significant digits, the study keeps all
+            assert params[key] == str(float(f"{float(params[key]):.4g}")), params[key]
     good, _ = children["0"]
     assert {p["key"]: p["value"] for p in good["data"]["params"]}["trainable_params"] == str(12 * 32 + 32 * 2 + 2)
     history = requests.get(
@@ -259,7 +263,7 @@ def test_parent_holds_leaderboard_plots_and_summary(server, swept):
     assert "cdn.plot.ly" not in html.read_text()[:5000] and html.stat().st_size > 1_000_000  # plotly.js embedded
 
     out = CliRunner().invoke(app, ["report", "tracked", "--uri", server, "--metric", "train_loss", "--mode", "min"])
-    assert out.exit_code == 0 and "trial-000" in out.output and "KILLED" in out.output and "FAILED" in out.output
+    assert out.exit_code == 0 and "trial-000" in out.output and "PRUNED" in out.output and "FAILED" in out.output
 
 
 def test_registered_champion_predicts_and_moves_only_on_improvement(server, swept, tmp_path):
@@ -445,12 +449,18 @@ def test_trial_runs_show_the_best_objective_and_the_studys_state(server, swept):
             assert metrics["best_objective"] == pytest.approx(trial.values[0]) == pytest.approx(min(curve))
             assert metrics["best_step"] == trial.user_attrs["best_step"]
             assert len(curve) == 3
+            assert "stopped_at_step" not in metrics
         elif trial.state == TrialState.PRUNED:
             assert run.info.run_name == f"trial-{trial.number:03d} (stopped early)"
             assert "not a failure" in tags["mlflow.note.content"]
             # the study's value, even if rank 0 logged an evaluation after ASHA's stop
             assert metrics["best_objective"] == pytest.approx(min(trial.intermediate_values.values()))
             assert min(curve) <= metrics["best_objective"]
+            # the stop step is a column (a summary at step 0), and no point lies past the last step it reached
+            reached = [m.step for m in client.get_metric_history(run.info.run_id, "objective_per_eval")]
+            assert metrics["stopped_at_step"] == max(reached) < 24
+            for key in ("best_objective", "best_step"):
+                assert max(m.step for m in client.get_metric_history(run.info.run_id, key)) == max(reached)
         else:
             assert run.info.run_name == f"trial-{trial.number:03d} (failed)" and "best_objective" not in metrics
         for key in ("cpu_seconds", "accelerator_seconds"):  # summaries: one point at step 0
@@ -487,6 +497,9 @@ def test_leaderboard_has_a_column_per_objective_and_runs_that_exist(server, swep
     )
     assert "values" not in board.columns and "adapter" not in board.columns and "gpu_seconds" not in board.columns
     assert {"train_loss", "run_id", "run_name", "state", "adapter_uri", "registered_model"} <= set(board.columns)
+    # the objective and the hyperparameters first, every learning rate filled
+    assert list(board.columns[:6]) == ["train_loss", "prompt_length", "rank", "lr_head", "lr_lowrank", "lr_prompt"]
+    assert board[["lr_head", "lr_lowrank", "lr_prompt"]].notna().all().all()
     trials = {t.number: t for t in outcome.study.get_trials()}
     for row in board.to_dict("records"):
         run = client.get_run(row["run_id"])  # exists
@@ -589,6 +602,51 @@ print(json.dumps({{'files': files, 'labels': list(out['label']), 'mlmodel': (loc
     assert cli.returncode == 0, cli.stderr
     assert [line.split("\t")[1] for line in cli.stdout.strip().splitlines()] == found["labels"]
     assert [line.split("\t")[2] for line in cli.stdout.strip().splitlines()] == texts
+
+
+def test_the_champion_is_served_by_mlflow_models_serve_and_carries_its_code(server, swept):
+    """`mlflow models serve` as the README runs it (the venv's bin on PATH: the server starts uvicorn by
+    name): the scoring server on 127.0.0.1 answers /invocations with labels and class names. The model holds
+    deptune's code and its runtime requirements, not a pin of a deptune no index has."""
+    _, outcome = swept
+    name = outcome.tracking.promotion.model
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion", tracking_uri=server))
+    assert (local / "code" / "deptune" / "registry" / "pyfunc.py").is_file()
+    requirements = (local / "requirements.txt").read_text()
+    assert "deptune" not in requirements and "torch" in requirements and "transformers" in requirements
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": server}
+    serving = subprocess.Popen(
+        [f"{bin_dir}/mlflow", "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local"]
+        + ["-h", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                assert serving.poll() is None, "mlflow models serve exited"
+                time.sleep(0.5)
+        texts = ["the movie was good great", "awful bad day"]
+        answer = requests.post(
+            f"http://127.0.0.1:{port}/invocations",
+            json={"dataframe_split": {"columns": ["sentence"], "data": [[t] for t in texts]}},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        rows = answer.json()["predictions"]
+        assert len(rows) == 2 and all(r["label"] in ("0", "1") for r in rows)
+        assert [r["label_name"] for r in rows] == [{"0": "negative", "1": "positive"}[r["label"]] for r in rows]
+    finally:
+        os.killpg(serving.pid, 15)
+        serving.wait(timeout=30)
 
 
 def test_an_outage_across_the_end_of_a_sweep_defers_registration_to_sync(tmp_path):

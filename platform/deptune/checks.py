@@ -34,6 +34,7 @@ from deptune.tasks.catalog import get_task
 from deptune.tasks.config import TaskConfig
 from deptune.tasks.contents import content_findings
 from deptune.tasks.loading import data_errors
+from deptune.tracking.catalog import tracker_class
 from deptune.tracking.store import URI_ENV, missing_store, resolve_uri, uri_problem
 from deptune.train.spec import RunSpec, SourceSpec
 
@@ -46,6 +47,8 @@ class Checked:
     hidden_size: int | None
     plan: SearchPlan | None  # a sweep spec's search plan (None for a run or source spec, or d unknown offline)
     warnings: tuple[str, ...] = ()
+    tracking_uri: str | None = None  # resolved once (`tracking.store.resolve_uri`), here
+    study_url: str | None = None  # a sweep spec's study storage, resolved once (`sweep.config.storage_url`), here
 
 
 def check(
@@ -78,7 +81,11 @@ def check(
     except ConfigUnreadable as exc:
         config, errors = None, [f"backbone.name: {exc}"]
     d = hidden_size(spec.backbone, config) if config is not None else None
-    errors += _task_errors(spec.task, "task", online, warnings) + _source_adapter(spec, tracking_uri)
+    if isinstance(spec, SweepSpec):  # the sweep's tracker resolves its URI; a run's models:/ source is MLflow's
+        uri, url = tracker_class(spec.tracking.tracker).resolve_uri(spec.tracking.uri), storage_url(spec)
+    else:
+        uri, url = resolve_uri(tracking_uri), None
+    errors += _task_errors(spec.task, "task", online, warnings) + _source_adapter(spec, uri)
     plan = None
     if d is not None and isinstance(spec, SweepSpec):
         plan, search_errors = plan_search(spec, d)
@@ -87,7 +94,7 @@ def check(
         errors += _method_fits(spec, d)
     errors += _positions(spec, config) + _causal_rule(spec, config)
     if isinstance(spec, SweepSpec):
-        errors += _objectives(spec) + _stores(spec)
+        errors += _objectives(spec) + _stores(spec, uri, url)
         if plan is not None:
             errors += enqueue_errors(spec, plan) + _searched_source_fit(spec, plan)
     errors += _writable("train.output_dir", spec.train.output_dir)
@@ -96,7 +103,7 @@ def check(
     errors += _runs_here(spec, local_cluster, local)
     if errors:
         raise SpecError(source, errors)
-    return Checked(d, plan, tuple(warnings))
+    return Checked(d, plan, tuple(warnings), uri, url)
 
 
 def _runs_here(spec: RunSpec | SourceSpec, local_cluster: bool, local: bool) -> list[str]:
@@ -237,12 +244,13 @@ def check_fetched_source(spec: RunSpec, source: str) -> None:
 
 def _source_adapter(spec: RunSpec, tracking_uri: str | None = None) -> list[str]:
     """A local source adapter must hold both files and fit the method; a models:/ URI is fetched by the
-    driver once every other check passed (here, which imports no MLflow, its registry's store must exist)."""
+    driver once every other check passed (here, which imports no MLflow, its registry's store must exist:
+    `tracking_uri`, resolved)."""
     init_from, method = spec.method.init_from, spec.method
     if init_from is None:
         return []
     if is_registry_uri(init_from):
-        uri = resolve_uri(spec.tracking.uri if isinstance(spec, SweepSpec) else tracking_uri)
+        uri = tracking_uri or resolve_uri(None)
         problem = uri_problem(uri) or missing_store(uri)
         return (
             [f"method.init_from: {init_from} is looked up in the Model Registry at {redact(uri)}, but {problem}"]
@@ -316,18 +324,17 @@ def _backbone(spec: RunSpec, config: dict | None, online: bool, warnings: list[s
     return []
 
 
-def _stores(spec: SweepSpec) -> list[str]:
-    """The form of the study storage and the tracking URI (whether they answer is the sweep's to check)."""
+def _stores(spec: SweepSpec, uri: str, url: str) -> list[str]:
+    """The form of the study storage and the tracking URI, resolved (whether they answer is the sweep's to
+    check)."""
     errors = []
-    url = storage_url(spec)
     origin = "" if spec.study.storage or not os.environ.get(STORAGE_ENV) else f" (from ${STORAGE_ENV})"
     if problem := database_url_problem(url):
         errors.append(f"study.storage: {redact(spec.study.storage or url)}{origin}: {problem}")
     elif url.startswith("sqlite:///"):
         errors += _writable("study.storage", Path(url.removeprefix("sqlite:///")).parent)
-    uri = resolve_uri(spec.tracking.uri)
     origin = "" if spec.tracking.uri or not os.environ.get(URI_ENV) else f" (from ${URI_ENV})"
-    if problem := uri_problem(uri):
+    if problem := tracker_class(spec.tracking.tracker).uri_problem(uri):
         errors.append(f"tracking.uri: {redact(spec.tracking.uri or os.environ.get(URI_ENV) or uri)}{origin}: {problem}")
     elif uri.startswith("sqlite:///"):
         errors += _writable("tracking.uri", Path(uri.removeprefix("sqlite:///")).parent)

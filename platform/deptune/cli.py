@@ -129,9 +129,8 @@ def train(
         )
         if is_registry_uri(run_spec.method.init_from):  # a registered source adapter, fetched once all else passed
             from deptune.tracking.sources import localize_sources
-            from deptune.tracking.store import resolve_uri
 
-            run_spec = localize_sources(run_spec, resolve_uri(tracking_uri), str(spec))
+            run_spec = localize_sources(run_spec, checked.tracking_uri, str(spec))
             checks.check_fetched_source(run_spec, str(spec))
     echo_warnings(checked.warnings)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -240,8 +239,6 @@ def sweep(
     """Search m, r and the learning rates with Ray Tune + Optuna (+ ASHA); the study persists across runs."""
     from deptune import checks
     from deptune.sweep.config import SweepSpec
-    from deptune.tracking.sources import localize_sources
-    from deptune.tracking.store import resolve_uri
 
     address = address or os.environ.get("RAY_ADDRESS")
     with exit_on(SpecError, 2):
@@ -251,17 +248,23 @@ def sweep(
     echo_warnings([*sweep_spec.warnings(), *checked.warnings])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     prepare_ray(address)
-    from deptune.sweep.driver import SweepLocked, refuse_before_writing, run_sweep
+    from deptune.sweep.driver import SweepLocked, prepare_sweep, run_prepared
     from deptune.sweep.leaderboard import render, render_pareto
 
-    with exit_on(SpecError, 2):
-        refuse_before_writing(sweep_spec, str(spec), resume, address)  # before a source adapter is fetched
-        if is_registry_uri(sweep_spec.method.init_from):
-            sweep_spec = localize_sources(sweep_spec, resolve_uri(sweep_spec.tracking.uri), str(spec))
-            checks.check_fetched_source(sweep_spec, str(spec))
+    with exit_on(SpecError, 2):  # a models:/ source adapter is fetched once all else passed, then checked
+        prepared = prepare_sweep(
+            sweep_spec,
+            str(spec),
+            resume,
+            address,
+            checked.plan,
+            checks.check_fetched_source,
+            checked.tracking_uri,
+            checked.study_url,
+        )
     started = time.perf_counter()
     try:
-        outcome = run_sweep(sweep_spec, str(spec), resume=resume, address=address, plan=checked.plan)
+        outcome = run_prepared(prepared, resume=resume, address=address)
     except SpecError as exc:
         typer.echo(redact(str(exc)), err=True)
         raise typer.Exit(2) from None
@@ -277,17 +280,15 @@ def sweep(
     render(outcome.study, metrics, top)
     if outcome.pareto:
         render_pareto(outcome.pareto, metrics)
-    from deptune.sweep.study import storage_url
-
     typer.echo(
         f"\nexecution {outcome.execution.number} ({outcome.execution.name}) in {time.perf_counter() - started:.0f} s"
-        f"\nstudy: {outcome.study.study_name} in {redact(storage_url(sweep_spec))}"
+        f"\nstudy: {outcome.study.study_name} in {redact(checked.study_url)}"  # as given, its password masked
         f"\nRay Tune results: {outcome.experiment_path}"
     )
     best = _best_adapter(outcome.study)
     if best:
         typer.echo(f"best adapter: {best}")
-    _echo_tracking(outcome.tracking, sweep_spec)
+    _echo_tracking(outcome.tracking, checked.tracking_uri)
     if outcome.interrupted:
         typer.echo("the execution was interrupted: continue it with --resume", err=True)
         raise typer.Exit(1)
@@ -295,13 +296,11 @@ def sweep(
         raise typer.Exit(4)
 
 
-def _echo_tracking(tracking, spec) -> None:
+def _echo_tracking(tracking, tracking_uri: str | None) -> None:
     if tracking is None:
         return
-    from deptune.tracking.store import resolve_uri
-
-    if spec is not None:
-        typer.echo(f"MLflow: {redact(resolve_uri(spec.tracking.uri))}, parent run {tracking.parent_run_id}")
+    if tracking_uri is not None:
+        typer.echo(f"MLflow: {redact(tracking_uri)}, parent run {tracking.parent_run_id}")
     if tracking.promotion is not None:
         p = tracking.promotion
         typer.echo(

@@ -79,7 +79,8 @@ def promote(
     lock_url: str | None = None,
     lineage: dict[str, str] | None = None,
 ) -> Promotion:
-    """Register `run_id`'s adapter as a new version of `model`; move `champion` if it is better."""
+    """Register `run_id`'s adapter as a new version of `model`; move `champion` if it is better. `lineage`:
+    more tags of the version (each named with deptune's tag prefix)."""
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
     value = best_value(client, run_id, metric, mode)
@@ -90,7 +91,7 @@ def promote(
         model,
         task,
         {
-            **(lineage or {}),
+            **{f"{TAG}{k}": v for k, v in (lineage or {}).items()},
             f"{TAG}run_id": run_id,
             f"{TAG}metric": metric,
             f"{TAG}metric_value": repr(value),

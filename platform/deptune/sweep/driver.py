@@ -11,11 +11,13 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import ray
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 from ray import tune
 
@@ -26,6 +28,7 @@ from deptune.cluster.fit import check_fits
 from deptune.cluster.local import connect
 from deptune.cluster.paths import Shipment, travel
 from deptune.methods.catalog import snapshot
+from deptune.methods.config import is_registry_uri
 from deptune.registry.promotion import LOCK_ENV
 from deptune.spec_base import SpecError, absolute_paths, redact, split_credentials
 from deptune.storage import Folder, join, ray_storage
@@ -46,8 +49,8 @@ from deptune.sweep.study import (
 )
 from deptune.sweep.tracker import OpeningTracker, SweepOutcomeTracking, SweepTracker, trial_journals_for
 from deptune.sweep.trainable import train_trial
+from deptune.tracking.catalog import tracker_class
 from deptune.tracking.sources import localize_sources
-from deptune.tracking.store import check_reachable, resolve_uri
 from deptune.tracking.trial import PublishedTracking, TrialTracking
 
 log = logging.getLogger(__name__)
@@ -69,9 +72,44 @@ class SweepOutcome:
         return pareto_front(self.study)
 
 
-def prepare(spec: SweepSpec, source: str, plan: SearchPlan | None = None) -> tuple[SearchPlan, str, str]:
-    """What the driver needs before Ray: the search plan (the checks' one when given), the study storage
-    URL and a tracking store that answers."""
+@dataclass(frozen=True)
+class PreparedSweep:
+    """A sweep spec made ready once, before Ray, and passed down as it is: its paths absolute, a `models:/`
+    source adapter fetched, secrets moved out of its URLs, the tracking URI and study URL resolved, its search
+    plan made. Nothing below resolves any of them again."""
+
+    spec: SweepSpec
+    source: str  # the spec file, for error messages
+    plan: SearchPlan
+    tracking_uri: str
+    study_url: str
+
+
+def prepare_sweep(
+    spec: SweepSpec,
+    source: str = "<spec>",
+    resume: bool = False,
+    address: str | None = None,
+    plan: SearchPlan | None = None,
+    fetched: Callable[[SweepSpec, str], None] | None = None,
+    tracking_uri: str | None = None,
+    study_url: str | None = None,
+) -> PreparedSweep:
+    """`plan`, `tracking_uri`, `study_url`: what `deptune.checks` worked out (worked out here otherwise);
+    `fetched`: checks a fetched source adapter (the CLI's `checks.check_fetched_source`, which lives above
+    this layer). What refuses the sweep (`refuse_before_writing`) refuses it before anything is fetched or
+    written."""
+    # MLflow prints each run's URL, userinfo (a password) included, on stdout: not in a sweep's output
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    spec = absolute_paths(spec, Path.cwd())
+    tracker = tracker_class(spec.tracking.tracker)
+    tracking_uri, study_url = tracking_uri or tracker.resolve_uri(spec.tracking.uri), study_url or storage_url(spec)
+    refuse_before_writing(spec, source, resume, address, study_url)
+    if is_registry_uri(spec.method.init_from):
+        spec = localize_sources(spec, tracking_uri, source)
+        if fetched is not None:
+            fetched(spec, source)
+    spec, tracking_uri, study_url = credentials_to_env(spec, tracking_uri, study_url)
     if plan is None:
         d = hidden_size(spec.backbone) or hidden_size(spec.backbone, model_config(spec.backbone, online=True))
         if d is None:
@@ -79,40 +117,41 @@ def prepare(spec: SweepSpec, source: str, plan: SearchPlan | None = None) -> tup
         plan, errors = plan_search(spec, d)
         if errors:
             raise SpecError(source, errors)
-    tracking_uri = resolve_uri(spec.tracking.uri)
-    check_reachable(tracking_uri, source)
-    return plan, storage_url(spec), tracking_uri
+    tracker.check_reachable(tracking_uri, source)
+    return PreparedSweep(spec, source, plan, tracking_uri, study_url)
 
 
-def credentials_to_env(spec: SweepSpec) -> SweepSpec:
-    """The spec with passwords moved out of its URLs into this process's environment, where MLflow
-    (MLFLOW_TRACKING_USERNAME / _PASSWORD) and libpq (PGPASSWORD) read them: what the driver then hands
-    on (Tune's pickled searcher and tuner state, trial arguments, journals, MLflow's printed run URLs)
-    holds no secret. A local Ray inherits the environment; on a cluster the nodes need the tracking
-    credentials in theirs (deploy/: from Secrets). Only PostgreSQL study URLs are split (other dialects
-    have no such variable)."""
+def credentials_to_env(spec: SweepSpec, tracking_uri: str, study_url: str) -> tuple[SweepSpec, str, str]:
+    """The spec, tracking URI and study URL with passwords moved out of the URLs into this process's
+    environment, where MLflow (MLFLOW_TRACKING_USERNAME / _PASSWORD) and libpq (PGPASSWORD) read them: what
+    the driver then hands on (Tune's pickled searcher and tuner state, trial arguments, journals, MLflow's
+    printed run URLs) holds no secret. A local Ray inherits the environment; on a cluster the nodes need the
+    tracking credentials in theirs (deploy/: from Secrets). Only PostgreSQL study URLs are split (other
+    dialects have no such variable)."""
     update = {}
-    tracking_uri, user, password = split_credentials(resolve_uri(spec.tracking.uri))
-    if password is not None and tracking_uri.startswith(("http://", "https://")):
+    bare_uri, user, password = split_credentials(tracking_uri)
+    if password is not None and bare_uri.startswith(("http://", "https://")):
         os.environ.update(MLFLOW_TRACKING_USERNAME=user or "", MLFLOW_TRACKING_PASSWORD=password)
-        update["tracking"] = spec.tracking.model_copy(update={"uri": tracking_uri})
-    study_url, _, password = split_credentials(storage_url(spec))
-    if password is not None and study_url.startswith("postgresql"):
+        update["tracking"] = spec.tracking.model_copy(update={"uri": bare_uri})
+        tracking_uri = bare_uri
+    bare_url, _, password = split_credentials(study_url)
+    if password is not None and bare_url.startswith("postgresql"):
         os.environ["PGPASSWORD"] = password
-        update["study"] = spec.study.model_copy(update={"storage": study_url})
-    return spec.model_copy(update=update) if update else spec
+        update["study"] = spec.study.model_copy(update={"storage": bare_url})
+        study_url = bare_url
+    return (spec.model_copy(update=update) if update else spec), tracking_uri, study_url
 
 
 class SweepLocked(RuntimeError):
     """Another execution of the same study is running (a scheduled sweep fired while the last one runs)."""
 
 
-def refuse_before_writing(spec: SweepSpec, source: str, resume: bool, address: str | None) -> None:
+def refuse_before_writing(spec: SweepSpec, source: str, resume: bool, address: str | None, study_url: str) -> None:
     """What refuses the sweep before anything is written (a study database, a study, a fetched source
     adapter): an address Ray cannot join, a `--resume` with no execution to continue."""
     if address and (problem := local_ray.address_problem(address)):
         raise SpecError(source, [f"--address: {problem}"])
-    if resume and (problem := resume_problem(storage_url(spec), spec.study.name or "deptune")):
+    if resume and (problem := resume_problem(study_url, spec.study.name or "deptune")):
         raise SpecError(source, [f"--resume: {problem}; run without --resume to start an execution"])
 
 
@@ -123,23 +162,21 @@ def run_sweep(
     address: str | None = None,
     plan: SearchPlan | None = None,
 ) -> SweepOutcome:
-    """One execution of the spec's study, under the study's lock: two executions never run at once.
-    `plan`: the search plan `deptune.checks` made (it is made here otherwise)."""
+    """Prepare the spec (`prepare_sweep`), then run one execution of its study (`run_prepared`)."""
     address = address or os.environ.get("RAY_ADDRESS")
-    refuse_before_writing(spec, source, resume, address)
+    return run_prepared(prepare_sweep(spec, source, resume, address, plan), resume, address)
+
+
+def run_prepared(prepared: PreparedSweep, resume: bool = False, address: str | None = None) -> SweepOutcome:
+    """One execution of the spec's study, under the study's lock: two executions never run at once."""
     for key, value in local_ray.TRAIN_ENV.items():  # before Ray starts: trial actors inherit the environment
         os.environ.setdefault(key, value)
-    # MLflow prints each run's URL, userinfo (a password) included, on stdout: not in a sweep's output
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    spec = localize_sources(absolute_paths(spec, Path.cwd()), resolve_uri(spec.tracking.uri), source)
-    spec = credentials_to_env(spec)
-    plan, url, tracking_uri = prepare(spec, source, plan)
-    storage_db = open_storage(url, source)
-    study = load_study(spec, storage_db)
-    lock_url = os.environ.get(LOCK_ENV) or url
+    storage_db = open_storage(prepared.study_url, prepared.source)
+    study = load_study(prepared.spec, storage_db)
+    lock_url = os.environ.get(LOCK_ENV) or prepared.study_url
     try:
         with locks.exclusive(f"sweep:{study.study_name}", lock_url):
-            return _run_execution(spec, source, resume, address, plan, url, tracking_uri, storage_db, study)
+            return _run_execution(prepared, resume, address, storage_db, study)
     except locks.LockHeld:
         raise SweepLocked(
             f"another execution of study {study.study_name!r} is running (its lock is held in "
@@ -148,16 +185,9 @@ def run_sweep(
 
 
 def _run_execution(
-    spec: SweepSpec,
-    source: str,
-    resume: bool,
-    address: str | None,
-    plan: SearchPlan,
-    url: str,
-    tracking_uri: str,
-    storage_db,
-    study: optuna.Study,
+    prepared: PreparedSweep, resume: bool, address: str | None, storage_db: RDBStorage, study: optuna.Study
 ) -> SweepOutcome:
+    spec, source, plan = prepared.spec, prepared.source, prepared.plan
     storage = spec.train.ray_storage()
     execution = last_execution(spec, study) if resume else None
     if execution is not None and _execution_done(storage, execution.name, spec):
@@ -183,20 +213,21 @@ def _run_execution(
             for point in spec.sweep.enqueue:
                 study.enqueue_trial(point, skip_if_exists=True)
         if resume:
-            tracker = SweepTracker(spec, tracking_uri, execution, study, plan)
+            tracker = SweepTracker(spec, prepared.tracking_uri, execution, study, plan, prepared.study_url)
             tracker.open_parent(source)
             tuner = _restored_tuner(spec, execution, storage, trials, tracker.trial_tracking())
         else:  # MLflow opens while Tune starts the first trial actors (see OpeningTracker)
             opening = OpeningTracker(
                 spec,
-                tracking_uri,
+                prepared.tracking_uri,
                 execution,
                 study,
                 plan,
                 source,
                 PublishedTracking(storage, f"{execution.name}-tracking.json"),
+                prepared.study_url,
             )
-            tuner = _new_tuner(spec, plan, study, url, execution, storage, trials, opening)
+            tuner = _new_tuner(prepared, study, execution, storage, trials, opening)
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state for --resume stays fresh
         # a trial that fails before its first evaluation must be recorded as failed, not stop the sweep
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -330,18 +361,23 @@ def _run_config(spec: SweepSpec, execution: Execution, storage: str, callbacks: 
 
 
 def _new_tuner(
-    spec: SweepSpec,
-    plan: SearchPlan,
+    prepared: PreparedSweep,
     study: optuna.Study,
-    url: str,
     execution: Execution,
     storage: str,
     trials: Trials,
     opening: OpeningTracker,
 ) -> tune.Tuner:
+    spec = prepared.spec
     sampler = spec.sweep.sampler.build(execution.seed, spec)
     searcher = StudySearcher(
-        spec, plan, study.study_name, url, sampler, execution.number, journal_root=trial_journals_for(spec, execution)
+        spec,
+        prepared.plan,
+        study.study_name,
+        prepared.study_url,
+        sampler,
+        execution.number,
+        journal_root=trial_journals_for(spec, execution),
     )
     searcher.on_finished = opening.finish_trial  # each child run is closed as soon as the study records it
     scheduler = spec.sweep.scheduler.build(spec, trial_journals_for(spec, execution))

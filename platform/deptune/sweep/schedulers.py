@@ -17,10 +17,8 @@ from typing import Any
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from deptune.storage import Folder
 from deptune.sweep.trainable import RUN_KEY
-from deptune.tracking.journal import RunJournal
-from deptune.tracking.trial import RENAMED, SUMMARY_STEP
+from deptune.tracking.record import MADE_AT, evaluations, recorded_trials
 
 
 class ASHA(FIFOScheduler):
@@ -87,15 +85,12 @@ class ASHA(FIFOScheduler):
             recorded.clear()
         if not self.journal_root:
             return
-        name = RENAMED.get(self.metric, self.metric)
-        folder, made = Folder(self.journal_root), []
-        for trial_id in folder.folders():
-            logged = RunJournal(folder.child(trial_id).location, "").logged_metrics()
-            made += [
-                (m["timestamp_ms"], trial_id, step, m[name])
-                for step, m in logged.items()
-                if step != SUMMARY_STEP and name in m
-            ]
+        made = [
+            (m[MADE_AT], trial_id, step, m[self.metric])
+            for trial_id in recorded_trials(self.journal_root)
+            for step, m in evaluations(self.journal_root, trial_id).items()
+            if self.metric in m
+        ]
         self.decided = set()
         for _, trial_id, step, value in sorted(made):
             if trial_id not in self.decided and self.judge(trial_id, step, value) == TrialScheduler.STOP:

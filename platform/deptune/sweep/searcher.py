@@ -13,7 +13,7 @@ it meant reading its private attributes. Here, on public APIs only (`Searcher`, 
   its runs (a trial resumed after a driver kill adds its second run to its first).
 
 A trial's record is whole across restarts: before a trial is told, and for every trial when Tune restores
-the searcher (`--resume`), the evaluations its rank-0 MLflow logger journaled but Tune never delivered
+the searcher (`--resume`), the evaluations its rank 0 recorded (`tracking.record`) but Tune never delivered
 (reported while the driver was dead, or in flight when ASHA stopped it) are added to the study, so the
 study and the MLflow run hold the same steps. A stopped trial is told a few seconds after the stop, once
 nothing more can arrive.
@@ -35,13 +35,12 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from deptune.cluster.fit import run_demand
-from deptune.storage import join, uri_of
+from deptune.storage import uri_of
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import open_storage, storage_trial_id
 from deptune.sweep.trainable import DIVERGED, OPTUNA_TRIAL_KEY, RUN_KEY
-from deptune.tracking.journal import RunJournal
-from deptune.tracking.trial import RENAMED, SUMMARY_STEP
+from deptune.tracking.record import MADE_AT, evaluations
 from deptune.train.config import RESUMED_FROM
 
 log = logging.getLogger(__name__)
@@ -309,19 +308,11 @@ class StudySearcher(Searcher):
             self._trial(trial_id).set_user_attr("resumed_from", [step for _, step in seen["runs"]])
 
     def _backfill(self, trial_id: str) -> None:
-        """Add what rank 0 journaled for MLflow but Tune never delivered; the time it took extends the
+        """Add what rank 0 recorded but Tune never delivered; the time it took extends the
         current run."""
         if not self.journal_root:
             return
-        journal = RunJournal(join(self.journal_root, self.run_ids.get(trial_id, trial_id)), "")
-        logged = {
-            step: {
-                k: metrics.get(RENAMED.get(k, k))
-                for k in (*(m for m, _ in self.objectives), "trainable_params", "timestamp_ms")
-            }
-            for step, metrics in journal.logged_metrics().items()
-            if step != SUMMARY_STEP
-        }
+        logged = evaluations(self.journal_root, self.run_ids.get(trial_id, trial_id))
         have = {r["step"] for r in self.history.get(trial_id, [])}
         for step, metrics in sorted(logged.items()):
             if step not in have:
@@ -334,7 +325,7 @@ class StudySearcher(Searcher):
                     },
                 )
         run = (self.runs.get(trial_id) or [[]])[-1]
-        latest = max((m["timestamp_ms"] / 1000 for m in logged.values()), default=0.0)
+        latest = max((m[MADE_AT] / 1000 for m in logged.values()), default=0.0)
         if run and latest > run[0]:
             run[1], run[0] = run[1] + latest - run[0], latest
 

@@ -1,10 +1,7 @@
-"""The driver's side of tracking: the execution's parent run, each trial's final status, and at the end the
-leaderboard, plots, summary and the registered best adapter.
-
-Trials write their own child runs (`tracking.trial`); the driver closes each one as the study records it:
-COMPLETE -> FINISHED, PRUNED (stopped by ASHA) -> KILLED, FAIL -> FAILED with the reason as a tag. MLflow's
-statuses are fixed and show KILLED like a failure, so every trial run also carries the study's state as
-the tag `deptune.state` (filter `tags.deptune.state = 'PRUNED'`), in its name and in its description.
+"""The sweep's side of tracking: what to record of an execution and its trials, said to the execution's
+tracker (`tracking.base.ExecutionTracker`; MLflow's is `tracking.mlflow_execution`): the execution's
+settings, each trial's verdict as the study has it (COMPLETE, PRUNED: stopped early and no failure, FAIL
+with its reason), and at the end the leaderboard, plots, summary and the registered best adapter.
 """
 
 from __future__ import annotations
@@ -22,29 +19,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deptune.registry import promotion as registry
-from deptune.spec_base import private_dir, redact
+from deptune.spec_base import private_dir
 from deptune.storage import join
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.leaderboard import ranked_rows
 from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import Execution, spec_hash, storage_url
 from deptune.tasks.loading import dataset_fingerprint
-from deptune.tracking.journal import DriverSender, RunJournal, flush_all
+from deptune.tracking.base import ExecutionIdentity, ExecutionTracker, TrialRun, TrialVerdict, waiting_record
+from deptune.tracking.catalog import tracker_class
 from deptune.tracking.plots import warm_imports, write_plots
-from deptune.tracking.store import TAG, ensure_experiment, save_trials_view, trials_view_state
-from deptune.tracking.trial import (
-    NOTE_TAG,
-    STATE_TAG,
-    SUMMARY_STEP,
-    PublishedTracking,
-    TrialTracking,
-    run_params,
-    trial_key,
-)
+from deptune.tracking.trial import PublishedTracking, TrialTracking, run_params
 
-STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
-UNFINISHED = "unfinished.json"
-"""In an execution's journal folder while MLflow has not taken everything: what `deptune sync` finishes."""
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def git_commit() -> str:
@@ -57,10 +44,6 @@ def git_commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-SUFFIX = {TrialState.COMPLETE: "", TrialState.PRUNED: " (stopped early)", TrialState.FAIL: " (failed)"}
-BEST_RUN_TAG = f"{TAG}best_run_id"
 
 
 def best_value(trial: FrozenTrial, maximize: bool) -> tuple[float | None, int | None]:
@@ -93,7 +76,7 @@ class SweepOutcomeTracking:
     parent_run_id: str
     promotion: registry.Promotion | None
     not_logged: list[str] = field(default_factory=list)  # journals still holding writes, with their paths
-    unfinished: str | None = None  # why the end of the tracking waits for `deptune sync` (MLflow was away)
+    unfinished: str | None = None  # why the end of the tracking waits for `deptune sync` (the store was away)
 
 
 def journal_dir_for(spec: SweepSpec, execution: Execution) -> Path:
@@ -107,68 +90,60 @@ def trial_journals_for(spec: SweepSpec, execution: Execution) -> str:
 
 
 class SweepTracker:
+    """One execution's tracking, in the sweep's terms, over the tracker `tracking.tracker` names."""
+
     def __init__(
-        self, spec: SweepSpec, uri: str, execution: Execution, study: optuna.Study, plan: SearchPlan | None = None
+        self,
+        spec: SweepSpec,
+        uri: str,
+        execution: Execution,
+        study: optuna.Study,
+        plan: SearchPlan | None = None,
+        study_url: str | None = None,
     ) -> None:
+        """`uri`, `study_url`: the tracking URI and the study's storage as the prepared sweep resolved them."""
         self.spec, self.uri, self.execution, self.study, self.plan = spec, uri, execution, study, plan
-        self.experiment_id = ensure_experiment(uri, spec.tracking.experiment or study.study_name)
-        # the journals hold every write before MLflow has it: this user's only
-        self.journal_dir = journal_dir_for(spec, execution)
-        self.trial_journals = trial_journals_for(spec, execution)
-        self.parent = RunJournal(self.journal_dir / "parent", uri)
-        self.tags = {
-            f"{TAG}sweep": execution.name,
-            f"{TAG}study": study.study_name,
-            f"{TAG}execution": str(execution.number),
-            f"{TAG}git_commit": git_commit(),
-            f"{TAG}spec_hash": spec_hash(spec),
-            f"{TAG}dataset_fingerprint": dataset_fingerprint(spec.task),
-        }
+        self.study_url = study_url or storage_url(spec)
+        identity = ExecutionIdentity(
+            sweep=execution.name,
+            study=study.study_name,
+            execution=execution.number,
+            git_commit=git_commit(),
+            spec_hash=spec_hash(spec),
+            dataset_fingerprint=dataset_fingerprint(spec.task),
+        )
+        # the journals hold every write before the tracker's store has it: this user's only
+        self.tracker: ExecutionTracker = tracker_class(spec.tracking.tracker)(
+            uri,
+            spec.tracking.experiment or study.study_name,
+            identity,
+            journal_dir_for(spec, execution),
+            trial_journals_for(spec, execution),
+        )
         self.metrics = [o.metric for o in spec.sweep.objectives]
         self.maximize = spec.sweep.objective.mode == "max"
         self.view: str | None = None
-        self.sender: DriverSender | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        return self.tracker.run_id
 
     def _save_view(self) -> str | None:
-        """The experiment's saved runs-table view of its trials (see `tracking.store.save_trials_view`)."""
+        """A saved table of the trials, best first: m, r, the rates and a method's own dimensions."""
         dimensions = list(self.plan.dimensions) if self.plan else list(type(self.spec.method).dimension_kinds())
-        others = [k for k in dimensions if k not in ("prompt_length", "rank")]  # rates, a method's own dimensions
-        columns = ["prompt_length", "rank", *others, "trainable_params"]
-        state = trials_view_state(
-            columns,
-            ["best_objective", "best_step", "cpu_seconds"],
-            [STATE_TAG],
+        others = [k for k in dimensions if k not in ("prompt_length", "rank")]
+        return self.tracker.save_trials_table(
+            ["prompt_length", "rank", *others, "trainable_params"],
+            ["best_objective", "best_step", "stopped_at_step", "cpu_seconds"],
             "best_objective",
             ascending=not self.maximize,
         )
-        try:
-            return save_trials_view(self.uri, self.experiment_id, state)
-        except Exception:  # noqa: BLE001 -- a convenience of the UI; the sweep does not depend on it
-            return None
 
     def open_parent(self, spec_file: str | None) -> str | None:
-        """Create (or, on --resume, find) the execution's parent run, and start sending what the trials
-        journal; the parent's id once the server took it."""
-        if self.sender is None:
-            self.sender = DriverSender(self.trial_journals, self.uri)
+        """Create (or, on --resume, find) the execution's run; its id once the store took it."""
         self.view = self._save_view()
-        if not self.parent.exists():
-            self.parent.start(
-                self.experiment_id,
-                self.execution.name,
-                find_by={f"{TAG}sweep": self.execution.name, f"{TAG}role": "sweep"},
-                tags={**self.tags, f"{TAG}role": "sweep", NOTE_TAG: self._note(None)},
-            )
-            self.parent.params(self._parent_params())
-            if spec_file and Path(spec_file).is_file():
-                with tempfile.TemporaryDirectory(prefix="deptune-spec-") as folder:
-                    # the spec as written, but with its secrets (a study URL's password, ...) masked
-                    text = Path(spec_file).read_text(encoding="utf-8")
-                    (Path(folder) / Path(spec_file).name).write_text(redact(text), encoding="utf-8")
-                    self.parent.artifacts(folder, "spec")
-        else:
-            self.parent.tags({f"{TAG}resumed": "true"})
-        return self.parent.run_id
+        self.tracker.open(self._parent_params(), self._note(None), spec_file)
+        return self.tracker.run_id
 
     def _parent_params(self) -> dict:
         """The sweep's settings as they took effect: the searched dimensions with defaults filled in (what
@@ -201,7 +176,7 @@ class SweepTracker:
             "search": json.dumps(search) if search is not None else None,
         }
 
-    def _note(self, best: tuple[FrozenTrial, str | None] | None) -> str:
+    def _note(self, best: tuple[FrozenTrial, TrialRun | None] | None) -> str:
         """The parent run's description: what the execution is, and a link to its best trial's run."""
         sweep = self.spec.sweep
         lines = [
@@ -215,118 +190,81 @@ class SweepTracker:
                 f"[Trials, best first]({self.view}) (the runs table's Views menu: *deptune: trials, best first*)."
             )
         if best is not None:
-            trial, run_id = best
-            link = (
-                f"[trial-{trial.number:03d}](#/experiments/{self.experiment_id}/runs/{run_id})"
-                if run_id
-                else f"trial-{trial.number:03d}"
-            )
+            trial, run = best
+            link = f"[trial-{trial.number:03d}]({run.link})" if run else f"trial-{trial.number:03d}"
             lines.append(f"Best trial: {link}, {sweep.objective.metric} = {trial.values[0]:.4g}.")
         return "\n\n".join(lines)
 
     def trial_tracking(self) -> TrialTracking:
         objective = self.spec.sweep.objective
-        return TrialTracking(
-            uri=self.uri,
-            experiment_id=self.experiment_id,
-            parent_run_id=self.parent.run_id or "",
-            journal_root=self.trial_journals,
-            objective=objective.metric,
-            mode=objective.mode,
-            tags={**self.tags, "mlflow.parentRunId": self.parent.run_id or ""},
-        )
+        return self.tracker.trial_tracking(objective.metric, objective.mode)
 
-    def _final_journal(self, trial: FrozenTrial) -> RunJournal:
-        return RunJournal(self.journal_dir / f"{trial.user_attrs['ray_trial_id']}.final", self.uri)
-
-    def _trial_journal(self, ray_id: str) -> RunJournal:
-        return RunJournal(join(self.trial_journals, ray_id), self.uri, send="driver")
-
-    def _send_trial(self, ray_id: str) -> bool:
-        """What the trial journaled, sent in full (by the driver's sender thread's lock, if it runs)."""
-        location = join(self.trial_journals, ray_id)
-        return self.sender.send(location) if self.sender is not None else RunJournal(location, self.uri).flush()
-
-    def finish_trial(self, trial: FrozenTrial) -> None:
-        """Close the trial's child run with the study's verdict (creating it if the trial never got to)."""
-        ray_id = trial.user_attrs.get("ray_trial_id")
-        if ray_id is None or trial.state not in STATUS or not self.parent.run_id:
-            return
-        journal = self._final_journal(trial)
-        if journal.exists():
-            return
-        self._send_trial(ray_id)  # what the trial journaled, in full, first
-        tracking = self.trial_tracking()
-        name = f"trial-{trial.number:03d}"
-        journal.start(
-            self.experiment_id,
-            name,
-            find_by=trial_key(tracking, ray_id),
-            tags={**tracking.tags, f"{TAG}role": "trial", f"{TAG}optuna_trial": str(trial.number)},
-        )
-        if not self._trial_journal(ray_id).exists():  # rank 0 never started: the run is ours
-            journal.params(
-                {
-                    "prompt_length": trial.user_attrs.get("prompt_length"),
-                    "rank": trial.user_attrs.get("rank"),
-                    **trial.params,
-                }
-            )
-        reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("stop_reason")
-        journal.tags(
-            {
-                f"{TAG}optuna_state": trial.state.name,
-                STATE_TAG: trial.state.name,
-                "mlflow.runName": name + SUFFIX[trial.state],
-                NOTE_TAG: describe(trial, self.maximize, self.spec.sweep.objective.metric),
-                **({f"{TAG}reason": reason} if reason else {}),
-            }
-        )
+    def verdict(self, trial: FrozenTrial) -> TrialVerdict:
+        """What the study says of a finished trial, for its run."""
         value, step = best_value(trial, self.maximize)
-        if value is not None:  # the study's word, logged at the last possible step so the runs table shows it:
-            # rank 0 may have logged an evaluation or two after ASHA's stop, which the study never saw
-            journal.metrics(
-                {"best_objective": value, **({"best_step": step} if step is not None else {})}, self.spec.train.steps
-            )
+        attrs = trial.user_attrs
         costs = {
-            k: trial.user_attrs[k]
+            k: attrs[k]
             for k in ("cpu_seconds", "gpu_seconds", "wall_seconds")
-            if trial.user_attrs.get(k) or (k != "gpu_seconds" and k in trial.user_attrs)
+            if attrs.get(k) or (k != "gpu_seconds" and k in attrs)
         }
         if costs:
             costs["accelerator_seconds"] = costs.get("gpu_seconds") or costs.get("cpu_seconds", 0.0)
-            journal.metrics(costs, SUMMARY_STEP)
-        journal.end(STATUS[trial.state])
+        return TrialVerdict(
+            number=trial.number,
+            key=attrs["ray_trial_id"],
+            state=trial.state.name,
+            description=describe(trial, self.maximize, self.spec.sweep.objective.metric),
+            params={"prompt_length": attrs.get("prompt_length"), "rank": attrs.get("rank"), **trial.params},
+            best_value=value,
+            best_step=step,
+            reason=attrs.get("fail_reason") or attrs.get("stop_reason"),
+            costs=costs,
+        )
+
+    def finish_trial(self, trial: FrozenTrial) -> None:
+        """Close the trial's run with the study's verdict (creating it if the trial never got to)."""
+        if "ray_trial_id" in trial.user_attrs and trial.state in FINISHED and self.tracker.run_id:
+            self.tracker.close_trial(self.verdict(trial))
 
     def finish(self, interrupted: bool) -> SweepOutcomeTracking:
-        """Close every trial's run and send every journal; then register the best adapter and write the
-        parent's link to the best trial, leaderboard, plots and summary. Registration and the leaderboard
-        need every run on the server: while MLflow cannot take the journals, they wait (the outcome says
-        so) for `deptune sync`, which sends the journals and finishes from here."""
-        self.stop_sending()
-        mine = self._trials()
-        for trial in mine:
+        """Close every trial's run and send everything kept back; then register the best adapter and write the
+        execution's link to the best trial, leaderboard, plots and summary. Registration and the leaderboard
+        need every run in the store: while it cannot take them, they wait (the outcome says so) for
+        `deptune sync`, which sends them and finishes from here."""
+        self.tracker.stop_sending()
+        for trial in self._trials():
             self.finish_trial(trial)
-        left = flush_all(self.trial_journals, self.uri) + flush_all(self.journal_dir, self.uri)
+        left = self.tracker.send_all()
         if left:
-            self._mark_unfinished(interrupted)
+            command = self.tracker.wait_for_sync(self._sync_record(interrupted))
             return SweepOutcomeTracking(
-                self.parent.run_id or "",
+                self.tracker.run_id or "",
                 None,
                 left,
                 unfinished=(
-                    "MLflow did not take every write, so the best adapter is not registered and the leaderboard is "
-                    f"not written yet: once the server answers, run `deptune sync {self.journal_dir}`"
+                    "the tracker did not take every write, so the best adapter is not registered and the "
+                    f"leaderboard is not written yet: once its store answers, run `{command}`"
                 ),
             )
         return self.complete(interrupted)
 
     def complete(self, interrupted: bool) -> SweepOutcomeTracking:
-        """The end of the tracking, once every trial's run is on the server (also `deptune sync`'s)."""
+        """The end of the tracking, once every trial's run is in the store (also `deptune sync`'s)."""
         mine = self._trials()
         best = self._best(mine)
         promotion, problems = None, []
-        if not interrupted and self.spec.tracking.register_best and best is not None:
+        if (
+            not interrupted
+            and self.spec.tracking.register_best
+            and best is not None
+            and not self.tracker.model_registry
+        ):
+            problems.append(
+                f"tracking.register_best: the {self.tracker.name!r} tracker keeps no runs MLflow's Model Registry "
+                f"registers from; the best adapter is trial {best.number}'s"
+            )
+        elif not interrupted and self.spec.tracking.register_best and best is not None:
             try:
                 promotion = self._register(best)
             except Exception as exc:  # noqa: BLE001 -- the sweep's results stand; registration can be redone
@@ -335,40 +273,39 @@ class SweepTracker:
                     f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); redo it with "
                     f"`deptune promote RUN_ID --model ...`"
                 )
+        labels = {}
         if best is not None:
-            run_id = self._final_journal(best).run_id
-            self.parent.tags(
-                {BEST_RUN_TAG: run_id or "", f"{TAG}best_trial": str(best.number), NOTE_TAG: self._note((best, run_id))}
-            )
-        self._parent_files(mine, promotion)
-        self._summary(mine, promotion)
-        self.parent.end("KILLED" if interrupted else "FINISHED")
-        (self.journal_dir / UNFINISHED).unlink(missing_ok=True)
-        left = flush_all(self.journal_dir, self.uri)
-        return SweepOutcomeTracking(self.parent.run_id or "", promotion, problems + left)
+            run = self.tracker.trial_run(best.user_attrs["ray_trial_id"])
+            labels = {"best_run_id": run.id if run else "", "best_trial": str(best.number)}
+        if promotion is not None:
+            labels.update(registered_version=promotion.uri, champion=str(promotion.champion).lower())
+        self.tracker.describe(self._note((best, run) if best is not None else None), labels)
+        with tempfile.TemporaryDirectory(prefix="deptune-results-") as tmp:
+            self._write_files(Path(tmp), mine, promotion)
+            self.tracker.log_summary(self._summary(mine), Path(tmp))
+        self.tracker.end(interrupted)
+        self.tracker.synced()
+        left = self.tracker.send_all()
+        return SweepOutcomeTracking(self.tracker.run_id or "", promotion, problems + left)
 
     def _trials(self) -> list[FrozenTrial]:
         return [
             t for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get("execution") == self.execution.number
         ]
 
-    def _mark_unfinished(self, interrupted: bool) -> None:
-        """What `deptune sync` needs to finish this execution's tracking from its journal folder."""
-        record = {
+    def _sync_record(self, interrupted: bool) -> dict:
+        """What `deptune sync` needs to finish this execution's tracking."""
+        return {
             "spec": self.spec.model_dump(mode="json"),
-            "uri": self.uri,
-            "study": storage_url(self.spec),
+            "study": self.study_url,
             "study_name": self.study.study_name,
             "execution": self.execution.__dict__,
             "interrupted": interrupted,
         }
-        (self.journal_dir / UNFINISHED).write_text(json.dumps(record))
 
     def stop_sending(self) -> None:
-        """Stop the driver's sender thread (what is left unsent is sent by `finish`'s `flush_all`)."""
-        if self.sender is not None:
-            self.sender.stop()
-            self.sender = None
+        """Stop the tracker's background sending (what is left is sent by `finish`)."""
+        self.tracker.stop_sending()
 
     def _best(self, trials: list[FrozenTrial]) -> FrozenTrial | None:
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -377,63 +314,65 @@ class SweepTracker:
         return (max if self.maximize else min)(complete, key=lambda t: t.values[0])
 
     def _register(self, best: FrozenTrial) -> registry.Promotion | None:
-        run_id = self._final_journal(best).run_id
-        if run_id is None:
+        run = self.tracker.trial_run(best.user_attrs["ray_trial_id"])
+        if run is None:
             return None
         objective = self.spec.sweep.objective
         name = self.spec.tracking.registered_model or f"deptune-{self.spec.task.name}-{self.spec.method.name}"
-        lock_url = os.environ.get(registry.LOCK_ENV) or storage_url(self.spec)
+        lock_url = os.environ.get(registry.LOCK_ENV) or self.study_url
         return registry.promote(
-            run_id,
+            run.id,
             name,
             metric=objective.metric,
             mode=objective.mode,
             uri=self.uri,
             lock_url=lock_url,
-            lineage={f"{TAG}optuna_value": repr(best.values[0])},
+            lineage={"optuna_value": repr(best.values[0])},
         )
 
     def _rows(self, trials: list[FrozenTrial], promotion: registry.Promotion | None) -> list[dict]:
-        """The leaderboard of this execution: one column per objective, each trial's MLflow run (id, name)
-        and where its adapter is in MLflow (the artifact URI; the registered version for the best)."""
-        from mlflow import MlflowClient
-
-        client, mine = MlflowClient(tracking_uri=self.uri), {t.number: t for t in trials}
-        rows = []
+        """The leaderboard of this execution, what a reader compares first leftmost: one column per objective,
+        then m, r and every learning rate (a searched one as the trial drew it, a fixed one as the spec sets
+        it) and the method's other dimensions; then the trial, its run (id, name), steps, counts, costs and
+        where its adapter is (the artifact URI; the registered version for the best)."""
+        fixed = run_params(self.spec.base_run())
+        rates = sorted(k for k in fixed if k.startswith("lr_"))
+        mine, rows = {t.number: t for t in trials}, []
         for row in ranked_rows(self.study, self.metrics):
             trial = mine.get(row["number"])
             if trial is None or "ray_trial_id" not in trial.user_attrs:
                 continue
-            run_id = self._final_journal(trial).run_id
-            run = client.get_run(run_id) if run_id else None
-            registered = promotion.uri if promotion and run and promotion.run_id == run_id else None
+            run = self.tracker.trial_run(trial.user_attrs["ray_trial_id"])
+            registered = promotion.uri if promotion and run and promotion.run_id == run.id else None
+            first = {m: row.pop(m) for m in self.metrics}
+            first.update(prompt_length=row.pop("prompt_length"), rank=row.pop("rank"))
+            first.update({k: row.pop(k) if row.get(k) is not None else fixed[k] for k in rates})
+            first.update({k: row.pop(k) for k in list(row) if k in trial.params})
             rows.append(
                 {
+                    **first,
                     "number": row.pop("number"),
                     "state": row.pop("state"),
-                    "run_name": run.info.run_name if run else None,
-                    "run_id": run_id,
+                    "run_name": run.name if run else None,
+                    "run_id": run.id if run else None,
                     **row,
-                    "adapter_uri": f"{run.info.artifact_uri}/adapter" if run else None,
+                    "adapter_uri": run.adapter_uri if run else None,
                     "registered_model": registered,
                 }
             )
         return rows
 
-    def _parent_files(self, trials: list[FrozenTrial], promotion: registry.Promotion | None) -> None:
+    def _write_files(self, folder: Path, trials: list[FrozenTrial], promotion: registry.Promotion | None) -> None:
         rows = self._rows(trials, promotion)
-        with tempfile.TemporaryDirectory(prefix="deptune-results-") as tmp:
-            folder = Path(tmp)
-            if rows:
-                with (folder / "leaderboard.csv").open("w", newline="") as handle:
-                    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                    writer.writeheader()
-                    writer.writerows(rows)
-            write_plots(self.study, folder / "plots", self.metrics)
-            self.parent.artifacts(folder, None)
+        if rows:
+            with (folder / "leaderboard.csv").open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        write_plots(self.study, folder / "plots", self.metrics)
 
-    def _summary(self, trials: list[FrozenTrial], promotion: registry.Promotion | None) -> None:
-        counts = {state: sum(t.state == state for t in trials) for state in STATUS}
+    def _summary(self, trials: list[FrozenTrial]) -> dict[str, float]:
+        counts = {state: sum(t.state == state for t in trials) for state in FINISHED}
         summary = {
             "trials_completed": counts[TrialState.COMPLETE],
             "trials_stopped": counts[TrialState.PRUNED],
@@ -447,11 +386,7 @@ class SweepTracker:
         best = self._best(trials)
         if best is not None:
             summary["best_objective"] = best.values[0]
-        self.parent.metrics(summary, SUMMARY_STEP)
-        if promotion is not None:
-            self.parent.tags(
-                {f"{TAG}registered_version": promotion.uri, f"{TAG}champion": str(promotion.champion).lower()}
-            )
+        return summary
 
 
 class OpeningTracker:
@@ -470,8 +405,9 @@ class OpeningTracker:
         plan: SearchPlan | None,
         source: str | None,
         published: PublishedTracking,
+        study_url: str | None = None,
     ) -> None:
-        self.args = (spec, uri, execution, study, plan)
+        self.args = (spec, uri, execution, study, plan, study_url)
         self.source, self.published = source, published
         self._tracker: SweepTracker | None = None
         self._error: BaseException | None = None
@@ -528,23 +464,22 @@ class OpeningTracker:
 
 
 def finish_unfinished(journal_dir: Path) -> SweepOutcomeTracking | None:
-    """`deptune sync` of an execution whose tracking waited for MLflow: send its journals, then register
-    and write the leaderboard as the sweep would have (None when nothing waits in `journal_dir`)."""
-    marker = Path(journal_dir) / UNFINISHED
-    if not marker.is_file():
+    """`deptune sync` of an execution whose tracking waited for its store: send what was kept back, then
+    register and write the leaderboard as the sweep would have (None when nothing waits in `journal_dir`)."""
+    record = waiting_record(journal_dir)
+    if record is None:
         return None
     from deptune.sweep.study import open_storage
 
-    record = json.loads(marker.read_text())
     spec = SweepSpec.model_validate(record["spec"])
     study = optuna.load_study(study_name=record["study_name"], storage=open_storage(record["study"]))
     tracker = SweepTracker(spec, record["uri"], Execution(**record["execution"]), study)
-    left = flush_all(tracker.trial_journals, tracker.uri) + flush_all(tracker.journal_dir, tracker.uri)
+    left = tracker.tracker.send_all()
     if left:
         return SweepOutcomeTracking(
-            tracker.parent.run_id or "",
+            tracker.run_id or "",
             None,
             left,
-            unfinished="MLflow still did not take every write; run `deptune sync` again once it answers",
+            unfinished="the tracker's store still did not take every write; run `deptune sync` again once it answers",
         )
     return tracker.complete(record["interrupted"])

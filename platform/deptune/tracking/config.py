@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from deptune.spec_base import StrictModel
+from deptune.tracking.catalog import TRACKERS
 
 
 class TrackingConfig(StrictModel):
+    tracker: str = Field("mlflow", description="the tracker a sweep records to (`tracking/catalog.py`)")
     uri: str | None = Field(
         None,
         description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else "
@@ -20,3 +22,10 @@ class TrackingConfig(StrictModel):
     register_best: bool = Field(
         True, description="register the execution's best adapter and move `champion` when it beats the current one"
     )
+
+    @field_validator("tracker")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in TRACKERS:
+            raise ValueError(f"no tracker named {name!r}; registered: {', '.join(sorted(TRACKERS))}")
+        return name

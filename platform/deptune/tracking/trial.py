@@ -23,7 +23,7 @@ from deptune.train.spec import RunSpec
 PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 STATE_TAG = f"{TAG}state"  # COMPLETE | PRUNED | FAIL: what the study says (MLflow's run statuses are fixed)
-ONCE = ("trainable_params", "examples_train", "examples_validation", "examples_test")
+ONCE = ("trainable_params", "examples_train", "examples_validation", "examples_test", "torch_threads")
 """Reported with every evaluation, logged once as params (trainable_params also stays a metric)."""
 PER_EVAL = "objective_per_eval"
 """The MLflow name of the objective at each evaluation: `best_objective` (the best so far, what the study
@@ -117,13 +117,19 @@ def trial_key(tracking: TrialTracking, ray_trial_id: str) -> dict[str, str]:
     return {f"{TAG}ray_trial_id": ray_trial_id, PARENT_TAG: tracking.parent_run_id}
 
 
+def readable(value: Any) -> Any:
+    """A float as MLflow's tables should show it: 4 significant digits (0.0001530, not 0.00015299...); the
+    study keeps the exact value."""
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
 def run_params(spec: RunSpec) -> dict[str, Any]:
     """A run's MLflow params: what the method says about itself, the learning rates it trains with (an
     encoder's head too), and the run's settings."""
     method, train = spec.method, spec.train
     return {
         **method.logged_params(),
-        **{lr_key(group): rate for group, rate in spec.learning_rates().items()},  # lr_head: encoders' heads
+        **{lr_key(group): readable(rate) for group, rate in spec.learning_rates().items()},  # lr_head: encoders' heads
         "task": spec.task.name,
         "backbone": spec.backbone.name,
         "backbone_revision": spec.backbone.revision or "default",
