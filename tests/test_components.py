@@ -126,3 +126,10 @@ def test_a_sampler_registered_in_one_line_is_named_by_a_spec():
     assert type(built.sweep.sampler.build(0, built)) is optuna.samplers.QMCSampler
     with pytest.raises(SpecError, match="sweep.sampler.scramble_seed_offset"):
         spec(sampler={"name": "qmc_test", "scramble_seed_offset": 0})
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(0.25, 1), (0.75, 1), (1.0, 1), (1.5, 2), (1.75, 2), (2.0, 2), (3.4, 3)])
+def test_a_worker_trains_on_the_nearest_whole_number_of_the_cpus_it_holds(cpus, threads):
+    from deptune.cluster.fit import threads_for
+
+    assert threads_for(cpus) == threads

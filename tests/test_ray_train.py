@@ -45,7 +45,7 @@ def ray_cluster(tmp_path_factory):
     ray.shutdown()
 
 
-def make_spec(tmp_path: Path, workers: int = 1, steps: int = 6, eval_every: int = 3, **train):
+def make_spec(tmp_path: Path, workers: int = 1, steps: int = 6, eval_every: int = 3, cpus: float = 1.0, **train):
     return parse_spec(
         {
             "backbone": {"name": "tiny-bert", "tiny": {"dropout": 0.0}},
@@ -62,7 +62,7 @@ def make_spec(tmp_path: Path, workers: int = 1, steps: int = 6, eval_every: int 
                 "output_dir": str(tmp_path),
                 **train,
             },
-            "resources": {"workers": workers},
+            "resources": {"workers": workers, "cpus_per_worker": cpus},
         }
     )
 
@@ -81,8 +81,9 @@ def adapter_of(result) -> dict[str, torch.Tensor]:
 
 
 def test_two_gloo_workers_match_one_worker_report_everything_and_checkpoint_the_adapter(ray_cluster, tmp_path):
-    one = fit(make_spec(tmp_path, workers=1, micro_batch_size=4), "one")  # 4 micro-batches accumulated
-    two = fit(make_spec(tmp_path, workers=2), "two")  # 8 examples per rank, one micro-batch each
+    # 4 micro-batches accumulated, on the 2 threads of the 2 CPUs its one worker holds
+    one = fit(make_spec(tmp_path, workers=1, cpus=2.0, micro_batch_size=4), "one")
+    two = fit(make_spec(tmp_path, workers=2), "two")  # 8 examples per rank, one micro-batch each, 1 thread each
     a, b = adapter_of(one), adapter_of(two)
     assert (
         a.keys()
@@ -98,6 +99,7 @@ def test_two_gloo_workers_match_one_worker_report_everything_and_checkpoint_the_
         assert all(REPORT_KEYS <= r.keys() for r in rows)
         assert "test_accuracy" in rows[-1]
     assert one.metrics["objective"] == pytest.approx(two.metrics["objective"])  # whole validation set on both
+    assert [r["torch_threads"] for r in one.reports] == [2, 2] and [r["torch_threads"] for r in two.reports] == [1, 1]
     assert_checkpoint_is_adapter_only_and_small(one)
 
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from optuna.trial import TrialState
 from ray.util.state import list_actors
@@ -166,13 +165,6 @@ def test_a_load_is_frozen_out_of_the_collector_and_a_trials_garbage_is_still_col
 # ----- on Ray -----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
-    yield
-    ray.shutdown()
-
-
 def tune_results(sweep: SweepSpec, execution_name: str) -> dict[str, list[dict]]:
     root = Path(sweep.train.ray_storage()) / execution_name
     return {
@@ -184,11 +176,12 @@ def tune_results(sweep: SweepSpec, execution_name: str) -> dict[str, list[dict]]
 @pytest.mark.slow
 def test_trials_share_one_actor_and_memory_does_not_grow(ray_cluster, tmp_path):
     points = [{"prompt_length": m, "lr_prompt": 0.3, "lr_lowrank": 5e-3} for m in (2, 4, 6, 4)]
-    sweep = spec(tmp_path, trials=4, enqueue=points)
+    sweep = spec(tmp_path, trials=4, enqueue=points, cpus_per_worker=1.75)  # Ray's OMP_NUM_THREADS: 1
     outcome = run_sweep(sweep)
     results = tune_results(sweep, outcome.execution.name)
     assert len(results) == 4
     assert len({r["pid"] for rows in results.values() for r in rows}) == 1  # one actor ran every trial
+    assert {r["torch_threads"] for rows in results.values() for r in rows} == {2}  # 1.75 CPUs held: 2 threads
     by_start = sorted(results.values(), key=lambda rows: rows[0]["timestamp"])
     peaks = [rows[-1]["peak_memory_mb"] for rows in by_start]
     assert peaks[-1] <= peaks[1] * 1.05 + 16, peaks  # trial 2 onwards: no growth beyond noise

@@ -4,6 +4,7 @@ the cluster Ray is connected to."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 from deptune.train.spec import RunSpec, SourceSpec
@@ -66,3 +67,20 @@ def check_fits(spec: RunSpec | SourceSpec, driver_cpus: float = 0.0) -> None:
             "resources.wait_for_autoscaler: true on an autoscaling cluster"
         )
     log.warning("%s; waiting for the autoscaler (the run fails if workers do not start in time)", message)
+
+
+def threads_for(cpus: float) -> int:
+    """Torch's intra-op threads for a worker holding `cpus` CPUs: the nearest whole number, at least 1 (1.75
+    CPUs train on 2 threads; Ray's OMP_NUM_THREADS is the floor, 1, which leaves most of a core idle)."""
+    return max(1, math.floor(cpus + 0.5))
+
+
+def train_on_held_cpus() -> int:
+    """Set torch's intra-op threads to the CPUs this Ray worker (a trial's actor, a Ray Train rank) holds, as
+    Ray assigned them; the thread count."""
+    import ray
+    import torch
+
+    threads = threads_for(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
+    torch.set_num_threads(threads)
+    return threads

@@ -21,7 +21,7 @@ import ray.train.torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from deptune.cluster.fit import check_fits
+from deptune.cluster.fit import check_fits, train_on_held_cpus
 from deptune.cluster.local import connect
 from deptune.cluster.paths import LocalPath, arrive, other_nodes, pack, travel, unpack
 from deptune.methods.catalog import restore, snapshot
@@ -138,6 +138,7 @@ def _worker(config: dict) -> dict:
 
     restore(config.get("methods") or {})  # methods registered in the driver only (e.g. defined by a test)
     spec = arrive(RunSpec.model_validate(config["spec"]), config.get("shipment"))
+    train_on_held_cpus()
     session = RaySession()
     if session.rank == 0 and config.get("rank0_hook") is not None:
         session.on_report = config["rank0_hook"](spec)
@@ -151,6 +152,7 @@ def _student_worker(config: dict) -> dict:
 
     restore(config.get("methods") or {})
     spec = arrive(SourceSpec.model_validate(config["spec"]), config.get("shipment"))
+    train_on_held_cpus()
     teachers = {task: Path(path) for task, path in config["teachers"].items()}
     if config.get("teacher_files") is not None:  # the teachers' adapters travelled from the driver's disk
         teachers.update({key.removeprefix("teachers."): path for key, path in unpack(config["teacher_files"]).items()})

@@ -1,11 +1,14 @@
 """The registered model: an MLflow pyfunc that loads the frozen backbone (hub name and revision, a local
 folder, or a tiny offline one) plus the adapter, and maps the task's text columns to label predictions.
 
-It is saved as models-from-code (`model_code.py` is the `python_model`), never pickled: loading a
-registered adapter runs the installed deptune's code on the adapter's safetensors and the run's spec."""
+It is saved as models-from-code (`model_code.py` is the `python_model`), never pickled, and carries what it
+needs to be served anywhere: deptune's own package as the model's code (`code/deptune`, which MLflow puts on
+`sys.path` when it loads the model) and deptune's runtime requirements as the model's (`requirements.txt`),
+so `mlflow models serve` works in a fresh environment, not only where deptune is installed."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +18,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from deptune import __version__
+import deptune
 from deptune.train.spec import RunSpec
 
 ADAPTER = "adapter"
@@ -23,6 +26,13 @@ SPEC = "spec"
 OUTPUT = "label"
 NAME = "label_name"
 CODE = Path(__file__).with_name("model_code.py")
+PACKAGE = Path(deptune.__file__).parent
+
+
+def runtime_requirements() -> list[str]:
+    """deptune's declared runtime requirements (its extras left out): what its code needs to load the model."""
+    declared = importlib.metadata.requires("deptune") or []
+    return [r for r in declared if "extra ==" not in r]
 
 
 @contextmanager
@@ -114,6 +124,7 @@ def save_pyfunc(path: Path, adapter_dir: Path, spec_file: Path, example: dict[st
         artifacts={ADAPTER: str(adapter_dir), SPEC: str(spec_file)},
         signature=signature,
         input_example=pd.DataFrame(example),
-        pip_requirements=[f"deptune=={__version__}", "torch", "transformers", "safetensors", "pandas"],
+        code_paths=[str(PACKAGE)],
+        pip_requirements=[*runtime_requirements(), "pandas"],
     )
     return path

@@ -25,6 +25,7 @@ from ray import tune
 from ray.tune import Checkpoint
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from deptune.cluster.fit import train_on_held_cpus
 from deptune.cluster.paths import Shipment, arrive
 from deptune.cluster.trainer import (
     build_trainer,
@@ -142,6 +143,7 @@ def _train_in_actor(run: RunSpec, hook: TrackerHook | None, earlier: tuple[str |
     """The loop in this actor, on the process's cached backbone and data; memory of the trial's own
     tensors is given back when it ends (however it ends: finished, stopped by ASHA, diverged)."""
     device = actor_device(run)
+    train_on_held_cpus()
     session = TuneSession(device, hook(run) if hook else None, earlier)
     try:
         train(run, session=session, cache=PROCESS_CACHE)  # a divergence is reported by the loop itself

@@ -48,6 +48,7 @@ WORDS = POSITIVE_WORDS + NEGATIVE_WORDS + FILLER_WORDS
 
 class SyntheticSentiment:
     label_names = ("0", "1")
+    class_names = ("negative", "positive")  # what label 0 and 1 mean: a served model's `label_name`
     metric_names = ("accuracy", "f1")
     paper_metric = "accuracy"
     is_regression = False

@@ -280,6 +280,7 @@ def run_loop(work: Workload, cfg: TrainConfig, session: Session) -> TrainResult:
             "eval_latency_ms": latency_ms,
             "peak_memory_mb": peak_memory_mb(device),
             "trainable_params": float(model.trainable_parameter_count()),
+            "torch_threads": float(torch.get_num_threads()),
             "best_objective": progress.best_objective,
             "best_step": float(progress.best_step),
             IMPROVED_AT: float(step) if improved else 0.0,
