@@ -17,7 +17,7 @@ def test_the_trials_view_is_saved_on_the_experiment(tmp_path):
         ["prompt_length", "rank", "lr_prompt"], ["best_objective"], ["deptune.state"], "best_objective", ascending=False
     )
     link = save_trials_view(uri, experiment, state)
-    assert link == f"#/experiments/{experiment}/runs?viewStateShareKey={TRIALS_VIEW}"
+    assert link == f"#/experiments/{experiment}/runs?workflowType=machine_learning&viewStateShareKey={TRIALS_VIEW}"
     tag = MlflowClient(uri).get_experiment(experiment).tags[VIEW_TAG_PREFIX + TRIALS_VIEW]
     envelope = json.loads(tag)
     assert envelope["name"] == "deptune: trials, best first" and isinstance(envelope["createdAt"], int)

@@ -6,6 +6,7 @@ MLflow run's history hold the same steps, each once; the cost covers both runs o
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -264,6 +265,15 @@ def test_kills_at_every_moment_of_a_trial_resume_and_asha_decides_as_without_the
     assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
     expected = outcome(f"sqlite:///{tmp_path / 'plain' / 'study.db'}")
     assert {state for _, _, state, _ in expected} == {"COMPLETE", "PRUNED"}, expected  # ASHA stopped some
+    console = plain.stdout + plain.stderr  # no terminal: plain lines, each trial's end, the leaderboard, no noise
+    assert len(console.splitlines()) <= 40 and "\x1b[" not in console, console
+    for number, _, state, _ in expected:
+        ended = "finished" if state == "COMPLETE" else r"stopped by the scheduler at step \d+/480"
+        assert re.search(rf"^trial {number} {ended}\b", console, re.M), (number, state, console)
+    assert re.search(r"study asha: \d+ complete, \d+ pruned", console), console
+    for noise in ("WARNING", "INFO", "Trial status", "(train_trial pid=", "╭"):
+        assert noise not in console, (noise, console)
+    assert Path(re.search(r"^log: (\S+)$", console, re.M).group(1)).stat().st_size > 0
 
     path, run = asha_spec(tmp_path, "killed"), tmp_path / "killed"
     url = f"sqlite:///{run / 'study.db'}"
@@ -297,9 +307,11 @@ def test_kills_at_every_moment_of_a_trial_resume_and_asha_decides_as_without_the
     assert not [t.number for t in trials if t.state == TrialState.FAIL]
     continued = [n for n in set(interrupted) if trials[n].state == TrialState.COMPLETE]  # (a stopped one awaits
     assert continued  # its PRUNED verdict a few seconds: RUNNING in the study, but nothing left to resume)
-    for number in continued:  # continued from a checkpoint, not restarted
-        first, *restarts = trials[number].user_attrs["resumed_from"]
-        assert first == 0 and restarts and all(step > 0 for step in restarts), trials[number].user_attrs
+    restarts = {n: trials[n].user_attrs["resumed_from"] for n in continued}
+    assert all(steps[0] == 0 and len(steps) > 1 for steps in restarts.values()), restarts  # each was resumed
+    # from a checkpoint, not restarted (a trial killed before its first checkpoint starts at 0 again: kills
+    # come at another trial's checkpoint moments)
+    assert any(step > 0 for steps in restarts.values() for step in steps[1:]), restarts
     for trial_dir in (run / "ray" / "asha-001").glob(
         f"{TRIAL_FOLDER_PREFIX}*"
     ):  # retention: the latest + 2 improvements

@@ -30,6 +30,9 @@ def _main() -> None:
 
 
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a spec key: key.path=value")]
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Ray's, Tune's and MLflow's output on the console, not only in the log")
+]
 
 
 @app.command()
@@ -110,6 +113,7 @@ def train(
         str | None,
         typer.Option(help="Ray run name; an existing one in storage is resumed (default: a new timestamped name)"),
     ] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Run one DePT / PT training configuration on Ray Train (or --local) and print its metrics."""
     from deptune import checks
@@ -134,20 +138,31 @@ def train(
             checks.check_fetched_source(run_spec, str(spec))
     echo_warnings(checked.warnings)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from deptune.console import ExecutionOutput, TrainView, log_path
+
+    log = log_path(run_spec.train.output_dir, "train", run_spec.method.name)
+    typer.echo(
+        f"{run_spec.method.name} on {run_spec.task.name}: {where_it_ran(local, run_spec.resources.workers)}; "
+        f"Ray's and the libraries' output goes to {log}"
+    )
     started = time.perf_counter()
-    if local:
-        from deptune.train.loop import train as run_training  # torch/transformers load only when needed
+    output = ExecutionOutput(log, verbose)
+    with exit_on(FloatingPointError, 1), output as console:
+        output.keep()
+        view = TrainView(console, run_spec.train.steps, None if local else run_spec.train.output_dir)
+        with view:
+            if local:
+                from deptune.train.loop import train as run_training  # torch/transformers load only when needed
 
-        result = run_training(run_spec)
-        if result.diverged_at_step is not None:
-            typer.echo(f"training diverged: non-finite loss at step {result.diverged_at_step}", err=True)
-            raise typer.Exit(1)
-    else:
-        prepare_ray(address)
-        from deptune.cluster.trainer import run_on_ray
+                result = run_training(run_spec, reporter=view.report)
+            else:
+                prepare_ray(address)
+                from deptune.cluster.trainer import run_on_ray
 
-        with exit_on(FloatingPointError, 1):
-            result = run_on_ray(run_spec, address, name)
+                result = run_on_ray(run_spec, address, name)
+    if result.diverged_at_step is not None:
+        typer.echo(f"training diverged: non-finite loss at step {result.diverged_at_step}", err=True)
+        raise typer.Exit(1)
     elapsed = time.perf_counter() - started
     where = where_it_ran(local, run_spec.resources.workers)
     typer.echo(
@@ -160,6 +175,7 @@ def train(
     if result.test_metrics:
         typer.echo("test: " + ", ".join(f"{k}={v:.4f}" for k, v in result.test_metrics.items()))
     typer.echo(f"adapter: {result.adapter_dir}")
+    typer.echo(f"log: {log}")
 
 
 @app.command("mpt-source")
@@ -183,6 +199,7 @@ def mpt_source(
             "continue from their checkpoints"
         ),
     ] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """MPT's source stage on Ray Train (or --local): a PT teacher per source task, then P* and each task's
     (u, v) distilled on the task mixture; prints where the source adapter is."""
@@ -198,17 +215,27 @@ def mpt_source(
         )
     echo_warnings(checked.warnings)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from deptune.console import ExecutionOutput, TrainView, log_path
+
+    log = log_path(source_spec.train.output_dir, "mpt-source", "-".join(source_spec.task_names))
+    typer.echo(
+        f"MPT source stage on {', '.join(source_spec.task_names)}: Ray's and the libraries' output goes to {log}"
+    )
     started = time.perf_counter()
-    with exit_on(FloatingPointError, 1):
-        if local:
-            from deptune.train.multitask import train_source
+    output = ExecutionOutput(log, verbose)
+    with exit_on(FloatingPointError, 1), output as console:
+        output.keep()
+        view = TrainView(console, source_spec.train.steps, None if local else source_spec.train.output_dir)
+        with view:
+            if local:
+                from deptune.train.multitask import train_source
 
-            result = train_source(source_spec)
-        else:
-            prepare_ray(address)
-            from deptune.cluster.trainer import run_source_on_ray
+                result = train_source(source_spec, reporter=view.report)
+            else:
+                prepare_ray(address)
+                from deptune.cluster.trainer import run_source_on_ray
 
-            result = run_source_on_ray(source_spec, address, name)
+                result = run_source_on_ray(source_spec, address, name)
     where = where_it_ran(local, source_spec.resources.workers)
     typer.echo(
         f"\nMPT source stage on {', '.join(source_spec.task_names)} with {source_spec.backbone.name} "
@@ -219,6 +246,7 @@ def mpt_source(
     )
     typer.echo("teachers: " + ", ".join(f"{task} {path}" for task, path in result.teacher_dirs.items()))
     typer.echo(f"source adapter: {result.adapter_dir}  (a target run: method.init_from={result.adapter_dir})")
+    typer.echo(f"log: {log}")
 
 
 @app.command()
@@ -235,6 +263,7 @@ def sweep(
         str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     ] = None,
     top: Annotated[int, typer.Option(help="leaderboard rows")] = 10,
+    verbose: VerboseOption = False,
 ) -> None:
     """Search m, r and the learning rates with Ray Tune + Optuna (+ ASHA); the study persists across runs."""
     from deptune import checks
@@ -248,11 +277,20 @@ def sweep(
     echo_warnings([*sweep_spec.warnings(), *checked.warnings])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     prepare_ray(address)
+    from deptune.console import ExecutionOutput, SweepView, log_path
     from deptune.sweep.driver import SweepLocked, prepare_sweep, run_prepared
     from deptune.sweep.leaderboard import render, render_pareto
+    from deptune.sweep.progress import listening
 
-    with exit_on(SpecError, 2):  # a models:/ source adapter is fetched once all else passed, then checked
-        prepared = prepare_sweep(
+    study_name = sweep_spec.study.name or "deptune"
+    log = log_path(sweep_spec.train.output_dir, "sweep", study_name)
+    typer.echo(f"study {study_name}: {sweep_spec.sweep.trials} trial(s); Ray, Tune and MLflow log to {log}")
+    started = time.perf_counter()
+    output = ExecutionOutput(log, verbose)
+    with exit_on(SpecError, 2), exit_on(SweepLocked, 3), output as console:
+        objective = sweep_spec.sweep.objective
+        view = SweepView(console, sweep_spec.sweep.trials, sweep_spec.train.steps, objective.mode, live=None)
+        prepared = prepare_sweep(  # a models:/ source adapter is fetched once all else passed, then checked
             sweep_spec,
             str(spec),
             resume,
@@ -262,15 +300,9 @@ def sweep(
             checked.tracking_uri,
             checked.study_url,
         )
-    started = time.perf_counter()
-    try:
-        outcome = run_prepared(prepared, resume=resume, address=address)
-    except SpecError as exc:
-        typer.echo(redact(str(exc)), err=True)
-        raise typer.Exit(2) from None
-    except SweepLocked as exc:
-        typer.echo(redact(str(exc)), err=True)
-        raise typer.Exit(3) from None
+        output.keep()  # nothing refused the sweep: its log is kept from here
+        with view, listening(view):
+            outcome = run_prepared(prepared, resume=resume, address=address)
     metrics = [o.metric for o in sweep_spec.sweep.objectives]
     if outcome.resumed_nothing:
         typer.echo(
@@ -289,6 +321,7 @@ def sweep(
     if best:
         typer.echo(f"best adapter: {best}")
     _echo_tracking(outcome.tracking, checked.tracking_uri)
+    typer.echo(f"log: {log}")
     if outcome.interrupted:
         typer.echo("the execution was interrupted: continue it with --resume", err=True)
         raise typer.Exit(1)
@@ -301,6 +334,8 @@ def _echo_tracking(tracking, tracking_uri: str | None) -> None:
         return
     if tracking_uri is not None:
         typer.echo(f"MLflow: {redact(tracking_uri)}, parent run {tracking.parent_run_id}")
+        if tracking.view and tracking_uri.startswith(("http://", "https://")):  # a server: its UI is a link away
+            typer.echo(f"trials, best first: {redact(tracking_uri).rstrip('/')}/{tracking.view}")
     if tracking.promotion is not None:
         p = tracking.promotion
         typer.echo(

@@ -117,7 +117,7 @@ def newest_checkpoint(experiment: str, trial_id: str) -> Path | None:
     whole = next((n for n in names if all(folder.child(trial, n).exists(f) for f in CHECKPOINT_FILES)), None)
     if whole is None:
         return None
-    log.warning("trial %s starts again where its first run left it: %s", trial_id, whole)
+    log.warning("trial %s resumes from its newest whole checkpoint: %s", trial_id, whole)
     return Path(Checkpoint(folder.child(trial, whole).path, filesystem=folder.fs).to_directory())
 
 
@@ -247,14 +247,14 @@ def run_source_on_ray(spec: SourceSpec, address: str | None = None, name: str | 
             run = teacher_run(spec, i)
             teachers[task] = finished_teacher(run, stage) if name else None
             if teachers[task] is None:
-                print(f"[mpt-source] teacher {i + 1}/{len(spec.task_names)}: {task}", flush=True)
+                log.info("MPT source stage: teacher %d/%d on %s", i + 1, len(spec.task_names), task)
                 teachers[task] = fit(
                     run, f"{stage}-teacher-{task}", fresh=name is None, extra={"shipment": shipment}
                 ).adapter_dir
                 if teachers[task] is None:
                     raise RuntimeError(f"the teacher of {task} left no checkpoint (run {stage}-teacher-{task})")
                 mark_teacher_finished(run, stage)
-        print(f"[mpt-source] student on {', '.join(spec.task_names)}", flush=True)
+        log.info("MPT source stage: the student on %s", ", ".join(spec.task_names))
         teacher_files = (
             pack([LocalPath(f"teachers.{task}", "adapter", path.resolve()) for task, path in teachers.items()])
             if other_nodes()

@@ -38,6 +38,7 @@ def render_experiment(uri: str, experiment: str, metric: str = "objective", mode
     table = Table(title=f"{experiment}: {len(runs)} trial runs in {uri}")
     score = "best objective" if metric == "objective" else metric
     searched = searched_columns([r.data.params for r in runs[:top]])
+    gpus = any(r.data.metrics.get("gpu_seconds") for r in runs[:top])
     for column in (
         "run",
         "sweep",
@@ -48,7 +49,8 @@ def render_experiment(uri: str, experiment: str, metric: str = "objective", mode
         score,
         *searched,
         "trainable",
-        "accelerator-s",
+        "CPU-s",
+        *(["GPU-s"] if gpus else []),
     ):
         table.add_column(column, justify="left" if column in ("run", "sweep", "status", "state") else "right")
     for run in runs[:top]:
@@ -62,8 +64,9 @@ def render_experiment(uri: str, experiment: str, metric: str = "objective", mode
             params.get("rank", "-"),
             fmt(_score(metrics, metric)),
             *(_number(params.get(key)) for key in searched),
-            fmt(int(metrics["trainable_params"])) if "trainable_params" in metrics else "-",
-            fmt(metrics.get("accelerator_seconds")),
+            _number(params.get("trainable_params")),
+            fmt(metrics.get("cpu_seconds")),
+            *([fmt(metrics.get("gpu_seconds"))] if gpus else []),
         )
     wide_console().print(table)
 

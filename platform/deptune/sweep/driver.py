@@ -24,7 +24,7 @@ from ray import tune
 from deptune import locks
 from deptune.backbones import hidden_size, model_config
 from deptune.cluster import local as local_ray
-from deptune.cluster.fit import check_fits
+from deptune.cluster.fit import check_fits, run_demand
 from deptune.cluster.local import connect
 from deptune.cluster.paths import Shipment, travel
 from deptune.methods.catalog import snapshot
@@ -33,6 +33,7 @@ from deptune.registry.promotion import LOCK_ENV
 from deptune.spec_base import SpecError, absolute_paths, redact, split_credentials
 from deptune.storage import Folder, join, ray_storage
 from deptune.sweep.config import SweepSpec
+from deptune.sweep.progress import SweepProgress
 from deptune.sweep.retention import CheckpointRetention, clean_up
 from deptune.sweep.searcher import StudyEvents, StudySearcher
 from deptune.sweep.space import SearchPlan, plan_search
@@ -290,11 +291,7 @@ class _GracefulStop:
         if self.received or not self.fitting or not callable(tune_stop):
             raise SystemExit(128 + signum)
         self.received = True
-        print(
-            "SIGTERM: stopping the sweep (running trials stopped, state saved for --resume)",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.warning("SIGTERM: stopping the sweep (running trials stopped, state saved for --resume)")
         tune_stop(signum, frame)
 
     def restore(self) -> None:
@@ -381,6 +378,10 @@ def _new_tuner(
     )
     searcher.on_finished = opening.finish_trial  # each child run is closed as soon as the study records it
     scheduler = spec.sweep.scheduler.build(spec, trial_journals_for(spec, execution))
+    objective = spec.sweep.objective
+    progress = SweepProgress(
+        objective.metric, objective.mode, spec.train.steps, run_demand(spec.base_run(), spec.sweep.driver_cpus)
+    )
     return tune.Tuner(
         _trainable(spec, execution, storage, trials, opening.published),
         tune_config=tune.TuneConfig(
@@ -391,7 +392,7 @@ def _new_tuner(
             time_budget_s=spec.sweep.time_budget_s,
             reuse_actors=spec.resources.resolved_runner == "tune",
         ),
-        run_config=_run_config(spec, execution, storage, [StudyEvents(searcher), _TrackingOpened(opening)]),
+        run_config=_run_config(spec, execution, storage, [StudyEvents(searcher), _TrackingOpened(opening), progress]),
     )
 
 

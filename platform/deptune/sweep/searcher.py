@@ -281,6 +281,8 @@ class StudySearcher(Searcher):
         if not runs[-1]:
             runs[-1] = [0.0, 0.0, 0.0]  # last result's time (epoch s), seconds so far, last time_total_s
         run, total = runs[-1], float(result.get("time_total_s") or 0.0)
+        if result.get("timestamp") and float(result["timestamp"]) == run[0] and total == run[2]:
+            return  # the same result again (Tune hands a finished trial's last one to on_trial_complete too)
         step = result.get("time_this_iter_s")
         run[1] += float(step) if step is not None else max(total - run[2], 0.0)
         run[0], run[2] = float(result.get("timestamp") or time.time()), total
@@ -324,8 +326,15 @@ class StudySearcher(Searcher):
                         "trainable_params": metrics.get("trainable_params"),
                     },
                 )
-        run = (self.runs.get(trial_id) or [[]])[-1]
-        latest = max((m[MADE_AT] / 1000 for m in logged.values()), default=0.0)
+        runs = self.runs.setdefault(trial_id, [[]]) or [[]]
+        self.runs[trial_id] = runs
+        stamps = sorted(m[MADE_AT] / 1000 for m in logged.values())
+        if not runs[-1]:  # a run Tune's last snapshot saw start but not report: it began by its first record
+            before = max((run[0] for run in runs[:-1] if run), default=0.0)
+            later = [t for t in stamps if t > before]
+            if later:
+                runs[-1] = [later[0], 0.0, 0.0]
+        run, latest = runs[-1], stamps[-1] if stamps else 0.0
         if run and latest > run[0]:
             run[1], run[0] = run[1] + latest - run[0], latest
 

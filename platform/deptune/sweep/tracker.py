@@ -77,6 +77,7 @@ class SweepOutcomeTracking:
     promotion: registry.Promotion | None
     not_logged: list[str] = field(default_factory=list)  # journals still holding writes, with their paths
     unfinished: str | None = None  # why the end of the tracking waits for `deptune sync` (the store was away)
+    view: str | None = None  # the tracker UI's table of the trials, relative to its URI
 
 
 def journal_dir_for(spec: SweepSpec, execution: Execution) -> Path:
@@ -208,8 +209,6 @@ class SweepTracker:
             for k in ("cpu_seconds", "gpu_seconds", "wall_seconds")
             if attrs.get(k) or (k != "gpu_seconds" and k in attrs)
         }
-        if costs:
-            costs["accelerator_seconds"] = costs.get("gpu_seconds") or costs.get("cpu_seconds", 0.0)
         return TrialVerdict(
             number=trial.number,
             key=attrs["ray_trial_id"],
@@ -286,7 +285,7 @@ class SweepTracker:
         self.tracker.end(interrupted)
         self.tracker.synced()
         left = self.tracker.send_all()
-        return SweepOutcomeTracking(self.tracker.run_id or "", promotion, problems + left)
+        return SweepOutcomeTracking(self.tracker.run_id or "", promotion, problems + left, view=self.view)
 
     def _trials(self) -> list[FrozenTrial]:
         return [
@@ -382,7 +381,6 @@ class SweepTracker:
         gpu = sum(t.user_attrs.get("gpu_seconds", 0.0) for t in trials)
         if gpu:
             summary["gpu_seconds"] = gpu
-        summary["accelerator_seconds"] = gpu or summary["cpu_seconds"]
         best = self._best(trials)
         if best is not None:
             summary["best_objective"] = best.values[0]

@@ -109,6 +109,14 @@ class RunJournal:
                 steps[op["step"]] = {**op["metrics"], "timestamp_ms": op["timestamp"]}
         return steps
 
+    def logged_params(self) -> dict[str, str]:
+        """Every param journaled (sent or not), as logged."""
+        params: dict[str, str] = {}
+        for op in self._read_ops():
+            if op["op"] == "params":
+                params.update(op["params"])
+        return params
+
     def pending(self) -> int:
         return len(self._numbers()) - self._state().get("sent", 0)
 

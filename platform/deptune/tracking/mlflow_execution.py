@@ -19,6 +19,7 @@ from deptune.storage import join
 from deptune.tracking.base import ExecutionTracker, TrialRun, TrialVerdict
 from deptune.tracking.journal import DriverSender, RunJournal, flush_all
 from deptune.tracking.store import (
+    CLASSIC_VIEW,
     TAG,
     check_reachable,
     ensure_experiment,
@@ -165,7 +166,7 @@ class MlflowExecutionTracker(ExecutionTracker):
             id=run_id,
             name=run.info.run_name,
             adapter_uri=f"{run.info.artifact_uri}/adapter",
-            link=f"#/experiments/{self.experiment_id}/runs/{run_id}",
+            link=f"#/experiments/{self.experiment_id}/runs/{run_id}?{CLASSIC_VIEW}",
         )
 
     def describe(self, description: str, labels: dict[str, str] | None = None) -> None:

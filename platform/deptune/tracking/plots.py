@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 MIN_IMPORTANCE_TRIALS = 10
 STATE_PARAM = "trial_state"
 COMPLETED, STOPPED = "completed", "stopped early"
+WINNER_MARK = {"marker": "*", "s": 320, "color": "gold", "edgecolors": "black", "linewidths": 1.0, "zorder": 6}
 
 
 def _reported(trial: FrozenTrial, maximize: bool) -> float | None:
@@ -92,6 +93,14 @@ def _completed_only(view: optuna.Study) -> optuna.Study:
     return only
 
 
+def _winner(view: optuna.Study) -> FrozenTrial | None:
+    """The best trial that ran to its end: the one a sweep registers."""
+    finished = [t for t in _reporting(view) if t.user_attrs["state"] == "COMPLETE"]
+    if not finished:
+        return None
+    return (max if view.direction == optuna.study.StudyDirection.MAXIMIZE else min)(finished, key=lambda t: t.value)
+
+
 def _stopped_points(view: optuna.Study) -> tuple[list[int], list[float]]:
     stopped = [t for t in _reporting(view) if t.user_attrs["state"] == "PRUNED"]
     return [t.number for t in stopped], [t.value for t in stopped]
@@ -115,12 +124,19 @@ def _plots(study: optuna.Study, view: optuna.Study, metric: str) -> dict[str, tu
 
 
 def _static(
-    function: str, source: optuna.Study, kwargs: dict, stopped: tuple[list[int], list[float]], folder: Path, name: str
+    function: str,
+    source: optuna.Study,
+    kwargs: dict,
+    stopped: tuple[list[int], list[float]],
+    folder: Path,
+    name: str,
+    winner: FrozenTrial | None = None,
 ) -> None:
-    """The matplotlib PNG: sized to its number of subplots, ticks rotated, stopped trials crossed out."""
+    """The matplotlib PNG: sized to its number of subplots, ticks rotated, stopped trials crossed out, the
+    winner starred; the slice coloured by the objective, integer parameters on integer ticks."""
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as static
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     axes = getattr(static, function)(source, **kwargs)
     flat = list(axes.flat) if hasattr(axes, "flat") else [axes]
@@ -138,12 +154,59 @@ def _static(
         flat[0].scatter(
             *stopped, marker="x", s=70, color="crimson", zorder=5, label="stopped early (best value before the stop)"
         )
+    if name == "optimization_history":
+        flat[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+        flat[0].tick_params(axis="x", labelrotation=0)
+        if winner is not None:
+            flat[0].scatter(
+                [winner.user_attrs["trial"]],
+                [winner.value],
+                **WINNER_MARK,
+                label=f"best: trial {winner.user_attrs['trial']}",
+            )
         flat[0].legend()
+    if name == "slice":
+        _slice_by_objective(figure, flat, winner, kwargs.get("target_name", "objective"))
     figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
     plt.close(figure)
 
 
-def _interactive(function: str, source: optuna.Study, kwargs: dict, stopped: tuple[list[int], list[float]], name: str):
+def _slice_by_objective(figure, axes: list, winner: FrozenTrial | None, metric: str) -> None:
+    """Each point coloured by its value (Optuna colours by trial number: the eye looks for the best, not the
+    latest), the winner starred on every parameter's axis, integer parameters (m, r) on integer ticks."""
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    for extra in [ax for ax in figure.axes if ax not in axes]:  # Optuna's colour bar of trial numbers
+        extra.remove()
+    values = [v for ax in axes for c in ax.collections for v in np.asarray(c.get_offsets())[:, 1]]
+    if not values:
+        return
+    mappable = None
+    for ax in axes:
+        for collection in ax.collections:
+            collection.set_array(np.asarray(collection.get_offsets())[:, 1])
+            collection.set_cmap("viridis")
+            collection.set_clim(min(values), max(values))
+            mappable = collection
+        param = ax.get_xlabel()
+        distribution = winner.distributions.get(param) if winner is not None else None
+        if isinstance(distribution, IntDistribution):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if winner is not None and param in winner.params and param != STATE_PARAM:
+            ax.scatter([winner.params[param]], [winner.value], **WINNER_MARK)
+    if mappable is not None:
+        figure.colorbar(mappable, ax=axes, label=metric, fraction=0.02, pad=0.02)
+
+
+def _interactive(
+    function: str,
+    source: optuna.Study,
+    kwargs: dict,
+    stopped: tuple[list[int], list[float]],
+    name: str,
+    winner: FrozenTrial | None = None,
+):
     import optuna.visualization as interactive
     import plotly.graph_objects as go
 
@@ -158,8 +221,21 @@ def _interactive(function: str, source: optuna.Study, kwargs: dict, stopped: tup
                 marker={"symbol": "x", "size": 11, "color": "crimson"},
             )
         )
+    if name == "optimization_history" and winner is not None:
+        figure.add_trace(
+            go.Scatter(
+                x=[winner.user_attrs["trial"]],
+                y=[winner.value],
+                mode="markers",
+                name=f"best: trial {winner.user_attrs['trial']}",
+                marker={"symbol": "star", "size": 18, "color": "gold", "line": {"color": "black", "width": 1}},
+            )
+        )
+        figure.update_xaxes(dtick=1)
     if name == "slice":
         figure.update_xaxes(tickangle=30, nticks=5)
+        for i, trace in enumerate(figure.data):  # coloured by the objective, as the PNG
+            trace.marker.color, trace.marker.colorscale, trace.marker.showscale = trace.y, "Viridis", i == 0
     return figure
 
 
@@ -184,14 +260,14 @@ def write_plots(study: optuna.Study, folder: Path, metrics: list[str] | None = N
     folder.mkdir(parents=True, exist_ok=True)
     metric = (metrics or ["objective"])[0]
     view = view_study(study)
-    stopped = _stopped_points(view)
+    stopped, winner = _stopped_points(view), _winner(view)
     written, html = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
         for name, (function, source, kwargs) in _plots(study, view, metric).items():
             try:
-                _static(function, source, kwargs, stopped, folder, name)
-                figure = _interactive(function, source, kwargs, stopped, name)
+                _static(function, source, kwargs, stopped, folder, name, winner)
+                figure = _interactive(function, source, kwargs, stopped, name, winner)
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
                 log.info("plot %s skipped: %s", name, exc)
                 continue

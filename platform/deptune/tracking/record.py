@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from deptune.storage import Folder, join
 from deptune.tracking.journal import RunJournal
-from deptune.tracking.trial import RENAMED, SUMMARY_STEP
+from deptune.tracking.trial import ONCE, RENAMED, SUMMARY_STEP
 
 REPORTED = {stored: reported for reported, stored in RENAMED.items()}
 MADE_AT = "timestamp_ms"
@@ -18,10 +18,11 @@ MADE_AT = "timestamp_ms"
 def evaluations(records: str, trial_id: str) -> dict[int, dict[str, float]]:
     """A trial's evaluations by training step (the first write of a step wins), each under the names the
     trial reported, with `MADE_AT`; `records`: the sweep's folder of trial records."""
-    logged = RunJournal(join(records, trial_id), "").logged_metrics()
+    journal = RunJournal(join(records, trial_id), "")
+    constants = {k: float(v) for k, v in journal.logged_params().items() if k in ONCE}  # reported with each
     return {
-        step: {REPORTED.get(name, name): value for name, value in metrics.items()}
-        for step, metrics in logged.items()
+        step: {**constants, **{REPORTED.get(name, name): value for name, value in metrics.items()}}
+        for step, metrics in journal.logged_metrics().items()
         if step != SUMMARY_STEP
     }
 

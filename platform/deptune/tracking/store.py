@@ -198,6 +198,10 @@ def ensure_experiment(uri: str, name: str) -> str:
     return experiment_id
 
 
+CLASSIC_VIEW = "workflowType=machine_learning"
+"""The query that opens the MLflow UI (3.x) on its machine-learning pages (runs table, charts, compare) rather
+than its GenAI default, whatever the browser last chose; the experiment's `mlflow.experimentKind` tag does the
+same for the experiment list."""
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the MLflow UI's saved views (3.15+): one experiment tag each
 TRIALS_VIEW = "deptune-trials"
 
@@ -233,4 +237,4 @@ def save_trials_view(uri: str, experiment_id: str, state: dict, name: str = "dep
     MlflowClient(tracking_uri=uri).set_experiment_tag(
         experiment_id, VIEW_TAG_PREFIX + TRIALS_VIEW, json.dumps(envelope)
     )
-    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={TRIALS_VIEW}"
+    return f"#/experiments/{experiment_id}/runs?{CLASSIC_VIEW}&viewStateShareKey={TRIALS_VIEW}"

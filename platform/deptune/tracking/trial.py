@@ -24,7 +24,7 @@ PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 STATE_TAG = f"{TAG}state"  # COMPLETE | PRUNED | FAIL: what the study says (MLflow's run statuses are fixed)
 ONCE = ("trainable_params", "examples_train", "examples_validation", "examples_test", "torch_threads")
-"""Reported with every evaluation, logged once as params (trainable_params also stays a metric)."""
+"""Reported with every evaluation, constant through a run: logged once, as params (a constant is no curve)."""
 PER_EVAL = "objective_per_eval"
 """The MLflow name of the objective at each evaluation: `best_objective` (the best so far, what the study
 ranks) is the headline metric, the per-evaluation curve sits beside it under this name. Tune, ASHA and
@@ -95,7 +95,7 @@ def mlflow_metrics(
         RENAMED.get(k, k): v
         for k, v in metrics.items()
         if k not in ("step", "best_objective", "best_step", IMPROVED_AT, RESUMED_FROM)
-        and k not in ONCE[1:]
+        and k not in ONCE
         and not k.startswith("test_")
     }
     summary = {k: v for k, v in metrics.items() if k.startswith("test_")}
