@@ -245,7 +245,6 @@ def test_a_killed_mpt_student_worker_resumes_from_its_last_checkpoint(ray_cluste
 def test_the_cli_runs_the_source_stage_on_ray_and_its_name_resumes_it_after_a_driver_kill(ray_cluster, tmp_path):
     import json
     import os
-    import re
     import signal
     import subprocess
     import sys
@@ -290,8 +289,8 @@ def test_the_cli_runs_the_source_stage_on_ray_and_its_name_resumes_it_after_a_dr
     os.killpg(driver.pid, signal.SIGKILL)
     output = driver.communicate()[0]
     assert driver.returncode == -signal.SIGKILL, output  # killed mid-student, not finished
-    assert all(f"teachers/{t}: step " in output for t in SOURCES), output  # each teacher's evaluations, then
-    assert re.search(r"^step \d+/", output, re.M), output  # the student's (the console follows every report)
+    assert all(f"teachers/{t}: step " in output for t in SOURCES), output  # the console follows each teacher's
+    # reports (the student's too, but the kill may come before the view's next look at its file)
     teacher_files = {t: tmp_path / "source" / "teachers" / t / "best" / "adapter_model.safetensors" for t in SOURCES}
     written = {t: f.stat().st_mtime_ns for t, f in teacher_files.items()}
     killed_at = max(json.loads(line)["step"] for line in student_log.read_text().splitlines() if line)

@@ -245,8 +245,8 @@ def outcome(url: str) -> list[tuple]:
     stopped trial may have reported one evaluation in flight after the decision: at most one step past."""
     found = []
     for t in optuna.load_study(study_name="asha", storage=url).get_trials():
-        last = max(t.intermediate_values)
-        rung = max(r for r in RUNGS if r <= last) if t.state == TrialState.PRUNED else None
+        last = max(t.intermediate_values, default=0)  # none: the comparison below says which trial
+        rung = max((r for r in RUNGS if r <= last), default=0) if t.state == TrialState.PRUNED else None
         assert rung is None or last - rung <= 10, (t.number, sorted(t.intermediate_values))  # stopped at a rung
         found.append((t.number, t.params, t.state.name, rung))
     return found

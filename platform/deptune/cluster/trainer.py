@@ -117,7 +117,7 @@ def newest_checkpoint(experiment: str, trial_id: str) -> Path | None:
     whole = next((n for n in names if all(folder.child(trial, n).exists(f) for f in CHECKPOINT_FILES)), None)
     if whole is None:
         return None
-    log.warning("trial %s resumes from its newest whole checkpoint: %s", trial_id, whole)
+    log.warning("trial %s starts again where its first run left it: %s", trial_id, whole)
     return Path(Checkpoint(folder.child(trial, whole).path, filesystem=folder.fs).to_directory())
 
 

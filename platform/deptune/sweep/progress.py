@@ -65,12 +65,14 @@ def _tell(event: TrialEvent) -> None:
 
 class SweepProgress(tune.Callback):
     """Tune's trial lifecycle, told as `TrialEvent`s. `demand`: what one trial holds ({"CPU": .., "GPU": ..}),
-    so its cost is its results' seconds times what it holds, as the study records it (the study's figure, final
-    once a stopped trial has settled, is the leaderboard's)."""
+    so its cost is its results' seconds times what it holds, as the study counts it. A stopped trial's figure
+    here is what it cost up to the stop; the study adds the evaluation it may have finished after it (the
+    leaderboard's figure is final)."""
 
     def __init__(self, metric: str, mode: str, total_steps: int, demand: dict[str, float]) -> None:
         self.metric, self.mode, self.total_steps, self.demand = metric, mode, total_steps, dict(demand)
         self.seconds: dict[str, float] = {}  # per Tune trial: its results' seconds, summed as the study sums them
+        self.timed: dict[str, tuple] = {}  # per Tune trial: the last result counted (its time stamps)
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         last = trial.last_result or {}
@@ -78,14 +80,13 @@ class SweepProgress(tune.Callback):
         _tell(self._event("started", trial, resumed_at=resumed))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        seconds = result.get("time_this_iter_s")
-        if isinstance(seconds, (int, float)):
-            self.seconds[trial.trial_id] = self.seconds.get(trial.trial_id, 0.0) + float(seconds)
+        self._time(trial.trial_id, result)
         if DIVERGED not in result and self.metric in result:
             _tell(self._event("evaluated", trial, result))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
+        self._time(trial.trial_id, result)  # a last result callbacks were not told of counts too
         if DIVERGED in result:
             step = int(result[DIVERGED])
             _tell(self._event("failed", trial, result, reason=f"training diverged: non-finite loss at step {step}"))
@@ -101,6 +102,13 @@ class SweepProgress(tune.Callback):
         text = Path(error_file).read_text() if error_file and Path(error_file).is_file() else ""
         reason = summarise_error(text) if text else "the trial raised an error"
         _tell(self._event("failed", trial, trial.last_result or {}, reason=reason))
+
+    def _time(self, trial_id: str, result: dict) -> None:
+        """Add the result's seconds, once per result (as the study counts them)."""
+        seconds, stamp = result.get("time_this_iter_s"), (result.get("timestamp"), result.get("time_total_s"))
+        if isinstance(seconds, (int, float)) and self.timed.get(trial_id) != stamp:
+            self.seconds[trial_id] = self.seconds.get(trial_id, 0.0) + float(seconds)
+            self.timed[trial_id] = stamp
 
     def _event(self, kind: Kind, trial, result: dict | None = None, **extra: Any) -> TrialEvent:
         config = trial.config or {}

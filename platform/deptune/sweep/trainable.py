@@ -68,9 +68,7 @@ class TuneSession:
         self.device, self.on_report, self.earlier = device, on_report, earlier
 
     def restore_dir(self) -> Path | None:
-        """Tune's checkpoint of this trial. Where Tune names none, the newest whole one in the trial's folder (or,
-        for a trial started again under a new id, its first id's): a driver killed after a trial's first
-        checkpoint but before Tune's next snapshot of its state must not cost the trial what it trained."""
+        """Tune's checkpoint of this trial; for a trial started again under a new id, its first id's newest."""
         checkpoint = tune.get_checkpoint()
         if checkpoint is None and self.earlier[0] is not None:
             return newest_checkpoint(*self.earlier)
@@ -108,7 +106,7 @@ def train_trial(
     experiment: str | None = None,
 ) -> None:
     """`shipment`: the driver's files that travel to the trials' nodes (`cluster.paths`); `experiment`: the Tune
-    experiment's folder, where a restored trial finds its newest checkpoint when Tune's saved state names none."""
+    experiment's folder, where a trial started again under a new id finds its first id's checkpoints."""
     restore(methods)  # methods registered in the driver only (e.g. defined by a test) are known here too
     if isinstance(tracking, PublishedTracking):  # the driver opened MLflow while this actor started
         tracking = tracking.resolve()
@@ -118,7 +116,8 @@ def train_trial(
     run_id = config.get(RUN_KEY, trial_id)
     hook = TrackerHook(tracking, run_id, config.get(OPTUNA_TRIAL_KEY)) if tracking else None
     if run.resources.resolved_runner == "tune":
-        _train_in_actor(arrive(run, shipment), hook, (experiment, run_id))
+        earlier = experiment if run_id != trial_id else None
+        _train_in_actor(arrive(run, shipment), hook, (earlier, run_id))
         return
     trainer = build_trainer(
         run,
