@@ -60,7 +60,7 @@ def test_plain_output_is_one_line_per_trial_event_with_its_outcome():
         "trial 1 finished: objective 0.9, best 0.92, 7.0 CPU-s, 3.5 GPU-s",
         "trial 2 started: m=8 r=5 lr_prompt=0.01235 lr_lowrank=0.00145",
         "trial 2 failed: ValueError: bad batch",
-        "trial 1 resumed from step 120",
+        "trial 1 started again (it had reported step 120; it goes on from its checkpoint)",
     ]
     assert not ESCAPE.search(out.getvalue())
     assert [view.rows[n].state for n in (0, 1, 2)] == ["stopped", "running", "failed"]

@@ -195,7 +195,7 @@ class SweepView:
         n = f"trial {event.number}"
         if event.kind == "started":
             if event.resumed_at is not None:
-                return f"{n} resumed from step {event.resumed_at}"
+                return f"{n} started again (it had reported step {event.resumed_at}; it goes on from its checkpoint)"
             return None if self.live else f"{n} started: {_params(row.params)}"
         if event.kind == "failed":
             at = f" at step {row.step}/{self.total_steps}" if row.step else ""
