@@ -96,6 +96,18 @@ def prepare_ray(address: str | None) -> None:
         local_ray.apply()
 
 
+@contextmanager
+def training_view(log: Path, verbose: bool, train, local: bool) -> Iterator:
+    """One line per evaluation on the console, the rest in `log` (see `deptune.console`)."""
+    from deptune.console import ExecutionOutput, TrainView
+
+    output = ExecutionOutput(log, verbose)
+    with output as console:
+        output.keep()  # a training run is refused before this point or not at all
+        with TrainView(console, train.steps, None if local else train.output_dir) as view:
+            yield view
+
+
 def where_it_ran(local: bool, workers: int) -> str:
     return "in-process" if local else f"Ray Train, {workers} worker(s)"
 
@@ -138,7 +150,7 @@ def train(
             checks.check_fetched_source(run_spec, str(spec))
     echo_warnings(checked.warnings)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from deptune.console import ExecutionOutput, TrainView, log_path
+    from deptune.console import log_path
 
     log = log_path(run_spec.train.output_dir, "train", run_spec.method.name)
     typer.echo(
@@ -146,20 +158,16 @@ def train(
         f"Ray's and the libraries' output goes to {log}"
     )
     started = time.perf_counter()
-    output = ExecutionOutput(log, verbose)
-    with exit_on(FloatingPointError, 1), output as console:
-        output.keep()
-        view = TrainView(console, run_spec.train.steps, None if local else run_spec.train.output_dir)
-        with view:
-            if local:
-                from deptune.train.loop import train as run_training  # torch/transformers load only when needed
+    with exit_on(FloatingPointError, 1), training_view(log, verbose, run_spec.train, local) as view:
+        if local:
+            from deptune.train.loop import train as run_training  # torch/transformers load only when needed
 
-                result = run_training(run_spec, reporter=view.report)
-            else:
-                prepare_ray(address)
-                from deptune.cluster.trainer import run_on_ray
+            result = run_training(run_spec, reporter=view.report)
+        else:
+            prepare_ray(address)
+            from deptune.cluster.trainer import run_on_ray
 
-                result = run_on_ray(run_spec, address, name)
+            result = run_on_ray(run_spec, address, name)
     if result.diverged_at_step is not None:
         typer.echo(f"training diverged: non-finite loss at step {result.diverged_at_step}", err=True)
         raise typer.Exit(1)
@@ -215,27 +223,23 @@ def mpt_source(
         )
     echo_warnings(checked.warnings)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from deptune.console import ExecutionOutput, TrainView, log_path
+    from deptune.console import log_path
 
     log = log_path(source_spec.train.output_dir, "mpt-source", "-".join(source_spec.task_names))
     typer.echo(
         f"MPT source stage on {', '.join(source_spec.task_names)}: Ray's and the libraries' output goes to {log}"
     )
     started = time.perf_counter()
-    output = ExecutionOutput(log, verbose)
-    with exit_on(FloatingPointError, 1), output as console:
-        output.keep()
-        view = TrainView(console, source_spec.train.steps, None if local else source_spec.train.output_dir)
-        with view:
-            if local:
-                from deptune.train.multitask import train_source
+    with exit_on(FloatingPointError, 1), training_view(log, verbose, source_spec.train, local) as view:
+        if local:
+            from deptune.train.multitask import train_source
 
-                result = train_source(source_spec, reporter=view.report)
-            else:
-                prepare_ray(address)
-                from deptune.cluster.trainer import run_source_on_ray
+            result = train_source(source_spec, reporter=view.report)
+        else:
+            prepare_ray(address)
+            from deptune.cluster.trainer import run_source_on_ray
 
-                result = run_source_on_ray(source_spec, address, name)
+            result = run_source_on_ray(source_spec, address, name)
     where = where_it_ran(local, source_spec.resources.workers)
     typer.echo(
         f"\nMPT source stage on {', '.join(source_spec.task_names)} with {source_spec.backbone.name} "
