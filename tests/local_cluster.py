@@ -69,6 +69,10 @@ class LocalCluster:
     client_env: dict[str, str]  # what `source deploy/local/env.sh` exports, on top of os.environ
     dashboard: str  # http://127.0.0.1:<port>: the Jobs API
     mlflow: str  # http://127.0.0.1:<port>
+    ports: list[int]  # GCS, dashboard, Ray Client, dashboard agent, MLflow
+    groups: list[int]  # the process groups of Ray's head and of the MLflow server
+    start_output: str  # what start.sh printed
+    startup_s: float
 
     @property
     def token(self) -> str:
@@ -98,10 +102,14 @@ class LocalCluster:
 
 @contextmanager
 def local_cluster(tmp_path: Path, num_cpus: int = 1) -> Iterator[LocalCluster]:
+    """deploy/local started in `tmp_path/state`; on exit stop.sh must succeed and leave no process of either
+    server, no port of theirs open and no pid file or Ray temp folder behind."""
     state = tmp_path / "state"
     ports = free_ports(5)
     env = script_env(state, ports, num_cpus)
+    started = time.monotonic()
     run = subprocess.run(["bash", str(LOCAL / "start.sh")], env=env, capture_output=True, text=True, timeout=240)
+    startup_s = time.monotonic() - started
     groups = [
         int((state / f"{name}.pid").read_text()) for name in ("ray", "mlflow") if (state / f"{name}.pid").exists()
     ]
@@ -117,6 +125,10 @@ def local_cluster(tmp_path: Path, num_cpus: int = 1) -> Iterator[LocalCluster]:
             client_env=client_env,
             dashboard=f"http://127.0.0.1:{ports[1]}",
             mlflow=f"http://127.0.0.1:{ports[4]}",
+            ports=ports,
+            groups=groups,
+            start_output=run.stdout + run.stderr,
+            startup_s=startup_s,
         )
     finally:
         stop = subprocess.run(["bash", str(LOCAL / "stop.sh")], env=env, capture_output=True, text=True, timeout=120)
@@ -126,4 +138,44 @@ def local_cluster(tmp_path: Path, num_cpus: int = 1) -> Iterator[LocalCluster]:
         deadline = time.monotonic() + 10
         while any(group_pids(g) for g in groups) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    for group in groups:
+        assert group_pids(group) == [], f"process group {group} still has processes after stop.sh"
+    for port in (ports[0], ports[1], ports[2], ports[4]):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still accepts connections"
+    assert not (state / "ray.pid").exists() and not (state / "ray_tmp").exists()
+
+
+def listeners(pids: list[int]) -> set[tuple[str, int]]:
+    """(address, port) of every listening TCP socket the processes hold, read from /proc (no ss/psutil)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:  # the process ended meanwhile
+            continue
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] != "0A" or fields[9] not in inodes:  # 0A = LISTEN
+                    continue
+                hex_addr, hex_port = fields[1].split(":")
+                raw = bytes.fromhex(hex_addr)
+                # /proc prints each 32-bit word in host (little-endian) order
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                addr = socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, raw)
+                found.add((addr, int(hex_port, 16)))
+    return found
+
+
+def loopback(addr: str) -> bool:
+    return addr.startswith("127.") or addr in ("::1", "::ffff:127.0.0.1") or addr.startswith("::ffff:127.")

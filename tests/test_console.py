@@ -21,6 +21,7 @@ from rich.console import Console
 from deptune.console import SweepView, TrainView
 from deptune.sweep.progress import TrialEvent
 from deptune.train.config import IMPROVED_AT
+from stores import mlflow_store
 
 PARAMS = {"prompt_length": 8, "lr_prompt": 0.0123456, "lr_lowrank": 0.00145, "rank": 5}
 ESCAPE = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
@@ -197,7 +198,7 @@ def test_a_sweep_on_a_terminal_draws_its_live_table_and_logs_the_rest(tmp_path):
         "sweep.scheduler.grace_period=20",
         f"train.output_dir={tmp_path / 'out'}",
     ]
-    sets += ["study.storage=" + f"sqlite:///{tmp_path / 'study.db'}", f"tracking.uri=sqlite:///{tmp_path / 'ml.db'}"]
+    sets += ["study.storage=" + f"sqlite:///{tmp_path / 'study.db'}", f"tracking.uri={mlflow_store(tmp_path, 'ml.db')}"]
     command = [sys.executable, "-m", "deptune.cli", "sweep", "search_spaces/demo.yaml"]
     command += [arg for s in sets for arg in ("--set", s)]
     main, child = pty.openpty()

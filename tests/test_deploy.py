@@ -1,4 +1,4 @@
-"""deploy/: every manifest validated offline, the project's security rules, and the local scripts run for real.
+"""deploy/: every manifest validated offline, the project's security rules, the local scripts' syntax.
 
 - Built-in kinds: Kubernetes' own JSON schemas (`kubernetes-validate`, strict: unknown fields fail).
 - ray.io kinds: KubeRay's CRD schema (tests/fixtures/kuberay-crds/, pinned commit, strict like
@@ -6,24 +6,17 @@
 - The cluster-launcher YAML: `ray/autoscaler/ray-schema.json` from the installed ray.
 - Each kind also has deliberately broken copies that must fail, so a validator that accepts everything
   cannot pass.
-- deploy/local/start.sh, env.sh, stop.sh: a real Ray head (token auth) and MLflow server on 127.0.0.1.
+- deploy/local/start.sh, env.sh, stop.sh are run for real in test_cluster.py (one start for its Ray jobs too).
 """
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,8 +25,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
-from local_cluster import free_ports, group_pids
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -605,176 +596,6 @@ def test_mlflow_and_optuna_share_one_postgres_database_in_separate_schemas():
         with admin.connect() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         admin.dispose()
-
-
-# --- deploy/local: a real Ray head with token auth and an MLflow server on 127.0.0.1 ------------------------
-
-
-def _listeners(pids: list[int]) -> set[tuple[str, int]]:
-    """(address, port) of every listening TCP socket the processes hold, read from /proc (no ss/psutil)."""
-    inodes: set[str] = set()
-    for pid in pids:
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        except OSError:  # the process ended meanwhile
-            continue
-    found = set()
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] != "0A" or fields[9] not in inodes:  # 0A = LISTEN
-                    continue
-                hex_addr, hex_port = fields[1].split(":")
-                raw = bytes.fromhex(hex_addr)
-                # /proc prints each 32-bit word in host (little-endian) order
-                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-                addr = socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, raw)
-                found.add((addr, int(hex_port, 16)))
-    return found
-
-
-def _loopback(addr: str) -> bool:
-    return addr.startswith("127.") or addr in ("::1", "::ffff:127.0.0.1") or addr.startswith("::ffff:127.")
-
-
-def _script_env(state: Path, ports: list[int]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_"))}
-    env.update(
-        DEPTUNE_PYTHON=sys.executable,
-        DEPTUNE_LOCAL_DIR=str(state),
-        DEPTUNE_RAY_NUM_CPUS="1",
-        DEPTUNE_RAY_PORT=str(ports[0]),
-        DEPTUNE_RAY_DASHBOARD_PORT=str(ports[1]),
-        DEPTUNE_RAY_CLIENT_PORT=str(ports[2]),
-        DEPTUNE_RAY_AGENT_PORT=str(ports[3]),
-        DEPTUNE_MLFLOW_PORT=str(ports[4]),
-    )
-    return env
-
-
-@pytest.mark.slow
-def test_local_scripts_start_a_token_protected_loopback_cluster(tmp_path):
-    state = tmp_path / "state"
-    ports = free_ports(5)
-    env = _script_env(state, ports)
-    local = DEPLOY / "local"
-    started = time.monotonic()
-    run = subprocess.run(["bash", str(local / "start.sh")], env=env, capture_output=True, text=True, timeout=240)
-    groups = [
-        int((state / f"{name}.pid").read_text()) for name in ("ray", "mlflow") if (state / f"{name}.pid").exists()
-    ]
-    try:
-        assert run.returncode == 0, run.stdout + run.stderr + _tail(state)
-        startup_s = time.monotonic() - started
-        assert (state / "auth_token").stat().st_mode & 0o077 == 0, "the token is readable by its owner only"
-
-        # Every listener of both servers is on loopback, and the configured ports are among them.
-        pids = [pid for g in groups for pid in group_pids(g)]
-        listeners = _listeners(pids)
-        assert listeners and all(_loopback(addr) for addr, _ in listeners), listeners
-        assert {ports[0], ports[1], ports[2], ports[4]} <= {port for _, port in listeners}, (ports, listeners)
-
-        # env.sh gives the job CLI the address and the token, and MLflow clients the basic-auth user.
-        sourced = subprocess.run(
-            ["bash", "-c", f"source {local / 'env.sh'} && env -0"], env=env, capture_output=True, text=True, check=True
-        ).stdout
-        client_env = dict(item.split("=", 1) for item in sourced.split("\0") if "=" in item)
-        for secret in ("mlflow_credentials", "mlflow_auth.ini", "mlflow_secret_key"):
-            assert (state / secret).stat().st_mode & 0o077 == 0, f"{secret} is readable by its owner only"
-        assert state.stat().st_mode & 0o077 == 0, "the state folder is its owner's only"
-        user, password = client_env["MLFLOW_TRACKING_USERNAME"], client_env["MLFLOW_TRACKING_PASSWORD"]
-        assert user == "deptune" and len(password) >= 24
-        assert password not in run.stdout + run.stderr, "start.sh never prints the password"
-
-        # MLflow answers its user, and refuses an unauthenticated or wrongly authenticated write.
-        mlflow_api = f"http://127.0.0.1:{ports[4]}/api/2.0/mlflow"
-        assert _mlflow_request(f"{mlflow_api}/experiments/search?max_results=5", None, (user, password))[0] == 200
-        create = {"name": "not-allowed"}
-        assert _mlflow_request(f"{mlflow_api}/experiments/create", create, None)[0] == 401
-        assert _mlflow_request(f"{mlflow_api}/experiments/create", create, (user, "wrong-password"))[0] == 401
-        assert (
-            _mlflow_request(
-                f"{mlflow_api}/experiments/get-by-name?experiment_name=not-allowed", None, (user, password)
-            )[0]
-            == 404
-        ), "the refused write created nothing"
-        status, body = _mlflow_request(f"{mlflow_api}/experiments/create", {"name": "allowed"}, (user, password))
-        assert status == 200 and json.loads(body)["experiment_id"]
-        assert client_env["RAY_ADDRESS"] == f"http://127.0.0.1:{ports[1]}"
-        assert client_env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{ports[4]}"
-        assert client_env["RAY_AUTH_MODE"] == "token"
-        assert client_env["RAY_AUTH_TOKEN"] == (state / "auth_token").read_text().strip()
-
-        # HOME points to an empty folder: no ~/.ray/auth_token of this user can stand in for the token.
-        home = tmp_path / "home"
-        home.mkdir()
-        ray_cli = str(Path(sys.executable).parent / "ray")
-        submit = [ray_cli, "job", "submit", "--", "python", "-c", "print('deptune-' + 'ok')"]
-        # The authorised job's driver also joins the cluster and runs a task: the head passes the token on
-        # to its processes, and `python` there is this venv's (start.sh puts DEPTUNE_PYTHON's bin first).
-        driver = "import ray; ray.init(address='auto'); print('deptune-' + ray.get(ray.remote(lambda: 'ok').remote()))"
-        submit_driver = [ray_cli, "job", "submit", "--", "python", "-c", driver]
-        no_token = {k: v for k, v in client_env.items() if not k.startswith("RAY_AUTH_")} | {"HOME": str(home)}
-        wrong_token = client_env | {
-            "HOME": str(home),
-            "RAY_AUTH_TOKEN": "0" * 64,
-            "RAY_AUTH_TOKEN_PATH": "/nonexistent",
-        }
-        with_token = client_env | {"HOME": str(home)}
-        procs = {
-            name: subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for name, cmd, e in (
-                ("none", submit, no_token),
-                ("wrong", submit, wrong_token),
-                ("token", submit_driver, with_token),
-            )
-        }
-        outs = {name: (p.communicate(timeout=180)[0], p.returncode) for name, p in procs.items()}
-        out, rc = outs["token"]
-        assert rc == 0 and "deptune-ok" in out and "succeeded" in out, out
-        out, rc = outs["none"]
-        assert rc != 0 and "Unauthorized: Missing authentication token" in out, out
-        out, rc = outs["wrong"]
-        assert rc != 0 and "Forbidden: Invalid authentication token" in out, out
-        assert not any(home.iterdir()), "the CLI wrote nothing into HOME (no token generated)"
-    finally:
-        stop = subprocess.run(["bash", str(local / "stop.sh")], env=env, capture_output=True, text=True, timeout=120)
-        for group in groups:  # whatever stop.sh missed must not outlive the test
-            if group_pids(group):
-                os.killpg(group, signal.SIGKILL)
-    assert stop.returncode == 0, stop.stdout + stop.stderr
-    for group in groups:
-        assert group_pids(group) == [], f"process group {group} still has processes after stop.sh"
-    for port in (ports[0], ports[1], ports[2], ports[4]):
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still accepts connections"
-    assert not (state / "ray.pid").exists() and not (state / "ray_tmp").exists()
-    print(f"start.sh took {startup_s:.1f} s")
-
-
-def _mlflow_request(url: str, body: dict | None, auth: tuple[str, str] | None) -> tuple[int, bytes]:
-    """(HTTP status, body) of a GET (or a POST of `body`) to MLflow, with basic auth when given."""
-    headers = {"Content-Type": "application/json"}
-    if auth is not None:
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _tail(state: Path) -> str:
-    logs = [f"\n--- {p.name}\n" + p.read_text()[-3000:] for p in sorted(state.glob("*.log"))]
-    return "".join(logs)
 
 
 def test_local_scripts_are_valid_bash():

@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 
 from deptune.methods.record import read_record
 from local_cluster import free_ports, group_pids
+from stores import mlflow_store
 
 PG_ENV = "DEPTUNE_TEST_POSTGRES_URL"
 USER = "deptune"
@@ -63,7 +64,7 @@ def _start_mlflow(folder: Path, password: str) -> tuple[subprocess.Popen, str]:
             "--port",
             str(port),
             "--backend-store-uri",
-            f"sqlite:///{folder}/mlflow.db",
+            mlflow_store(folder),
             "--serve-artifacts",
             "--artifacts-destination",
             str(folder / "mlartifacts"),

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from deptune.cli import app
 from deptune.registry.predict import InputError, rows_from_options
 from deptune.registry.pyfunc import save_pyfunc
 from deptune.specs import parse_spec
@@ -54,9 +56,16 @@ def rte_model(tmp_path_factory) -> Path:
 
 
 def predict(*args: str) -> subprocess.CompletedProcess:
+    """`deptune predict` in a process of its own, as a user runs it."""
     return subprocess.run(
         [sys.executable, "-m", "deptune.cli", "predict", *args], capture_output=True, text=True, timeout=300
     )
+
+
+def predict_here(*args: str) -> subprocess.CompletedProcess:
+    """The same command in this process (no second start-up of torch and MLflow), with the same result."""
+    result = CliRunner().invoke(app, ["predict", *args])
+    return subprocess.CompletedProcess(["predict", *args], result.exit_code, result.stdout, result.stderr)
 
 
 def test_the_model_is_saved_from_code_with_safetensors_and_no_pickle(rte_model):
@@ -67,7 +76,7 @@ def test_the_model_is_saved_from_code_with_safetensors_and_no_pickle(rte_model):
     assert "model_code_path" in (rte_model / "MLmodel").read_text()
 
 
-@pytest.mark.slow  # three `deptune predict` processes, each importing torch and MLflow
+@pytest.mark.slow  # a `deptune predict` process, importing torch and MLflow
 def test_pair_rows_from_options_and_from_a_file_give_the_same_class_names(rte_model, tmp_path):
     options = [arg for a, b in PAIRS for arg in ("--input", f"sentence1={a}", "--input", f"sentence2={b}")]
     by_option = predict(str(rte_model), *options)
@@ -80,19 +89,19 @@ def test_pair_rows_from_options_and_from_a_file_give_the_same_class_names(rte_mo
 
     rows = tmp_path / "rows.csv"
     pd.DataFrame(PAIRS, columns=["sentence1", "sentence2"]).to_csv(rows, index=False)
-    by_csv = predict(str(rte_model), "--file", str(rows))
+    by_csv = predict_here(str(rte_model), "--file", str(rows))
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text("".join(json.dumps({"sentence1": a, "sentence2": b}) + "\n" for a, b in PAIRS))
-    by_jsonl = predict(str(rte_model), "--file", str(jsonl))
+    by_jsonl = predict_here(str(rte_model), "--file", str(jsonl))
     assert by_csv.returncode == 0 and by_jsonl.returncode == 0, by_csv.stderr + by_jsonl.stderr
     assert by_csv.stdout == by_option.stdout == by_jsonl.stdout
 
 
 def test_a_missing_column_is_named_with_the_tasks_columns(rte_model):
-    missing = predict(str(rte_model), "--input", "sentence1=only the first")
+    missing = predict_here(str(rte_model), "--input", "sentence1=only the first")
     assert missing.returncode == 2
     assert "missing input column(s) sentence2: this model's task takes sentence1, sentence2" in missing.stderr
-    unknown = predict(str(rte_model), "--input", "premise=x")
+    unknown = predict_here(str(rte_model), "--input", "premise=x")
     assert unknown.returncode == 2 and "no such column; this model's task takes sentence1, sentence2" in unknown.stderr
 
 

@@ -256,7 +256,7 @@ def test_the_cli_runs_the_source_stage_on_ray_and_its_name_resumes_it_after_a_dr
     from deptune.methods.record import read_record
     from deptune.train.multitask import finished_teacher, teacher_run
 
-    data = source_data(tmp_path, steps=200)
+    data = source_data(tmp_path, steps=100)
     data["train"]["eval_every"] = 20
     path = tmp_path / "source.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -294,14 +294,14 @@ def test_the_cli_runs_the_source_stage_on_ray_and_its_name_resumes_it_after_a_dr
     teacher_files = {t: tmp_path / "source" / "teachers" / t / "best" / "adapter_model.safetensors" for t in SOURCES}
     written = {t: f.stat().st_mtime_ns for t, f in teacher_files.items()}
     killed_at = max(json.loads(line)["step"] for line in student_log.read_text().splitlines() if line)
-    assert killed_at < 200
+    assert killed_at < 100
     again = CliRunner().invoke(app, ["mpt-source", str(path), "--name", "stage-a"])  # the driver's name resumes it
     assert again.exit_code == 0, again.output
     assert "(Ray Train, 1 worker(s))" in again.output and "source adapter:" in again.output
     assert not any(f"teachers/{t}: step" in again.output for t in SOURCES)  # both finished: kept, not retrained
     assert {t: f.stat().st_mtime_ns for t, f in teacher_files.items()} == written
     steps = [json.loads(line)["step"] for line in student_log.read_text().splitlines() if line]
-    assert steps == sorted(set(steps)) and steps[-1] == 200, steps  # from a checkpoint, not from step 0
+    assert steps == sorted(set(steps)) and steps[-1] == 100, steps  # from a checkpoint, not from step 0
     record = read_record(tmp_path / "source" / "best")
     assert record.method == "mpt" and record.method_config["source_tasks"] == SOURCES
     spec = parse_spec(data)  # another stage's name (or none: a fresh, timestamped one) retrains them

@@ -11,6 +11,7 @@ from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.driver import run_sweep
 from deptune.sweep.study import load_study, open_storage, storage_url
+from stores import mlflow_store
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def make_spec(tmp_path, method: dict, search: dict, sweep: dict) -> SweepSpec:
             "resources": {"workers": 1, "cpus_per_worker": 0.75},
             "sweep": {"max_concurrent": 2, "driver_cpus": 0.25, "scheduler": {"name": "fifo"}, **sweep},
             "study": {"name": "test"},
-            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+            "tracking": {"uri": mlflow_store(tmp_path)},
         },
         kind=SweepSpec,
     )

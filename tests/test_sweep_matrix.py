@@ -27,6 +27,7 @@ from deptune.sweep.config import SweepSpec
 from deptune.sweep.driver import run_sweep
 from deptune.sweep.leaderboard import ranked_rows
 from deptune.sweep.study import load_study, open_storage, storage_url
+from stores import mlflow_store
 from test_method_contract import check_contract
 
 pytestmark = pytest.mark.slow
@@ -70,7 +71,7 @@ def sweep_spec(tmp_path, method: dict, search: dict, backbone: str, **sweep: Any
                 **sweep,
             },
             "study": {"name": "matrix"},
-            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_best": False},
+            "tracking": {"uri": mlflow_store(tmp_path), "register_best": False},
         },
         kind=SweepSpec,
     )

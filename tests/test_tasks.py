@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import datasets
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from deptune.tasks import metrics
 from deptune.tasks.base import Example
 from deptune.tasks.catalog import TASK_NAMES, get_task
 from deptune.tasks.config import TaskConfig
@@ -207,6 +209,22 @@ def test_binary_f1_with_invalid_prediction_flipped():
     assert get_task("multirc").compute_metrics(preds, targets) == {"f1": pytest.approx(4 / 7)}
     # an invalid prediction for a "0" target is a false positive, so F1 drops
     assert get_task("mrpc").compute_metrics(["1", "?"], ["1", "0"])["f1"] == pytest.approx(2 / 3)
+
+
+def test_counted_accuracy_and_binary_f1_agree_with_scikit_learn():
+    """Accuracy and binary F1 are counted (no scikit-learn import in a trial's worker): the same values as
+    scikit-learn's, invalid outputs and degenerate cases (no positive anywhere, all wrong) included."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = random.Random(0)
+    for size in [1, 2, 3, 7, 50] * 40:
+        targets = [rng.choice("01") for _ in range(size)]
+        preds = [rng.choice(["0", "1", "1", "x", ""]) for _ in range(size)]
+        for ps in (preds, targets, ["0"] * size, ["?"] * size):
+            fixed = [p if p in ("0", "1") else ("0" if t == "1" else "1") for p, t in zip(ps, targets)]
+            assert metrics.accuracy(ps, targets, ["0", "1"]) == pytest.approx(accuracy_score(targets, ps))
+            expected = f1_score(targets, fixed, pos_label="1", average="binary", zero_division=0.0)
+            assert metrics.f1_with_invalid(ps, targets, ["0", "1"]) == pytest.approx(expected), (ps, targets)
 
 
 def test_matthews_correlation_worked_example():

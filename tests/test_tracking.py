@@ -34,6 +34,7 @@ from deptune.sweep.driver import run_sweep
 from deptune.sweep.tracker import trial_journals_for
 from deptune.tracking.journal import DriverSender, RunJournal, flush_all, journals
 from deptune.tracking.sources import localize_sources
+from stores import mlflow_store
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
             "--workers",
             "1",
             "--backend-store-uri",
-            f"sqlite:///{folder}/mlflow.db",
+            mlflow_store(folder),
             "--artifacts-destination",
             str(folder / "artifacts"),
             "--serve-artifacts",

@@ -13,6 +13,7 @@ from deptune.specs import parse_spec
 from deptune.sweep.config import SweepSpec
 from deptune.sweep.driver import run_sweep
 from faults import kill_after_report
+from stores import mlflow_store
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ def sweep_spec(tmp_path) -> SweepSpec:
                 "scheduler": {"name": "asha", "grace_period": 8, "reduction_factor": 2},
             },
             "study": {"name": "record"},
-            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+            "tracking": {"uri": mlflow_store(tmp_path)},
         },
         kind=SweepSpec,
     )

@@ -31,6 +31,7 @@ from deptune.sweep.study import load_study, open_storage, storage_url
 from deptune.train.cache import ProcessCache
 from deptune.train.loop import train
 from deptune.train.session import LocalSession
+from stores import mlflow_store
 
 TRIAL = {"prompt_length": 4, "lr_prompt": 0.3, "lr_lowrank": 5e-3}
 
@@ -73,7 +74,7 @@ def spec(
                 "enqueue": enqueue or [],
             },
             "study": {"name": "runner"},
-            "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_best": False},
+            "tracking": {"uri": mlflow_store(tmp_path), "register_best": False},
         },
         kind=SweepSpec,
     )

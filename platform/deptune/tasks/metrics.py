@@ -12,25 +12,28 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 
-# scikit-learn and scipy are imported where they are used: they cost a second in every process that
-# merely reads a spec.
+# scikit-learn and scipy are imported where they are used: each costs a second of CPU in every process
+# that imports it, and every trial runs in a fresh Ray worker. Accuracy and binary F1 (the metrics of most
+# tasks) are one counting line each, so they need neither; MCC, macro F1 and the correlations keep the
+# libraries (test_tasks checks the counted ones against scikit-learn).
 
 MetricFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], float]
 
 
 def accuracy(predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str]) -> float:
     """Exact string match: an invalid prediction never equals a target."""
-    from sklearn.metrics import accuracy_score
-
-    return float(accuracy_score(list(targets), list(predictions)))
+    return sum(p == t for p, t in zip(predictions, targets)) / len(targets)
 
 
 def f1_with_invalid(predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str]) -> float:
-    """Binary F1 of class "1"; a prediction other than "0"/"1" becomes the opposite of its target (T5/DePT)."""
-    from sklearn.metrics import f1_score
+    """Binary F1 of class "1"; a prediction other than "0"/"1" becomes the opposite of its target (T5/DePT).
 
+    F1 = 2TP / (2TP + FP + FN), 0.0 when there is no positive at all (scikit-learn's `zero_division=0.0`).
+    """
     fixed = [p if p in ("0", "1") else ("0" if t == "1" else "1") for p, t in zip(predictions, targets)]
-    return float(f1_score(list(targets), fixed, pos_label="1", average="binary", zero_division=0.0))
+    true_pos = sum(p == t == "1" for p, t in zip(fixed, targets))
+    wrong = sum((p == "1") != (t == "1") for p, t in zip(fixed, targets))  # FP + FN
+    return 2 * true_pos / (2 * true_pos + wrong) if true_pos + wrong else 0.0
 
 
 def matthews_correlation(predictions: Sequence[str], targets: Sequence[str], labels: Sequence[str]) -> float:
