@@ -1,5 +1,5 @@
 """A fresh MLflow sqlite store in a folder, as a copy of one that MLflow created and migrated once per test
-process: creating one runs MLflow's ~50 schema migrations (about 1.7 s), and a suite makes dozens."""
+process: creating one runs MLflow's schema migrations (about 1.7 s), and the suite makes about twenty."""
 
 from __future__ import annotations
 
