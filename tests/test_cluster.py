@@ -322,7 +322,7 @@ def test_sweeps_submitted_as_ray_jobs_continue_one_study_under_its_lock(deployed
     job_dir.mkdir()
     (job_dir / "nightly.yaml").write_text(
         yaml.safe_dump(
-            # trials long enough (~10 s each, in a reused actor) that B and `ray job stop` arrive while they run
+            # trials long enough (~14 s each, in a reused actor) that B and `ray job stop` arrive while they run
             tiny_spec(tmp_path / "run", "nightly", trials=2, max_concurrent=1, tracking_uri=None, steps=200)
         )
     )
