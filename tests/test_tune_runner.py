@@ -32,6 +32,7 @@ from deptune.train.cache import ProcessCache
 from deptune.train.loop import train
 from deptune.train.session import LocalSession
 from stores import mlflow_store
+from studies import study_trials
 
 TRIAL = {"prompt_length": 4, "lr_prompt": 0.3, "lr_lowrank": 5e-3}
 
@@ -221,33 +222,32 @@ def test_asha_stops_a_trial_mid_training_and_the_next_trial_reuses_its_actor(ray
 @pytest.mark.slow
 def test_a_trial_whose_actor_is_killed_resumes_from_its_checkpoint(ray_cluster, tmp_path):
     sweep = spec(tmp_path, steps=80, trials=1, enqueue=[TRIAL])
-    root = Path(sweep.train.ray_storage())
     killed: list[int] = []
 
-    def kill_after_step_12() -> None:
-        """Kill the trial's actor once its third checkpoint (step 12) is on the storage: the trial writes its
-        checkpoints there itself, while Tune's result.json reaches the storage only at its next sync. The
-        actor is looked up first: the state API can take seconds, longer than the rest of a short trial."""
-        deadline, pid = time.monotonic() + 240, None
+    def kill_after_step_16() -> None:
+        """Kill the trial's actor once the study holds its step-16 evaluation: Tune's driver handles a trial's
+        results in order, so step 12's result and checkpoint are then Tune's, and the restart must resume from
+        step 12 or later. The actor is looked up first: the state API can take seconds."""
+        deadline, pid, url = time.monotonic() + 240, None, storage_url(sweep)
         while time.monotonic() < deadline:
             if pid is None:
                 alive = list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")])
                 pid = alive[0].pid if alive else None
-            elif len(list(root.glob("*/*/checkpoint_*"))) >= 3:
+            elif any(16 in t.intermediate_values for t in study_trials(url, sweep.study.name)):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 return
-            time.sleep(0.05 if pid else 0.3)
+            time.sleep(0.1 if pid else 0.3)
 
-    killer = threading.Thread(target=kill_after_step_12, daemon=True)
+    killer = threading.Thread(target=kill_after_step_16, daemon=True)
     killer.start()
     outcome = run_sweep(sweep)
     killer.join(timeout=5)
-    assert killed, "the trial never reported step 12"
+    assert killed, "the trial never reported step 16"
     (trial,) = load_study(sweep, open_storage(storage_url(sweep))).get_trials()
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["last_step"] == 80
     assert sorted(trial.intermediate_values) == list(range(4, 81, 4))
     rows = next(iter(tune_results(sweep, outcome.execution.name).values()))
     assert rows[-1]["step"] == 80 and rows[-1]["pid"] != killed[0]  # finished in a new actor
     resumed_from = [r["step"] for r in rows if r["pid"] != killed[0]][0]
-    assert 12 < resumed_from < 80  # from a checkpoint at or after the kill, not from the start (step 4)
+    assert 12 < resumed_from < 80  # from a checkpoint Tune had at the kill, not from the start (step 4)
