@@ -1,6 +1,7 @@
 """Test-wide settings: servers on 127.0.0.1 only, no telemetry, no hub downloads; the shared fixtures."""
 
 import os
+import threading
 
 import pytest
 
@@ -22,3 +23,17 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
     yield
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def no_deptune_thread_outlives_its_test():
+    """A deptune thread left running (a driver's journal sender) lists the storage through pyarrow until the
+    interpreter exits, and a thread inside pyarrow during finalization can crash the exiting process: a CI
+    run segfaulted so after every test had passed. Threads that are finishing get 10 s."""
+    before = set(threading.enumerate())
+    yield
+    started = [t for t in threading.enumerate() if t not in before and t.name.startswith("deptune-")]
+    for thread in started:
+        thread.join(timeout=10)
+    alive = [t.name for t in started if t.is_alive()]
+    assert not alive, f"threads outlived the test: {alive}"

@@ -186,3 +186,5 @@ def test_an_opening_tracker_pickles_without_its_thread_and_builds_its_tracker_ag
     assert restored.error() is None
     again = restored.get()
     assert again is not tracker and again.run_id == tracker.run_id
+    for opened in (opening, restored):  # as the driver does when a sweep ends without `finish`
+        opened.stop_sending()

@@ -371,6 +371,31 @@ def test_the_journal_keeps_writes_while_the_server_is_away(mlflow_server, tmp_pa
     assert client.get_run(journal.run_id).info.status == "FINISHED"
 
 
+EXIT_WITHOUT_STOP = """
+import atexit, sys, threading
+def senders_left():  # registered first, so it runs after the journal module's exit hook
+    left = [t.name for t in threading.enumerate() if t.name == "deptune-driver-sender"]
+    print("left:", left, flush=True)
+atexit.register(senders_left)
+from deptune.tracking.journal import DriverSender
+DriverSender(sys.argv[1], sys.argv[2], interval_s=0.05)
+print("alive:", [t.name for t in threading.enumerate() if t.name == "deptune-driver-sender"], flush=True)
+"""
+
+
+def test_a_driver_that_exits_without_stopping_its_sender_halts_the_thread_first(tmp_path):
+    """Its thread lists the storage through pyarrow every interval: left to run into the interpreter's
+    shutdown, it can crash the exiting process after the sweep's work is done."""
+    run = subprocess.run(
+        [sys.executable, "-c", EXIT_WITHOUT_STOP, str(tmp_path), "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines() == ["alive: ['deptune-driver-sender']", "left: []"], run.stdout
+
+
 def test_a_trials_journal_is_sent_by_the_driver_alone_in_order(tmp_path):
     """A trial only writes its journal's files (no MLflow call: its URI here answers nothing); the driver
     sends it, in order, at once or from its thread; an artifact travels inside the journal and its copy goes
@@ -404,7 +429,9 @@ def test_a_trials_journal_is_sent_by_the_driver_alone_in_order(tmp_path):
     sent = Path(client.download_artifacts(journal.run_id, "adapter/adapter_config.json", str(tmp_path / "dl")))
     assert sent.read_text() == "{}"  # the copy made at the write, not the file as it is now
     assert not (root / "t1" / "files").exists() or not any((root / "t1" / "files").iterdir())
-    assert DriverSender(root, uri, interval_s=3600).send(str(root / "t1"))  # a new driver: nothing sent twice
+    again = DriverSender(root, uri, interval_s=3600)
+    assert again.send(str(root / "t1"))  # a new driver: nothing sent twice
+    again.halt()
     assert len(client.get_metric_history(journal.run_id, "objective")) == 3
 
 

@@ -18,12 +18,14 @@ repeat the last write: MLflow's SQL stores keep one copy of an identical metric 
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Literal
 
@@ -233,6 +235,7 @@ class DriverSender:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="deptune-driver-sender", daemon=True)
         self._thread.start()
+        _RUNNING_SENDERS.add(self)
 
     def journal(self, location: str) -> RunJournal:
         if location not in self._journals:
@@ -247,11 +250,16 @@ class DriverSender:
     def stop(self) -> None:
         """Stop the thread, then send what is left once (until a send fails: the server is away, and the rest
         stays journaled for `flush_all` or `deptune sync`)."""
-        self._stop.set()
-        self._thread.join()  # a send in flight is bounded by MLflow's request timeout and retries
+        self.halt()
         for location in journals(self.location):
             if not self.send(location):
                 break
+
+    def halt(self, timeout_s: float | None = None) -> None:
+        """Stop the thread without sending; a send in flight is bounded by MLflow's request timeout."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        _RUNNING_SENDERS.discard(self)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -288,6 +296,19 @@ class DriverSender:
         if self._failed_at is not None:
             log.warning("MLflow at %s answers again: the trials' journaled writes are sent", self.uri)
             self._failed_at = None
+
+
+_RUNNING_SENDERS: weakref.WeakSet[DriverSender] = weakref.WeakSet()
+
+
+@atexit.register
+def _halt_running_senders() -> None:
+    """A driver that exits without `stop` (an error path, a caller that forgot) must not leave the thread
+    listing the storage through pyarrow while the interpreter shuts down: a daemon thread inside pyarrow's
+    C++ during finalization can crash the exiting process (a pytest run segfaulted so after all tests had
+    passed). What is left unsent stays journaled for the next driver or `deptune sync`."""
+    for sender in list(_RUNNING_SENDERS):
+        sender.halt(timeout_s=5)
 
 
 def flush_all(location: str | Path, uri: str) -> list[str]:
