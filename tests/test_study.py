@@ -29,9 +29,11 @@ from deptune.sweep.study import (
     start_execution,
     storage_url,
 )
+from deptune.sweep.trainable import OPTUNA_TRIAL_KEY, RUN_KEY
 from deptune.tracking.journal import RunJournal
 from deptune.tracking.store import ensure_experiment
 from deptune.tracking.trial import PER_EVAL
+from deptune.train.config import RESUMED_FROM
 
 POSTGRES_ENV = "DEPTUNE_TEST_POSTGRES_URL"
 
@@ -258,3 +260,47 @@ def test_a_restored_searcher_continues_its_trials_with_what_was_logged_meanwhile
     stopped = load_study(spec, open_storage(url)).trials[1]
     assert stopped.state == TrialState.PRUNED and sorted(stopped.intermediate_values) == [10, 20]
     assert "stopped at step 20 of 40" in stopped.user_attrs["stop_reason"]  # its last step: one was in flight
+
+
+def test_a_trial_asked_after_the_last_snapshot_keeps_its_dead_run_in_its_record(tmp_path):
+    """The driver died after asking a trial and before Tune's next snapshot, and before any of that trial's
+    results reached it (killed the instant its first checkpoint appeared): the resumed driver asks the same
+    trial again, which resumes from that checkpoint. Its record still starts at the run that began at step 0,
+    and what the dead run logged joins the study."""
+    spec = sweep_spec(tmp_path, train={"steps": 20})
+    url = storage_url(spec)
+    study = load_study(spec, open_storage(url))
+    execution = start_execution(spec, study)
+    plan, _ = plan_search(spec, 64)
+    journals, tracking = tmp_path / "journals", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = ensure_experiment(tracking, study.study_name)
+
+    def searcher() -> StudySearcher:
+        return StudySearcher(
+            spec,
+            plan,
+            study.study_name,
+            url,
+            optuna.samplers.TPESampler(seed=execution.seed),
+            execution.number,
+            journal_root=str(journals),
+        )
+
+    first = searcher()
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot: before the trial was asked
+    asked = first.suggest("forgotten")
+    journal = RunJournal(journals / "forgotten", tracking, send="driver")
+    journal.start(experiment, "forgotten", find_by={"deptune.ray_trial_id": "forgotten"}, tags={})
+    journal.metrics({PER_EVAL: 0.1, "trainable_params": 1100}, 10)  # rank 0 logged step 10, then the kill
+
+    second = pickle.loads(pickle.dumps(searcher()))
+    second.restore(str(tmp_path / "searcher.pkl"))
+    again = second.suggest("new-id")
+    assert again[OPTUNA_TRIAL_KEY] == asked[OPTUNA_TRIAL_KEY] and again[RUN_KEY] == "forgotten"
+    assert sorted(load_study(spec, open_storage(url)).trials[0].intermediate_values) == [10]
+    second.on_trial_complete(
+        "new-id", {"step": 20, "objective": 0.2, RESUMED_FROM: 10.0, "time_total_s": 1.0, "timestamp": time.time()}
+    )
+    trial = load_study(spec, open_storage(url)).trials[0]
+    assert trial.state == TrialState.COMPLETE and trial.intermediate_values == {10: 0.1, 20: 0.2}
+    assert trial.user_attrs["resumed_from"] == [0, 10]  # the dead run, then the resumed one

@@ -135,6 +135,8 @@ class StudySearcher(Searcher):
         values back), the same journal and MLflow run, and its checkpoints under its first id (`RUN_KEY`)."""
         self.numbers[trial_id], self.run_ids[trial_id] = number, run_id
         self._carry_on(trial_id)
+        self._backfill(trial_id)  # what its dead run logged, and that run's time
+        self.runs.setdefault(trial_id, []).append([])
         config = self.plan.suggest(self._trial(trial_id))
         return {**config, OPTUNA_TRIAL_KEY: number, RUN_KEY: run_id}
 
@@ -306,6 +308,8 @@ class StudySearcher(Searcher):
             self._trial(trial_id).set_user_attr("nodes", list(seen["nodes"]))
         run = [result.get("pid"), int(result.get(RESUMED_FROM) or 0)]
         if RESUMED_FROM in result and (not seen["runs"] or seen["runs"][-1] != run):
+            if not seen["runs"] and run[1] > 0:  # its checkpoint came from a run no result of which reached a
+                seen["runs"].append([None, 0])  # driver (killed first): that run began at step 0
             seen["runs"].append(run)
             self._trial(trial_id).set_user_attr("resumed_from", [step for _, step in seen["runs"]])
 
