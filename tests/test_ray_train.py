@@ -80,10 +80,16 @@ def adapter_of(result) -> dict[str, torch.Tensor]:
         return load_file(str(Path(path) / "adapter_model.safetensors"))
 
 
-def test_two_gloo_workers_match_one_worker_report_everything_and_checkpoint_the_adapter(ray_cluster, tmp_path):
-    # 4 micro-batches accumulated, on the 2 threads of the 2 CPUs its one worker holds
-    one = fit(make_spec(tmp_path, workers=1, cpus=2.0, micro_batch_size=4), "one")
-    two = fit(make_spec(tmp_path, workers=2), "two")  # 8 examples per rank, one micro-batch each, 1 thread each
+@pytest.fixture(scope="module")
+def one_worker(ray_cluster, tmp_path_factory):
+    """The reference run: one worker, 4 micro-batches accumulated on the 2 threads of the 2 CPUs it holds.
+    Two workers, with or without a killed one, must end with its adapter."""
+    return fit(make_spec(tmp_path_factory.mktemp("one"), steps=9, cpus=2.0, micro_batch_size=4), "one")
+
+
+def test_two_gloo_workers_match_one_worker_report_everything_and_checkpoint_the_adapter(one_worker, tmp_path):
+    one = one_worker
+    two = fit(make_spec(tmp_path, workers=2, steps=9), "two")  # 8 examples per rank, one micro-batch each, 1 thread
     a, b = adapter_of(one), adapter_of(two)
     assert (
         a.keys()
@@ -95,11 +101,11 @@ def test_two_gloo_workers_match_one_worker_report_everything_and_checkpoint_the_
     assert (a["lora_embedding_B"] != 0).any()  # it trained
     for result in (one, two):
         rows = result.reports
-        assert [r["step"] for r in rows] == [3, 6]
+        assert [r["step"] for r in rows] == [3, 6, 9]
         assert all(REPORT_KEYS <= r.keys() for r in rows)
         assert "test_accuracy" in rows[-1]
     assert one.metrics["objective"] == pytest.approx(two.metrics["objective"])  # whole validation set on both
-    assert [r["torch_threads"] for r in one.reports] == [2, 2] and [r["torch_threads"] for r in two.reports] == [1, 1]
+    assert [r["torch_threads"] for r in one.reports] == [2] * 3 and [r["torch_threads"] for r in two.reports] == [1] * 3
     assert_checkpoint_is_adapter_only_and_small(one)
 
 
@@ -112,8 +118,8 @@ def assert_checkpoint_is_adapter_only_and_small(result) -> None:
     assert sum(t.numel() for t in tensors.values()) == result.metrics["trainable_params"]
 
 
-def test_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, tmp_path):
-    uninterrupted = fit(make_spec(tmp_path, steps=9), "clean")
+def test_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, one_worker, tmp_path):
+    uninterrupted = one_worker
     ray_cluster.write_text("1 3")  # rank 1 dies right after reporting step 3
     recovered = fit(make_spec(tmp_path, workers=2, steps=9), "killed")
     assert not ray_cluster.exists()  # the fault fired
