@@ -9,6 +9,7 @@ import os
 import pickle
 import time
 import uuid
+from collections.abc import Callable
 
 import optuna
 import pytest
@@ -194,16 +195,16 @@ def test_unreachable_study_storage_is_a_spec_error():
     assert "secret" not in str(info.value)
 
 
-def test_a_restored_searcher_continues_its_trials_with_what_was_logged_meanwhile(tmp_path):
-    """--resume: Tune pickles the searcher and restores it into another object; evaluations rank 0 journaled
-    for MLflow while the driver was dead join the study, the run's cost adds up, and a trial ASHA stopped is
-    told (with the evaluation it logged in flight) once its grace period is over."""
-    spec = sweep_spec(tmp_path, train={"steps": 40})
+def resumable(tmp_path, steps: int) -> tuple[SweepSpec, str, Callable[[], StudySearcher], Callable]:
+    """A study with its first execution; a function that makes the execution's searcher as a driver does
+    (journals under tmp_path/journals), and one that writes what rank 0's TrialTracker journals."""
+    spec = sweep_spec(tmp_path, train={"steps": steps})
     url = storage_url(spec)
     study = load_study(spec, open_storage(url))
     execution = start_execution(spec, study)
     plan, _ = plan_search(spec, 64)
-    journals = tmp_path / "journals"
+    journals, tracking = tmp_path / "journals", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = ensure_experiment(tracking, study.study_name)
 
     def searcher() -> StudySearcher:
         return StudySearcher(
@@ -216,14 +217,21 @@ def test_a_restored_searcher_continues_its_trials_with_what_was_logged_meanwhile
             journal_root=str(journals),
         )
 
-    def logged(trial_id: str, steps) -> None:  # what rank 0's TrialTracker writes, through the real journal
-        journal = RunJournal(journals / trial_id, f"sqlite:///{tmp_path / 'mlflow.db'}", send="driver")
+    def logged(trial_id: str, steps: list[int]) -> None:  # through the real journal
+        journal = RunJournal(journals / trial_id, tracking, send="driver")
         if not journal.exists():
             journal.start(experiment, trial_id, find_by={"deptune.ray_trial_id": trial_id}, tags={})
         for step in steps:
             journal.metrics({PER_EVAL: step / 100, "trainable_params": 1100}, step)  # MLflow's name
 
-    experiment = ensure_experiment(f"sqlite:///{tmp_path / 'mlflow.db'}", study.study_name)
+    return spec, url, searcher, logged
+
+
+def test_a_restored_searcher_continues_its_trials_with_what_was_logged_meanwhile(tmp_path):
+    """--resume: Tune pickles the searcher and restores it into another object; evaluations rank 0 journaled
+    for MLflow while the driver was dead join the study, the run's cost adds up, and a trial ASHA stopped is
+    told (with the evaluation it logged in flight) once its grace period is over."""
+    spec, url, searcher, logged = resumable(tmp_path, steps=40)
     first = searcher()
     first.suggest("resumed")
     now = time.time()
@@ -247,7 +255,7 @@ def test_a_restored_searcher_continues_its_trials_with_what_was_logged_meanwhile
     assert trial.state == TrialState.COMPLETE and trial.values == [0.4] and [t.number for t in told] == [0]
     assert trial.intermediate_values == {10: 0.1, 20: 0.2, 30: 0.3, 40: 0.4}
     assert trial.user_attrs["wall_seconds"] == pytest.approx(100 + 6, abs=3)  # both runs
-    journal = RunJournal(journals / "resumed", "")
+    journal = RunJournal(tmp_path / "journals" / "resumed", "")
     assert sorted(journal.logged_metrics()) == [10, 20, 30, 40]
 
     second.suggest("stopped")
@@ -267,31 +275,11 @@ def test_a_trial_asked_after_the_last_snapshot_keeps_its_dead_run_in_its_record(
     results reached it (killed the instant its first checkpoint appeared): the resumed driver asks the same
     trial again, which resumes from that checkpoint. Its record still starts at the run that began at step 0,
     and what the dead run logged joins the study."""
-    spec = sweep_spec(tmp_path, train={"steps": 20})
-    url = storage_url(spec)
-    study = load_study(spec, open_storage(url))
-    execution = start_execution(spec, study)
-    plan, _ = plan_search(spec, 64)
-    journals, tracking = tmp_path / "journals", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment = ensure_experiment(tracking, study.study_name)
-
-    def searcher() -> StudySearcher:
-        return StudySearcher(
-            spec,
-            plan,
-            study.study_name,
-            url,
-            optuna.samplers.TPESampler(seed=execution.seed),
-            execution.number,
-            journal_root=str(journals),
-        )
-
+    spec, url, searcher, logged = resumable(tmp_path, steps=20)
     first = searcher()
     first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot: before the trial was asked
     asked = first.suggest("forgotten")
-    journal = RunJournal(journals / "forgotten", tracking, send="driver")
-    journal.start(experiment, "forgotten", find_by={"deptune.ray_trial_id": "forgotten"}, tags={})
-    journal.metrics({PER_EVAL: 0.1, "trainable_params": 1100}, 10)  # rank 0 logged step 10, then the kill
+    logged("forgotten", [10])  # rank 0 logged step 10, then the kill
 
     second = pickle.loads(pickle.dumps(searcher()))
     second.restore(str(tmp_path / "searcher.pkl"))
