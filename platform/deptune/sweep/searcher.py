@@ -134,9 +134,7 @@ class StudySearcher(Searcher):
         """The forgotten trial `number` under Tune's new id: the same parameters (Optuna hands a trial's own
         values back), the same journal and MLflow run, and its checkpoints under its first id (`RUN_KEY`)."""
         self.numbers[trial_id], self.run_ids[trial_id] = number, run_id
-        self._carry_on(trial_id)
-        self._backfill(trial_id)  # what its dead run logged, and that run's time
-        self.runs.setdefault(trial_id, []).append([])
+        self._take_up(trial_id)
         config = self.plan.suggest(self._trial(trial_id))
         return {**config, OPTUNA_TRIAL_KEY: number, RUN_KEY: run_id}
 
@@ -206,9 +204,7 @@ class StudySearcher(Searcher):
             if self.numbers[trial_id] in finished:  # told by the dead driver after Tune's last snapshot: its
                 self.done.add(trial_id)  # results Tune delivers again change nothing
                 continue
-            self._carry_on(trial_id)
-            self._backfill(trial_id)
-            self.runs.setdefault(trial_id, []).append([])  # a run of its own from the next result
+            self._take_up(trial_id)
         self.flush()
 
     def get_state(self) -> dict[str, Any]:
@@ -288,6 +284,13 @@ class StudySearcher(Searcher):
         step = result.get("time_this_iter_s")
         run[1] += float(step) if step is not None else max(total - run[2], 0.0)
         run[0], run[2] = float(result.get("timestamp") or time.time()), total
+
+    def _take_up(self, trial_id: str) -> None:
+        """A trial whose run died with the driver: its record so far and what that run logged meanwhile (its
+        evaluations, its time) join the study, and its next result starts a run of its own."""
+        self._carry_on(trial_id)
+        self._backfill(trial_id)
+        self.runs.setdefault(trial_id, []).append([])
 
     def _carry_on(self, trial_id: str) -> None:
         """Where and how the trial ran as the study has it (the dead driver wrote it after Tune's last snapshot
