@@ -158,6 +158,28 @@ def test_searcher_records_complete_pruned_and_failed_trials(tmp_path, storage_of
         assert trial.user_attrs["adapter_params"] == 16 * 64
 
 
+def test_a_sweep_ranking_by_another_metric_keeps_each_trials_best_adapter(tmp_path):
+    """Ranked by training loss, a trial's value is its lowest loss, but its adapter is the one the loop kept
+    (best validation objective): the checkpoint of the lowest-loss step is one retention deletes. (The ASHA
+    kill test failed on it once: the study named a checkpoint that retention had removed.)"""
+    spec = sweep_spec(tmp_path, sweep={"objective": {"metric": "train_loss", "mode": "min"}})
+    storage = open_storage(storage_url(spec))
+    study = load_study(spec, storage)
+    execution = start_execution(spec, study)
+    plan, _ = plan_search(spec, 64)
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    searcher = StudySearcher(spec, plan, study.study_name, storage_url(spec), sampler, execution.number)
+    searcher.suggest("t")
+    for step, objective, loss in ((10, 0.6, 0.5), (20, 0.9, 0.4), (30, 0.9, 0.3), (40, 0.7, 0.35)):
+        searcher.on_trial_result("t", {"step": step, "objective": objective, "train_loss": loss})
+        searcher.checkpointed("t", f"/ckpt/{step}", step)
+    searcher.on_trial_complete("t", {"step": 40, "objective": 0.7, "train_loss": 0.35})
+    (trial,) = load_study(spec, storage).get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.values == [0.3]
+    assert trial.user_attrs["best_step"] == 30  # where the ranking metric was best
+    assert trial.user_attrs["adapter_path"] == "/ckpt/20"  # the loop's best adapter: a tie keeps the earlier step
+
+
 def test_executions_derive_seeds_resume_checks_the_spec_and_orphans_close(tmp_path, storage_of):
     spec, storage = storage_of(sweep_spec(tmp_path))
     study = load_study(spec, storage)

@@ -41,7 +41,7 @@ from deptune.sweep.space import SearchPlan
 from deptune.sweep.study import open_storage, storage_trial_id
 from deptune.sweep.trainable import DIVERGED, OPTUNA_TRIAL_KEY, RUN_KEY
 from deptune.tracking.record import MADE_AT, evaluations
-from deptune.train.config import RESUMED_FROM
+from deptune.train.config import RESUMED_FROM, SELECTED_BY
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # added to a report by Tune's TuneReportCallback
@@ -147,10 +147,7 @@ class StudySearcher(Searcher):
             return
         self._add(
             trial_id,
-            {
-                k: result.get(k)
-                for k in (*(m for m, _ in self.objectives), "step", CHECKPOINT_PATH_KEY, "trainable_params")
-            },
+            {k: result.get(k) for k in (*self._kept_metrics(), "step", CHECKPOINT_PATH_KEY, "trainable_params")},
         )
 
     def checkpointed(self, trial_id: str, path: str, step: float | None) -> None:
@@ -328,7 +325,7 @@ class StudySearcher(Searcher):
                 self._add(
                     trial_id,
                     {
-                        **{m: metrics.get(m) for m, _ in self.objectives},
+                        **{m: metrics.get(m) for m in self._kept_metrics()},
                         "step": step,
                         "trainable_params": metrics.get("trainable_params"),
                     },
@@ -374,8 +371,20 @@ class StudySearcher(Searcher):
             trial.set_user_attr("trainable_params", int(counted[-1]))
         if best is not None:
             trial.set_user_attr("best_step", best["step"])
-            if best.get(CHECKPOINT_PATH_KEY):
-                trial.set_user_attr("adapter_path", uri_of(self.storage, best[CHECKPOINT_PATH_KEY]))
+        adapter = self._best_adapter(trial_id)
+        if adapter is not None and adapter.get(CHECKPOINT_PATH_KEY):
+            trial.set_user_attr("adapter_path", uri_of(self.storage, adapter[CHECKPOINT_PATH_KEY]))
+
+    def _kept_metrics(self) -> list[str]:
+        return list(dict.fromkeys([*(m for m, _ in self.objectives), SELECTED_BY]))
+
+    def _best_adapter(self, trial_id: str) -> dict[str, Any] | None:
+        """The evaluation whose adapter the trial kept as its best: the highest `SELECTED_BY`, the earlier of
+        a tie, as the loop decides (its checkpoint is one that retention keeps). A sweep ranking trials by
+        another metric (training loss, speed) still gets each trial's best adapter, not the checkpoint of
+        the step where that metric was best, which retention may have deleted."""
+        rows = [r for r in self.history.get(trial_id, []) if _finite(r.get(SELECTED_BY))]
+        return max(rows, key=lambda r: float(r[SELECTED_BY])) if rows else None
 
     def _finish(
         self, trial_id: str, state: TrialState, values: list[float] | None = None, reason: str | None = None

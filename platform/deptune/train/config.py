@@ -30,6 +30,9 @@ LearningRate = Annotated[float, BeforeValidator(_not_a_boolean), Field(gt=0, all
 
 MAX_STEPS = 10**9
 """More optimizer steps than any run makes (and well inside every int64 counter Ray, Optuna and MLflow keep)."""
+SELECTED_BY = "objective"
+"""In each evaluation's report: the task's first validation metric (higher is better), by which the loop keeps
+its best adapter whatever a sweep ranks trials by (a sweep may rank them by their training loss or speed)."""
 IMPROVED_AT = "improved_at_step"
 """In each evaluation's report: its step if it improved the best adapter, else 0. Ray keeps checkpoints by
 it (`keep_checkpoints`), so the latest improvement, which holds the best adapter (a tie keeps the earlier

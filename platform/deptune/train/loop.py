@@ -36,7 +36,7 @@ from deptune.tasks.catalog import get_task
 from deptune.tasks.loading import load_splits
 from deptune.train.cache import ProcessCache, Shared
 from deptune.train.checkpoint import Progress, load_checkpoint, rng_state, save_checkpoint
-from deptune.train.config import IMPROVED_AT, RESUMED_FROM, TrainConfig
+from deptune.train.config import IMPROVED_AT, RESUMED_FROM, SELECTED_BY, TrainConfig
 from deptune.train.data import Encoded, GlobalBatches, train_batch
 from deptune.train.evaluate import evaluate
 from deptune.train.loss import item_count, loss_sum
@@ -273,7 +273,7 @@ def run_loop(work: Workload, cfg: TrainConfig, session: Session) -> TrainResult:
         improved = progress.improve(step, scores.objective, scores.metrics, model)
         report = {
             "step": float(step),
-            "objective": scores.objective,
+            SELECTED_BY: scores.objective,
             "paper_metric": scores.paper_metric,
             **{f"eval_{k}": v for k, v in scores.metrics.items()},
             **window.flush(),
