@@ -230,6 +230,11 @@ def test_local_scripts_start_a_token_protected_loopback_cluster(deployed, tmp_pa
     found = listeners(pids)
     assert found and all(loopback(addr) for addr, _ in found), found
     assert {ports[0], ports[1], ports[2], ports[4]} <= {port for _, port in found}, (ports, found)
+    commands = [
+        c.read_bytes().replace(b"\0", b" ").decode() for c in (Path(f"/proc/{p}/cmdline") for p in pids) if c.exists()
+    ]
+    assert any(" server " in c and "mlflow" in c for c in commands), commands  # the MLflow server is there, and
+    assert not [c for c in commands if "huey" in c], commands  # without MLflow's job runner (deptune runs no jobs)
 
     # env.sh gives the job CLI the address and the token, and MLflow clients the basic-auth user.
     for secret in ("mlflow_credentials", "mlflow_auth.ini", "mlflow_secret_key"):

@@ -268,7 +268,8 @@ class MultiNodeCluster:
         ]
 
     def _start_mlflow(self) -> None:
-        self.layout.services["mlflow"] = self._spawn("mlflow", self._mlflow_argv())
+        no_jobs = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # deptune runs no MLflow server jobs
+        self.layout.services["mlflow"] = self._spawn("mlflow", self._mlflow_argv(), {**self.node_env(), **no_jobs})
         self.layout.save()
 
     def _ray_ports(self, head: bool) -> list[str]:
