@@ -9,6 +9,7 @@ from deptune.cluster import local as local_ray
 
 local_ray.apply()  # before anything imports ray
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # the tests' servers run as deploy/ runs them
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -51,7 +51,6 @@ def _start_mlflow(folder: Path, password: str) -> tuple[subprocess.Popen, str]:
         **os.environ,
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # as deploy/ runs it: no huey workers
     }
     mlflow = str(Path(sys.executable).parent / "mlflow")
     server = subprocess.Popen(

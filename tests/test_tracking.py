@@ -68,7 +68,7 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

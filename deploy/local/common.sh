@@ -34,5 +34,8 @@ _tool() {  # the console script next to DEPTUNE_PYTHON, else the one on PATH
 
 # Loopback only, no telemetry: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when imported.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
+# No MLflow job runner: deptune runs no MLflow server jobs (GenAI scorers, trace rollups), and it costs a
+# handful of ~250 MB huey processes.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 
 _alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }

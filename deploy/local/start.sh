@@ -82,10 +82,9 @@ echo "$ray_tmp" >"$state/ray_tmp"
 echo $! >"$state/ray.pid"
 
 # MLflow: sqlite store and proxied local artifacts (the cluster uses PostgreSQL and S3: deploy/mlflow/),
-# behind the basic-auth app: every request needs the admin's credentials. No job runner: deptune uses no
-# MLflow server jobs (GenAI scorers, trace rollups), which cost a handful of ~250 MB huey processes.
+# behind the basic-auth app: every request needs the admin's credentials.
 mkdir -p "$state/mlartifacts"
-(cd "$state" && exec env MLFLOW_AUTH_CONFIG_PATH="$state/mlflow_auth.ini" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+(cd "$state" && exec env MLFLOW_AUTH_CONFIG_PATH="$state/mlflow_auth.ini" \
     MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$state/mlflow_secret_key")" \
     setsid "$mlflow_bin" server --app-name basic-auth --host 127.0.0.1 --port "$DEPTUNE_MLFLOW_PORT" \
     --backend-store-uri "sqlite:///$state/mlflow.db" \
