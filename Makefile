@@ -16,12 +16,17 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/deptune sweep search_spaces/demo.yaml
 
+# The two lanes, every test once: the fast lane over pytest-xdist workers, then the tests that start Ray, a server
+# or a sweep, one at a time in one process (one Ray cluster at a time on a machine). Both run; either failing fails.
+FAST_LANE := -n auto --maxprocesses 4 -m "not slow and not cluster"
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(FAST_LANE); fast=$$?; \
+	$(BIN)/python -m pytest -m "slow or cluster"; slow=$$?; \
+	[ $$fast -eq 0 ] && [ $$slow -eq 0 ]
 
-# The edit-test loop: no Ray, no servers, no subprocess sweeps (tests marked slow or cluster are left out).
+# The edit-test loop: no Ray, no servers, no subprocess sweeps.
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow and not cluster"
+	$(BIN)/python -m pytest $(FAST_LANE)
 
 lint: setup
 	$(BIN)/ruff check platform tests benchmarks deploy

@@ -12,6 +12,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # the tests' servers run as deploy/ runs them
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # `make test-fast` runs pytest-xdist workers
+if WORKERS > 1:  # each worker's torch takes its share of the cores: all of them each made the lane 3x slower
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +41,17 @@ def no_deptune_thread_outlives_its_test():
         thread.join(timeout=10)
     alive = [t.name for t in started if t.is_alive()]
     assert not alive, f"threads outlived the test: {alive}"
+
+
+ONE_AT_A_TIME = pytest.mark.skip(
+    reason="starts Ray, a server or a sweep: one at a time, without -n (`make test`); -n is for `make test-fast`"
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """pytest-xdist workers run tests side by side: the ones that start Ray, a server or a sweep are skipped
+    there, saying why (one Ray cluster at a time on a machine; a module's shared cluster started once)."""
+    if WORKERS > 1:
+        for item in items:
+            if item.get_closest_marker("slow") or item.get_closest_marker("cluster"):
+                item.add_marker(ONE_AT_A_TIME)

@@ -231,7 +231,7 @@ def test_a_bad_command_line_is_one_line_and_exit_2(
     args = [a.format(**fill) for a in bad.args]
     before, store_before = _tree(tmp_path), _digest(store["db"])
     started = time.perf_counter()
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "240"})  # a path is never wrapped mid-name
     seconds = time.perf_counter() - started
     assert result.exit_code == 2, f"exit {result.exit_code} ({result.exception!r}):\n{result.output}"
     assert isinstance(result.exception, SystemExit), repr(result.exception)  # handled: no traceback
