@@ -101,13 +101,13 @@ def test_resume_after_the_driver_is_killed(tmp_path, runner="train"):
             url, lambda ts: any(t.state.is_finished() for t in ts) and any(t.state == TrialState.RUNNING for t in ts)
         )
         time.sleep(5)  # past Tune's experiment-state snapshot (every 2 s) and into the running trial
-        killed_at = time.time()
         os.kill(driver.pid, signal.SIGKILL)  # the driver alone: its local Ray must not outlive it
         driver.wait()
         deadline = time.monotonic() + 20
         while live_processes_of_group(driver.pid) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert live_processes_of_group(driver.pid) == []  # no ray::DashboardAgent, ray::RuntimeEnvAgent, ...
+        reaped_at = time.time()  # the first run's last evaluation (its worker may outlive the driver a moment)
     finally:
         try:
             os.killpg(driver.pid, signal.SIGKILL)
@@ -138,8 +138,8 @@ def test_resume_after_the_driver_is_killed(tmp_path, runner="train"):
         history = client.get_metric_history(run.info.run_id, PER_EVAL)
         assert sorted(m.step for m in history) == sorted(trial.intermediate_values) == evaluations
         if trial.number in interrupted:  # its cost: both runs, not the resumed one alone
-            before = [m.timestamp / 1000 for m in history if m.timestamp / 1000 < killed_at]
-            after = [m.timestamp / 1000 for m in history if m.timestamp / 1000 >= killed_at]
+            before = [m.timestamp / 1000 for m in history if m.timestamp / 1000 < reaped_at]
+            after = [m.timestamp / 1000 for m in history if m.timestamp / 1000 >= reaped_at]
             spans = (max(before) - min(before) if before else 0.0) + (max(after) - min(after) if after else 0.0)
             whole = (trial.datetime_complete - trial.datetime_start).total_seconds()
             assert spans <= trial.user_attrs["wall_seconds"] <= whole
